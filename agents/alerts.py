@@ -1,0 +1,53 @@
+"""Alert fan-out: grid events -> MQTT, one topic per grid and event type.
+
+Topic: <alert_prefix>/<city>/<district>/<street>/<community>/<grid>/<type>, so an operator subscribes
+to a whole tier with a wildcard, e.g. ``gridwatch/alerts/330100/330102/330102001/#`` for one street.
+A Faust table remembers which (event, phase) was published, so a re-delivered event (worker restart,
+replayed reading) is not published twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from gridwatch.pipeline.mqtt_publisher import AsyncMqttPublisher
+from gridwatch.pipeline.schemas.codec import SchemaError
+from gridwatch.pipeline.schemas.events import GridEvent
+
+from .runtime import AgentContext
+
+log = logging.getLogger("gridwatch.alerts")
+TIER_ORDER = ("city", "district", "street", "community", "grid")
+
+
+def alert_topic(prefix: str, event: GridEvent) -> str:
+    codes = [event.tier_code(t) or "_" for t in TIER_ORDER]
+    if codes[-1] == "_":
+        codes[-1] = event.grid_code
+    return "/".join([prefix, *codes, event.type])
+
+
+def install(ctx: AgentContext) -> Any:
+    app, settings = ctx.app, ctx.settings
+    published = app.Table("alerts-published", partitions=settings.kafka.partitions, default=None)
+    publisher = AsyncMqttPublisher(settings, client_id="")
+
+    @app.agent(ctx.events_topic, name="alerts")
+    async def alerts(stream: Any) -> None:
+        if publisher.client is None:
+            await publisher.start()
+        async for event in stream.events():
+            try:
+                ev = GridEvent.decode(event.value)
+            except SchemaError as e:
+                await ctx.dead_letter("alerts", "bad_event", str(e), ctx.events_topic.get_topic_name(), event.value)
+                continue
+            marker = f"{ev.id}:{ev.phase}:{ev.ts}".encode()
+            if published.get(marker):
+                continue
+            await publisher.publish(alert_topic(settings.mqtt.alert_prefix, ev), event.value, qos=1)
+            published[marker] = 1
+            ctx.stats["alerts"] += 1
+
+    return alerts

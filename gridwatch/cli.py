@@ -1,0 +1,231 @@
+"""`gridwatch` command line: one sub-command per process of the pipeline.
+
+    gridwatch stack        run the embedded Kafka-protocol broker + Mosquitto (foreground)
+    gridwatch bridge       MQTT -> Kafka bridge
+    gridwatch worker       Faust worker: telemetry rules and alert fan-out
+    gridwatch simulate     drive a simulated city fleet over MQTT
+    gridwatch demo         all of the above with a live terminal view
+    gridwatch tail TOPIC   print records of a Kafka topic (events, deadletter, readings)
+    gridwatch city ...     generate or inspect a city (grid map + device table)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from gridwatch.settings import STACK_FILE, Settings, SettingsError, load_settings
+
+log = logging.getLogger("gridwatch")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("aiokafka", "faust", "mode"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML settings file layered over the defaults (gridwatch/config/gridwatch.yaml)")
+    p.add_argument("--kafka", metavar="URL", help="Kafka bootstrap, e.g. kafka://10.0.0.5:9092 (default: the embedded stack)")
+    p.add_argument("--mqtt", metavar="URL", help="MQTT broker, e.g. mqtt://user:pass@10.0.0.6:1883 (default: the embedded stack)")
+    p.add_argument("--prefix", metavar="NAME", help="Kafka topic prefix (namespace), default 'gw'")
+    p.add_argument("--city", metavar="DIR", help="city folder (grids.geojson + devices.csv); default the sample city")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config, {
+        "kafka.url": args.kafka, "mqtt.url": args.mqtt, "kafka.topic_prefix": args.prefix, "city.path": args.city,
+    })
+
+
+def run_async(main: Callable[[asyncio.Event], Any]) -> None:
+    """Run a coroutine until it finishes or Ctrl-C / SIGTERM asks it to stop cleanly."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    asyncio.run(runner())
+
+
+# -- sub-commands ---------------------------------------------------------------------------------
+def cmd_stack(args: argparse.Namespace) -> int:
+    import time
+
+    from gridwatch.stack import EmbeddedStack
+
+    stack = EmbeddedStack(kafka_port=args.kafka_port, mqtt_port=args.mqtt_port).start()
+    stack.write_state(STACK_FILE)
+    print(f"embedded stack running\n  kafka: {stack.kafka_url}\n  mqtt:  {stack.mqtt_url}\n"
+          f"  (recorded in {STACK_FILE}; other gridwatch commands find it there). Ctrl-C stops it.", flush=True)
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    try:
+        while not stopping and all(p.alive() for p in stack.procs.values()):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.stop()
+        with contextlib.suppress(OSError):
+            STACK_FILE.unlink()
+        print("embedded stack stopped", flush=True)
+    return 0
+
+
+def cmd_bridge(args: argparse.Namespace) -> int:
+    from gridwatch.app import load_city
+    from gridwatch.pipeline.mqtt_bridge import MqttBridge
+
+    settings = settings_from(args)
+    if args.client_id:
+        settings.bridge.client_id = args.client_id
+    city = load_city(settings)
+    log.info("city %s: %d devices, %d grids", city.name, len(city.registry), len(city.gridmap.areas("grid")))
+    bridge = MqttBridge(settings, city.registry)
+    run_async(bridge.run)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from faust.worker import Worker
+
+    from gridwatch.app import create_app
+
+    settings = settings_from(args)
+    if args.app_id:
+        settings.worker.app_id = args.app_id
+    agents = tuple(args.agents.split(",")) if args.agents else None
+    app = create_app(settings, agents=agents)
+    log.info("worker starting: app %s, broker %s, topics %s.*", app.conf.id, settings.kafka_bootstrap(),
+             settings.kafka.topic_prefix)
+    worker = Worker(app, loglevel=args.log_level, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from gridwatch.simulate import run_simulator
+
+    return run_simulator(settings_from(args), args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gridwatch.demo import run_demo
+
+    return run_demo(args)
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from gridwatch.tail import tail
+
+    settings = settings_from(args)
+    run_async(lambda stop: tail(settings, args.topic, stop, from_beginning=args.from_beginning, limit=args.limit))
+    return 0
+
+
+def cmd_city(args: argparse.Namespace) -> int:
+    if args.city_cmd == "generate":
+        from gridwatch.devices import citygen
+
+        argv = [args.out, "--devices", str(args.devices), "--seed", str(args.seed)]
+        return citygen.main(argv) or 0
+    from gridwatch.app import load_city
+
+    city = load_city(settings_from(args))
+    reg, gm = city.registry, city.gridmap
+    print(f"{city.name} ({city.code}) from {city.path}")
+    for tier in ("city", "district", "street", "community", "grid"):
+        print(f"  {tier:<10} {len(gm.areas(tier)):>6}")
+    kinds: dict[str, int] = {}
+    for d in reg:
+        kinds[d.kind] = kinds.get(d.kind, 0) + 1
+    print("  devices    " + ", ".join(f"{k}: {n}" for k, n in sorted(kinds.items())))
+    print(f"  gateways   {len(reg.gateways())}   lamp circuits {len(reg.circuits())}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gridwatch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("stack", help="run the embedded broker stack (Tansu Kafka + Mosquitto) in the foreground")
+    p.add_argument("--kafka-port", type=int, default=0, help="port for Kafka (default: a free one)")
+    p.add_argument("--mqtt-port", type=int, default=0, help="port for MQTT (default: a free one)")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=cmd_stack)
+
+    p = sub.add_parser("bridge", help="MQTT -> Kafka bridge (at-least-once, dead-letters bad input)")
+    common(p)
+    p.add_argument("--client-id", help="MQTT client id (persistent session); default from config")
+    p.set_defaults(func=cmd_bridge)
+
+    p = sub.add_parser("worker", help="Faust worker running the agents (start more on other machines to scale)")
+    common(p)
+    p.add_argument("--app-id", help="Faust app id / consumer group (default from config)")
+    p.add_argument("--agents", help="comma-separated subset of agents to run (default: all)")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("simulate", help="publish a simulated fleet's telemetry over MQTT")
+    common(p)
+    from gridwatch.simulate import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("demo", help="embedded stack + bridge + worker + simulator with a live terminal view")
+    common(p)
+    from gridwatch.demo import add_arguments as demo_args
+
+    demo_args(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("tail", help="print records of a Kafka topic as JSON lines")
+    common(p)
+    p.add_argument("topic", help="topic family: events, deadletter, readings (the prefix is added)")
+    p.add_argument("--from-beginning", action="store_true", help="start at the oldest record")
+    p.add_argument("-n", "--limit", type=int, default=0, help="stop after N records")
+    p.set_defaults(func=cmd_tail)
+
+    p = sub.add_parser("city", help="generate or inspect a city")
+    csub = p.add_subparsers(dest="city_cmd", required=True)
+    g = csub.add_parser("generate", help="generate a synthetic city folder")
+    g.add_argument("out", help="output folder")
+    g.add_argument("--devices", type=int, default=3000)
+    g.add_argument("--seed", type=int, default=7)
+    i = csub.add_parser("info", help="summarise the configured city")
+    common(i)
+    p.set_defaults(func=cmd_city)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(getattr(args, "log_level", "info"))
+    try:
+        return args.func(args) or 0
+    except (SettingsError, ConnectionError, FileNotFoundError, ValueError) as e:
+        log.error("%s", e)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""`gridwatch demo`: the whole pipeline on an embedded stack with a live terminal view.
+
+Starts Tansu + Mosquitto (unless --kafka/--mqtt point elsewhere), a Faust worker, the MQTT bridge and
+the fleet simulator as child processes, then watches MQTT (alerts and stats topics) like an operator
+tool would. Ctrl-C stops everything cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from gridwatch.settings import STACK_FILE, STATE_DIR, load_settings
+
+log = logging.getLogger("gridwatch.demo")
+LEVEL_STYLE = {"red": "bold red", "yellow": "yellow", "blue": "cyan"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--devices", type=int, default=0, help="simulate only the first N devices (default: the whole city)")
+    p.add_argument("--speed", type=float, default=30.0,
+                   help="simulated time speed-up (default 30: an evening passes in minutes)")
+    p.add_argument("--start", type=float, default=0.0,
+                   help="simulated start, epoch seconds (default: today 17:30 local, so dusk comes soon)")
+    p.add_argument("--faults-per-hour", type=float, default=40.0, help="random faults per simulated hour")
+    p.add_argument("--duration", type=float, default=0.0, help="stop after this many real seconds (0 = until Ctrl-C)")
+    p.add_argument("--plain", action="store_true", help="plain log lines instead of the live table (default when not a TTY)")
+
+
+@dataclass
+class DemoState:
+    started: float = field(default_factory=time.time)
+    bridge: dict[str, Any] = field(default_factory=dict)
+    sim: dict[str, Any] = field(default_factory=dict)
+    rate: float = 0.0
+    _last: tuple[float, int] = (0.0, 0)
+    by_type: Counter = field(default_factory=Counter)
+    by_level: Counter = field(default_factory=Counter)
+    active: dict[str, dict[str, Any]] = field(default_factory=dict)
+    latest: deque = field(default_factory=lambda: deque(maxlen=12))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def on_message(self, topic: str, payload: bytes, stats_prefix: str) -> None:
+        try:
+            body = json.loads(payload)
+        except ValueError:
+            return
+        with self.lock:
+            if topic.startswith(stats_prefix + "/bridge"):
+                now = time.time()
+                t0, n0 = self._last
+                if t0:
+                    self.rate = (body.get("readings", 0) - n0) / max(now - t0, 1e-6)
+                self._last = (now, body.get("readings", 0))
+                self.bridge = body
+            elif topic.startswith(stats_prefix + "/simulator"):
+                self.sim = body
+            elif isinstance(body, dict) and "phase" in body:
+                if body["phase"] == "new":
+                    self.by_type[body["type"]] += 1
+                    self.by_level[body["level"]] += 1
+                if body["phase"] == "end":
+                    self.active.pop(body["id"], None)
+                else:
+                    self.active[body["id"]] = body
+                self.latest.appendleft(body)
+
+
+def render(state: DemoState) -> Any:
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    with state.lock:
+        b = state.bridge
+        head = Table.grid(padding=(0, 3))
+        sim_ts = state.sim.get("sim_ts")
+        head.add_row(
+            Text(f"readings/s {state.rate:8.0f}", style="bold"),
+            f"readings {b.get('readings', 0):,}",
+            f"dead letters {b.get('dead_letters_total', 0):,}",
+            f"active events {len(state.active)}",
+            f"sim time {datetime.fromtimestamp(sim_ts):%H:%M}" if sim_ts else "",
+        )
+        types = Table(title="grid events raised", expand=False)
+        types.add_column("type")
+        types.add_column("count", justify="right")
+        for t, n in state.by_type.most_common():
+            types.add_row(t, str(n))
+        levels = "  ".join(f"[{LEVEL_STYLE[lv]}]{lv} {state.by_level.get(lv, 0)}[/]" for lv in ("red", "yellow", "blue"))
+        latest = Table(title="latest alerts", expand=True)
+        for col in ("event time", "phase", "level", "type", "grid", "subject", "message"):
+            latest.add_column(col, overflow="ellipsis", no_wrap=True)
+        for ev in state.latest:
+            latest.add_row(
+                datetime.fromtimestamp(ev["ts"] / 1000).strftime("%H:%M:%S"), ev["phase"],
+                Text(ev["level"], style=LEVEL_STYLE.get(ev["level"], "")), ev["type"], ev["grid_code"],
+                ev["subject"], ev.get("message", ""))
+        return Group(head, Text.from_markup("levels raised: " + levels), types, latest)
+
+
+def plain_line(state: DemoState) -> str:
+    with state.lock:
+        last = state.latest[0] if state.latest else None
+        return (f"readings/s {state.rate:7.0f} | readings {state.bridge.get('readings', 0):,} | "
+                f"dead letters {state.bridge.get('dead_letters_total', 0)} | events {sum(state.by_type.values())} "
+                f"{dict(state.by_level)} | active {len(state.active)}"
+                + (f" | latest: {last['phase']} {last['level']} {last['type']} grid {last['grid_code']}" if last else ""))
+
+
+def default_start() -> float:
+    now = datetime.now()
+    return now.replace(hour=17, minute=30, second=0, microsecond=0).timestamp()
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from gridwatch.stack import EmbeddedStack
+
+    stack = None
+    children: list[subprocess.Popen] = []
+    logs = STATE_DIR / "demo-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    try:
+        common: list[str] = ["--log-level", "info"]
+        for flag in ("config", "prefix", "city"):
+            if getattr(args, flag, None):
+                common += [f"--{flag}", str(getattr(args, flag))]
+        if args.kafka and args.mqtt:
+            kafka, mqtt_url = args.kafka, args.mqtt
+        else:
+            print("starting the embedded stack (Tansu Kafka-protocol broker + Mosquitto) ...", flush=True)
+            stack = EmbeddedStack().start()
+            stack.write_state(STACK_FILE)
+            kafka, mqtt_url = args.kafka or stack.kafka_url, args.mqtt or stack.mqtt_url
+        common += ["--kafka", kafka, "--mqtt", mqtt_url]
+        env = dict(os.environ)
+        if stack is not None:
+            env["GRIDWATCH_KAFKA_TANSU_QUIRKS"] = "on"
+        sim_args = ["--speed", str(args.speed), "--start", str(args.start or default_start()),
+                    "--faults-per-hour", str(args.faults_per_hour)]
+        if args.devices:
+            sim_args += ["--devices", str(args.devices)]
+        for name, argv in (("worker", ["worker"]), ("bridge", ["bridge"]), ("simulate", ["simulate", *sim_args])):
+            logf = open(logs / f"{name}.log", "wb")  # noqa: SIM115
+            children.append(subprocess.Popen([sys.executable, "-m", "gridwatch", *argv, *common], stdout=logf,
+                                             stderr=subprocess.STDOUT, env=env, start_new_session=True))
+            print(f"started {name} (log: {logs / (name + '.log')})", flush=True)
+        settings = load_settings(args.config, {"mqtt.url": mqtt_url})
+        return watch(args, settings, children)
+    finally:
+        for p in reversed(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in reversed(children):
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+        if stack is not None:
+            stack.stop()
+            with contextlib.suppress(OSError):
+                STACK_FILE.unlink()
+        print("demo stopped", flush=True)
+
+
+def watch(args: argparse.Namespace, settings: Any, children: list[subprocess.Popen]) -> int:
+    from gridwatch.pipeline.mqtt_client import connect, make_client
+
+    state = DemoState()
+    client = make_client(settings)
+    prefix = settings.mqtt.stats_prefix
+    client.on_connect = lambda c, u, f, rc, p=None: c.subscribe(
+        [(settings.mqtt.alert_prefix + "/#", 0), (prefix + "/#", 0)])
+    client.on_message = lambda c, u, m: state.on_message(m.topic, m.payload, prefix)
+    connect(client)
+    client.loop_start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    deadline = time.time() + args.duration if args.duration else float("inf")
+    plain = args.plain or not sys.stdout.isatty()
+    print("watching alerts; Ctrl-C stops the demo", flush=True)
+    try:
+        if plain:
+            while not stop.is_set() and time.time() < deadline and all(p.poll() is None for p in children):
+                stop.wait(2.0)
+                print(plain_line(state), flush=True)
+        else:
+            from rich.live import Live
+
+            with Live(render(state), refresh_per_second=2, screen=False) as live:
+                while not stop.is_set() and time.time() < deadline and all(p.poll() is None for p in children):
+                    stop.wait(0.5)
+                    live.update(render(state))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    dead = [p for p in children if p.poll() is not None]
+    if dead and not stop.is_set() and time.time() < deadline:
+        print(f"a child process exited early (see {STATE_DIR / 'demo-logs'})", flush=True)
+        return 1
+    print(plain_line(state), flush=True)
+    return 0
+
+
+__all__ = ["add_arguments", "run_demo", "Path"]

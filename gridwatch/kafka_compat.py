@@ -1,0 +1,68 @@
+"""Work-arounds for the embedded Kafka-protocol broker (Tansu 0.6, memory storage).
+
+Tansu answers ListOffsets(latest) with "base offset of the last record batch + 1" instead of the
+log end offset once producers batch records. Faust reads table changelogs up to that value during
+recovery, so a restarted worker would lose table updates. A Fetch response carries the true high
+watermark, so we fetch the last batch once and read it from there. Real Apache Kafka does not need
+this; it is installed only when settings.kafka.quirks_enabled().
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+log = logging.getLogger("gridwatch.kafka_compat")
+_installed = False
+
+
+async def fetch_highwaters(bootstrap: str | list[str], ends: Mapping[TopicPartition, int]) -> dict:
+    """True high watermarks for partitions, given the (possibly low) ListOffsets answer."""
+    result = dict(ends)
+    todo = [tp for tp, end in ends.items() if end > 0]
+    if not todo:
+        return result
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50)
+    await c.start()
+    try:
+        c.assign(todo)
+        for tp in todo:
+            c.seek(tp, max(ends[tp] - 1, 0))
+        pending = set(todo)
+        for _ in range(40):
+            await c.getmany(*pending, timeout_ms=100, max_records=1)
+            for tp in list(pending):
+                hw = c.highwater(tp)
+                if hw is not None:
+                    result[tp] = max(hw, ends[tp])
+                    pending.discard(tp)
+            if not pending:
+                break
+        if pending:
+            log.warning("could not read high watermark of %s; using ListOffsets", sorted(map(str, pending)))
+    finally:
+        await c.stop()
+    return result
+
+
+def install_tansu_shims() -> None:
+    """Patch Faust's aiokafka driver to use fetch high watermarks (idempotent)."""
+    global _installed
+    if _installed:
+        return
+    from faust.transport.drivers import aiokafka as driver
+
+    original = driver.AIOKafkaConsumerThread._highwaters
+
+    async def _highwaters(self, partitions):  # type: ignore[no-untyped-def]
+        if self.consumer.in_transaction:
+            return await original(self, partitions)
+        consumer = self._ensure_consumer()
+        ends = await consumer.end_offsets(partitions)
+        return await fetch_highwaters(consumer._client._bootstrap_servers, ends)
+
+    driver.AIOKafkaConsumerThread._highwaters = _highwaters
+    _installed = True
+    log.debug("Tansu high-watermark shim installed")

@@ -1,0 +1,209 @@
+"""Settings: one commented YAML file, overridden by env vars and CLI flags.
+
+Why a flat dataclass per section: the rest of the code reads typed attributes, and ``--help`` /
+error messages can name the exact YAML key or env var an operator has to change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent / "config"
+DEFAULT_CONFIG = CONFIG_DIR / "gridwatch.yaml"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+STATE_DIR = Path(os.environ.get("GRIDWATCH_STATE_DIR", PROJECT_ROOT / "var"))
+STACK_FILE = STATE_DIR / "stack.json"
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the key to fix."""
+
+
+@dataclass
+class KafkaSettings:
+    url: str = "embedded"
+    topic_prefix: str = "gw"
+    partitions: int = 8
+    replication_factor: int = 1
+    tansu_quirks: str = "auto"
+
+    def quirks_enabled(self) -> bool:
+        """Work-arounds for the embedded Tansu broker: on for "embedded" (auto) or when forced."""
+        if self.tansu_quirks in ("on", "true", "1"):
+            return True
+        if self.tansu_quirks in ("off", "false", "0"):
+            return False
+        return self.url == "embedded"
+
+
+@dataclass
+class MqttSettings:
+    url: str = "embedded"
+    alert_prefix: str = "gridwatch/alerts"
+    stats_prefix: str = "gridwatch/stats"
+
+
+@dataclass
+class CitySettings:
+    path: str = "sample"
+
+
+@dataclass
+class BridgeSettings:
+    client_id: str = "gridwatch-bridge-1"
+    share_group: str = ""
+    max_batch_messages: int = 2000
+    linger_ms: int = 10
+    max_payload_bytes: int = 262144
+    max_future_skew_s: int = 600
+    stats_interval_s: float = 1.0
+
+
+@dataclass
+class WorkerSettings:
+    app_id: str = "gridwatch"
+    rules: str = "rules.yaml"
+    allowed_lateness_s: float = 5
+    offline_scan_s: float = 10
+    presence_checkpoint_s: float = 30
+    log_level: str = "info"
+
+
+@dataclass
+class Settings:
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
+    city: CitySettings = field(default_factory=CitySettings)
+    bridge: BridgeSettings = field(default_factory=BridgeSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    source: str = str(DEFAULT_CONFIG)
+
+    # -- resolved endpoints -------------------------------------------------------------------
+    def kafka_bootstrap(self) -> str:
+        """host:port[,host:port] for aiokafka, resolving "embedded" through var/stack.json."""
+        url = self.kafka.url
+        if url == "embedded":
+            url = _stack_value("kafka", "kafka.url")
+        return url.removeprefix("kafka://")
+
+    def mqtt_endpoint(self) -> tuple[str, int, str | None, str | None]:
+        """(host, port, username, password) of the MQTT broker."""
+        url = self.mqtt.url
+        if url == "embedded":
+            url = _stack_value("mqtt", "mqtt.url")
+        return parse_mqtt_url(url)
+
+    def topic(self, name: str) -> str:
+        return f"{self.kafka.topic_prefix}.{name}"
+
+    def rules_path(self) -> Path:
+        p = Path(self.worker.rules)
+        if not p.is_absolute():
+            base = Path(self.source).parent
+            p = base / p if (base / p).exists() else CONFIG_DIR / p
+        return p
+
+
+def parse_mqtt_url(url: str) -> tuple[str, int, str | None, str | None]:
+    from urllib.parse import urlparse
+
+    if "://" not in url:
+        url = "mqtt://" + url
+    u = urlparse(url)
+    if u.scheme not in ("mqtt", "tcp"):
+        raise SettingsError(f"mqtt url {url!r}: scheme must be mqtt:// (e.g. mqtt://127.0.0.1:1883)")
+    return u.hostname or "127.0.0.1", u.port or 1883, u.username, u.password
+
+
+def _stack_value(key: str, setting: str) -> str:
+    try:
+        data = json.loads(STACK_FILE.read_text())
+        return str(data[key])
+    except (OSError, ValueError, KeyError):
+        raise SettingsError(
+            f"{setting} is 'embedded' but no embedded stack is running ({STACK_FILE} missing). "
+            f"Start one with `gridwatch stack`, or pass --{key} URL / set GRIDWATCH_{key.upper()}_URL."
+        ) from None
+
+
+def _coerce(value: str, like: Any, name: str) -> Any:
+    try:
+        if isinstance(like, bool):
+            return value.lower() in ("1", "true", "yes", "on")
+        if isinstance(like, int):
+            return int(value)
+        if isinstance(like, float):
+            return float(value)
+    except ValueError:
+        raise SettingsError(f"{name}={value!r} is not a valid {type(like).__name__}") from None
+    return value
+
+
+def _apply(section_obj: Any, data: dict[str, Any], where: str) -> None:
+    known = {f.name for f in fields(section_obj)}
+    for key, value in (data or {}).items():
+        if key not in known:
+            raise SettingsError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+        current = getattr(section_obj, key)
+        if value is not None and not isinstance(value, type(current)) and not (
+            isinstance(current, float) and isinstance(value, int)
+        ):
+            raise SettingsError(f"{where}.{key}: expected {type(current).__name__}, got {value!r}")
+        setattr(section_obj, key, value)
+
+
+def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Build settings from the default file, an optional user file, env vars and overrides.
+
+    ``overrides`` uses dotted keys (``{"kafka.url": "kafka://h:9092"}``); None values are ignored so
+    argparse namespaces can be passed straight through.
+    """
+    s = Settings()
+    files = [DEFAULT_CONFIG] + ([Path(path)] if path else [])
+    for f in files:
+        try:
+            data = yaml.safe_load(Path(f).read_text()) or {}
+        except OSError as e:
+            raise SettingsError(f"cannot read config file {f}: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise SettingsError(f"config file {f} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise SettingsError(f"config file {f}: top level must be a mapping of sections")
+        for section, values in data.items():
+            obj = getattr(s, section, None)
+            if not is_dataclass(obj):
+                raise SettingsError(f"{f}: unknown section {section!r}")
+            if not isinstance(values, dict):
+                raise SettingsError(f"{f}: section {section!r} must be a mapping")
+            _apply(obj, values, f"{f}:{section}")
+        s.source = str(f)
+    for sect in fields(s):
+        obj = getattr(s, sect.name)
+        if not is_dataclass(obj):
+            continue
+        for fl in fields(obj):
+            env = f"GRIDWATCH_{sect.name}_{fl.name}".upper()
+            if env in os.environ:
+                setattr(obj, fl.name, _coerce(os.environ[env], getattr(obj, fl.name), env))
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        sect_name, _, key = dotted.partition(".")
+        obj = getattr(s, sect_name)
+        if not hasattr(obj, key):
+            raise SettingsError(f"unknown setting {dotted}")
+        setattr(obj, key, value)
+    if s.kafka.partitions < 1:
+        raise SettingsError("kafka.partitions must be >= 1")
+    return s
+
+
+def with_prefix(s: Settings, prefix: str) -> Settings:
+    """A copy of the settings writing to another topic namespace (replays, tests)."""
+    return replace(s, kafka=replace(s.kafka, topic_prefix=prefix))

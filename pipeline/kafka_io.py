@@ -1,0 +1,70 @@
+"""Kafka plumbing shared by the bridge, agents, tests and benchmarks: topics, producer, partitioning."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+
+from gridwatch.settings import Settings
+
+log = logging.getLogger("gridwatch.kafka")
+
+# Topic families and whether they are partitioned like readings (by device shard).
+TOPICS = ("readings", "events", "deadletter")
+
+
+def partition_for(shard_key: str, partitions: int) -> int:
+    """Stable partition of a device shard (a lamp circuit, or the device itself)."""
+    return zlib.crc32(shard_key.encode()) % partitions
+
+
+async def ensure_topics(settings: Settings, names: tuple[str, ...] = TOPICS, timeout: float = 30.0) -> None:
+    """Create the project's topics with the configured partition count if they are missing.
+
+    Both the bridge and the workers call this, so whichever starts first gets the partitioning right
+    instead of the broker's auto-create default.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap(), request_timeout_ms=10000)
+    await _retry(admin.start, f"Kafka at {settings.kafka_bootstrap()}", timeout)
+    try:
+        existing = set(await admin.list_topics())
+        missing = [settings.topic(n) for n in names if settings.topic(n) not in existing]
+        if missing:
+            new = [NewTopic(t, settings.kafka.partitions, settings.kafka.replication_factor) for t in missing]
+            try:
+                await admin.create_topics(new)
+                log.info("created topics %s with %d partitions", ", ".join(missing), settings.kafka.partitions)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()
+
+
+async def _retry(start, what: str, timeout: float) -> None:  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    delay = 0.2
+    while True:
+        try:
+            await start()
+            return
+        except KafkaConnectionError as e:
+            if loop.time() > deadline:
+                raise ConnectionError(f"cannot reach {what}: {e}. Is the broker running? (--kafka URL)") from None
+            log.warning("waiting for %s (%s)", what, e)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 3.0)
+
+
+async def start_producer(settings: Settings, timeout: float = 30.0, **kwargs: object) -> AIOKafkaProducer:
+    opts: dict[str, object] = {"linger_ms": 5, "acks": "all", "max_batch_size": 1 << 20,
+                               "max_request_size": 4 << 20, "request_timeout_ms": 15000}
+    opts.update(kwargs)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap(), **opts)
+    await _retry(producer.start, f"Kafka at {settings.kafka_bootstrap()}", timeout)
+    return producer

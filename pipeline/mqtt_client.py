@@ -1,0 +1,53 @@
+"""paho-mqtt client construction shared by the bridge, the alert sink, the simulator and the demo."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import paho.mqtt.client as mqtt
+
+from gridwatch.settings import Settings
+
+log = logging.getLogger("gridwatch.mqtt")
+
+
+def make_client(
+    settings: Settings,
+    client_id: str = "",
+    *,
+    clean_session: bool = True,
+    manual_ack: bool = False,
+    max_inflight: int = 1000,
+) -> mqtt.Client:
+    host, port, user, password = settings.mqtt_endpoint()
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        clean_session=clean_session if client_id else True,
+        manual_ack=manual_ack,
+    )
+    client.max_inflight_messages_set(max_inflight)
+    client.max_queued_messages_set(0)
+    client.reconnect_delay_set(0.2, 5)
+    if user:
+        client.username_pw_set(user, password)
+    client._gridwatch_endpoint = (host, port)  # type: ignore[attr-defined]
+    return client
+
+
+def connect(client: mqtt.Client, timeout: float = 30.0) -> None:
+    """Connect with retries, so a component may start before its broker."""
+    host, port = client._gridwatch_endpoint  # type: ignore[attr-defined]
+    deadline = time.monotonic() + timeout
+    delay = 0.2
+    while True:
+        try:
+            client.connect(host, port, keepalive=30)
+            return
+        except OSError as e:
+            if time.monotonic() > deadline:
+                raise ConnectionError(f"cannot reach MQTT broker {host}:{port}: {e}. (--mqtt URL)") from None
+            log.warning("waiting for MQTT broker %s:%d (%s)", host, port, e)
+            time.sleep(delay)
+            delay = min(delay * 2, 3.0)
