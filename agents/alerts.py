@@ -43,7 +43,7 @@ def install(ctx: AgentContext) -> Any:
             except SchemaError as e:
                 await ctx.dead_letter("alerts", "bad_event", str(e), ctx.events_topic.get_topic_name(), event.value)
                 continue
-            marker = f"{ev.id}:{ev.phase}:{ev.ts}".encode()
+            marker = f"{ev.id}:{ev.phase}:{ev.ts}"
             if published.get(marker):
                 continue
             await publisher.publish(alert_topic(settings.mqtt.alert_prefix, ev), event.value, qos=1)

@@ -30,7 +30,7 @@ class TableStore:
         self.table = table
 
     def get(self, key: str) -> dict[str, Any] | None:
-        return self.table.get(key.encode())
+        return self.table.get(key)
 
 
 def install(ctx: AgentContext) -> Any:
@@ -75,7 +75,7 @@ def install(ctx: AgentContext) -> Any:
                 await asyncio.gather(*futures)
                 ctx.stats["events"] += len(result.events)
             for key, value in result.writes.items():
-                table[key.encode()] = value
+                table[key] = value
             ctx.stats["readings"] += len(batch.readings)
 
     return telemetry

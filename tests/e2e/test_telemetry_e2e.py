@@ -4,6 +4,7 @@ worker: MQTT in -> grid events on the per-grid MQTT alert topic, and the dead-le
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from tests.harness import MqttPublisher, MqttWatcher, Pipeline, read_topic, wait
 # 2026-11-20 22:00 in Asia/Shanghai (14:00 UTC): night at the sample city, so lamps should be lit.
 NIGHT = 1_763_647_200_000
 ALERTS = "gridwatch/alerts/#"
-CITY = load_city()
+CITY = load_city(os.environ.get("GRIDWATCH_CITY_PATH") or None)
 REG = CITY.registry
 
 
