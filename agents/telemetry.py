@@ -19,6 +19,7 @@ from .partition_state import TelemetryProcessor
 from .rules.base import load_rules
 from .rules.engine import RuleEngine
 from .runtime import AgentContext
+from .tables import put
 
 log = logging.getLogger("gridwatch.telemetry")
 
@@ -75,7 +76,7 @@ def install(ctx: AgentContext) -> Any:
                 await asyncio.gather(*futures)
                 ctx.stats["events"] += len(result.events)
             for key, value in result.writes.items():
-                table[key] = value
+                put(table, key, value, partition)
             ctx.stats["readings"] += len(batch.readings)
 
     return telemetry

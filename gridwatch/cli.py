@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -96,6 +97,8 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     if args.client_id:
         settings.bridge.client_id = args.client_id
     city = load_city(settings)
+    gc.collect()
+    gc.freeze()  # the registry lives as long as the bridge: keep it out of GC passes
     log.info("city %s: %d devices, %d grids", city.name, len(city.registry), len(city.gridmap.areas("grid")))
     bridge = MqttBridge(settings, city.registry)
     run_async(bridge.run)

@@ -48,11 +48,15 @@ class AsyncMqttPublisher:
                       timeout: float = 30.0) -> None:
         assert self.client is not None, "start() first"
         fut: asyncio.Future[None] = self._loop.create_future()
+        # Never hold our lock while calling into paho: paho calls on_publish with its own message
+        # lock held, and on_publish takes ours (lock-order deadlock seen under alert storms).
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            raise ConnectionError(f"MQTT publish to {topic} failed: {mqtt.error_string(info.rc)}")
+        if qos == 0:
+            return
         with self._lock:
-            info = self.client.publish(topic, payload, qos=qos, retain=retain)
-            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
-                raise ConnectionError(f"MQTT publish to {topic} failed: {mqtt.error_string(info.rc)}")
-            if qos == 0 or info.mid in self._acked_early:
+            if info.mid in self._acked_early:
                 self._acked_early.discard(info.mid)
                 return
             self._pending[info.mid] = fut

@@ -7,15 +7,9 @@ talks to it over MQTT and Kafka.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,94 +17,23 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from aiokafka import AIOKafkaConsumer
 
+from gridwatch.procs import Pipeline as _Pipeline
+from gridwatch.procs import wait_for as _wait_for
+
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 
 
 def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+    try:
+        return _wait_for(pred, timeout, what, interval)
+    except TimeoutError as e:
+        raise AssertionError(str(e)) from None
 
 
-class Proc:
-    """A gridwatch sub-command in its own process, logging to test-artifacts/."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
-        ARTIFACTS.mkdir(exist_ok=True)
-        self.name = name
-        self.log_path = ARTIFACTS / f"{name}.log"
-        self.argv = [sys.executable, "-m", "gridwatch", *argv]
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> Proc:
-        logf = open(self.log_path, "ab")  # noqa: SIM115
-        logf.write(f"\n==== start {' '.join(self.argv)}\n".encode())
-        logf.flush()
-        self.proc = subprocess.Popen(self.argv, stdout=logf, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT,
-                                     start_new_session=True)
-        logf.close()
-        return self
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def wait_log(self, text: str, timeout: float = 60) -> None:
-        wait_for(lambda: text in self.log() or self._dead(), timeout, f"{self.name} to log {text!r}")
-        if self._dead() and text not in self.log():
-            raise AssertionError(f"{self.name} exited ({self.proc.returncode}):\n{self.log()[-3000:]}")
-
-    def _dead(self) -> bool:
-        return self.proc is not None and self.proc.poll() is not None
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            return self.proc.wait(5)
-
-    def kill(self) -> None:
-        self.stop(signal.SIGKILL)
-
-
-class Pipeline:
-    """One isolated pipeline (own topic prefix, app id and MQTT session) on the shared stack."""
-
-    def __init__(self, kafka_url: str, mqtt_url: str, name: str | None = None, extra: list[str] | None = None) -> None:
-        self.prefix = name or f"t{uuid.uuid4().hex[:8]}"
-        self.kafka_url = kafka_url
-        self.mqtt_url = mqtt_url
-        self.common = ["--kafka", kafka_url, "--mqtt", mqtt_url, "--prefix", self.prefix, *(extra or [])]
-        self.env = {"GRIDWATCH_KAFKA_TANSU_QUIRKS": "on"}
-        self.bridge = Proc(f"{self.prefix}-bridge", ["bridge", *self.common, "--client-id", f"br-{self.prefix}"], self.env)
-        self.worker = Proc(f"{self.prefix}-worker", ["worker", *self.common], self.env)
-
-    def start(self) -> Pipeline:
-        self.worker.start()
-        self.bridge.start()
-        self.bridge.wait_log("bridge running", 60)
-        self.wait_worker_ready()
-        return self
-
-    def wait_worker_ready(self, timeout: float = 90) -> None:
-        self.worker.wait_log("worker ready", timeout)
-
-    def stop(self) -> None:
-        self.bridge.stop()
-        self.worker.stop()
-
-    def topic(self, family: str) -> str:
-        return f"{self.prefix}.{family}"
+class Pipeline(_Pipeline):
+    def __init__(self, kafka_url: str, mqtt_url: str, **kwargs: Any) -> None:
+        super().__init__(kafka_url, mqtt_url, ARTIFACTS, **kwargs)
 
 
 class MqttWatcher:

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from gridwatch.devices import citygen
 from gridwatch.devices.registry import City, load_city
 

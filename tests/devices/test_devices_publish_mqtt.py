@@ -8,7 +8,6 @@ import time
 
 import paho.mqtt.client as mqtt
 import pytest
-
 from gridwatch.devices.registry import City
 from gridwatch.devices.simulator import Fleet, Publisher, PublishStats
 
@@ -69,6 +68,8 @@ def test_publish_a_minute_of_the_sample_city(mosquitto: tuple[str, int], sample_
     assert stats.readings == 1500 + 1140 + 90 * 2 + 270 * 2
     assert stats.acked == stats.messages == len(msgs)
     assert progress and progress[-1].readings == stats.readings and stats.sim_ts == START + 60
+    assert progress[-1].get("readings") == progress[-1]["readings"] == stats.readings  # dict-style access too
+    assert stats.get("nope", 7) == 7 and stats.readings_per_s > 0
     assert stats.faults_active == 1
     seen: dict[str, int] = {}
     for topic, payload in msgs:
@@ -107,6 +108,21 @@ def test_rate_cap_and_stop(mosquitto: tuple[str, int], sample_city: City) -> Non
     stats = pub.run(host, port, START, speed=1.0)  # no duration: runs until stop()
     timer.join()
     assert stats.sim_ts < START + 5
+
+
+def test_stats_topic(mosquitto: tuple[str, int], sample_city: City) -> None:
+    host, port = mosquitto
+    col = Collector(host, port)
+    try:
+        pub = Publisher(Fleet(sample_city.registry, seed=2, limit=100), stats_topic="v1/stats/simulator")
+        stats = pub.run(host, port, START, speed=60, duration_s=90)
+        msgs = col.wait_for(stats.messages + 2)
+    finally:
+        col.close()
+    reports = [json.loads(p) for t, p in msgs if t == "v1/stats/simulator"]
+    assert len(reports) >= 2 and reports[-1]["readings"] == stats.readings > 100
+    assert stats.acked == stats.messages == len(msgs) - len(reports)
+    assert {"readings", "messages", "sim_ts", "faults_active", "readings_per_s"} <= set(reports[-1])
 
 
 def test_unreachable_broker_is_a_clear_error(sample_city: City) -> None:

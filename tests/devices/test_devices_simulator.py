@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-
 from gridwatch.devices.registry import City, Device
 from gridwatch.devices.simulator import (
     FAULTS,
@@ -88,7 +87,7 @@ def test_lamps_switch_at_dusk_and_dawn_by_solar_elevation(fleet: Fleet, sample_c
             assert len(on) == 1, f"lamps of {cid} must switch together"
             states.append(on.pop())
         k = states.index(want_on)  # first minute in the new state
-        assert 0 < k and all(s == want_on for s in states[k:])
+        assert k > 0 and all(s == want_on for s in states[k:])
         before, after = (solar_elevation_deg(lat, lon, start + 60 * (k + d)) for d in (-1, 0))
         assert (after < NIGHT_ELEVATION_DEG <= before) if want_on else (before < NIGHT_ELEVATION_DEG <= after)
 
@@ -202,8 +201,12 @@ def test_inject_rejects_bad_targets(fleet: Fleet, sample_city: City) -> None:
         fleet.inject("meltdown", lamp.id, NOON)
     with pytest.raises(ValueError, match="does not apply to streetlight"):
         fleet.inject("cover_open", lamp.id, NOON)
-    with pytest.raises(ValueError, match="is not a circuit of this fleet"):
+    with pytest.raises(ValueError, match="does not apply to streetlight .* it targets circuit"):
         fleet.inject("circuit_dark", lamp.id, NOON)
+    with pytest.raises(ValueError, match="target 'CIR-nope' is not a circuit of this fleet"):
+        fleet.inject("circuit_dark", "CIR-nope", NOON)
+    with pytest.raises(ValueError, match="is not a streetlight / manhole / water_gauge / camera / gateway"):
+        fleet.inject("offline", "GW-nope", NOON)
     with pytest.raises(ValueError, match="is not a streetlight"):
         fleet.inject("lamp_out", "nope", NOON)
     with pytest.raises(ValueError, match="duration_s must be positive"):
@@ -254,7 +257,7 @@ def test_build_messages_groups_by_gateway(fleet: Fleet, sample_city: City) -> No
         kind, ident = topic.split("/")[1:3]
         if kind == "gateway":
             assert set(doc) == {d.id for d in reg.by_gateway(ident)}
-            for dev_id, entries in doc.items():
+            for entries in doc.values():
                 assert isinstance(entries, list) and entries[0]["ts"] == ts_ms and entries[0]["values"]
                 seen += len(entries)
         else:
@@ -292,5 +295,22 @@ def test_every_device_is_due_once_per_interval_spread_evenly(fleet: Fleet) -> No
     assert n == expected.sum() == 1500 + 1140 + 90 * 2 + 270 * 2
     for _topic, payload in msgs:
         doc = json.loads(payload)
-        entries = [doc] if "ts" in doc else [e for v in doc.values() for e in (v if isinstance(v, list) else [v])]
+        if _topic.startswith("v1/devices/"):
+            entries = doc if isinstance(doc, list) else [doc]  # a 30 s device reports twice in 60 s: a list
+        else:
+            entries = [e for v in doc.values() for e in v]
         assert all(t0 * 1000 <= e["ts"] < (t0 + 60) * 1000 for e in entries)
+
+
+def test_fleet_limit_keeps_the_kind_mix(sample_city: City) -> None:
+    fleet = Fleet(sample_city.registry, seed=7, limit=300)
+    kinds = {k: sum(1 for d in fleet.devices if d.kind == k) for k in ("streetlight", "manhole", "water_gauge", "camera")}
+    assert kinds == {"streetlight": 150, "manhole": 114, "water_gauge": 9, "camera": 27}
+    assert len(fleet.readings(NOON)) == 300
+    lamp_out_of_fleet = sample_city.registry.by_kind("streetlight")[-1]
+    with pytest.raises(ValueError, match="is not a streetlight"):
+        fleet.inject("lamp_out", lamp_out_of_fleet.id, NOON)
+    assert all(fleet.index.get(f.target) is not None or f.fault == "circuit_dark" for f in fleet.random_faults(50, NOON))
+    assert len(Fleet(sample_city.registry, limit=10**6)) == 3000
+    with pytest.raises(ValueError, match="limit must be >= 1"):
+        Fleet(sample_city.registry, limit=0)

@@ -1,0 +1,16 @@
+"""Faust table helpers shared by agents."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def put(table: Any, key: Any, value: Any, partition: int) -> None:
+    """Set a table key and write its changelog to an explicit partition.
+
+    Faust normally takes the partition from the "current event", which is ambiguous when an agent
+    works on a batch of events (``take_events``). The changelog partition must be the partition of
+    the source event, so that whichever worker owns that partition after a rebalance recovers it.
+    """
+    table.data[key] = value
+    table.send_changelog(partition, key, value)

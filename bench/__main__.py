@@ -1,0 +1,27 @@
+"""Run benchmarks: `python -m gridwatch.bench [telemetry|vision|all] [options]` (./run bench)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHES = ("telemetry", "vision")
+
+
+def main(argv: list[str]) -> int:
+    which = argv[0] if argv and not argv[0].startswith("-") else "all"
+    rest = argv[1:] if argv and not argv[0].startswith("-") else argv
+    names = BENCHES if which == "all" else (which,)
+    for name in names:
+        try:
+            mod = importlib.import_module(f"gridwatch.bench.{name}")
+        except ModuleNotFoundError as e:
+            print(f"benchmark {name!r} not available: {e}", file=sys.stderr)
+            continue
+        print(f"== benchmark: {name}", flush=True)
+        mod.main(rest if which != "all" else [])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

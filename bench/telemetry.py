@@ -1,0 +1,271 @@
+"""Telemetry benchmark: MQTT in -> bridge -> Kafka -> Faust rules -> grid events on MQTT.
+
+In one run, on one machine, beside each other:
+  * ceiling   raw paho -> Mosquitto -> paho at QoS 1 (messages/s, and readings/s with the same
+              gateway-batch payloads the pipeline gets)
+  * sustained readings/s end to end (publish as fast as possible, until every partition's marker
+              event came out on MQTT)
+  * latency   publish -> alert on MQTT, p50/p95/p99, at a fixed 2,000 readings/s
+  * memory    worker RSS with every device of a 100k-device city tracked for offline detection
+
+    python -m gridwatch.bench telemetry [--devices 100000] [--readings 300000] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from gridwatch.devices.citygen import generate
+from gridwatch.devices.registry import load_city
+from gridwatch.devices.simulator import build_messages, device_topic
+from gridwatch.pipeline.kafka_io import partition_for
+from gridwatch.procs import Pipeline, rss_mb, wait_for
+from gridwatch.settings import STATE_DIR
+from gridwatch.stack import EmbeddedStack
+
+BASE_TS = 1_763_600_000_000  # an afternoon in Nov 2026 (UTC+8): daytime, so lamp rules stay quiet
+
+
+def percentile(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+
+
+def client(mqtt_url: str, **kw: Any) -> mqtt.Client:
+    host, port = mqtt_url.removeprefix("mqtt://").split(":")
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, **kw)
+    c.max_inflight_messages_set(1000)
+    c.max_queued_messages_set(0)
+    c.connect(host, int(port))
+    c.loop_start()
+    return c
+
+
+def publish_all(c: mqtt.Client, msgs: list[tuple[str, bytes]], qos: int = 1) -> float:
+    """Publish and wait for every PUBACK; returns seconds taken."""
+    t0 = time.perf_counter()
+    infos = [c.publish(t, p, qos=qos) for t, p in msgs]
+    for info in infos:
+        info.wait_for_publish(60)
+    return time.perf_counter() - t0
+
+
+# -- 1. ceiling -----------------------------------------------------------------------------------
+def mqtt_ceiling(mqtt_url: str, msgs: list[tuple[str, bytes]], readings: int) -> dict[str, float]:
+    """paho -> Mosquitto -> paho at QoS 1 for the exact messages the pipeline will get."""
+    got = threading.Event()
+    count = [0]
+
+    def on_message(c: Any, u: Any, m: Any) -> None:
+        count[0] += 1
+        if count[0] >= len(msgs):
+            got.set()
+
+    sub = client(mqtt_url, client_id="bench-ceiling-sub")
+    sub.on_message = on_message
+    sub.subscribe([("bench/ceiling/#", 1)])
+    time.sleep(0.5)
+    pub = client(mqtt_url, client_id="bench-ceiling-pub")
+    t0 = time.perf_counter()
+    for t, p in msgs:
+        pub.publish("bench/ceiling/" + t, p, qos=1)
+    got.wait(120)
+    dt = time.perf_counter() - t0
+    for c in (pub, sub):
+        c.disconnect()
+        c.loop_stop()
+    return {"messages_per_s": round(len(msgs) / dt), "readings_per_s": round(readings / dt), "seconds": round(dt, 2)}
+
+
+# -- helpers over the city ------------------------------------------------------------------------
+def reading(dev: Any, ts: int, fault: bool = False) -> dict[str, Any]:
+    if dev.kind == "streetlight":
+        return {"lamp_on": False, "current_a": 0.0, "voltage_v": 221.0, "lux": 30000.0}
+    if dev.kind == "manhole":
+        return {"tilt_deg": 1.2, "cover_open": fault, "displacement_cm": 0.0, "water_level_cm": 20.0,
+                "battery_pct": 88.0}
+    if dev.kind == "water_gauge":
+        return {"water_level_cm": 40.0, "battery_pct": 90.0}
+    return {"online": True}
+
+
+class AlertClock:
+    """Records when each alert arrives on MQTT (wall time), keyed by (subject, phase)."""
+
+    def __init__(self, mqtt_url: str) -> None:
+        self.arrived: dict[tuple[str, str], float] = {}
+        self.c = client(mqtt_url, client_id="bench-alerts")
+        self.c.on_message = self.on_message
+        self.c.subscribe([("gridwatch/alerts/#", 1)])
+        time.sleep(0.5)
+
+    def on_message(self, c: Any, u: Any, m: Any) -> None:
+        body = json.loads(m.payload)
+        self.arrived.setdefault((body["subject"], body["phase"], body["type"]), time.time())
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def event_produce_times(kafka_url: str, topic: str, subjects: set[str]) -> dict[str, float]:
+    """Wall time each subject's first 'new' event was produced (Kafka CreateTime)."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer
+
+    async def main() -> dict[str, float]:
+        c = AIOKafkaConsumer(topic, bootstrap_servers=kafka_url.removeprefix("kafka://"),
+                             auto_offset_reset="earliest", enable_auto_commit=False)
+        await c.start()
+        out: dict[str, float] = {}
+        try:
+            for _ in range(20):
+                got = await c.getmany(timeout_ms=300)
+                if not got and out:
+                    break
+                for recs in got.values():
+                    for r in recs:
+                        ev = json.loads(r.value)
+                        if ev["subject"] in subjects and ev["phase"] == "new":
+                            out.setdefault(ev["subject"], r.timestamp / 1000)
+        finally:
+            await c.stop()
+        return out
+
+    return asyncio.run(main())
+
+
+def run(out: Path, devices: int = 100_000, total_readings: int = 300_000, latency_rate: int = 2000,
+        latency_s: float = 30.0) -> dict[str, Any]:
+    city_dir = STATE_DIR / f"bench-city-{devices}"
+    if not (city_dir / "devices.csv").exists():
+        print(f"generating a {devices:,}-device city in {city_dir} ...", flush=True)
+        generate(city_dir, n_devices=devices, seed=11)
+    city = load_city(city_dir)
+    reg = city.registry
+    devs = [d for d in reg if d.kind != "camera"]
+    manholes = [d for d in devs if d.kind == "manhole" and not d.gateway]
+    parts = 8
+    results: dict[str, Any] = {"devices": len(devs), "city": str(city_dir)}
+
+    # workload: every device reports in turn, 1 s of event time apart per round
+    rounds = max(1, total_readings // len(devs))
+    msgs: list[tuple[str, bytes]] = []
+    for k in range(rounds):
+        msgs += build_messages((d, BASE_TS + k * 1000, reading(d, 0)) for d in devs)
+    n_readings = rounds * len(devs)
+    print(f"workload: {n_readings:,} readings of {len(devs):,} devices in {len(msgs):,} MQTT messages "
+          f"(gateway batches + single devices)", flush=True)
+
+    logs = STATE_DIR / "bench-logs"
+    with EmbeddedStack() as stack:
+        results["ceiling_qos1"] = mqtt_ceiling(stack.mqtt_url, msgs, n_readings)
+        print(f"ceiling   paho -> mosquitto -> paho QoS 1: {results['ceiling_qos1']}", flush=True)
+        pipe = Pipeline(stack.kafka_url, stack.mqtt_url, logs, extra=["--city", str(city_dir)]).start()
+        alerts = AlertClock(stack.mqtt_url)
+        pub = client(stack.mqtt_url, client_id="bench-pub")
+        try:
+            # -- 2. sustained throughput: then one marker fault per partition -----------------------
+            markers = {}
+            for d in manholes:
+                markers.setdefault(partition_for(d.shard_key, parts), d)
+            t0 = time.time()
+            publish_all(pub, msgs)
+            t_pub = time.time() - t0
+            end_ts = BASE_TS + rounds * 1000
+            publish_all(pub, [(device_topic(d.id), json.dumps({"ts": end_ts, "values": reading(d, 0, True)}).encode())
+                              for d in markers.values()])
+            wait_for(lambda: all((d.id, "new", "manhole_open") in alerts.arrived for d in markers.values()), 600,
+                     "marker events from every partition")
+            t_end = max(alerts.arrived[(d.id, "new", "manhole_open")] for d in markers.values())
+            e2e = n_readings / (t_end - t0)
+            results["sustained"] = {"readings": n_readings, "seconds": round(t_end - t0, 2),
+                                    "readings_per_s": round(e2e), "publish_seconds": round(t_pub, 2)}
+            print(f"sustained end to end: {results['sustained']}", flush=True)
+            cur, peak = rss_mb(pipe.worker.pid)
+            bcur, bpeak = rss_mb(pipe.bridge.pid)
+            results["rss_mb"] = {"worker": round(cur), "worker_peak": round(peak), "bridge": round(bcur),
+                                 "bridge_peak": round(bpeak), "devices_tracked": len(devs)}
+            print(f"memory: {results['rss_mb']}", flush=True)
+
+            # -- 3. latency at a fixed rate -----------------------------------------------------------
+            tick = 0.05
+            per_tick = int(latency_rate * tick)
+            probes = [d for d in manholes if d.id not in {m.id for m in markers.values()}]
+            sent: dict[str, float] = {}
+            ticks = int(latency_s / tick)
+            cursor = 0
+            ts = end_ts + 1000
+            t_next = time.time()
+            for i in range(ticks):
+                batch = [(devs[(cursor + j) % len(devs)], ts, reading(devs[0], 0)) for j in range(per_tick - 1)]
+                cursor += per_tick - 1
+                batch = [(d, ts, reading(d, 0)) for d, _, _ in batch]
+                probe = probes[i % len(probes)]
+                for topic, payload in build_messages(batch):
+                    pub.publish(topic, payload, qos=1)
+                sent[probe.id] = time.time()
+                pub.publish(device_topic(probe.id), json.dumps({"ts": ts, "values": reading(probe, 0, i // len(probes) % 2 == 0)}).encode(), qos=1)
+                ts += int(tick * 1000)  # event time at the pace of real time
+                t_next += tick
+                time.sleep(max(0.0, t_next - time.time()))
+            time.sleep(3)
+            lat = [(alerts.arrived[(pid, "new", "manhole_open")] - t) * 1000 for pid, t in sent.items()
+                   if (pid, "new", "manhole_open") in alerts.arrived]
+            results["latency_ms"] = {
+                "rate_readings_per_s": latency_rate, "samples": len(lat), "expected": len(sent),
+                "p50": round(percentile(lat, 50), 1), "p95": round(percentile(lat, 95), 1),
+                "p99": round(percentile(lat, 99), 1), "max": round(max(lat), 1) if lat else None,
+                "mean": round(statistics.fmean(lat), 1) if lat else None,
+            }
+            print(f"latency publish -> alert at {latency_rate}/s: {results['latency_ms']}", flush=True)
+            # where the time goes: Kafka record timestamps of the events (set when the worker produced)
+            produced = event_produce_times(stack.kafka_url, pipe.topic("events"), set(sent))
+            hop1 = [(produced[k] - t) * 1000 for k, t in sent.items() if k in produced]
+            hop2 = [(alerts.arrived[(k, "new", "manhole_open")] - produced[k]) * 1000 for k in sent
+                    if k in produced and (k, "new", "manhole_open") in alerts.arrived]
+            results["latency_breakdown_ms"] = {
+                "publish_to_event_produced": {"p50": round(percentile(hop1, 50), 1), "p99": round(percentile(hop1, 99), 1)},
+                "event_produced_to_mqtt_alert": {"p50": round(percentile(hop2, 50), 1), "p99": round(percentile(hop2, 99), 1)},
+            }
+            print(f"breakdown: {results['latency_breakdown_ms']}", flush=True)
+            cur, peak = rss_mb(pipe.worker.pid)
+            results["rss_mb"].update({"worker_after_latency": round(cur), "worker_peak_after": round(peak)})
+        finally:
+            pub.disconnect()
+            pub.loop_stop()
+            alerts.close()
+            pipe.stop()
+    results["targets"] = {"readings_per_s": 10_000, "p99_ms_at_2000": 200, "worker_rss_mb_100k": 500}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}", flush=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="gridwatch.bench telemetry", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--devices", type=int, default=100_000)
+    p.add_argument("--readings", type=int, default=300_000)
+    p.add_argument("--rate", type=int, default=2000, help="fixed rate for the latency run (readings/s)")
+    p.add_argument("--latency-seconds", type=float, default=30.0)
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "telemetry.json")
+    a = p.parse_args(argv)
+    run(a.out, a.devices, a.readings, a.rate, a.latency_seconds)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

