@@ -121,8 +121,14 @@ def plain_line(state: DemoState) -> str:
                 + (f" | latest: {last['phase']} {last['level']} {last['type']} grid {last['grid_code']}" if last else ""))
 
 
-def default_start() -> float:
-    now = datetime.now()
+def default_start(city_path: str | None = None) -> float:
+    """Today 17:30 in the city's own time zone, so the demo opens at dusk when the lamps switch on."""
+    from zoneinfo import ZoneInfo
+
+    from gridwatch.devices.registry import load_city
+
+    tz = ZoneInfo(load_city(None if city_path in (None, "", "sample") else city_path).timezone)
+    now = datetime.now(tz)
     return now.replace(hour=17, minute=30, second=0, microsecond=0).timestamp()
 
 
@@ -147,9 +153,12 @@ def run_demo(args: argparse.Namespace) -> int:
             kafka, mqtt_url = args.kafka or stack.kafka_url, args.mqtt or stack.mqtt_url
         common += ["--kafka", kafka, "--mqtt", mqtt_url]
         env = dict(os.environ)
+        # The demo's simulated clock runs ahead of the wall clock on purpose (--speed), so the bridge
+        # must not reject its readings as "from the future".
+        env.setdefault("GRIDWATCH_BRIDGE_MAX_FUTURE_SKEW_S", str(30 * 86400))
         if stack is not None:
             env["GRIDWATCH_KAFKA_TANSU_QUIRKS"] = "on"
-        sim_args = ["--speed", str(args.speed), "--start", str(args.start or default_start()),
+        sim_args = ["--speed", str(args.speed), "--start", str(args.start or default_start(args.city)),
                     "--faults-per-hour", str(args.faults_per_hour)]
         if args.devices:
             sim_args += ["--devices", str(args.devices)]

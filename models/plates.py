@@ -44,6 +44,12 @@ class PlateRead:
         return {"text": self.text, "score": round(self.score, 4), "polygon": [list(p) for p in self.polygon]}
 
 
+class _QuietAgentOCR(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not any(
+            part in record.pathname for part in ("/agentocr/", "/agentclpr/"))
+
+
 def unavailable_reason() -> str | None:
     """``None`` when agentclpr can be used, else what is missing."""
     missing = [m for m in REQUIRED if importlib.util.find_spec(m) is None]
@@ -73,15 +79,17 @@ class PlateReader:
         with _lock:  # the patch is process-wide for the few milliseconds the sessions take to build
             ort.InferenceSession = limited
             try:
-                import agentocr  # noqa: F401  (on import it sets up a logger named "root" at DEBUG)
+                import agentocr  # noqa: F401  (on import it adds a stdout handler to the root logger, DEBUG)
 
-                named_root = logging.getLogger("root")
-                if named_root is not root:  # a distinct logger called "root": silence it
-                    named_root.handlers.clear()
-                    named_root.setLevel(logging.WARNING)
+                root.handlers[:] = saved[0]
+                root.setLevel(saved[1])
+                if not any(isinstance(f, _QuietAgentOCR) for f in root.filters):
+                    root.addFilter(_QuietAgentOCR())  # it logs its INFO chatter on the root logger itself
                 from agentclpr import CLPSystem
 
-                self._clp = CLPSystem(providers="cpu")
+                with warnings.catch_warnings(), np.errstate(all="ignore"):
+                    warnings.simplefilter("ignore", RuntimeWarning)  # its warm-up averages an empty list
+                    self._clp = CLPSystem(providers="cpu")
             finally:
                 ort.InferenceSession = original
                 root.handlers[:] = saved[0]  # undo agentocr's logging set-up

@@ -200,13 +200,33 @@ class MotionGate:
 # ------------------------------------------------------------------------------------------- sources
 
 
+_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+_USER_OPTIONS = os.environ.get(_OPTIONS_ENV)  # an operator's own setting wins for live sources
+_open_lock = threading.Lock()
+
+
 def open_video_capture(source: str, open_timeout_s: float = 5.0, read_timeout_s: float = 5.0) -> cv2.VideoCapture:
-    """``cv2.VideoCapture`` on the FFmpeg backend with open/read timeouts (low-delay TCP for RTSP)."""
-    if is_live_source(source):
-        os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", FFMPEG_OPTIONS)
+    """``cv2.VideoCapture`` on the FFmpeg backend with open/read timeouts.
+
+    OpenCV reads ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` from the environment at every open.  Live sources get
+    the low-delay TCP options; files must *not* get them (seen here: with them set, seeking in vtest.avi
+    lands on a different frame), so the variable is set or cleared for each open, under a lock."""
+    options = (_USER_OPTIONS or FFMPEG_OPTIONS) if is_live_source(source) else None
     params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_s * 1000),
               cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout_s * 1000)]
-    return cv2.VideoCapture(source, cv2.CAP_FFMPEG, params)
+    with _open_lock:
+        before = os.environ.get(_OPTIONS_ENV)
+        if options is None:
+            os.environ.pop(_OPTIONS_ENV, None)
+        else:
+            os.environ[_OPTIONS_ENV] = options
+        try:
+            return cv2.VideoCapture(source, cv2.CAP_FFMPEG, params)
+        finally:
+            if before is None:
+                os.environ.pop(_OPTIONS_ENV, None)
+            else:
+                os.environ[_OPTIONS_ENV] = before
 
 
 def _downscale(image: np.ndarray, max_width: int | None) -> np.ndarray:

@@ -10,6 +10,7 @@ store interface and referenced from the event.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
@@ -31,8 +32,13 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def safe_name(text: str) -> str:
-    s = _SAFE.sub("_", str(text)).strip("._")
-    return s[:120] or "_"
+    """A file-name-safe form of a camera or event id; ids that had to change get a short hash so that
+    two different ids never share a file."""
+    text = str(text)
+    s = _SAFE.sub("_", text).strip("._")[:100]
+    if s != text or not s:
+        s = f"{s or '_'}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+    return s
 
 
 class EvidenceStore(ABC):

@@ -152,6 +152,8 @@ def parse_message(
         if not isinstance(doc, dict) or not doc:
             return ParseResult([], [Rejection("bad_structure", "gateway payload must be an object {device_id: [readings]}")])
         for device_id, entries in doc.items():
+            if entries == []:
+                rejections.append(Rejection("bad_structure", f"device {device_id}: empty list of readings", device_id))
             for entry in _entries(entries):
                 add(device_id, entry, ident)
     return ParseResult(readings, rejections)
