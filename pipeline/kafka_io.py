@@ -15,7 +15,7 @@ from gridwatch.settings import Settings
 log = logging.getLogger("gridwatch.kafka")
 
 # Topic families and whether they are partitioned like readings (by device shard).
-TOPICS = ("readings", "events", "deadletter")
+TOPICS = ("readings", "events", "deadletter", "reports")
 
 
 def partition_for(shard_key: str, partitions: int) -> int:
