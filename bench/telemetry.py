@@ -31,7 +31,7 @@ from gridwatch.procs import Pipeline, rss_mb, wait_for
 from gridwatch.settings import STATE_DIR
 from gridwatch.stack import EmbeddedStack
 
-BASE_TS = 1_763_600_000_000  # an afternoon in Nov 2026 (UTC+8): daytime, so lamp rules stay quiet
+BASE_TS = 1_763_600_000_000  # an afternoon in Nov 2025 (UTC+8): daytime, so lamp rules stay quiet
 
 
 def percentile(xs: list[float], q: float) -> float:

@@ -42,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 @dataclass
 class DemoState:
+    tz: Any = None  # the city's time zone: event times are shown as the city sees them
     started: float = field(default_factory=time.time)
     bridge: dict[str, Any] = field(default_factory=dict)
     sim: dict[str, Any] = field(default_factory=dict)
@@ -93,7 +94,7 @@ def render(state: DemoState) -> Any:
             f"readings {b.get('readings', 0):,}",
             f"dead letters {b.get('dead_letters_total', 0):,}",
             f"active events {len(state.active)}",
-            f"sim time {datetime.fromtimestamp(sim_ts):%H:%M}" if sim_ts else "",
+            f"sim time {datetime.fromtimestamp(sim_ts, state.tz):%Y-%m-%d %H:%M}" if sim_ts else "",
         )
         types = Table(title="grid events raised", expand=False)
         types.add_column("type")
@@ -106,7 +107,7 @@ def render(state: DemoState) -> Any:
             latest.add_column(col, overflow="ellipsis", no_wrap=True)
         for ev in state.latest:
             latest.add_row(
-                datetime.fromtimestamp(ev["ts"] / 1000).strftime("%H:%M:%S"), ev["phase"],
+                datetime.fromtimestamp(ev["ts"] / 1000, state.tz).strftime("%H:%M:%S"), ev["phase"],
                 Text(ev["level"], style=LEVEL_STYLE.get(ev["level"], "")), ev["type"], ev["grid_code"],
                 ev["subject"], ev.get("message", ""))
         return Group(head, Text.from_markup("levels raised: " + levels), types, latest)
@@ -167,7 +168,7 @@ def run_demo(args: argparse.Namespace) -> int:
             children.append(subprocess.Popen([sys.executable, "-m", "gridwatch", *argv, *common], stdout=logf,
                                              stderr=subprocess.STDOUT, env=env, start_new_session=True))
             print(f"started {name} (log: {logs / (name + '.log')})", flush=True)
-        settings = load_settings(args.config, {"mqtt.url": mqtt_url})
+        settings = load_settings(args.config, {"mqtt.url": mqtt_url, "city.path": args.city})
         return watch(args, settings, children)
     finally:
         for p in reversed(children):
@@ -186,9 +187,12 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def watch(args: argparse.Namespace, settings: Any, children: list[subprocess.Popen]) -> int:
+    from zoneinfo import ZoneInfo
+
+    from gridwatch.app import load_city
     from gridwatch.pipeline.mqtt_client import connect, make_client
 
-    state = DemoState()
+    state = DemoState(tz=ZoneInfo(load_city(settings).timezone))
     client = make_client(settings)
     prefix = settings.mqtt.stats_prefix
     client.on_connect = lambda c, u, f, rc, p=None: c.subscribe(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -22,6 +23,10 @@ from gridwatch.pipeline.schemas.readings import Reading
 from .base import Rule, RuleContext, Verdict
 
 MAX_EVIDENCE = 5
+
+
+def iso_utc(ts_ms: int) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 class RuleEngine:
@@ -178,7 +183,7 @@ class RuleEngine:
             rs["e"] = [{"ts": last_seen, "device": device.id, "last_seen": last_seen}]
             silent = (deadline - last_seen) / 1000
             events.append(self.make_event(rule, device, device.id, "new", rs["a"], deadline,
-                                          f"no reading for {silent:.0f}s (last at event time {last_seen})", rs["e"]))
+                                          f"no reading for {silent:.0f}s (last one at {iso_utc(last_seen)})", rs["e"]))
         return events
 
     def offline_deadline(self, device: Any, last_seen: int) -> int | None:

@@ -58,16 +58,16 @@ class Threshold(Rule):
             limit = float(self.below)
             clear = float(self.clear_above) if self.clear_above is not None else limit
             fault = value < limit if not active else value < clear
-            word, cmp_ = "below", "<"
+            cmp_ = "<"
         else:
             limit = self._limit(device)
             offset = (float(self.clear_below) - float(self.above)) if (self.clear_below is not None and self.above is not None) else 0.0
             clear = limit + offset if self.clear_below is not None else limit
             fault = value > limit if not active else value > clear
-            word, cmp_ = "above", ">"
+            cmp_ = ">"
         level = None
         esc = self.escalate
         if fault and esc and (("above" in esc and value > esc["above"]) or ("below" in esc and value < esc["below"])):
             level = esc["level"]
-        msg = f"{self.field} {value:g}{self.unit} {cmp_} {limit:g}{self.unit}" if fault else f"{self.field} back {word} limit"
+        msg = f"{self.field} {value:g}{self.unit} {cmp_} {limit:g}{self.unit}" if fault else f"{self.field} {value:g}{self.unit} back within limit"
         return Verdict(fault, level, msg)

@@ -15,7 +15,7 @@ from gridwatch.pipeline.kafka_io import partition_for
 
 from tests.harness import MqttPublisher, MqttWatcher, Pipeline, read_topic, wait_for
 
-# 2026-11-20 22:00 in Asia/Shanghai (14:00 UTC): night at the sample city, so lamps should be lit.
+# 2025-11-20 22:00 in Asia/Shanghai (14:00 UTC): night at the sample city, so lamps should be lit.
 NIGHT = 1_763_647_200_000
 ALERTS = "gridwatch/alerts/#"
 CITY = load_city(os.environ.get("GRIDWATCH_CITY_PATH") or None)
