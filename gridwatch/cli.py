@@ -163,6 +163,32 @@ def cmd_city(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mqtt_credentials(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from gridwatch.app import load_city
+    from gridwatch.security.mqtt_auth import (
+        device_password,
+        load_secret,
+        service_accounts,
+        write_broker_files,
+    )
+
+    settings = settings_from(args)
+    secret = load_secret()
+    if args.show:
+        print(device_password(secret, args.show))
+        return 0
+    reg = load_city(settings).registry
+    clients = [d.id for d in reg] + reg.gateways()
+    passwd, acl = write_broker_files(Path(args.out), secret, clients, alert_prefix=settings.mqtt.alert_prefix,
+                                     stats_prefix=settings.mqtt.stats_prefix)
+    print(f"wrote {passwd} ({len(clients)} devices and gateways + {len(service_accounts(secret))} service accounts) "
+          f"and {acl}.\nIn mosquitto.conf: allow_anonymous false / password_file {passwd} / acl_file {acl}.\n"
+          f"A device's password: gridwatch mqtt-credentials --show DEVICE_ID (same secret in the environment).")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gridwatch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -206,6 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--limit", type=int, default=0, help="stop after N records")
     p.set_defaults(func=cmd_tail)
 
+    p = sub.add_parser("mqtt-credentials", help="write Mosquitto password + ACL files (per-device logins)",
+                       description="Per-device MQTT logins derived from a master secret in GRIDWATCH_MQTT_SECRET "
+                                   "or GRIDWATCH_MQTT_SECRET_FILE (never stored in the repo).")
+    common(p)
+    p.add_argument("--out", default="var/mqtt-auth", help="folder for passwd and acl (default var/mqtt-auth)")
+    p.add_argument("--show", metavar="ID", help="print the password of one device, gateway or service account")
+    p.set_defaults(func=cmd_mqtt_credentials)
+
     p = sub.add_parser("city", help="generate or inspect a city")
     csub = p.add_subparsers(dest="city_cmd", required=True)
     g = csub.add_parser("generate", help="generate a synthetic city folder")
@@ -223,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(getattr(args, "log_level", "info"))
     try:
         return args.func(args) or 0
-    except (SettingsError, ConnectionError, FileNotFoundError, ValueError) as e:
+    except (SettingsError, ConnectionError, FileNotFoundError, ValueError) as e:  # CredentialError is a ValueError
         log.error("%s", e)
         return 2
     except KeyboardInterrupt:

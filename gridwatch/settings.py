@@ -45,6 +45,9 @@ class KafkaSettings:
 @dataclass
 class MqttSettings:
     url: str = "embedded"
+    username: str = ""
+    password: str = ""  # better from the environment: GRIDWATCH_MQTT_PASSWORD
+    ca_file: str = ""  # CA certificate for mqtts:// (TLS)
     alert_prefix: str = "gridwatch/alerts"
     stats_prefix: str = "gridwatch/stats"
 
@@ -76,12 +79,34 @@ class WorkerSettings:
 
 
 @dataclass
+class WebSettings:
+    """The web side (`gridwatch api`): Open311 API, operator console, live stream."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    services: str = "services.yaml"  # Open311 service catalogue + chat keyword rules (config folder or absolute)
+    operators: str = "operators.yaml"  # console accounts with role and tier scope
+    jurisdiction_id: str = ""  # "" = accept any jurisdiction_id; else only this one
+    require_api_key: bool = False
+    api_keys: str = ""  # comma-separated keys accepted on POST requests when require_api_key is true
+    rate_per_min: float = 30.0  # public POST token bucket per api_key / client IP
+    rate_burst: int = 10
+    trust_forwarded_for: bool = False  # take the client IP from X-Forwarded-For (behind a proxy only)
+    session_secret: str = ""  # HMAC key of console tokens; "" = random per process
+    session_ttl_s: int = 43200
+    dedupe_window_s: int = 600  # an identical POST within this window returns the same request id
+    max_body_bytes: int = 1048576
+    chat_import_max: int = 500  # records per chat import call
+
+
+@dataclass
 class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     city: CitySettings = field(default_factory=CitySettings)
     bridge: BridgeSettings = field(default_factory=BridgeSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+    web: WebSettings = field(default_factory=WebSettings)
     source: str = str(DEFAULT_CONFIG)
 
     # -- resolved endpoints -------------------------------------------------------------------
@@ -93,14 +118,27 @@ class Settings:
         return url.removeprefix("kafka://")
 
     def mqtt_endpoint(self) -> tuple[str, int, str | None, str | None]:
-        """(host, port, username, password) of the MQTT broker."""
+        """(host, port, username, password) of the MQTT broker; user/password settings win over the URL."""
         url = self.mqtt.url
         if url == "embedded":
             url = _stack_value("mqtt", "mqtt.url")
-        return parse_mqtt_url(url)
+        host, port, user, password = parse_mqtt_url(url)
+        return host, port, self.mqtt.username or user, self.mqtt.password or password
+
+    def mqtt_tls(self) -> bool:
+        url = self.mqtt.url if self.mqtt.url != "embedded" else _stack_value("mqtt", "mqtt.url")
+        return url.startswith("mqtts://")
 
     def topic(self, name: str) -> str:
         return f"{self.kafka.topic_prefix}.{name}"
+
+    def config_path(self, name: str) -> Path:
+        """A config file named in a setting: absolute, beside the user's config file, or shipped."""
+        p = Path(name)
+        if not p.is_absolute():
+            base = Path(self.source).parent
+            p = base / p if (base / p).exists() else CONFIG_DIR / p
+        return p
 
     def rules_path(self) -> Path:
         p = Path(self.worker.rules)
@@ -116,9 +154,9 @@ def parse_mqtt_url(url: str) -> tuple[str, int, str | None, str | None]:
     if "://" not in url:
         url = "mqtt://" + url
     u = urlparse(url)
-    if u.scheme not in ("mqtt", "tcp"):
-        raise SettingsError(f"mqtt url {url!r}: scheme must be mqtt:// (e.g. mqtt://127.0.0.1:1883)")
-    return u.hostname or "127.0.0.1", u.port or 1883, u.username, u.password
+    if u.scheme not in ("mqtt", "tcp", "mqtts"):
+        raise SettingsError(f"mqtt url {url!r}: scheme must be mqtt:// or mqtts:// (e.g. mqtt://127.0.0.1:1883)")
+    return u.hostname or "127.0.0.1", u.port or (8883 if u.scheme == "mqtts" else 1883), u.username, u.password
 
 
 def _stack_value(key: str, setting: str) -> str:

@@ -65,16 +65,29 @@ def mosquitto_binary() -> str:
     )
 
 
-def mosquitto_config(port: int, data_dir: Path, extra: str = "") -> str:
+@dataclass
+class MqttSecurity:
+    """Switch the embedded Mosquitto to authenticated (and optionally TLS) mode."""
+
+    passwd: Path
+    acl: Path
+    tls: dict[str, Path] | None = None  # {"ca", "cert", "key"} -> an extra TLS listener
+    tls_port: int = 0
+
+
+def mosquitto_config(port: int, data_dir: Path, extra: str = "", security: MqttSecurity | None = None) -> str:
     """Mosquitto config tuned for a bridge that acknowledges only after Kafka confirmed.
 
     max_inflight_messages bounds un-acknowledged QoS 1 messages per client: the default 20 would
     throttle a batching bridge to 20 messages per round trip. Queues for persistent sessions are
     unbounded so nothing is dropped while the bridge is down.
     """
-    lines = [
-        f"listener {port} 127.0.0.1",
-        "allow_anonymous true",
+    lines = ["per_listener_settings false"]
+    if security is None:
+        lines.append("allow_anonymous true")
+    else:
+        lines += ["allow_anonymous false", f"password_file {security.passwd}", f"acl_file {security.acl}"]
+    lines += [
         "persistence true",
         f"persistence_location {data_dir}/",
         "autosave_interval 5",
@@ -88,6 +101,10 @@ def mosquitto_config(port: int, data_dir: Path, extra: str = "") -> str:
     ]
     if os.geteuid() == 0:
         lines.append("user root")
+    lines.append(f"listener {port} 127.0.0.1")
+    if security is not None and security.tls is not None:
+        lines += [f"listener {security.tls_port} 127.0.0.1", f"cafile {security.tls['ca']}",
+                  f"certfile {security.tls['cert']}", f"keyfile {security.tls['key']}", "tls_version tlsv1.2"]
     return "\n".join(lines) + "\n" + extra
 
 
@@ -136,6 +153,7 @@ class EmbeddedStack:
     mqtt_port: int = 0
     with_kafka: bool = True
     with_mqtt: bool = True
+    mqtt_security: MqttSecurity | None = None
     procs: dict[str, ManagedProcess] = field(default_factory=dict)
     _tmp: tempfile.TemporaryDirectory | None = None
 
@@ -183,7 +201,9 @@ class EmbeddedStack:
         data = self.workdir / "mosquitto"
         data.mkdir(exist_ok=True)
         conf = self.workdir / "mosquitto.conf"
-        conf.write_text(mosquitto_config(self.mqtt_port, data))
+        if self.mqtt_security is not None and self.mqtt_security.tls is not None:
+            self.mqtt_security.tls_port = self.mqtt_security.tls_port or free_port()
+        conf.write_text(mosquitto_config(self.mqtt_port, data, security=self.mqtt_security))
         p = ManagedProcess("mosquitto", [mosquitto_binary(), "-c", str(conf)], self.mqtt_port,
                            self.workdir / "mosquitto.log")
         p.start()

@@ -15,7 +15,7 @@ import contextlib
 import json
 import logging
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,16 +23,13 @@ import paho.mqtt.client as mqtt
 
 from gridwatch.settings import Settings
 
-from .kafka_io import ensure_topics, partition_for, start_producer
+from .ingest import Routed, Router, kafka_records
+from .kafka_io import ensure_topics, start_producer
 from .mqtt_client import connect, make_client
-from .schemas.deadletter import DeadLetter
-from .schemas.readings import Reading, ReadingBatch
-from .telemetry_parser import parse_message
 
 log = logging.getLogger("gridwatch.bridge")
 
 SUBSCRIPTIONS = ("v1/devices/+/telemetry", "v1/gateway/+/telemetry")
-MAX_READINGS_PER_RECORD = 2000
 
 
 @dataclass(slots=True)
@@ -78,7 +75,8 @@ class MqttBridge:
     # -- MQTT side (paho network thread) -------------------------------------------------------
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
         if rc.is_failure:
-            log.error("MQTT connect refused: %s", rc)
+            log.error("MQTT broker refused the bridge: %s. Check mqtt.username and GRIDWATCH_MQTT_PASSWORD "
+                      "(see `gridwatch mqtt-credentials`).", rc)
             return
         self._generation += 1
         group = self.settings.bridge.share_group
@@ -118,46 +116,27 @@ class MqttBridge:
                 break
         return batch
 
-    def _route(self, batch: list[Incoming]) -> tuple[dict[int, list[Reading]], list[DeadLetter]]:
-        by_partition: dict[int, list[Reading]] = defaultdict(list)
-        dead: list[DeadLetter] = []
-        now_ms = int(time.time() * 1000)
-        b = self.settings.bridge
-        for item in batch:
-            res = parse_message(item.topic, item.payload, self.registry, now_ms,
-                                max_payload_bytes=b.max_payload_bytes, max_future_ms=b.max_future_skew_s * 1000)
-            for r in res.readings:
-                r.recv_ms = item.recv_ms
-                shard = self.registry.get(r.device_id).shard_key
-                by_partition[partition_for(shard, self._partitions)].append(r)
-            for rej in res.rejections:
-                self.stats.dead_letters[rej.reason] += 1
-                dead.append(DeadLetter("bridge", rej.reason, rej.detail, item.topic,
-                                       DeadLetter.payload_text(item.payload), item.recv_ms, rej.device_id))
-            self.stats.readings += len(res.readings)
+    def _route(self, batch: list[Incoming]) -> Routed:
+        routed = self.router.route((item.topic, item.payload, item.recv_ms) for item in batch)
+        self.stats.dead_letters.update(routed.reasons)
+        self.stats.readings += routed.readings
         self.stats.messages += len(batch)
-        return by_partition, dead
+        return routed
 
-    async def _produce(self, by_partition: dict[int, list[Reading]], dead: list[DeadLetter]) -> None:
+    async def _produce(self, routed: Routed) -> None:
         """Send everything and wait for Kafka's confirmation, retrying until it succeeds."""
-        readings_topic = self.settings.topic("readings")
-        dlq_topic = self.settings.topic("deadletter")
+        records = kafka_records(self.settings, routed)
         delay = 0.2
         while True:
             try:
-                futures = []
-                for p, readings in by_partition.items():
-                    for i in range(0, len(readings), MAX_READINGS_PER_RECORD):
-                        rec = ReadingBatch(p, readings[i:i + MAX_READINGS_PER_RECORD]).encode()
-                        futures.append(await self.producer.send(readings_topic, rec, key=str(p).encode(), partition=p))
-                for d in dead:
-                    futures.append(await self.producer.send(dlq_topic, d.encode(), key=d.source.encode()))
+                futures = [await self.producer.send(topic, value, key=key, partition=partition)
+                           for topic, key, value, partition in records]
                 await asyncio.gather(*futures)
                 return
             except Exception as e:  # noqa: BLE001 - any Kafka failure: hold the acks, back off, retry
                 self.stats.kafka_retries += 1
                 log.warning("Kafka produce failed (%s: %s); holding %d readings un-acknowledged, retry in %.1fs",
-                            type(e).__name__, e, sum(map(len, by_partition.values())), delay)
+                            type(e).__name__, e, routed.readings, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -182,6 +161,7 @@ class MqttBridge:
         await ensure_topics(self.settings)
         self.producer = await start_producer(self.settings)
         self._partitions = len(await self.producer.partitions_for(self.settings.topic("readings")))
+        self.router = Router(self.registry, self._partitions, self.settings.bridge)
         client = make_client(self.settings, self.settings.bridge.client_id, clean_session=False, manual_ack=True,
                              max_inflight=2000)
         client.on_connect = self._on_connect
@@ -204,8 +184,7 @@ class MqttBridge:
                     break
                 batch = taker.result()
                 t0 = time.perf_counter()
-                by_partition, dead = self._route(batch)
-                await self._produce(by_partition, dead)
+                await self._produce(self._route(batch))
                 self._ack(batch)
                 self.stats.flushes += 1
                 self.stats.last_flush_ms = (time.perf_counter() - t0) * 1000

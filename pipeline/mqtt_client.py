@@ -32,6 +32,8 @@ def make_client(
     client.reconnect_delay_set(0.2, 5)
     if user:
         client.username_pw_set(user, password)
+    if settings.mqtt_tls():
+        client.tls_set(ca_certs=settings.mqtt.ca_file or None)
     client._gridwatch_endpoint = (host, port)  # type: ignore[attr-defined]
     return client
 
@@ -43,7 +45,9 @@ def connect(client: mqtt.Client, timeout: float = 30.0) -> None:
     delay = 0.2
     while True:
         try:
-            client.connect(host, port, keepalive=30)
+            rc = client.connect(host, port, keepalive=30)
+            if rc != 0:
+                raise ConnectionError(f"MQTT broker {host}:{port} refused the connection: {mqtt.error_string(rc)}")
             return
         except OSError as e:
             if time.monotonic() > deadline:
