@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = ("telemetry", "vision")
+BENCHES = ("telemetry", "vision", "soak")
 
 
 def main(argv: list[str]) -> int:
