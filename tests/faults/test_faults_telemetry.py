@@ -97,61 +97,54 @@ def assert_nothing_lost(pipe: Pipeline, sent: list[tuple[str, int]], what: str) 
     assert not lost
 
 
-def test_bridge_killed_mid_stream_loses_nothing(own_stack):
+@pytest.fixture
+def feeding(own_stack) -> Iterator[tuple[EmbeddedStack, Pipeline, Feeder]]:
+    """A running bridge (no worker: the readings topic is what counts) and a steady QoS 1 feeder."""
     pipe = Pipeline(own_stack.kafka_url, own_stack.mqtt_url)
     pipe.bridge.start()
     pipe.bridge.wait_log("bridge running")
     feeder = Feeder(own_stack.mqtt_url).start()
+    time.sleep(2)
     try:
-        time.sleep(2)
-        pipe.bridge.kill()  # SIGKILL between receive and produce/ack for whatever is in flight
-        time.sleep(2)  # messages keep arriving at Mosquitto for the bridge's persistent session
-        t0 = time.monotonic()
-        pipe.bridge.start()
-        pipe.bridge.wait_log("session present: True")
-        time.sleep(1)
-        feeder.stop()
-        assert_nothing_lost(pipe, feeder.sent, "bridge SIGKILL")
-        print(f"bridge recovery (restart to reconnected with its session): {time.monotonic() - t0:.1f}s")
+        yield own_stack, pipe, feeder
     finally:
+        own_stack.procs["kafka"].proc.send_signal(signal.SIGCONT)
         pipe.bridge.stop()
 
 
-def test_mosquitto_restart_loses_nothing(own_stack):
-    pipe = Pipeline(own_stack.kafka_url, own_stack.mqtt_url)
+def test_bridge_killed_mid_stream_loses_nothing(feeding):
+    _, pipe, feeder = feeding
+    pipe.bridge.kill()  # SIGKILL between receive and produce/ack for whatever is in flight
+    time.sleep(2)  # messages keep arriving at Mosquitto for the bridge's persistent session
+    t0 = time.monotonic()
     pipe.bridge.start()
-    pipe.bridge.wait_log("bridge running")
-    feeder = Feeder(own_stack.mqtt_url).start()
-    try:
-        time.sleep(2)
-        t0 = time.monotonic()
-        own_stack.restart_mqtt()  # SIGTERM (Mosquitto saves its persistence file), start on the same port
-        wait_for(lambda: pipe.bridge.log().count("MQTT connected") >= 2, 60, "bridge to reconnect")
-        print(f"Mosquitto restart to bridge reconnected: {time.monotonic() - t0:.1f}s")
-        time.sleep(2)
-        feeder.stop()
-        assert_nothing_lost(pipe, feeder.sent, "Mosquitto restart")
-    finally:
-        pipe.bridge.stop()
+    pipe.bridge.wait_log("session present: True")
+    print(f"bridge recovery (restart to reconnected with its session): {time.monotonic() - t0:.1f}s")
+    time.sleep(1)
+    feeder.stop()
+    assert_nothing_lost(pipe, feeder.sent, "bridge SIGKILL")
 
 
-def test_kafka_unavailable_for_a_while_bridge_holds_and_delivers(own_stack):
-    pipe = Pipeline(own_stack.kafka_url, own_stack.mqtt_url)
-    pipe.bridge.start()
-    pipe.bridge.wait_log("bridge running")
-    feeder = Feeder(own_stack.mqtt_url).start()
-    kafka = own_stack.procs["kafka"].proc
-    try:
-        time.sleep(2)
-        kafka.send_signal(signal.SIGSTOP)  # the broker hangs: produce requests time out
-        time.sleep(20)
-        kafka.send_signal(signal.SIGCONT)
-        t0 = time.monotonic()
-        time.sleep(2)
-        feeder.stop()
-        assert_nothing_lost(pipe, feeder.sent, "Kafka frozen 20 s")
-        print(f"Kafka back to every held reading delivered: {time.monotonic() - t0:.1f}s")
-        assert pipe.bridge.proc.poll() is None
-    finally:
-        kafka.send_signal(signal.SIGCONT)
-        pipe.bridge.stop()
+def test_mosquitto_restart_loses_nothing(feeding):
+    stack, pipe, feeder = feeding
+    t0 = time.monotonic()
+    stack.restart_mqtt()  # SIGTERM (Mosquitto saves its persistence file), start on the same port
+    wait_for(lambda: pipe.bridge.log().count("MQTT connected") >= 2, 60, "bridge to reconnect")
+    print(f"Mosquitto restart to bridge reconnected: {time.monotonic() - t0:.1f}s")
+    time.sleep(2)
+    feeder.stop()
+    assert_nothing_lost(pipe, feeder.sent, "Mosquitto restart")
+
+
+def test_kafka_unavailable_for_a_while_bridge_holds_and_delivers(feeding):
+    stack, pipe, feeder = feeding
+    kafka = stack.procs["kafka"].proc
+    kafka.send_signal(signal.SIGSTOP)  # the broker hangs: produce requests time out
+    time.sleep(20)
+    kafka.send_signal(signal.SIGCONT)
+    t0 = time.monotonic()
+    time.sleep(2)
+    feeder.stop()
+    assert_nothing_lost(pipe, feeder.sent, "Kafka frozen 20 s")
+    print(f"Kafka back to every held reading delivered: {time.monotonic() - t0:.1f}s")
+    assert pipe.bridge.proc.poll() is None
