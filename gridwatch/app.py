@@ -12,14 +12,40 @@ from typing import Any
 
 import faust
 
-from gridwatch.agents import alerts, telemetry
+from gridwatch.agents import alerts, incidents, influx_sink, telemetry, vision
+from gridwatch.agents.channels import agent as incident_channels
 from gridwatch.agents.runtime import AgentContext
 from gridwatch.settings import Settings
 
 log = logging.getLogger("gridwatch.app")
 
 # Agents installed by default; each module has install(ctx) -> agent.
-AGENT_MODULES = {"telemetry": telemetry, "alerts": alerts}
+AGENT_MODULES = {"telemetry": telemetry, "alerts": alerts, "incidents": incidents,
+                 "incident_channels": incident_channels, "vision": vision,
+                 "influx_sink": influx_sink}  # influx_sink: a no-op unless influx.enabled
+# Installed only where asked (worker.agents / --agents "+vision"): vision loads an ONNX model.
+OPT_IN_AGENTS = frozenset({"vision"})
+
+
+def resolve_agents(spec: str | tuple[str, ...] | None) -> tuple[str, ...]:
+    """Agent names from ``worker.agents`` / ``--agents``: "" = defaults (all but opt-in), "all",
+    "+vision" (defaults plus), or an explicit comma-separated list."""
+    if isinstance(spec, tuple):
+        spec = ",".join(spec)
+    items = [a.strip() for a in (spec or "").split(",") if a.strip()]
+    defaults = [n for n in AGENT_MODULES if n not in OPT_IN_AGENTS]
+    if not items:
+        return tuple(defaults)
+    if items == ["all"]:
+        return tuple(AGENT_MODULES)
+    names = list(defaults) if all(a.startswith("+") for a in items) else []
+    for a in items:
+        name = a.lstrip("+")
+        if name not in AGENT_MODULES:
+            raise ValueError(f"unknown agent {name!r} in worker.agents (known: {', '.join(AGENT_MODULES)})")
+        if name not in names:
+            names.append(name)
+    return tuple(names)
 
 
 def load_city(settings: Settings) -> Any:
@@ -58,6 +84,7 @@ def create_app(settings: Settings, *, city: Any = None, agents: tuple[str, ...] 
         broker_request_timeout=30.0 if quirks else 90.0,
         stream_recovery_delay=0.5 if quirks else 3.0,
         table_cleanup_interval=60.0,
+        table_standby_replicas=0 if quirks else 1,
         logging_config=None,
     )
     topics = {
@@ -74,6 +101,7 @@ def create_app(settings: Settings, *, city: Any = None, agents: tuple[str, ...] 
         assigned = app_.consumer.assignment() if app_.consumer else set()
         log.info("worker ready: %d partitions assigned (%s)", len(assigned),
                  ", ".join(sorted({tp.topic for tp in assigned})))
-    for name in agents or tuple(AGENT_MODULES):
+    ctx.timezone = getattr(city, "timezone", "UTC")
+    for name in resolve_agents(agents or settings.worker.agents):
         AGENT_MODULES[name].install(ctx)
     return app

@@ -5,7 +5,12 @@
     gridwatch worker       Faust worker: telemetry rules and alert fan-out
     gridwatch simulate     drive a simulated city fleet over MQTT
     gridwatch demo         all of the above with a live terminal view
+    gridwatch api          Open311 API + operator console (http://127.0.0.1:8080/console)
+    gridwatch cameras      capture service: RTSP cameras -> sampled JPEG frames on Kafka (cameras.yaml)
+    gridwatch camera serve FILE...   serve video files as looping RTSP streams (demos, tests)
     gridwatch tail TOPIC   print records of a Kafka topic (events, deadletter, readings)
+    gridwatch record OUT   record device/gateway MQTT traffic (and cameras) into an MCAP file
+    gridwatch replay FILE  replay a recording into an isolated namespace (--compare A B: diff two runs)
     gridwatch city ...     generate or inspect a city (grid map + device table)
 """
 
@@ -16,6 +21,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -32,8 +38,10 @@ def setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    # Faust, mode and aiokafka are chatty at INFO; GRIDWATCH_LIBRARY_LOG=info|debug lets them speak.
+    lib_level = getattr(logging, os.environ.get("GRIDWATCH_LIBRARY_LOG", "warning").upper(), logging.WARNING)
     for noisy in ("aiokafka", "faust", "mode"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+        logging.getLogger(noisy).setLevel(max(lib_level, logging.getLogger().level))
 
 
 def common(p: argparse.ArgumentParser) -> None:
@@ -113,12 +121,35 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     if args.app_id:
         settings.worker.app_id = args.app_id
-    agents = tuple(args.agents.split(",")) if args.agents else None
-    app = create_app(settings, agents=agents)
+    if args.cameras:
+        settings.vision.cameras = args.cameras
+    app = create_app(settings, agents=args.agents or None)  # None: worker.agents from the settings
     log.info("worker starting: app %s, broker %s, topics %s.*", app.conf.id, settings.kafka_bootstrap(),
              settings.kafka.topic_prefix)
     worker = Worker(app, loglevel=args.log_level, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
+    return 0
+
+
+def cmd_cameras(args: argparse.Namespace) -> int:
+    from gridwatch.pipeline.camera_service import camera_config_path, load_camera_config, run_service
+
+    settings = settings_from(args)
+    if args.cameras:
+        settings.vision.cameras = args.cameras
+    return run_service(settings, load_camera_config(camera_config_path(settings)), args.camera or None)
+
+
+def cmd_camera(args: argparse.Namespace) -> int:
+    from gridwatch.pipeline.rtsp_server import check_available, serve
+
+    reason = check_available()
+    if reason:
+        log.error("cannot serve RTSP: %s", reason)
+        return 2
+    names = args.names.split(",") if args.names else None
+    serve(args.files, args.port, names=names, host=args.host, fps=args.fps, width=args.width, block=True,
+          quiet=args.log_level != "debug")
     return 0
 
 
@@ -140,6 +171,37 @@ def cmd_tail(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     run_async(lambda stop: tail(settings, args.topic, stop, from_beginning=args.from_beginning, limit=args.limit))
     return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    if args.hash_password:
+        import getpass
+
+        from gridwatch.web.auth import hash_password
+
+        pw = sys.stdin.readline().rstrip("\n") if not sys.stdin.isatty() else getpass.getpass("password: ")
+        if not pw:
+            log.error("empty password")
+            return 2
+        print(hash_password(pw))
+        return 0
+    from gridwatch.web.server import serve
+
+    settings = settings_from(args)
+    run_async(lambda stop: serve(settings, stop, host=args.host, port=args.port))
+    return 0
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from gridwatch.recordreplay import run_record
+
+    return run_record(settings_from(args), args)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from gridwatch.recordreplay import run_replay
+
+    return run_replay(settings_from(args), args)
 
 
 def cmd_city(args: argparse.Namespace) -> int:
@@ -208,8 +270,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="Faust worker running the agents (start more on other machines to scale)")
     common(p)
     p.add_argument("--app-id", help="Faust app id / consumer group (default from config)")
-    p.add_argument("--agents", help="comma-separated subset of agents to run (default: all)")
+    p.add_argument("--agents", help='agents to run: "telemetry,alerts", "+vision" (defaults plus vision), "all" '
+                                    "(default: worker.agents, else every agent except the opt-in vision)")
+    p.add_argument("--cameras", metavar="FILE", help="camera config for the vision agent (default vision.cameras)")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("cameras", help="capture service: cameras (cameras.yaml) -> sampled JPEG frames on Kafka")
+    common(p)
+    p.add_argument("--cameras", metavar="FILE", help="camera config (default vision.cameras: cameras.yaml)")
+    p.add_argument("--camera", action="append", metavar="ID", help="run only this camera (repeatable)")
+    p.set_defaults(func=cmd_cameras)
+
+    p = sub.add_parser("camera", help="camera tools: serve video files as RTSP streams")
+    csub = p.add_subparsers(dest="camera_cmd", required=True)
+    sv = csub.add_parser("serve", help="serve video files as looping RTSP streams (GStreamer RTSP server)")
+    sv.add_argument("files", nargs="+", metavar="FILE", help="video files (any format GStreamer plays)")
+    sv.add_argument("--port", type=int, default=8554, help="RTSP port (default 8554)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sv.add_argument("--names", help="comma-separated mount names, one per file (default cam1,cam2,...)")
+    sv.add_argument("--fps", type=float, help="re-time the streams to this frame rate")
+    sv.add_argument("--width", type=int, help="downscale to this width")
+    sv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sv.set_defaults(func=cmd_camera)
 
     p = sub.add_parser("simulate", help="publish a simulated fleet's telemetry over MQTT")
     common(p)
@@ -225,6 +307,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo_args(p)
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("api", help="Open311 API, operator console and live stream (web.host / web.port)")
+    common(p)
+    p.add_argument("--host", help="address to listen on (default web.host, 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on (default web.port, 8080; 0 = a free one)")
+    p.add_argument("--hash-password", action="store_true",
+                   help="read a password (prompt or stdin) and print its hash for operators.yaml, then exit")
+    p.set_defaults(func=cmd_api)
+
     p = sub.add_parser("tail", help="print records of a Kafka topic as JSON lines")
     common(p)
     p.add_argument("topic", help="topic family: events, deadletter, readings (the prefix is added)")
@@ -239,6 +329,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="var/mqtt-auth", help="folder for passwd and acl (default var/mqtt-auth)")
     p.add_argument("--show", metavar="ID", help="print the password of one device, gateway or service account")
     p.set_defaults(func=cmd_mqtt_credentials)
+
+    from gridwatch.recordreplay import add_record_arguments, add_replay_arguments
+
+    p = sub.add_parser("record", help="record device/gateway MQTT traffic (and RTSP cameras) into an MCAP file")
+    common(p)
+    add_record_arguments(p)
+    p.set_defaults(func=cmd_record)
+
+    p = sub.add_parser("replay", help="replay a recording into an isolated namespace, or --compare two runs")
+    common(p)
+    add_replay_arguments(p)
+    p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("city", help="generate or inspect a city")
     csub = p.add_subparsers(dest="city_cmd", required=True)
