@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from gridwatch.pipeline.mqtt_publisher import AsyncMqttPublisher
@@ -23,11 +24,17 @@ log = logging.getLogger("gridwatch.alerts")
 TIER_ORDER = ("city", "district", "street", "community", "grid")
 
 
-def alert_topic(prefix: str, event: GridEvent) -> str:
-    codes = [event.tier_code(t) or "_" for t in TIER_ORDER]
+def tier_path(tier_code: Callable[[str], str | None], grid_code: str) -> list[str]:
+    """Codes city -> district -> street -> community -> grid ("_" where unknown), for MQTT topics
+    that operators subscribe to per tier with a wildcard (shared by grid alerts and incidents)."""
+    codes = [tier_code(t) or "_" for t in TIER_ORDER]
     if codes[-1] == "_":
-        codes[-1] = event.grid_code
-    return "/".join([prefix, *codes, event.type])
+        codes[-1] = grid_code
+    return codes
+
+
+def alert_topic(prefix: str, event: GridEvent) -> str:
+    return "/".join([prefix, *tier_path(event.tier_code, event.grid_code), event.type])
 
 
 def install(ctx: AgentContext) -> Any:

@@ -130,6 +130,11 @@ class TelemetryProcessor:
                 self._track(ps, device.id, r.ts)
             if r.ts > ps.max_ts:
                 ps.max_ts = r.ts
+                # Scan at the reading that moves the watermark, not at the end of the batch: how the
+                # bridge or a replay cut the stream into batches must not change which devices went
+                # offline (a device back within the same batch would otherwise hide its outage).
+                if ps.max_ts - self.lateness_ms >= ps.next_scan:
+                    self._advance(ps, out)
         self._advance(ps, out)
         return out
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gridwatch.pipeline.schemas.deadletter import DeadLetter
-
 from gridwatch.settings import Settings
 
 log = logging.getLogger("gridwatch.agents")
@@ -28,6 +27,7 @@ class AgentContext:
     events_topic: Any
     deadletter_topic: Any
     stats: Counter = field(default_factory=Counter)
+    timezone: str = "UTC"  # the city's (local time of scene rules)
 
     async def dead_letter(self, stage: str, reason: str, detail: str, source: str, payload: bytes,
                           device_id: str | None = None) -> None:

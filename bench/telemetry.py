@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+
 from gridwatch.devices.citygen import generate
 from gridwatch.devices.registry import load_city
 from gridwatch.devices.simulator import build_messages, device_topic
 from gridwatch.pipeline.kafka_io import partition_for
-
 from gridwatch.procs import Pipeline, rss_mb, wait_for
 from gridwatch.settings import STATE_DIR
 from gridwatch.stack import EmbeddedStack

@@ -38,6 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--faults-per-hour", type=float, default=40.0, help="random faults per simulated hour")
     p.add_argument("--duration", type=float, default=0.0, help="stop after this many real seconds (0 = until Ctrl-C)")
     p.add_argument("--plain", action="store_true", help="plain log lines instead of the live table (default when not a TTY)")
+    p.add_argument("--api-port", type=int, default=None,
+                   help="port of the Open311 API + operator console (default web.port, 8080)")
+    p.add_argument("--no-cameras", action="store_true",
+                   help="leave out the cameras (RTSP footage -> capture -> vision agent)")
 
 
 @dataclass
@@ -133,10 +137,23 @@ def default_start(city_path: str | None = None) -> float:
     return now.replace(hour=17, minute=30, second=0, microsecond=0).timestamp()
 
 
+def console_port(wanted: int) -> int:
+    """``wanted`` if nothing listens there, else a free port (a second demo must not fail on 8080)."""
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", wanted))
+        except OSError:
+            sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from gridwatch.stack import EmbeddedStack
 
     stack = None
+    rtsp = None
     children: list[subprocess.Popen] = []
     logs = STATE_DIR / "demo-logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -163,11 +180,23 @@ def run_demo(args: argparse.Namespace) -> int:
                     "--faults-per-hour", str(args.faults_per_hour)]
         if args.devices:
             sim_args += ["--devices", str(args.devices)]
-        for name, argv in (("worker", ["worker"]), ("bridge", ["bridge"]), ("simulate", ["simulate", *sim_args])):
+        procs: list[tuple[str, list[str]]] = [("worker", ["worker"]), ("bridge", ["bridge"]),
+                                              ("simulate", ["simulate", *sim_args])]
+        if not args.no_cameras:
+            rtsp, cameras_file = start_cameras(args)
+            if cameras_file is not None:
+                procs[0] = ("worker", ["worker", "--agents", "+vision", "--cameras", str(cameras_file)])
+                procs.append(("cameras", ["cameras", "--cameras", str(cameras_file)]))
+        api_port = console_port(args.api_port if args.api_port is not None else load_settings(args.config).web.port)
+        procs.append(("api", ["api", "--port", str(api_port)]))
+        for name, argv in procs:
             logf = open(logs / f"{name}.log", "wb")  # noqa: SIM115
             children.append(subprocess.Popen([sys.executable, "-m", "gridwatch", *argv, *common], stdout=logf,
                                              stderr=subprocess.STDOUT, env=env, start_new_session=True))
             print(f"started {name} (log: {logs / (name + '.log')})", flush=True)
+        print(f"operator console: http://127.0.0.1:{api_port}/console  (demo logins: city / city-demo, "
+              f"ansha / ansha-demo; see gridwatch/config/operators.yaml)\n"
+              f"Open311 API:      http://127.0.0.1:{api_port}/open311/v2/services.json", flush=True)
         settings = load_settings(args.config, {"mqtt.url": mqtt_url, "city.path": args.city})
         return watch(args, settings, children)
     finally:
@@ -179,11 +208,74 @@ def run_demo(args: argparse.Namespace) -> int:
                 p.wait(20)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
+        if rtsp is not None:
+            rtsp.stop()
         if stack is not None:
             stack.stop()
             with contextlib.suppress(OSError):
                 STACK_FILE.unlink()
         print("demo stopped", flush=True)
+
+
+DEMO_FOOTAGE = (("cam1", "vtest_avi", "a campus plaza (OpenCV's vtest.avi)"),
+                ("cam2", "market_street_mp4", "Market Street, 1906 (public-domain film)"))
+
+
+def start_cameras(args: argparse.Namespace) -> tuple[Any, Path | None]:
+    """Serve the real footage over RTSP and point the shipped cameras.yaml at it: (server, camera file).
+
+    The shipped cameras.yaml places its cameras at sample-city camera points with sources
+    rtsp://127.0.0.1:8554/cam1 and /cam2; the demo serves the footage on a free port instead and writes a
+    copy with those URLs to var/demo-cameras.yaml. Without GStreamer or the footage the demo goes on
+    without cameras (and says why)."""
+    import yaml
+
+    from gridwatch.models import footage
+    from gridwatch.pipeline.camera_service import camera_config_path
+    from gridwatch.pipeline.rtsp_server import check_available, serve
+    from gridwatch.stack import free_port
+
+    reason = check_available()
+    if reason:
+        print(f"no cameras in this demo: the GStreamer RTSP server is unavailable ({reason})", flush=True)
+        return None, None
+    files, names = [], []
+    for mount, fn, _what in DEMO_FOOTAGE:
+        try:
+            files.append(getattr(footage, fn)())
+            names.append(mount)
+        except footage.FootageUnavailable as e:
+            print(f"camera {mount} left out: {e}", flush=True)
+    if not files:
+        return None, None
+    port = free_port()
+    try:  # 10 fps keeps the H.264 encoding (server) and decoding (capture) cheap
+        server = serve(files, port, names=names, fps=10)
+    except (RuntimeError, OSError) as e:
+        print(f"no cameras in this demo: the RTSP server did not start ({e})", flush=True)
+        return None, None
+    settings = load_settings(args.config, {"city.path": args.city})
+    shipped = yaml.safe_load(camera_config_path(settings).read_text(encoding="utf-8")) or {}
+    cams = shipped.get("cameras") or {}
+    kept = {}
+    for cam_id, body in cams.items():
+        src = str((body or {}).get("source", ""))
+        mount = src.rstrip("/").rsplit("/", 1)[-1]
+        if mount in names:
+            kept[str(cam_id)] = {**body, "source": server.url(mount)}
+    if not kept:
+        server.stop()
+        print("no cameras in this demo: cameras.yaml has no camera on rtsp://.../cam1 or /cam2", flush=True)
+        return None, None
+    shipped["cameras"] = kept
+    out = STATE_DIR / "demo-cameras.yaml"
+    out.write_text("# written by `gridwatch demo` from the shipped cameras.yaml (sources: the demo's RTSP server)\n"
+                   + yaml.safe_dump(shipped, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    for mount, _fn, what in DEMO_FOOTAGE:
+        if mount in names:
+            cam = next(c for c, b in kept.items() if b["source"].endswith("/" + mount))
+            print(f"camera {cam}: {what} at {server.url(mount)}", flush=True)
+    return server, out
 
 
 def watch(args: argparse.Namespace, settings: Any, children: list[subprocess.Popen]) -> int:

@@ -76,6 +76,16 @@ class WorkerSettings:
     offline_scan_s: float = 10
     presence_checkpoint_s: float = 30
     log_level: str = "info"
+    # Agents this worker runs: "" = the defaults (all but opt-in ones such as vision), "+vision" = the
+    # defaults plus vision, "all", or an explicit list "vision" / "telemetry,alerts".
+    agents: str = ""
+
+
+@dataclass
+class VisionSettings:
+    """Cameras: the capture service (`gridwatch cameras`) and the vision agent."""
+
+    cameras: str = "cameras.yaml"  # camera list, zones, rules, detector (config folder or absolute path)
 
 
 @dataclass
@@ -97,6 +107,28 @@ class WebSettings:
     dedupe_window_s: int = 600  # an identical POST within this window returns the same request id
     max_body_bytes: int = 1048576
     chat_import_max: int = 500  # records per chat import call
+    evidence_dir: str = ""  # snapshot pictures of vision events ("" = <state dir>/evidence)
+
+
+@dataclass
+class InfluxSettings:
+    """Time-series sink (InfluxDB 2 write API): readings, grid events, incident changes, presence."""
+
+    enabled: bool = False  # the influx_sink agent does nothing unless this is true
+    url: str = "http://127.0.0.1:8086"
+    org: str = "gridwatch"
+    bucket: str = "gridwatch"
+    token: str = ""  # better from the environment: GRIDWATCH_INFLUX_TOKEN
+    batch_size: int = 5000  # points per write request
+    flush_interval_ms: int = 1000  # a partial batch is written after this long
+    max_pending_points: int = 100000  # bounded queue: producers wait when this many are unwritten
+    writers: int = 2  # concurrent write requests
+    max_retries: int = 10  # per batch, on 429 / 5xx / connection errors (then the batch is dropped)
+    retry_base_s: float = 0.5  # back-off: base * 2^attempt, capped, with jitter
+    retry_max_s: float = 30.0
+    timeout_s: float = 10.0
+    device_tag: bool = True  # tag readings with the device id (one series per device and field)
+    presence_interval_s: int = 60  # event-time period of the device_presence points
 
 
 @dataclass
@@ -107,6 +139,8 @@ class Settings:
     bridge: BridgeSettings = field(default_factory=BridgeSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     web: WebSettings = field(default_factory=WebSettings)
+    vision: VisionSettings = field(default_factory=VisionSettings)
+    influx: InfluxSettings = field(default_factory=InfluxSettings)
     source: str = str(DEFAULT_CONFIG)
 
     # -- resolved endpoints -------------------------------------------------------------------

@@ -163,9 +163,10 @@ def build_int8(cache: Path, images: list[Path], quiet: bool = True) -> Path:
 
     import cv2
     import onnx
-    from gridwatch.models.detectors.onnx_yolo import letterbox
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from gridwatch.models.detectors.onnx_yolo import letterbox
 
     t0 = time.monotonic()
     _log(quiet, f"quantising to int8 (calibration: {len(images)} pictures)")
@@ -213,6 +214,7 @@ def build_int8(cache: Path, images: list[Path], quiet: bool = True) -> Path:
 
 def _build_fp32(cache: Path, *, force: bool, quiet: bool) -> Path:
     import onnx  # noqa: F401  (fail early with a clear error when the dependency is missing)
+
     from gridwatch.models import darknet
     from gridwatch.models.labels import COCO80, canonical
 

@@ -41,6 +41,7 @@ from typing import Any, ClassVar, Literal
 from zoneinfo import ZoneInfo
 
 import numpy as np
+
 from gridwatch.models.detectors.base import Detection
 from gridwatch.models.labels import PERSON_LABELS, VEHICLE_LABELS
 from gridwatch.models.tracker import Tracker, TrackerConfig, TrackState

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
+
 from gridwatch.models.detectors.base import Detection
 
 DEFAULT_CLASS_GROUPS: tuple[tuple[str, ...], ...] = (("car", "truck", "bus"), ("bicycle", "motorcycle"))

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from gridwatch.models.tracker import TrackState
 
 ZONE_KINDS = ("generic", "no_parking", "fire_lane", "crowd", "restricted")

@@ -15,7 +15,11 @@ from gridwatch.settings import Settings
 log = logging.getLogger("gridwatch.kafka")
 
 # Topic families and whether they are partitioned like readings (by device shard).
-TOPICS = ("readings", "events", "deadletter", "reports")
+TOPICS = ("readings", "events", "deadletter", "reports", "actions", "incidents", "frames")
+# Topic configs per family at creation. Camera frames are bulky (~50 KB each) and only useful live:
+# keep an hour (real Kafka; the embedded Tansu broker keeps everything in memory regardless).
+TOPIC_CONFIGS: dict[str, dict[str, str]] = {"frames": {"retention.ms": "3600000", "segment.ms": "600000",
+                                                       "max.message.bytes": "4194304"}}
 
 
 def partition_for(shard_key: str, partitions: int) -> int:
@@ -35,7 +39,9 @@ async def ensure_topics(settings: Settings, names: tuple[str, ...] = TOPICS, tim
         existing = set(await admin.list_topics())
         missing = [settings.topic(n) for n in names if settings.topic(n) not in existing]
         if missing:
-            new = [NewTopic(t, settings.kafka.partitions, settings.kafka.replication_factor) for t in missing]
+            family = {settings.topic(n): n for n in names}
+            new = [NewTopic(t, settings.kafka.partitions, settings.kafka.replication_factor,
+                            topic_configs=TOPIC_CONFIGS.get(family.get(t, ""), {})) for t in missing]
             try:
                 await admin.create_topics(new)
                 log.info("created topics %s with %d partitions", ", ".join(missing), settings.kafka.partitions)

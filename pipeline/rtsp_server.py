@@ -212,9 +212,10 @@ def _gst_main(argv: list[str]) -> int:  # pragma: no cover - exercised through s
             if args.width:
                 caps += f",width={args.width},pixel-aspect-ratio=1/1"
             rate = ""
-            if args.fps:
+            if args.fps:  # one caps filter: two in a row ("! caps ! caps !") do not parse
                 fr = Fraction(args.fps).limit_denominator(1001)
-                rate = f"videorate ! video/x-raw,framerate={fr.numerator}/{fr.denominator} ! "
+                rate = "videorate ! "
+                caps += f",framerate={fr.numerator}/{fr.denominator}"
             scale = "videoscale ! " if args.width else ""
             self.pipeline = Gst.parse_launch(
                 f"filesrc location={q(path)} ! decodebin ! videoconvert ! {scale}{rate}{caps} "

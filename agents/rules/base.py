@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
+
 from gridwatch.pipeline.schemas.events import LEVELS
 
 

@@ -32,6 +32,7 @@ from typing import Any, ClassVar, Literal
 
 import cv2
 import numpy as np
+
 from gridwatch.models.detectors.base import Detection, DetectionApi, DetectorConfig
 from gridwatch.models.labels import load_labels
 

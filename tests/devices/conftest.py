@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from gridwatch.devices import citygen
 from gridwatch.devices.registry import City, load_city
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from gridwatch.devices import citygen
 from gridwatch.devices.registry import SAMPLE_CITY_DIR, load_city
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from gridwatch.devices import codes
 from hypothesis import given
 from hypothesis import strategies as st
+
+from gridwatch.devices import codes
 
 
 def test_tier_chain_of_grid_code() -> None:

@@ -11,10 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 import shapely
+from shapely.geometry import Point, box
+
 from gridwatch.devices import codes
 from gridwatch.devices.gridmap import Area, GridMap, GridMapError
 from gridwatch.devices.registry import City
-from shapely.geometry import Point, box
 
 
 def test_sample_map_tiers(sample_city: City) -> None:

@@ -8,6 +8,7 @@ import time
 
 import paho.mqtt.client as mqtt
 import pytest
+
 from gridwatch.devices.registry import City
 from gridwatch.devices.simulator import Fleet, Publisher, PublishStats
 

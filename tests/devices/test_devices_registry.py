@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shapely.geometry import Point
+
 from gridwatch.devices import codes
 from gridwatch.devices.gridmap import GridMap
 from gridwatch.devices.registry import CSV_COLUMNS, City, Device, Registry, RegistryError, load_city
-from shapely.geometry import Point
 
 
 def test_sample_city_loads(sample_city: City) -> None:

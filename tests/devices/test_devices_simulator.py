@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+
 from gridwatch.devices.registry import City, Device
 from gridwatch.devices.simulator import (
     FAULTS,

@@ -10,9 +10,9 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
+
 from gridwatch.devices.registry import load_city
 from gridwatch.pipeline.kafka_io import partition_for
-
 from tests.harness import MqttPublisher, MqttWatcher, Pipeline, read_topic, wait_for
 
 # 2025-11-20 22:00 in Asia/Shanghai (14:00 UTC): night at the sample city, so lamps should be lit.

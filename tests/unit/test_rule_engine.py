@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from gridwatch.agents.partition_state import TelemetryProcessor
 from gridwatch.agents.rules.base import RuleConfigError, build_rule, load_rules
 from gridwatch.agents.rules.engine import RuleEngine
 from gridwatch.devices.registry import load_city
 from gridwatch.pipeline.schemas.readings import Reading
-
 from gridwatch.settings import CONFIG_DIR
 
 CITY = load_city()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
-from gridwatch.pipeline.telemetry_parser import FIELDS, parse_message
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from gridwatch.pipeline.telemetry_parser import FIELDS, parse_message
 
 NOW = 1_763_647_200_000
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
 from gridwatch.models import footage
 from gridwatch.models.build import build, calibration_images
 from gridwatch.models.detectors import DetectionApi, create_detector

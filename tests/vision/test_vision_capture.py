@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
 from gridwatch.pipeline.capture import (
     CameraCapture,
     CameraStatus,

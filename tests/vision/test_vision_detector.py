@@ -30,11 +30,11 @@ import dataclasses
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper
+
 from gridwatch.models.detectors import Detection, create_detector, detector_types, parse_detector_config
 from gridwatch.models.detectors.onnx_yolo import box_iou, letterbox, nms
 from gridwatch.models.labels import VEHICLE_LABELS
-from onnx import TensorProto, helper
-
 from tests.vision.conftest import read_frame
 
 VEHICLES = VEHICLE_LABELS | {"train"}

@@ -7,6 +7,7 @@ import logging
 import cv2
 import numpy as np
 import pytest
+
 from gridwatch.models import plates
 from gridwatch.models.scene_rules import SceneEvent
 from gridwatch.models.tracker import TrackState

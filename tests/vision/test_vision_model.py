@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 import pytest
+
 from gridwatch.models import build as model_build
 from gridwatch.models import darknet
 from gridwatch.models.labels import COCO80

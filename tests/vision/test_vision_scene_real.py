@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 
 import cv2
 import numpy as np
+
 from gridwatch.models.scene_rules import SceneEngine
 from gridwatch.models.zones import point_in_polygon
 from gridwatch.pipeline.capture import CameraCapture

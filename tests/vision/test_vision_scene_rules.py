@@ -6,6 +6,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import pytest
+
 from gridwatch.models.detectors import Detection
 from gridwatch.models.scene_rules import (
     CrowdRule,

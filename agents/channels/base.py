@@ -1,0 +1,100 @@
+"""Channel plug-in interface and registry, like the rule plug-ins (agents/rules/base.py).
+
+A channel receives every incident change (the full snapshot plus the change) that passes its filters
+and delivers it somewhere: MQTT, a webhook, ... ``deliver`` either succeeds or raises
+:class:`DeliveryError` after its own retries; the fan-out agent then parks the change in the
+dead-letter topic with the reason, so one bad endpoint never stops the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any, ClassVar
+
+from gridwatch.pipeline.schemas.events import LEVELS
+from gridwatch.pipeline.schemas.incidents import CHANGES, IncidentChange
+
+log = logging.getLogger("gridwatch.channels")
+REGISTRY: dict[str, type[Channel]] = {}
+BUILTIN = ("mqtt", "webhook")
+
+
+class ChannelConfigError(ValueError):
+    """A channel entry in incidents.yaml is wrong; the message names the channel and the key."""
+
+
+class DeliveryError(RuntimeError):
+    """A change could not be delivered (after the channel's retries)."""
+
+
+def register(type_name: str):  # type: ignore[no-untyped-def]
+    def deco(cls: type[Channel]) -> type[Channel]:
+        cls.type = type_name
+        REGISTRY[type_name] = cls
+        return cls
+
+    return deco
+
+
+class Channel:
+    """Base class: filters (levels, changes) here; subclasses read their keys in ``configure``."""
+
+    type: ClassVar[str] = ""
+    keys: ClassVar[frozenset[str]] = frozenset()  # the subclass's own config keys
+    common: ClassVar[frozenset[str]] = frozenset({"name", "type", "enabled", "levels", "changes", "module"})
+
+    def __init__(self, name: str, cfg: dict[str, Any], settings: Any = None) -> None:
+        self.name = name
+        self.settings = settings
+        unknown = set(cfg) - self.common - self.keys
+        if unknown:
+            raise ChannelConfigError(f"channel {name!r} ({self.type}): unknown key(s) {sorted(unknown)} "
+                                     f"(known: {', '.join(sorted(self.keys | self.common))})")
+        self.levels = self._subset(cfg, "levels", LEVELS)
+        self.changes = self._subset(cfg, "changes", CHANGES)
+        self.configure(cfg)
+
+    def _subset(self, cfg: dict[str, Any], key: str, allowed: tuple[str, ...]) -> frozenset[str]:
+        value = cfg.get(key, list(allowed))
+        if not isinstance(value, list) or not set(value) <= set(allowed):
+            raise ChannelConfigError(f"channel {self.name!r}.{key}: a list of {', '.join(allowed)}")
+        return frozenset(value)
+
+    def configure(self, cfg: dict[str, Any]) -> None:
+        """Read the subclass's keys; raise ChannelConfigError naming the key when wrong."""
+
+    def accepts(self, change: IncidentChange) -> bool:
+        return change.incident.level in self.levels and change.change in self.changes
+
+    async def start(self) -> None:
+        """Open connections (called once, inside the worker's event loop)."""
+
+    async def deliver(self, change: IncidentChange, body: bytes) -> None:
+        """Deliver one change (``body`` is its JSON record as it is on the incidents topic)."""
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        """Close connections."""
+
+
+def build_channels(entries: list[dict[str, Any]], settings: Any = None) -> list[Channel]:
+    """Channels from incidents.yaml's ``channels:`` list (disabled ones left out)."""
+    for mod in BUILTIN:
+        importlib.import_module(f"{__package__}.{mod}")
+    out = []
+    for entry in entries:
+        name = str(entry.get("name"))
+        if entry.get("enabled", True) is False:
+            continue
+        if entry.get("module"):
+            try:
+                importlib.import_module(str(entry["module"]))
+            except ImportError as e:
+                raise ChannelConfigError(f"channel {name!r}: cannot import module {entry['module']!r}: {e}") from None
+        cls = REGISTRY.get(str(entry.get("type")))
+        if cls is None:
+            raise ChannelConfigError(f"channel {name!r}: unknown type {entry.get('type')!r} "
+                                     f"(known: {', '.join(sorted(REGISTRY))})")
+        out.append(cls(name, entry, settings))
+    return out

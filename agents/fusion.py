@@ -1,0 +1,375 @@
+"""Fusion of grid events and resident reports into incidents, per Kafka partition (no Kafka here).
+
+Events, reports and operator actions are all keyed by grid code, so one partition sees every input
+about its grids, in order. For each partition the processor keeps its incidents (recovered from the
+durable store, a Faust table), an index of source id -> incident, the fusable incidents per category
+group, a watermark (highest input event time minus lateness) and a heap of supervision deadlines.
+
+Replay safety: only event time is used; incident ids come from the first source; a re-delivered
+input is recognised (event phase + ts already seen, report or action id already in the incident)
+and changes nothing; an escalation is recorded at the deadline that passed, not when it was noticed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from gridwatch.pipeline.schemas.codec import dumps
+from gridwatch.pipeline.schemas.events import GridEvent, TierRef
+from gridwatch.pipeline.schemas.incidents import (
+    VERSION,
+    Incident,
+    IncidentSource,
+    OperatorAction,
+    Transition,
+    incident_id,
+)
+from gridwatch.pipeline.schemas.reports import ResidentReport
+
+from . import lifecycle as lc
+from .routing import IncidentConfig
+
+log = logging.getLogger("gridwatch.incidents")
+EARTH_M = 6_371_000.0
+
+
+def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance (haversine), metres."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * EARTH_M * math.asin(min(1.0, math.sqrt(a)))
+
+
+class StateStore(Protocol):
+    """The durable key -> JSON store behind the processor (a Faust table in production)."""
+
+    def get(self, key: str) -> Any: ...
+
+    def items(self) -> Iterable[tuple[str, Any]]: ...
+
+
+@dataclass
+class Rejected:
+    reason: str  # machine-readable: unknown_incident, invalid_transition, out_of_scope, outside_grid, ...
+    detail: str
+
+
+@dataclass
+class Outcome:
+    """What one batch produced: records for <prefix>.incidents, table writes, rejections."""
+
+    changes: list[tuple[str, bytes]] = field(default_factory=list)  # (grid code key, IncidentChange JSON)
+    writes: dict[str, tuple[int, Any]] = field(default_factory=dict)  # table key -> (partition, value; None: delete)
+    rejected: list[Rejected] = field(default_factory=list)
+    duplicates: int = 0
+
+
+@dataclass
+class PartitionState:
+    partition: int
+    max_ts: int = 0
+    incidents: dict[str, Incident] = field(default_factory=dict)
+    by_source: dict[str, str] = field(default_factory=dict)  # "event:<id>" / "report:<id>" -> incident id
+    fusable: dict[str, set[str]] = field(default_factory=dict)  # group -> incident ids open to new sources
+    heap: list[tuple[int, str]] = field(default_factory=list)  # (deadline, incident id), lazily invalidated
+    scheduled: dict[str, int] = field(default_factory=dict)  # incident id -> deadline last pushed
+    wm_dirty: bool = False
+
+
+def inc_key(iid: str) -> str:
+    return "inc:" + iid
+
+
+class IncidentProcessor:
+    def __init__(self, cfg: IncidentConfig, gridmap: Any, store: StateStore) -> None:
+        self.cfg = cfg
+        self.gridmap = gridmap
+        self.store = store
+        self.partitions: dict[int, PartitionState] = {}
+        self.lateness_ms = int(cfg.supervision.lateness_s * 1000)
+        self.window_ms = int(cfg.fusion.window_s * 1000)
+        self.ignored_types: set[str] = set()
+
+    def reset(self) -> None:
+        """Forget memory after a rebalance: the store (table) is the truth and is read again lazily."""
+        self.partitions.clear()
+
+    # -- partition state ------------------------------------------------------------------------
+    def partition(self, p: int) -> PartitionState:
+        ps = self.partitions.get(p)
+        if ps is None:
+            ps = self.partitions[p] = PartitionState(p)
+            wm = self.store.get(f"wm:{p}")
+            if wm:
+                ps.max_ts = int(wm.get("max_ts", 0))
+            for key, value in list(self.store.items()):
+                if isinstance(key, str) and key.startswith("inc:") and value and value.get("p") == p:
+                    inc = Incident.from_dict(value["incident"])
+                    ps.incidents[inc.id] = inc
+                    self._index(ps, inc)
+            if ps.incidents:
+                log.info("partition %d: recovered %d incidents (%d open), watermark %d", p, len(ps.incidents),
+                         sum(1 for i in ps.incidents.values() if i.open), ps.max_ts - self.lateness_ms)
+        return ps
+
+    def _index(self, ps: PartitionState, inc: Incident) -> None:
+        for s in inc.sources:
+            ps.by_source[f"{s.kind}:{s.id}"] = inc.id
+        ids = ps.fusable.setdefault(inc.category_group, set())
+        if lc.fusable(inc):
+            ids.add(inc.id)
+        else:
+            ids.discard(inc.id)
+        d = lc.next_deadline(inc, self.cfg)
+        if d is not None and ps.scheduled.get(inc.id) != d:
+            ps.scheduled[inc.id] = d
+            heapq.heappush(ps.heap, (d, inc.id))
+
+    def _emit(self, ps: PartitionState, out: Outcome, inc: Incident, change: str, ts: int,
+              transition: Transition | None, source_id: str = "") -> None:
+        """Version the incident, queue its change record and its table write, re-index it."""
+        inc.version += 1
+        snap = inc.to_dict()
+        out.changes.append((inc.grid_code, dumps({
+            "incident": snap, "change": change, "ts": ts, "transition": asdict(transition) if transition else None,
+            "source_id": source_id, "v": VERSION})))
+        out.writes[inc_key(inc.id)] = (ps.partition, {"p": ps.partition, "incident": snap})
+        self._index(ps, inc)
+
+    def _advance_ts(self, ps: PartitionState, ts: int) -> None:
+        if ts > ps.max_ts:
+            ps.max_ts = ts
+            ps.wm_dirty = True
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def on_event(self, p: int, ev: GridEvent, out: Outcome) -> None:
+        ps = self.partition(p)
+        self._advance_ts(ps, ev.ts)
+        iid = ps.by_source.get(f"event:{ev.id}")
+        if iid is not None and iid in ps.incidents:
+            self._event_update(ps, ps.incidents[iid], ev, out)
+            return
+        if ev.phase == "end":
+            return  # the end of an event that never made an incident (unmapped type, or evicted)
+        group = self.cfg.group_of_event(ev.type)
+        if group is None:
+            if ev.type not in self.ignored_types:
+                self.ignored_types.add(ev.type)
+                log.info("event type %s is in no incident group (incidents.yaml): no incidents of it", ev.type)
+            return
+        src = IncidentSource(kind="event", id=ev.id, type=ev.type, ts=ev.start_ts, last_ts=ev.ts, subject=ev.subject,
+                             device_kind=ev.device_kind, level=ev.level, active=ev.active, end_ts=ev.end_ts,
+                             lat=ev.lat, lon=ev.lon, message=ev.message, evidence=list(ev.evidence),
+                             origin=ev.source, seen=[f"{ev.phase}@{ev.ts}"])
+        actor = f"{'camera' if ev.source == 'vision' else 'sensor'}:{ev.subject}"
+        self._add_source(ps, out, group, src, ev.grid_code, list(ev.tiers), ev.level, actor)
+
+    def on_report(self, p: int, rep: ResidentReport, out: Outcome) -> None:
+        ps = self.partition(p)
+        self._advance_ts(ps, rep.requested_ms)
+        if f"report:{rep.service_request_id}" in ps.by_source:
+            out.duplicates += 1
+            return
+        group = self.cfg.group_of_service(rep.service_code)
+        if group is None:
+            out.rejected.append(Rejected("unmapped_service", f"service_code {rep.service_code!r} is in no incident "
+                                                             "group (incidents.yaml)"))
+            return
+        grid = rep.grid_code if rep.grid_code in self.gridmap else self.gridmap.locate(rep.lat, rep.lon)
+        if not grid:
+            out.rejected.append(Rejected("outside_grid", f"report {rep.service_request_id} at {rep.lat},{rep.lon} "
+                                                         f"(grid {rep.grid_code!r}) is in no grid of the city"))
+            return
+        tiers = [TierRef(a.tier, a.code, a.name) for a in self.gridmap.chain(grid)]
+        src = IncidentSource(kind="report", id=rep.service_request_id, type=rep.service_code, ts=rep.requested_ms,
+                             last_ts=rep.requested_ms, subject=rep.device_id, lat=rep.lat, lon=rep.lon,
+                             message=rep.description, media_url=rep.media_url, origin=rep.source)
+        self._add_source(ps, out, group, src, grid, tiers, self.cfg.report_level(group),
+                         f"resident:{rep.service_request_id}")
+
+    def on_action(self, p: int, act: OperatorAction, out: Outcome) -> None:
+        # Actions carry the console's clock, not the sensors' event time: they do not move the
+        # watermark (a replayed city acted on today would otherwise escalate everything at once).
+        ps = self.partition(p)
+        inc = ps.incidents.get(act.incident_id)
+        if inc is None:
+            out.rejected.append(Rejected("unknown_incident", f"no incident {act.incident_id} in partition {p}; the "
+                                                             "action's key must be the incident's grid code"))
+            return
+        if any(h.ref == act.id for h in inc.history):
+            out.duplicates += 1
+            return
+        try:
+            t = lc.apply_action(inc, act, self.cfg)
+        except lc.LifecycleError as e:
+            out.rejected.append(Rejected(e.reason, str(e)))
+            return
+        change = {"escalate": "escalated", "reopen": "reopened"}.get(act.action, "action")
+        self._emit(ps, out, inc, change, act.ts, t, act.id)
+
+    # -- fusion ---------------------------------------------------------------------------------
+    def _candidate(self, ps: PartitionState, group: str, grid: str, src: IncidentSource) -> Incident | None:
+        """The open incident of the same group this source joins: same device first, then same grid,
+        then nearest within the radius; ties by age and id, so the choice is deterministic."""
+        best: tuple[Any, ...] | None = None
+        found: Incident | None = None
+        for iid in ps.fusable.get(group, ()):
+            inc = ps.incidents[iid]
+            last = max(s.last_ts for s in inc.sources)
+            if not (inc.created_ts - self.window_ms <= src.ts <= last + self.window_ms):
+                continue
+            same_grid = inc.grid_code == grid
+            dist = distance_m(inc.lat, inc.lon, src.lat, src.lon)
+            if not same_grid and dist > self.cfg.fusion.radius_m:
+                continue
+            same_subject = bool(src.subject) and any(s.subject == src.subject for s in inc.sources)
+            rank = (not same_subject, not same_grid, round(dist, 3), inc.created_ts, inc.id)
+            if best is None or rank < best:
+                best, found = rank, inc
+        return found
+
+    def _add_source(self, ps: PartitionState, out: Outcome, group: str, src: IncidentSource, grid: str,
+                    tiers: list[TierRef], level: str, actor: str) -> None:
+        inc = self._candidate(ps, group, grid, src)
+        ref = f"{src.kind}:{src.id}"
+        if inc is None:
+            self._create(ps, out, group, src, grid, tiers, level, actor)
+            return
+        was_confirmed = {s.kind for s in inc.sources} >= {"event", "report"}
+        inc.sources.append(src)
+        ts = src.ts if src.kind == "report" else src.last_ts
+        lc.set_level(inc, level, ts, self.cfg)
+        inc.title = self._title(inc)
+        if inc.status == "resolved":  # a pending auto-resolve: the problem is back
+            t = lc.reopen(inc, self.cfg, ts, actor, note=f"{src.type} again", ref=ref)
+            self._after_source(inc, ts)
+            self._emit(ps, out, inc, "reopened", ts, t, src.id)
+            return
+        t = lc.record(inc, ts, "merged", actor, note=f"{src.kind} {src.type}: {src.message}"[:500], ref=ref)
+        self._after_source(inc, ts)
+        self._emit(ps, out, inc, "source_added", ts, t, src.id)
+        if not was_confirmed and {s.kind for s in inc.sources} >= {"event", "report"}:
+            self._confirmed(ps, out, inc, ts, actor, src.id)
+
+    def _confirmed(self, ps: PartitionState, out: Outcome, inc: Incident, ts: int, actor: str, sid: str) -> None:
+        """A sensor and a resident agree: priority (and once, the level) goes up."""
+        if self.cfg.priority.confirmation_raises_level:
+            lc.set_level(inc, lc.raise_level(inc.level), ts, self.cfg)
+        inc.priority = lc.priority(inc, self.cfg)
+        t = lc.record(inc, ts, "confirmed", actor, note="a sensor event and a resident report agree")
+        self._emit(ps, out, inc, "source_added", ts, t, sid)
+
+    def _after_source(self, inc: Incident, ts: int) -> None:
+        inc.priority = lc.priority(inc, self.cfg)
+        inc.updated_ts = max(inc.updated_ts, ts)
+
+    def _create(self, ps: PartitionState, out: Outcome, group: str, src: IncidentSource, grid: str,
+                tiers: list[TierRef], level: str, actor: str) -> None:
+        cfg = self.cfg
+        tier = cfg.lifecycle.start_tier
+        inc = Incident(
+            id=incident_id(src.kind, src.id), category_group=group, title="", level=level, priority=0,
+            status="reported", tier=tier, tier_code="", department=cfg.department(group), grid_code=grid,
+            tiers=tiers, lat=src.lat, lon=src.lon, created_ts=src.ts, updated_ts=src.ts,
+            sla_deadline_ts=src.ts + cfg.sla_ms(level), sources=[src])
+        inc.tier_code = inc.tier_code_of(tier) or grid
+        inc.title = self._title(inc)
+        inc.priority = lc.priority(inc, cfg)
+        ps.incidents[inc.id] = inc
+        t = lc.record(inc, src.ts, "created", actor, note=f"{src.type}: {src.message}"[:500], from_status="",
+                      ref=f"{src.kind}:{src.id}")
+        self._emit(ps, out, inc, "created", src.ts, t, src.id)
+        if cfg.lifecycle.auto_dispatch:
+            t = lc.apply_action(inc, OperatorAction(inc.id, grid, "dispatch", "system", src.ts,
+                                                    note="routing table"), cfg)
+            self._emit(ps, out, inc, "action", src.ts, t, "")
+
+    def _title(self, inc: Incident) -> str:
+        types = sorted({s.type for s in inc.sources if s.kind == "event"})
+        reports = sum(1 for s in inc.sources if s.kind == "report")
+        parts = [", ".join(types)] if types else []
+        if reports:
+            parts.append(f"{reports} report{'s' if reports > 1 else ''}")
+        return f"{self.cfg.title(inc.category_group)}: {' + '.join(parts)}"
+
+    def _event_update(self, ps: PartitionState, inc: Incident, ev: GridEvent, out: Outcome) -> None:
+        src = next(s for s in inc.sources if s.kind == "event" and s.id == ev.id)
+        marker = f"{ev.phase}@{ev.ts}"
+        if marker in src.seen:
+            out.duplicates += 1
+            return
+        src.seen.append(marker)
+        src.last_ts = max(src.last_ts, ev.ts)
+        src.level = ev.level
+        if ev.message:
+            src.message = ev.message
+        if ev.evidence:
+            src.evidence = list(ev.evidence)
+        actor = f"{'camera' if ev.source == 'vision' else 'sensor'}:{ev.subject}"
+        if ev.phase == "end":
+            src.active = False
+            src.end_ts = ev.end_ts if ev.end_ts is not None else ev.ts
+        else:
+            src.active = True
+        terminal = not (inc.open or inc.status == "resolved")
+        if not terminal and ev.phase != "end":
+            lc.set_level(inc, ev.level, ev.ts, self.cfg)
+        if inc.status == "resolved" and inc.pending_confirmation and ev.phase != "end":
+            t = lc.reopen(inc, self.cfg, ev.ts, actor, note=f"{ev.type} active again", ref=f"event:{ev.id}")
+            self._after_source(inc, ev.ts)
+            self._emit(ps, out, inc, "reopened", ev.ts, t, ev.id)
+            return
+        self._after_source(inc, ev.ts)
+        action = "source_end" if ev.phase == "end" else "source_update"
+        t = lc.record(inc, ev.ts, action, actor, note=f"{ev.type} {ev.phase}: {ev.message}"[:500],
+                      ref=f"event:{ev.id}:{marker}")
+        self._emit(ps, out, inc, "source_updated", ev.ts, t, ev.id)
+        if ev.phase == "end" and self.cfg.lifecycle.auto_resolve:
+            t2 = lc.auto_resolve(inc, ev.ts, actor)
+            if t2 is not None:
+                inc.priority = lc.priority(inc, self.cfg)
+                self._emit(ps, out, inc, "auto_resolved", ev.ts, t2, ev.id)
+
+    # -- supervision ----------------------------------------------------------------------------
+    def watermark(self, p: int) -> int:
+        return self.partition(p).max_ts - self.lateness_ms
+
+    def advance(self, p: int, out: Outcome) -> None:
+        """Run supervision up to the partition's watermark; persist the watermark if it moved."""
+        ps = self.partition(p)
+        wm = ps.max_ts - self.lateness_ms
+        heap = ps.heap
+        while heap and heap[0][0] < wm:
+            deadline, iid = heapq.heappop(heap)
+            if ps.scheduled.get(iid) == deadline:
+                del ps.scheduled[iid]
+            inc = ps.incidents.get(iid)
+            if inc is None or lc.next_deadline(inc, self.cfg) != deadline:
+                continue  # stale entry: the incident changed since and was rescheduled
+            if inc.status in ("evaluated", "closed", "cancelled") and inc.closed_ts is not None:
+                self._evict(ps, out, inc)
+                continue
+            for change, t in lc.supervise(inc, self.cfg, wm):
+                self._emit(ps, out, inc, change, t.ts, t, "")
+        if ps.wm_dirty:
+            out.writes[f"wm:{p}"] = (p, {"max_ts": ps.max_ts})
+            ps.wm_dirty = False
+
+    def _evict(self, ps: PartitionState, out: Outcome, inc: Incident) -> None:
+        """Drop a long-finished incident from the table (its records stay on the incidents topic)."""
+        ps.incidents.pop(inc.id, None)
+        ps.scheduled.pop(inc.id, None)
+        for s in inc.sources:
+            ps.by_source.pop(f"{s.kind}:{s.id}", None)
+        ps.fusable.get(inc.category_group, set()).discard(inc.id)
+        out.writes[inc_key(inc.id)] = (ps.partition, None)
+
+    # -- queries (tests, bench, diagnostics) ------------------------------------------------------
+    def incidents(self) -> list[Incident]:
+        return [i for ps in self.partitions.values() for i in ps.incidents.values()]

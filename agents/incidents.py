@@ -1,0 +1,128 @@
+"""Incident agent: grid events + resident reports + operator actions -> incidents (fusion, lifecycle,
+supervision), every change on ``<prefix>.incidents``.
+
+The three input topics are keyed by grid code with the same partition count, so Faust assigns the
+same partitions of all three to one worker (co-partitioned) and one agent sees a grid's events,
+reports and actions in order. The state (every incident with its history, the watermarks) lives in
+the Faust table ``incidents`` whose changelog is written to the input's partition explicitly
+(``tables.put``), so the worker that owns a partition after a crash or rebalance recovers it.
+
+Order per batch: changes are produced and confirmed before the table is written, so a crash in
+between re-processes the inputs and produces the same changes again (same versions, same ids);
+the channels drop the copies by version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from gridwatch.pipeline.schemas.codec import SchemaError
+from gridwatch.pipeline.schemas.events import GridEvent
+from gridwatch.pipeline.schemas.incidents import OperatorAction
+from gridwatch.pipeline.schemas.reports import ResidentReport
+
+from .fusion import IncidentProcessor, Outcome
+from .routing import load_incident_config
+from .runtime import AgentContext
+from .tables import put
+
+log = logging.getLogger("gridwatch.incidents")
+INPUTS = ("events", "reports", "actions")
+
+
+def family_topic(ctx: AgentContext, *families: str) -> Any:
+    """A raw-bytes Faust topic over ``<prefix>.<family>`` topics, created with the configured
+    partition count if missing (internal=True makes Faust declare them, so a worker started before
+    the bridge still gets co-partitioned topics)."""
+    s = ctx.settings
+    return ctx.app.topic(*(s.topic(f) for f in families), key_serializer="raw", value_serializer="raw",
+                         partitions=s.kafka.partitions, internal=True)
+
+
+class TableStore:
+    """StateStore over a Faust table: ``get`` and a scan of every key (recovery of a partition)."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def get(self, key: str) -> Any:
+        return self.table.get(key)
+
+    def items(self) -> Any:
+        return self.table.data.items()
+
+
+def delete(table: Any, key: str, partition: int) -> None:
+    """Remove a key and write its tombstone to an explicit changelog partition (see tables.put)."""
+    table.data.pop(key, None)
+    table.send_changelog(partition, key, None, value_serializer="raw")
+
+
+def install(ctx: AgentContext) -> Any:
+    app, settings = ctx.app, ctx.settings
+    cfg = load_incident_config(settings=settings)
+    table = app.Table("incidents", partitions=settings.kafka.partitions, default=None)
+    processor = IncidentProcessor(cfg, ctx.gridmap, TableStore(table))
+    source = family_topic(ctx, *INPUTS)
+    out_topic = family_topic(ctx, "incidents")
+    names = {settings.topic(f): f for f in INPUTS}
+    log.info("incidents: %d category groups from %s", len(cfg.groups), cfg.source)
+
+    @app.on_partitions_revoked.connect
+    async def _forget(app_: Any, revoked: Any = None, **kwargs: Any) -> None:
+        processor.reset()
+
+    def apply(family: str, partition: int, raw: bytes, out: Outcome) -> None:
+        if family == "events":
+            processor.on_event(partition, GridEvent.decode(raw), out)
+        elif family == "reports":
+            processor.on_report(partition, ResidentReport.decode(raw), out)
+        else:
+            processor.on_action(partition, OperatorAction.decode(raw), out)
+
+    @app.agent(source, name="incidents")
+    async def incidents(stream: Any) -> None:
+        await out_topic.maybe_declare()
+        async for batch in stream.take_events(500, within=0.01):
+            out = Outcome()
+            touched: set[int] = set()
+            for event in batch:
+                msg = event.message
+                family = names.get(msg.topic, "")
+                seen = len(out.rejected)
+                try:
+                    apply(family, msg.partition, event.value, out)
+                except SchemaError as e:
+                    await ctx.dead_letter("incidents", f"bad_{family.rstrip('s') or 'record'}", str(e), msg.topic,
+                                          event.value)
+                    continue
+                except Exception as e:  # noqa: BLE001 - one bad input must not stop fusion
+                    log.exception("incident processing failed on %s[%d]", msg.topic, msg.partition)
+                    await ctx.dead_letter("incidents", "fusion_error", f"{type(e).__name__}: {e}", msg.topic,
+                                          event.value)
+                    continue
+                finally:
+                    touched.add(msg.partition)
+                for r in out.rejected[seen:]:
+                    log.info("rejected %s from %s: %s", r.reason, msg.topic, r.detail)
+                    await ctx.dead_letter("incidents", r.reason, r.detail, msg.topic, event.value)
+            for p in sorted(touched):
+                try:
+                    processor.advance(p, out)
+                except Exception:  # noqa: BLE001
+                    log.exception("supervision failed on partition %d", p)
+            if out.changes:
+                futures = [await out_topic.send(key=key.encode(), value=value) for key, value in out.changes]
+                await asyncio.gather(*futures)
+                ctx.stats["incident_changes"] += len(out.changes)
+            for key, (partition, value) in out.writes.items():
+                if value is None:
+                    delete(table, key, partition)
+                else:
+                    put(table, key, value, partition)
+            ctx.stats["incident_inputs"] += len(batch)
+            ctx.stats["incident_duplicates"] += out.duplicates
+
+    return incidents

@@ -1,0 +1,95 @@
+"""InfluxDB sink agents: readings, grid events and incident changes -> InfluxDB 2 (pipeline/sinks/influx.py).
+
+Off unless ``influx.enabled``. Each agent takes what is buffered (up to a second's worth), writes it
+and waits for InfluxDB to confirm before the records count as done, so a crash re-writes points
+instead of losing them, and a slow database makes the agent consume slower (back-pressure) instead of
+buffering without bound. Run it as its own worker (``--agents influx_sink --app-id gridwatch-sink``) so a
+slow database never holds back the rule and alert agents sharing a worker's consumer.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from gridwatch.pipeline.kafka_io import partition_for
+from gridwatch.pipeline.schemas.codec import SchemaError
+from gridwatch.pipeline.schemas.events import GridEvent
+from gridwatch.pipeline.sinks.influx import InfluxSink, PointBuilder, Presence
+
+from .runtime import AgentContext
+
+log = logging.getLogger("gridwatch.influx")
+
+TAKE = 500  # Kafka records per write round (a readings record holds up to 2,000 readings)
+WITHIN_S = 1.0
+
+
+def install(ctx: AgentContext) -> Any:
+    app, settings = ctx.app, ctx.settings
+    cfg = settings.influx
+    if not cfg.enabled:
+        log.info("influx sink off (influx.enabled is false)")
+        return None
+    sink = InfluxSink(cfg)
+    builder = PointBuilder(ctx.registry, ctx.gridmap, settings.kafka.topic_prefix, device_tag=cfg.device_tag)
+    presence = Presence(ctx.registry, builder, settings.kafka.partitions, cfg.presence_interval_s * 1000,
+                        partition_for)
+    app.influx_sink = sink  # type: ignore[attr-defined]
+    log.info("influx sink on: %s org %s bucket %s", cfg.url, cfg.org, cfg.bucket)
+
+    @app.on_partitions_revoked.connect
+    async def _forget(app_: Any, revoked: Any = None, **kwargs: Any) -> None:
+        presence.last_seen.clear()
+        presence.next_emit.clear()
+
+    @app.agent(ctx.readings_topic, name="influx_readings")
+    async def influx_readings(stream: Any) -> None:
+        async for events in stream.take_events(TAKE, within=WITHIN_S):
+            lines: list[str] = []
+            for event in events:
+                try:
+                    _p, points, seen = builder.batch(event.value)
+                except SchemaError:
+                    continue  # the telemetry agent dead-letters it
+                lines += points
+                lines += presence.observe(event.message.partition, seen)
+            await sink.put(lines)
+            await sink.flush()
+
+    @app.agent(ctx.events_topic, name="influx_events")
+    async def influx_events(stream: Any) -> None:
+        async for events in stream.take_events(TAKE, within=WITHIN_S):
+            lines = []
+            for event in events:
+                try:
+                    p = builder.event(GridEvent.decode(event.value))
+                except SchemaError:
+                    continue
+                if p:
+                    lines.append(p)
+            await sink.put(lines)
+            await sink.flush()
+
+    try:
+        from gridwatch.pipeline.schemas.incidents import IncidentChange
+    except ImportError:  # no incident workflow in this build
+        return influx_readings
+    incidents_topic = app.topic(settings.topic("incidents"), key_serializer="raw", value_serializer="raw",
+                                partitions=settings.kafka.partitions, internal=True)
+
+    @app.agent(incidents_topic, name="influx_incidents")
+    async def influx_incidents(stream: Any) -> None:
+        async for events in stream.take_events(TAKE, within=WITHIN_S):
+            lines = []
+            for event in events:
+                try:
+                    p = builder.incident(IncidentChange.decode(event.value))
+                except SchemaError:
+                    continue
+                if p:
+                    lines.append(p)
+            await sink.put(lines)
+            await sink.flush()
+
+    return influx_readings

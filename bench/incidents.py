@@ -1,0 +1,280 @@
+"""Incident benchmark: fusion throughput beside the telemetry baseline, in one run, on one machine.
+
+  * telemetry  readings/s end to end (MQTT -> bridge -> Kafka -> rules -> events -> MQTT alert),
+               the baseline, on the same stack and worker as the rest
+  * fusion     grid-event + report inputs/s through the incidents agent (events and reports produced
+               straight to Kafka as fast as possible, until a marker incident of every partition came
+               out on <prefix>.incidents), and how many incidents and changes that made
+  * in-process the same inputs through IncidentProcessor alone (no Kafka, no Faust): the ceiling of the
+               fusion logic itself
+  * latency    event produced -> its incident "created" produced (Kafka CreateTime), at a fixed rate
+
+    python -m gridwatch.bench incidents [--rounds 6] [--rate 200] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
+
+from gridwatch.agents.fusion import IncidentProcessor, Outcome
+from gridwatch.agents.routing import load_incident_config
+from gridwatch.bench.telemetry import AlertClock, client, percentile, publish_all, reading
+from gridwatch.devices.registry import load_city
+from gridwatch.devices.simulator import build_messages, device_topic
+from gridwatch.pipeline.kafka_io import partition_for
+from gridwatch.pipeline.schemas.events import GridEvent, TierRef, event_id
+from gridwatch.pipeline.schemas.reports import ResidentReport, report_id
+from gridwatch.procs import Pipeline, rss_mb, wait_for
+from gridwatch.settings import STATE_DIR
+from gridwatch.stack import EmbeddedStack
+
+BASE_TS = 1_763_600_000_000
+DAY = 86_400_000
+PARTS = 8
+
+
+class MemStore:
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+
+    def get(self, key: str) -> Any:
+        return self.data.get(key)
+
+    def items(self) -> Any:
+        return self.data.items()
+
+
+def workload(city: Any, rounds: int, seed: int = 7) -> list[GridEvent | ResidentReport]:
+    """Per manhole and round: the cover opens (event), half the time a resident reports it a minute
+    later ~15 m away, and the sensor clears an hour later (auto-resolve). Rounds are 2 days apart so
+    each round opens new incidents while supervision closes and evicts old ones."""
+    rnd = random.Random(seed)
+    chains: dict[str, list[TierRef]] = {}
+    out: list[GridEvent | ResidentReport] = []
+    manholes = [d for d in city.registry if d.kind == "manhole"]
+    for k in range(rounds):
+        for i, d in enumerate(manholes):
+            tiers = chains.setdefault(d.grid_code, [TierRef(a.tier, a.code, a.name)
+                                                    for a in city.gridmap.chain(d.grid_code)])
+            t = BASE_TS + k * 2 * DAY + i * 1000
+            eid = event_id("manhole_open", d.id, t)
+            out.append(GridEvent(eid, "manhole_open", "new", "red", d.id, d.kind, d.grid_code, tiers, d.lat, d.lon,
+                                 t, t, None, "cover_open is true", [{"ts": t, "cover_open": True}]))
+            if rnd.random() < 0.5:
+                lat, lon, text = d.lat + 0.0001, d.lon, f"cover open near {d.name}"
+                out.append(ResidentReport(report_id("manhole_cover", lat, lon, t + 60_000, text), "manhole_cover", text,
+                                          lat, lon, t + 60_000, d.grid_code))
+            out.append(GridEvent(eid, "manhole_open", "end", "red", d.id, d.kind, d.grid_code, tiers, d.lat, d.lon,
+                                 t, t + 3_600_000, t + 3_600_000, "cover_open is false"))
+    out.sort(key=lambda x: x.ts if isinstance(x, GridEvent) else x.requested_ms)
+    return out
+
+
+def in_process(city: Any, inputs: list[GridEvent | ResidentReport]) -> dict[str, Any]:
+    proc = IncidentProcessor(load_incident_config(), city.gridmap, MemStore())
+    part = DefaultPartitioner()
+    changes = 0
+    t0 = time.perf_counter()
+    for x in inputs:
+        out = Outcome()
+        p = part(x.grid_code.encode(), list(range(PARTS)), list(range(PARTS)))
+        if isinstance(x, GridEvent):
+            proc.on_event(p, x, out)
+        else:
+            proc.on_report(p, x, out)
+        proc.advance(p, out)
+        changes += len(out.changes)
+    dt = time.perf_counter() - t0
+    return {"inputs": len(inputs), "seconds": round(dt, 2), "inputs_per_s": round(len(inputs) / dt),
+            "changes": changes, "incidents_in_memory": len(proc.incidents())}
+
+
+def marker_reports(city: Any, ts: int) -> list[ResidentReport]:
+    """One report per Kafka partition (by the grid key), far in event time: the end of the workload."""
+    part = DefaultPartitioner()
+    out: dict[int, ResidentReport] = {}
+    for area in city.gridmap.areas("grid"):
+        p = part(area.code.encode(), list(range(PARTS)), list(range(PARTS)))
+        if p not in out:
+            lat, lon = city.gridmap.centroid(area.code)
+            out[p] = ResidentReport(report_id("noise", lat, lon, ts, "marker"), "noise", "marker", lat, lon, ts,
+                                    area.code)
+    return list(out.values())
+
+
+async def produce_all(kafka: str, records: list[tuple[str, bytes, bytes]], rate: float | None = None) -> None:
+    """Produce (topic, key, value) records; as fast as possible, or at ``rate`` records/s."""
+    p = AIOKafkaProducer(bootstrap_servers=kafka, linger_ms=5, acks="all", max_batch_size=1 << 20)
+    await p.start()
+    try:
+        futs = []
+        t_next = time.perf_counter()
+        for topic, key, value in records:
+            futs.append(await p.send(topic, value, key=key))
+            if rate:
+                t_next += 1 / rate
+                await asyncio.sleep(max(0.0, t_next - time.perf_counter()))
+        await asyncio.gather(*futs)
+    finally:
+        await p.stop()
+
+
+async def read_changes(kafka: str, topic: str, until: set[str], timeout: float) -> list[tuple[float, dict]]:
+    """(Kafka timestamp s, change) of every record, until incidents of all ``until`` source ids came."""
+    c = AIOKafkaConsumer(topic, bootstrap_servers=kafka, auto_offset_reset="earliest", enable_auto_commit=False,
+                         max_partition_fetch_bytes=8 << 20)
+    await c.start()
+    out: list[tuple[float, dict]] = []
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and not until <= seen:
+            got = await c.getmany(timeout_ms=200)
+            for recs in got.values():
+                for r in recs:
+                    ch = json.loads(r.value)
+                    out.append((r.timestamp / 1000, ch))
+                    if ch["source_id"] in until:
+                        seen.add(ch["source_id"])
+    finally:
+        await c.stop()
+    if not until <= seen:
+        raise TimeoutError(f"markers missing after {timeout}s: {len(until - seen)}")
+    return out
+
+
+def telemetry_baseline(stack: EmbeddedStack, pipe: Pipeline, city: Any, rounds: int) -> dict[str, Any]:
+    devs = list(city.registry)
+    msgs: list[tuple[str, bytes]] = []
+    for k in range(rounds):
+        msgs += build_messages((d, BASE_TS - DAY + k * 1000, reading(d, 0)) for d in devs)
+    n = rounds * len(devs)
+    markers: dict[int, Any] = {}
+    for d in devs:
+        if d.kind == "manhole" and not d.gateway:
+            markers.setdefault(partition_for(d.shard_key, PARTS), d)
+    alerts = AlertClock(stack.mqtt_url)
+    pub = client(stack.mqtt_url, client_id="bench-inc-pub")
+    try:
+        t0 = time.time()
+        publish_all(pub, msgs)
+        end_ts = BASE_TS - DAY + rounds * 1000
+        publish_all(pub, [(device_topic(d.id), json.dumps({"ts": end_ts, "values": reading(d, 0, True)}).encode())
+                          for d in markers.values()])
+        wait_for(lambda: all((d.id, "new", "manhole_open") in alerts.arrived for d in markers.values()), 300,
+                 "telemetry markers")
+        t_end = max(alerts.arrived[(d.id, "new", "manhole_open")] for d in markers.values())
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+        alerts.close()
+    return {"readings": n, "seconds": round(t_end - t0, 2), "readings_per_s": round(n / (t_end - t0))}
+
+
+def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 200.0,
+        latency_s: float = 10.0) -> dict[str, Any]:
+    city = load_city()
+    inputs = workload(city, rounds)
+    results: dict[str, Any] = {"city": "sample", "devices": len(city.registry), "partitions": PARTS}
+    results["in_process"] = in_process(city, inputs)
+    print(f"in-process fusion: {results['in_process']}", flush=True)
+    logs = STATE_DIR / "bench-logs"
+    with EmbeddedStack() as stack:
+        pipe = Pipeline(stack.kafka_url, stack.mqtt_url, logs).start()
+        kafka = stack.kafka_url.removeprefix("kafka://")
+        try:
+            results["telemetry_baseline"] = telemetry_baseline(stack, pipe, city, telemetry_rounds)
+            print(f"telemetry baseline (readings -> events -> MQTT): {results['telemetry_baseline']}", flush=True)
+
+            # -- fusion throughput through the real agent ------------------------------------------
+            last = max(x.ts if isinstance(x, GridEvent) else x.requested_ms for x in inputs)
+            markers = marker_reports(city, last + 1000)
+            recs = [(pipe.topic("events") if isinstance(x, GridEvent) else pipe.topic("reports"),
+                     x.grid_code.encode(), x.encode()) for x in inputs]
+            recs += [(pipe.topic("reports"), m.grid_code.encode(), m.encode()) for m in markers]
+            t0 = time.time()
+            asyncio.run(produce_all(kafka, recs))
+            t_prod = time.time() - t0
+            changes = asyncio.run(read_changes(kafka, pipe.topic("incidents"),
+                                               {m.service_request_id for m in markers}, 600))
+            t_end = max(ts for ts, ch in changes if ch["source_id"] in {m.service_request_id for m in markers})
+            created = sum(1 for _, ch in changes if ch["change"] == "created")
+            results["fusion"] = {
+                "inputs": len(recs), "events": sum(isinstance(x, GridEvent) for x in inputs),
+                "reports": sum(isinstance(x, ResidentReport) for x in inputs), "seconds": round(t_end - t0, 2),
+                "inputs_per_s": round(len(recs) / (t_end - t0)), "incidents": created,
+                "incidents_per_s": round(created / (t_end - t0)), "changes": len(changes),
+                "changes_per_s": round(len(changes) / (t_end - t0)), "produce_seconds": round(t_prod, 2),
+            }
+            print(f"fusion through the agent: {results['fusion']}", flush=True)
+            cur, peak = rss_mb(pipe.worker.pid)
+            results["rss_mb"] = {"worker": round(cur), "worker_peak": round(peak)}
+
+            # -- latency at a fixed rate: event produced -> incident created produced ----------------
+            probe_ts = last + 10 * DAY
+            manholes = [d for d in city.registry if d.kind == "manhole"]
+            n = int(rate * latency_s)
+            evs = []
+            for i in range(n):
+                d = manholes[i % len(manholes)]
+                t = probe_ts + i * 10
+                tiers = [TierRef(a.tier, a.code, a.name) for a in city.gridmap.chain(d.grid_code)]
+                evs.append(GridEvent(event_id("manhole_displaced", d.id, t), "manhole_displaced", "new", "red", d.id,
+                                     d.kind, d.grid_code, tiers, d.lat, d.lon, t, t))
+            stamps: dict[str, float] = {}
+
+            async def timed() -> None:
+                p = AIOKafkaProducer(bootstrap_servers=kafka, linger_ms=0, acks="all")
+                await p.start()
+                try:
+                    for e in evs:
+                        md = await p.send_and_wait(pipe.topic("events"), e.encode(), key=e.grid_code.encode())
+                        stamps[e.id] = md.timestamp / 1000
+                        await asyncio.sleep(1 / rate)
+                finally:
+                    await p.stop()
+
+            # warm-up: the jump in event time makes supervision close and evict the whole workload first
+            warm = marker_reports(city, probe_ts - 1000)
+            asyncio.run(produce_all(kafka, [(pipe.topic("reports"), m.grid_code.encode(), m.encode()) for m in warm]))
+            asyncio.run(read_changes(kafka, pipe.topic("incidents"), {m.service_request_id for m in warm}, 120))
+            asyncio.run(timed())
+            lat_changes = asyncio.run(read_changes(kafka, pipe.topic("incidents"), set(stamps), 120))
+            lat = [(ts - stamps[ch["source_id"]]) * 1000 for ts, ch in lat_changes
+                   if ch["source_id"] in stamps and ch["change"] in ("created", "source_added")]
+            results["latency_ms"] = {"rate_events_per_s": rate, "samples": len(lat), "expected": n,
+                                     "p50": round(percentile(lat, 50), 1), "p95": round(percentile(lat, 95), 1),
+                                     "p99": round(percentile(lat, 99), 1)}
+            print(f"event -> incident change at {rate}/s: {results['latency_ms']}", flush=True)
+        finally:
+            pipe.stop()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}", flush=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="gridwatch.bench incidents", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=6, help="workload rounds (each: every manhole opens once)")
+    p.add_argument("--telemetry-rounds", type=int, default=20, help="readings per device for the baseline")
+    p.add_argument("--rate", type=float, default=200.0, help="fixed event rate for the latency run (events/s)")
+    p.add_argument("--latency-seconds", type=float, default=10.0)
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "incidents.json")
+    a = p.parse_args(argv)
+    run(a.out, a.rounds, a.telemetry_rounds, a.rate, a.latency_seconds)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

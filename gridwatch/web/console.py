@@ -1,0 +1,405 @@
+"""The operator console: the page (``/console``) and its JSON API (``/api/...``).
+
+Why every handler re-checks the scope: the page hides what an operator may not see, but the API is
+the boundary. Each endpoint resolves the operator from the token, then filters or refuses (403)
+by the incident's tier chain, so a hand-made request for another town's incident gets nothing.
+Actions are not applied here: they are produced as ``OperatorAction`` to ``<prefix>.actions``; the
+backend applies them and the resulting ``IncidentChange`` comes back through the view and stream.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from gridwatch.pipeline.schemas.codec import SchemaError
+from gridwatch.pipeline.schemas.incidents import LEVELS, OperatorAction
+from gridwatch.settings import STATE_DIR
+
+from .auth import Operator
+from .context import WebContext, ctx
+from .open311 import Open311Error, build_report, produce_action, produce_report
+from .ratelimit import TokenBucket
+from .views import CLOSED_STATUSES, public_incident, stats, summary
+
+STATIC = Path(__file__).resolve().parent / "static"
+COOKIE = "gw_session"
+LOGIN_LIMIT: web.AppKey[TokenBucket] = web.AppKey("login_limit", TokenBucket)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif")
+
+
+def api_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.HTTPException:
+    """A JSON error the console shows as is."""
+    cls = {400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 403: web.HTTPForbidden, 404: web.HTTPNotFound,
+           409: web.HTTPConflict, 413: web.HTTPRequestEntityTooLarge, 415: web.HTTPUnsupportedMediaType,
+           429: web.HTTPTooManyRequests, 503: web.HTTPServiceUnavailable}[status]
+    return cls(text=json.dumps({"error": message}), content_type="application/json", headers=headers)
+
+
+# ---------------------------------------------------------------------------------------- auth
+def require_operator(request: web.Request) -> Operator:
+    """The logged-in operator (bearer token or session cookie), or 401."""
+    c = ctx(request)
+    token = ""
+    auth = request.headers.get("Authorization", "")
+    if auth.lower().startswith("bearer "):
+        token = auth[7:].strip()
+    if not token:
+        token = request.cookies.get(COOKIE, "")
+    user = c.signer.verify(token) if token else None
+    op = c.accounts.get(user) if user else None
+    if op is None:
+        raise api_error(401, "log in first (POST /api/login)")
+    return op
+
+
+def visible_or_403(request: web.Request, op: Operator, incident_id: str) -> dict[str, Any]:
+    inc = ctx(request).view.incidents.get(incident_id)
+    if inc is None:
+        raise api_error(404, f"no incident {incident_id!r}")
+    if op.scope not in inc["_codes"]:
+        raise api_error(403, f"incident {incident_id} is outside your scope ({op.scope})")
+    return inc
+
+
+async def json_body(request: web.Request, *, limit: int = 65536) -> Any:
+    if request.content_type != "application/json":
+        raise api_error(415, "send JSON (Content-Type: application/json)")
+    if request.content_length and request.content_length > limit:
+        raise api_error(413, f"body over {limit} bytes")
+    try:
+        return json.loads(await request.read() or b"null")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise api_error(400, f"body is not valid JSON: {e}") from None
+
+
+async def login(request: web.Request) -> web.Response:
+    c = ctx(request)
+    limiter, client = request.app[LOGIN_LIMIT], request.remote or "?"
+    wait = limiter.wait(client)  # only failed attempts cost: guessing is slowed, operators are not
+    if wait > 0:
+        raise api_error(429, "too many failed logins; wait", {"Retry-After": TokenBucket.retry_after(wait)})
+    if request.content_type == "application/json":
+        body = await json_body(request, limit=4096)
+    elif request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        try:
+            body = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+        except (ValueError, AssertionError, UnicodeDecodeError) as e:  # e.g. multipart without a boundary
+            raise api_error(400, f"cannot read the form: {e}") from None
+    else:
+        raise api_error(415, "send JSON {user, password} or a form")
+    if not isinstance(body, dict) or not isinstance(body.get("user"), str) or not isinstance(body.get("password"), str):
+        raise api_error(400, "give user and password")
+    op = c.accounts.login(body["user"], body["password"])
+    if op is None:
+        limiter.take(client)
+        raise api_error(401, "wrong user or password")
+    token = c.signer.issue(op.user)
+    resp = web.json_response({"token": token, "operator": op.public(c.gridmap), "expires_in": c.signer.ttl_s})
+    resp.set_cookie(COOKIE, token, max_age=c.signer.ttl_s, httponly=True, samesite="Strict", path="/")
+    return resp
+
+
+async def logout(request: web.Request) -> web.Response:
+    resp = web.json_response({"ok": True})
+    resp.del_cookie(COOKIE, path="/")
+    return resp
+
+
+async def me(request: web.Request) -> web.Response:
+    op = require_operator(request)
+    c = ctx(request)
+    return web.json_response({**op.public(c.gridmap), "timezone": c.city.timezone, "city": c.city.name,
+                              "categories": c.categories})
+
+
+# ---------------------------------------------------------------------------------------- incidents
+def _filtered(request: web.Request, op: Operator) -> list[dict[str, Any]]:
+    c = ctx(request)
+    q = request.query
+    incs = c.view.visible(op.scope)
+    area = q.get("area") or q.get("grid") or ""
+    if area:
+        if area not in c.gridmap:
+            raise api_error(400, f"unknown area code {area!r}")
+        if op.scope not in [a.code for a in c.gridmap.chain(area)]:
+            raise api_error(403, f"area {area} is outside your scope ({op.scope})")
+        incs = [i for i in incs if area in i["_codes"]]
+    if q.get("tier"):
+        incs = [i for i in incs if i.get("tier") == q["tier"]]
+    if q.get("category"):
+        cats = set(q["category"].split(","))
+        incs = [i for i in incs if i.get("category_group") in cats or cats & {s.get("type") for s in i["sources"]}]
+    if q.get("level"):
+        incs = [i for i in incs if i.get("level") in q["level"].split(",")]
+    if q.get("status"):
+        want = set(q["status"].split(","))
+        incs = [i for i in incs if i["status"] in want
+                or ("open" in want and i["status"] not in CLOSED_STATUSES)
+                or ("closed" in want and i["status"] in CLOSED_STATUSES)]
+    return incs
+
+
+async def list_incidents(request: web.Request) -> web.Response:
+    op = require_operator(request)
+    incs = _filtered(request, op)
+    incs.sort(key=lambda i: (i["status"] in CLOSED_STATUSES, -LEVELS.index(i.get("level") or "blue"),
+                             -(i.get("updated_ts") or 0)))
+    try:
+        limit = max(1, min(int(request.query.get("limit", "500")), 5000))
+    except ValueError:
+        raise api_error(400, "limit must be a number") from None
+    return web.json_response({"total": len(incs), "ready": ctx(request).view.ready.is_set(),
+                              "incidents": [summary(i) for i in incs[:limit]]})
+
+
+def evidence_refs(inc: dict[str, Any]) -> list[dict[str, str]]:
+    """Pictures an incident carries: snapshot refs in event evidence, and residents' media_url."""
+    out: list[dict[str, str]] = []
+    for s in inc.get("sources", []):
+        for item in s.get("evidence", []) or []:
+            vals = [item] if isinstance(item, str) else list(item.values()) if isinstance(item, dict) else []
+            for v in vals:
+                if isinstance(v, str) and v.lower().split("?")[0].endswith(IMAGE_SUFFIXES):
+                    url = v if v.startswith(("http://", "https://")) else "/api/evidence/" + v.lstrip("/")
+                    out.append({"source": s["id"], "url": url, "ref": v})
+        if s.get("media_url"):
+            out.append({"source": s["id"], "url": s["media_url"], "ref": s["media_url"]})
+    return out
+
+
+async def get_incident(request: web.Request) -> web.Response:
+    op = require_operator(request)
+    c = ctx(request)
+    inc = visible_or_403(request, op, request.match_info["id"])
+    body = public_incident(inc)
+    body["images"] = evidence_refs(inc)
+    body["reports"] = {s["id"]: _report_view(c, c.view.reports.get(s["id"])) for s in inc["sources"]
+                       if s.get("kind") == "report" and s["id"] in c.view.reports}
+    return web.json_response(body)
+
+
+def _report_view(c: WebContext, rep: dict[str, Any] | None) -> dict[str, Any] | None:
+    if rep is None:
+        return None
+    return {k: rep.get(k) for k in ("service_request_id", "service_code", "description", "address", "media_url",
+                                    "source", "requested_ms", "device_id")}
+
+
+async def post_action(request: web.Request) -> web.Response:
+    op = require_operator(request)
+    c = ctx(request)
+    inc = visible_or_403(request, op, request.match_info["id"])
+    body = await json_body(request)
+    if not isinstance(body, dict) or not isinstance(body.get("action"), str):
+        raise api_error(400, "give {\"action\": ..., \"note\": ...}")
+    action = body["action"]
+    if not op.may(action) or action in ("evaluate", "chat_import"):
+        raise api_error(403, f"role {op.role} may not {action!r} (allowed: {', '.join(op.public(c.gridmap)['actions'])})")
+    note, department, level = body.get("note", ""), body.get("department", ""), body.get("level", "")
+    if not all(isinstance(x, str) for x in (note, department, level)) or len(note) > 2000 or len(department) > 100:
+        raise api_error(400, "note (<= 2000 chars), department and level must be strings")
+    if action == "comment" and not note.strip():
+        raise api_error(400, "a comment needs a note")
+    act = OperatorAction(inc["id"], inc["grid_code"], action, op.user, int(time.time() * 1000),
+                         actor_tier_code=op.scope, note=note.strip(), department=department.strip(), level=level)
+    try:
+        act.validate()
+    except SchemaError as e:
+        raise api_error(400, str(e)) from None
+    await _with_api_errors(produce_action(c, act))
+    return web.json_response({"accepted": True, "action_id": act.id, "incident_id": inc["id"],
+                              "version": inc.get("version")}, status=202)
+
+
+async def _with_api_errors(coro: Any) -> Any:
+    try:
+        return await coro
+    except Open311Error as e:
+        raise api_error(e.status, "; ".join(e.descriptions), e.headers) from None
+
+
+# ---------------------------------------------------------------------------------------- map, stats
+async def city_map(request: web.Request) -> web.Response:
+    """Grid polygons, the area tree and device positions inside the operator's scope (no tiles)."""
+    op = require_operator(request)
+    c = ctx(request)
+    gm = c.gridmap
+    grids = gm.grids_under(op.scope)
+    gset = set(grids)
+    areas = [{"code": a.code, "name": a.name, "tier": a.tier, "parent": a.parent}
+             for a in gm.areas() if a.code in gset or (a.tier != "grid" and _under(gm, a.code, op.scope))]
+    kinds = sorted({d.kind for d in c.registry})
+    devices = [[d.id, kinds.index(d.kind), round(d.lat, 6), round(d.lon, 6), d.grid_code]
+               for g in grids for d in c.registry.by_grid(g)]
+    return web.json_response({
+        "scope": op.scope, "bbox": gm.bbox(op.scope), "centre": c.city.centre,
+        "areas": areas, "grids": [{"code": g, "name": gm.area(g).name,
+                                   "rings": [[[round(x, 6), round(y, 6)] for x, y in r] for r in gm.polygon(g)]}
+                                  for g in grids],
+        "device_kinds": kinds, "devices": devices,
+    })
+
+
+def _under(gm: Any, code: str, scope: str) -> bool:
+    return scope in [a.code for a in gm.chain(code)]
+
+
+async def get_stats(request: web.Request) -> web.Response:
+    op = require_operator(request)
+    c = ctx(request)
+    month = request.query.get("month") or None
+    if month is not None:
+        try:
+            datetime.strptime(month, "%Y-%m")
+        except ValueError:
+            raise api_error(400, "month must look like 2026-11") from None
+    incs = _filtered(request, op)
+    return web.json_response(stats(incs, c.gridmap, c.tz, month))
+
+
+# ---------------------------------------------------------------------------------------- chat import
+def parse_time(value: Any, c: WebContext) -> int:
+    """Epoch ms (or s), ISO 8601, or "YYYY-MM-DD HH:MM[:SS]" in the city's time zone -> epoch ms."""
+    if isinstance(value, bool):
+        raise ValueError("time must be a date-time or epoch milliseconds")
+    if isinstance(value, int | float):
+        ms = int(value if value > 1e11 else value * 1000)
+    elif isinstance(value, str) and value.strip():
+        text = value.strip().replace("/", "-")
+        if text.isdigit():
+            return parse_time(int(text), c)
+        try:
+            d = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(f"time {value!r} is not a date-time (e.g. 2026-11-20 22:05)") from None
+        ms = int((d if d.tzinfo else d.replace(tzinfo=c.tz)).timestamp() * 1000)
+    else:
+        raise ValueError("time is required (ISO 8601 or epoch milliseconds)")
+    if not 946_684_800_000 <= ms <= int(time.time() * 1000) + 86_400_000:
+        raise ValueError("time is before 2000 or in the future")
+    return ms
+
+
+async def chat_import(request: web.Request) -> web.Response:
+    """Grid workers' free-text chat records -> resident reports with a guessed category.
+
+    Body: ``[{"text": ..., "time": ..., "place": ...}]`` (or ``lat``/``long`` instead of ``place``;
+    optional ``worker``). Each record is answered on its own: the import goes on past bad ones.
+    """
+    op = require_operator(request)
+    c = ctx(request)
+    if not op.may("chat_import"):
+        raise api_error(403, f"role {op.role} may not import chat records")
+    body = await json_body(request, limit=c.settings.web.max_body_bytes)
+    if isinstance(body, dict) and isinstance(body.get("records"), list):
+        body = body["records"]
+    if not isinstance(body, list) or not body:
+        raise api_error(400, "send a JSON list of {text, time, place | lat/long}")
+    if len(body) > c.settings.web.chat_import_max:
+        raise api_error(413, f"at most {c.settings.web.chat_import_max} records per import")
+    results = []
+    for n, rec in enumerate(body):
+        try:
+            results.append({"index": n, **await _import_one(c, op, rec)})
+        except (ValueError, Open311Error) as e:
+            msg = "; ".join(e.descriptions) if isinstance(e, Open311Error) else str(e)
+            if isinstance(e, Open311Error) and e.status == 503:
+                raise api_error(503, msg, e.headers) from None
+            results.append({"index": n, "error": msg})
+    ok = sum(1 for r in results if "error" not in r)
+    return web.json_response({"accepted": ok, "rejected": len(results) - ok, "results": results})
+
+
+async def _import_one(c: WebContext, op: Operator, rec: Any) -> dict[str, Any]:
+    if not isinstance(rec, dict):
+        raise ValueError("a record must be an object {text, time, place}")
+    text = rec.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("text is required")
+    ms = parse_time(rec.get("time"), c)
+    code, hits = c.catalog.classify(text)
+    params: dict[str, Any] = {"service_code": code, "description": text.strip()}
+    for src, dst in (("lat", "lat"), ("long", "long"), ("lon", "long"), ("place", "address_string")):
+        v = rec.get(src)
+        if v is not None and not isinstance(v, dict | list | bool):
+            params[dst] = str(v)
+    worker = rec.get("worker")
+    params["account_id"] = f"chat:{worker if isinstance(worker, str) and worker.strip() else op.user}"[:200]
+    report = build_report(c, params, source="chat", requested_ms=ms)
+    if op.scope not in [a.code for a in c.gridmap.chain(report.grid_code)]:
+        raise ValueError(f"the place is in grid {report.grid_code}, outside your scope ({op.scope})")
+    await produce_report(c, report)
+    return {"service_request_id": report.service_request_id, "service_code": code, "keywords": hits,
+            "grid_code": report.grid_code, "lat": report.lat, "long": report.lon, "device_id": report.device_id}
+
+
+# ---------------------------------------------------------------------------------------- files
+async def evidence(request: web.Request) -> web.FileResponse:
+    """A snapshot picture, served only when an incident in the operator's scope references it."""
+    op = require_operator(request)
+    c = ctx(request)
+    ref = request.match_info["ref"]
+    ok = any(any(e["ref"].lstrip("/") == ref for e in evidence_refs(i)) for i in c.view.visible(op.scope))
+    if not ok:
+        raise api_error(404, "no such evidence in your scope")
+    root = Path(c.settings.web.evidence_dir or STATE_DIR / "evidence").resolve()
+    path = (root / ref).resolve()
+    if root not in path.parents or not path.is_file():
+        raise api_error(404, "evidence file not found")
+    return web.FileResponse(path, headers={"Content-Type": mimetypes.guess_type(path.name)[0] or "image/jpeg"})
+
+
+async def openapi_spec(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(Path(__file__).resolve().parent / "openapi.yaml",
+                            headers={"Content-Type": "application/yaml"})
+
+
+async def page(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def favicon(request: web.Request) -> web.Response:
+    svg = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" '
+           'fill="#16202b"/><path d="M3 3h10v10H3z" fill="none" stroke="#4cc2ff"/><circle cx="10" cy="6" r="2" '
+           'fill="#e5484d"/></svg>')
+    return web.Response(text=svg, content_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
+
+
+async def root(request: web.Request) -> web.Response:
+    raise web.HTTPFound("/console")
+
+
+async def health(request: web.Request) -> web.Response:
+    c = ctx(request)
+    return web.json_response({"ready": c.view.ready.is_set(), "kafka": c.producer is not None,
+                              "incidents": len(c.view.incidents), "reports": len(c.view.reports),
+                              "changes_seen": c.view.changes_seen, "streams": len(c.view.subscribers),
+                              "counters": c.stats})
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.get("/", root),
+        web.get("/console", page),
+        web.get("/favicon.ico", favicon),
+        web.get("/openapi.yaml", openapi_spec),
+        web.static("/console/static", STATIC, append_version=False),
+        web.get("/api/health", health),
+        web.post("/api/login", login),
+        web.post("/api/logout", logout),
+        web.get("/api/me", me),
+        web.get("/api/incidents", list_incidents),
+        web.get("/api/incidents/{id}", get_incident),
+        web.post("/api/incidents/{id}/actions", post_action),
+        web.get("/api/map", city_map),
+        web.get("/api/stats", get_stats),
+        web.post("/api/chat-import", chat_import),
+        web.get("/api/evidence/{ref:.+}", evidence),
+    ]

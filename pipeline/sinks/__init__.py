@@ -1,0 +1,1 @@
+"""Sinks: where pipeline records go for history and dashboards (InfluxDB 2)."""

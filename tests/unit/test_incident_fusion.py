@@ -1,0 +1,261 @@
+"""Fusion, supervision and recovery of incidents over the sample city (pure logic, no Kafka)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import pytest
+
+from gridwatch.agents.fusion import IncidentProcessor, Outcome, distance_m
+from gridwatch.agents.routing import load_incident_config, parse_config
+from gridwatch.devices.registry import load_city
+from gridwatch.pipeline.schemas.events import GridEvent, TierRef, event_id
+from gridwatch.pipeline.schemas.incidents import Incident, IncidentChange, OperatorAction
+from gridwatch.pipeline.schemas.reports import ResidentReport, report_id
+
+CITY = load_city()
+T0 = 1_763_647_200_000
+H = 3_600_000
+MANHOLES = [d for d in CITY.registry if d.kind == "manhole"]
+
+
+class DictStore:
+    """The table stand-in: applies an Outcome's writes like the Faust table (None deletes)."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+
+    def get(self, key: str) -> Any:
+        return self.data.get(key)
+
+    def items(self) -> Iterable[tuple[str, Any]]:
+        return self.data.items()
+
+    def apply(self, out: Outcome) -> None:
+        for k, (_p, v) in out.writes.items():
+            if v is None:
+                self.data.pop(k, None)
+            else:
+                self.data[k] = json.loads(json.dumps(v))  # what a changelog round trip gives back
+
+
+def make(cfg: Any = None) -> tuple[IncidentProcessor, DictStore]:
+    store = DictStore()
+    return IncidentProcessor(cfg or load_incident_config(), CITY.gridmap, store), store
+
+
+def event(dev: Any, etype: str, phase: str, start: int, ts: int | None = None, level: str = "red") -> GridEvent:
+    tiers = [TierRef(a.tier, a.code, a.name) for a in CITY.gridmap.chain(dev.grid_code)]
+    ts = start if ts is None else ts
+    return GridEvent(event_id(etype, dev.id, start), etype, phase, level, dev.id, dev.kind, dev.grid_code, tiers,
+                     dev.lat, dev.lon, start, ts, ts if phase == "end" else None, f"{etype} {phase}")
+
+
+def report(lat: float, lon: float, ts: int, code: str = "manhole_cover", device: str = "", text: str = "open") -> ResidentReport:
+    grid = CITY.gridmap.locate(lat, lon) or ""
+    return ResidentReport(report_id(code, lat, lon, ts, text), code, text, lat, lon, ts, grid, device_id=device)
+
+
+def run(proc: IncidentProcessor, store: DictStore, *inputs: Any, p: int = 0) -> list[IncidentChange]:
+    out = Outcome()
+    for x in inputs:
+        if isinstance(x, GridEvent):
+            proc.on_event(p, x, out)
+        elif isinstance(x, ResidentReport):
+            proc.on_report(p, x, out)
+        else:
+            proc.on_action(p, x, out)
+    proc.advance(p, out)
+    store.apply(out)
+    run.last = out  # type: ignore[attr-defined]
+    return [IncidentChange.decode(v) for _, v in out.changes]
+
+
+def latest(changes: list[IncidentChange]) -> dict[str, Incident]:
+    return {c.incident.id: c.incident for c in changes}
+
+
+def far_pair(min_m: float, max_m: float) -> tuple[Any, Any]:
+    a = MANHOLES[0]
+    for b in MANHOLES[1:]:
+        if min_m <= distance_m(a.lat, a.lon, b.lat, b.lon) <= max_m:
+            return a, b
+    raise AssertionError("sample city has no such pair")
+
+
+def test_sensor_event_and_report_of_one_manhole_merge_into_one_incident():
+    proc, store = make()
+    dev = MANHOLES[0]
+    ev = event(dev, "manhole_open", "new", T0)
+    rep = report(dev.lat + 0.0001, dev.lon, T0 + 60_000)  # ~11 m away
+    changes = run(proc, store, ev, rep)
+    [inc] = latest(changes).values()
+    assert [s.kind for s in inc.sources] == ["event", "report"]
+    assert inc.category_group == "manhole" and inc.level == "red" and inc.status == "reported"
+    assert inc.department == "municipal_facilities" and inc.tier == "community"
+    assert inc.tier_code == dev.grid_code[:12]
+    # level 30 + one extra source 5 + sensor-confirmed 15
+    assert inc.priority == 50
+    assert [h.action for h in inc.history] == ["created", "merged", "confirmed"]
+    assert [c.change for c in changes] == ["created", "source_added", "source_added"]
+    assert [c.incident.version for c in changes] == [1, 2, 3]
+
+
+def test_report_first_then_sensor_confirms_raises_level_and_priority():
+    proc, store = make()
+    dev = MANHOLES[3]
+    [c1] = run(proc, store, report(dev.lat, dev.lon, T0, device=dev.id))
+    assert c1.incident.level == "yellow" and c1.incident.priority == 20
+    changes = run(proc, store, event(dev, "manhole_tilted", "new", T0 + H, level="yellow"))
+    inc = changes[-1].incident
+    assert inc.id == c1.incident.id
+    assert inc.level == "red"  # yellow report + yellow sensor, confirmation raises one step
+    assert inc.priority == 30 + 5 + 15
+    assert inc.sla_deadline_ts == T0 + H + 2 * H  # tightened to red's SLA from the confirmation
+
+
+def test_report_two_km_away_makes_its_own_incident():
+    proc, store = make()
+    a, b = far_pair(1800, 2600)
+    changes = run(proc, store, event(a, "manhole_open", "new", T0), report(b.lat, b.lon, T0 + 60_000))
+    assert len(latest(changes)) == 2
+
+
+def test_within_radius_in_a_neighbouring_grid_merges_but_other_category_does_not():
+    proc, store = make()
+    dev = MANHOLES[0]
+    # ~200 m north: still within 250 m
+    near = report(dev.lat + 0.0018, dev.lon, T0 + 1000)
+    assert distance_m(dev.lat, dev.lon, near.lat, near.lon) < 250
+    other = report(dev.lat, dev.lon, T0 + 2000, code="garbage", text="bins")
+    changes = run(proc, store, event(dev, "manhole_open", "new", T0), near, other)
+    incs = latest(changes)
+    assert sorted(len(i.sources) for i in incs.values()) == [1, 2]
+    assert {i.category_group for i in incs.values()} == {"manhole", "sanitation"}
+
+
+def test_outside_the_time_window_is_a_new_incident():
+    proc, store = make()
+    dev = MANHOLES[0]
+    changes = run(proc, store, report(dev.lat, dev.lon, T0), report(dev.lat, dev.lon, T0 + 25 * H, text="again"))
+    assert len(latest(changes)) == 2
+
+
+def test_report_outside_every_grid_is_rejected():
+    proc, store = make()
+    changes = run(proc, store, ResidentReport("r1", "manhole_cover", "x", 0.0, 0.0, T0, ""))
+    assert changes == [] and [r.reason for r in run.last.rejected] == ["outside_grid"]  # type: ignore[attr-defined]
+
+
+def test_redelivered_inputs_change_nothing_and_replay_is_identical():
+    dev = MANHOLES[0]
+    inputs = [event(dev, "manhole_open", "new", T0), report(dev.lat, dev.lon, T0 + 1000),
+              event(dev, "manhole_open", "end", T0, T0 + H)]
+    proc, store = make()
+    first = run(proc, store, *inputs)
+    again = run(proc, store, *inputs)
+    assert again == [] and run.last.duplicates == 3  # type: ignore[attr-defined]
+    proc2, store2 = make()
+    replay = run(proc2, store2, *inputs)
+    assert [c.encode() for c in replay] == [c.encode() for c in first]
+
+
+def test_all_sensor_events_ended_auto_resolves_pending_confirmation_and_a_new_fault_reopens():
+    proc, store = make()
+    dev = MANHOLES[5]
+    run(proc, store, event(dev, "manhole_open", "new", T0))
+    changes = run(proc, store, event(dev, "manhole_open", "end", T0, T0 + 600_000))
+    inc = changes[-1].incident
+    assert changes[-1].change == "auto_resolved"
+    assert inc.status == "resolved" and inc.pending_confirmation and inc.resolved_ts == T0 + 600_000
+    # the cover opens again: same incident, back to work
+    changes = run(proc, store, event(dev, "manhole_open", "new", T0 + 900_000))
+    inc2 = changes[-1].incident
+    assert changes[-1].change == "reopened" and inc2.id == inc.id and inc2.status == "reported"
+    assert not inc2.pending_confirmation and len(inc2.sources) == 2
+
+
+def test_sla_breach_escalates_level_and_tier_at_the_deadline_in_event_time():
+    proc, store = make()
+    a = MANHOLES[0]
+    b = far_pair(1800, 2600)[1]
+    [c] = run(proc, store, event(a, "manhole_tilted", "new", T0, level="yellow"))
+    inc = c.incident
+    assert inc.sla_deadline_ts == T0 + 24 * H
+    # any later input of the partition moves the watermark (minus 5 s lateness)
+    assert run(proc, store, report(b.lat, b.lon, T0 + 24 * H, code="garbage")) != []
+    assert all(c.change != "escalated" for c in run(proc, store))  # exactly at the deadline: not yet past
+    changes = run(proc, store, report(b.lat, b.lon, T0 + 24 * H + 6000, code="noise"))
+    esc = [c for c in changes if c.change == "escalated"]
+    assert len(esc) == 1
+    e = esc[0].incident
+    assert (e.level, e.tier, e.tier_code, e.overdue, e.escalations) == ("red", "street", a.grid_code[:9], True, 1)
+    assert esc[0].transition.ts == T0 + 24 * H and esc[0].transition.actor == "supervision"
+    assert e.sla_deadline_ts == T0 + 26 * H
+    # a long silence then a jump: district, then city, then nowhere higher (no more deadlines)
+    changes = run(proc, store, report(b.lat, b.lon, T0 + 40 * H, code="noise", text="later"))
+    tiers = [c.incident.tier for c in changes if c.change == "escalated"]
+    assert tiers == ["district", "city", "city"]
+    final = [c for c in changes if c.incident.id == inc.id][-1].incident
+    assert final.sla_deadline_ts is None and final.escalations == 4 and final.level == "red"
+
+
+def test_resolved_but_not_evaluated_closes_then_leaves_the_table():
+    cfg = load_incident_config()
+    proc, store = make(cfg)
+    dev = MANHOLES[0]
+    [c] = run(proc, store, report(dev.lat, dev.lon, T0))
+    iid = c.incident.id
+    run(proc, store, OperatorAction(iid, c.incident.grid_code, "resolve", "op", T0 + H))
+    week = int(cfg.lifecycle.evaluation_window_s * 1000)
+    changes = run(proc, store, report(dev.lat, dev.lon, T0 + H + week + 10_000, code="garbage"))
+    closed = [c for c in changes if c.change == "closed"]
+    assert closed and closed[0].incident.status == "closed" and closed[0].incident.closed_ts == T0 + H + week
+    assert f"inc:{iid}" in store.data
+    retain = int(cfg.lifecycle.retain_closed_s * 1000)
+    run(proc, store, report(dev.lat, dev.lon, T0 + H + week + retain + 10_000, code="noise"))
+    assert f"inc:{iid}" not in store.data and run.last.writes[f"inc:{iid}"][1] is None  # type: ignore[attr-defined]
+
+
+def test_a_new_processor_over_the_table_recovers_every_incident_with_its_history():
+    proc, store = make()
+    devs = MANHOLES[:3]
+    run(proc, store, *[event(d, "manhole_open", "new", T0 + i) for i, d in enumerate(devs)])
+    incs = {i.id: i for i in proc.incidents()}
+    first = next(iter(incs.values()))
+    run(proc, store, OperatorAction(first.id, first.grid_code, "dispatch", "op", T0 + 10))
+    before = {i.id: i.to_dict() for i in proc.incidents()}
+    # a restarted worker: nothing in memory, the table (changelog) only
+    proc2 = IncidentProcessor(load_incident_config(), CITY.gridmap, store)
+    proc2.partition(0)
+    assert {i.id: i.to_dict() for i in proc2.incidents()} == before
+    # re-delivered inputs after the restart are recognised; new work continues the history
+    assert run(proc2, store, event(devs[0], "manhole_open", "new", T0)) == []
+    [c] = run(proc2, store, OperatorAction(first.id, first.grid_code, "accept", "op", T0 + 20))
+    assert [h.action for h in c.incident.history] == ["created", "dispatch", "accept"]
+
+
+def test_unmapped_event_types_are_ignored_unless_configured_own():
+    dev = MANHOLES[0]
+    proc, store = make()
+    assert run(proc, store, event(dev, "mystery", "new", T0)) == []
+    cfg = parse_config({"fusion": {"unmapped_events": "own"}, "groups": {}})
+    proc2, store2 = make(cfg)
+    [c] = run(proc2, store2, event(dev, "mystery", "new", T0))
+    assert c.incident.category_group == "mystery"
+
+
+@pytest.mark.parametrize("doc, msg", [
+    ({"fusion": {"radius": 1}}, "unknown key 'radius'"),
+    ({"lifecycle": {"sla_s": {"red": 1}}}, "needs exactly the levels"),
+    ({"groups": {"a": {"department": "x", "event_types": ["t"]}, "b": {"department": "y", "event_types": ["t"]}}},
+     "event type 't' is in groups"),
+    ({"groups": {"a": {"event_types": ["t"]}}}, "department: required"),
+    ({"channels": [{"type": "mqtt"}]}, "unique name"),
+    ({"fusion": {"radius_m": "far"}}, "expected float"),
+])
+def test_config_errors_name_the_key(doc, msg):
+    with pytest.raises(ValueError, match=msg):
+        parse_config(doc, "x.yaml")
