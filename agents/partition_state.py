@@ -115,6 +115,14 @@ class TelemetryProcessor:
             if device is None:
                 out.unknown.append(r)
                 continue
+            if r.ts > ps.max_ts:
+                ps.max_ts = r.ts
+                # Judge the watermark this reading moves *before* applying it, per reading rather than
+                # per batch: how the bridge or a replay cut the stream into batches must not change
+                # which devices went offline, and a device whose own late return moves the watermark
+                # past its deadline was offline in between (new, then end at this reading).
+                if ps.max_ts - self.lateness_ms >= ps.next_scan:
+                    self._advance(ps, out)
             key = "dev:" + device.id
             state = self._state(key)
             events, changed, groups = self.engine.on_reading(r, device, state, group_get)
@@ -128,13 +136,6 @@ class TelemetryProcessor:
                 ps.last_seen[device.id] = r.ts
                 ps.dirty_slots.add(slot_of(device.id))
                 self._track(ps, device.id, r.ts)
-            if r.ts > ps.max_ts:
-                ps.max_ts = r.ts
-                # Scan at the reading that moves the watermark, not at the end of the batch: how the
-                # bridge or a replay cut the stream into batches must not change which devices went
-                # offline (a device back within the same batch would otherwise hide its outage).
-                if ps.max_ts - self.lateness_ms >= ps.next_scan:
-                    self._advance(ps, out)
         self._advance(ps, out)
         return out
 

@@ -54,7 +54,7 @@ def load_city(settings: Settings) -> Any:
     return _load(None if settings.city.path in ("", "sample") else settings.city.path)
 
 
-def create_app(settings: Settings, *, city: Any = None, agents: tuple[str, ...] | None = None) -> faust.App:
+def create_app(settings: Settings, *, city: Any = None, agents: str | tuple[str, ...] | None = None) -> faust.App:
     quirks = settings.kafka.quirks_enabled()
     if quirks:
         from gridwatch.kafka_compat import install_tansu_shims

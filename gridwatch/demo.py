@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from gridwatch.procs import die_with_parent
 from gridwatch.settings import STACK_FILE, STATE_DIR, load_settings
 
 log = logging.getLogger("gridwatch.demo")
@@ -192,7 +193,8 @@ def run_demo(args: argparse.Namespace) -> int:
         for name, argv in procs:
             logf = open(logs / f"{name}.log", "wb")  # noqa: SIM115
             children.append(subprocess.Popen([sys.executable, "-m", "gridwatch", *argv, *common], stdout=logf,
-                                             stderr=subprocess.STDOUT, env=env, start_new_session=True))
+                                             stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                             preexec_fn=die_with_parent))
             print(f"started {name} (log: {logs / (name + '.log')})", flush=True)
         print(f"operator console: http://127.0.0.1:{api_port}/console  (demo logins: city / city-demo, "
               f"ansha / ansha-demo; see gridwatch/config/operators.yaml)\n"
@@ -294,6 +296,7 @@ def watch(args: argparse.Namespace, settings: Any, children: list[subprocess.Pop
     client.loop_start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: stop.set())  # terminal closed: stop cleanly too
     deadline = time.time() + args.duration if args.duration else float("inf")
     plain = args.plain or not sys.stdout.isatty()
     print("watching alerts; Ctrl-C stops the demo", flush=True)

@@ -18,6 +18,19 @@ from pathlib import Path
 from typing import Any
 
 
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGTERM when its parent dies, even by SIGKILL or a closed terminal.
+
+    Children run in their own session (so Ctrl-C reaches only the parent, which stops them in
+    order); without this an abruptly killed parent would leave brokers and workers running.
+    """
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -56,7 +69,7 @@ class Proc:
             logf.write(f"\n==== start {' '.join(self.argv)}\n".encode())
             logf.flush()
             self.proc = subprocess.Popen(self.argv, stdout=logf, stderr=subprocess.STDOUT, env=self.env,
-                                         start_new_session=True)
+                                         start_new_session=True, preexec_fn=die_with_parent)
         return self
 
     @property

@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
+from gridwatch.procs import die_with_parent
+
 SYSTEM_PYTHON = "/usr/bin/python3"
 DEFAULT_PORT = 8554
 
@@ -144,7 +146,7 @@ def serve(files: Sequence[str | os.PathLike[str]], port: int = DEFAULT_PORT, *, 
         cmd += ["--mount", f"{name}={path}"]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None if not quiet else subprocess.DEVNULL,
-                            text=True, env=env, start_new_session=True)
+                            text=True, env=env, start_new_session=True, preexec_fn=die_with_parent)
     server = RtspServer(proc, port, host, dict(zip(mount_names, paths, strict=True)),
                         {"fps": fps, "width": width, "bitrate_kbps": bitrate_kbps})
     ready = threading.Event()
