@@ -146,6 +146,31 @@ def event_produce_times(kafka_url: str, topic: str, subjects: set[str]) -> dict[
     return asyncio.run(main())
 
 
+def rules_only(city: Any, rounds: int = 3) -> dict[str, float]:
+    """Decode + rule engine throughput on one core, no Kafka or MQTT: what the worker's Python costs."""
+    from gridwatch.agents.partition_state import TelemetryProcessor
+    from gridwatch.agents.rules.base import load_rules
+    from gridwatch.agents.rules.engine import RuleEngine
+    from gridwatch.pipeline.schemas.readings import Reading, ReadingBatch
+    from gridwatch.settings import CONFIG_DIR
+
+    engine = RuleEngine(load_rules(CONFIG_DIR / "rules.yaml"), city.registry, city.gridmap)
+    store: dict[str, dict] = {}
+    proc = TelemetryProcessor(engine, city.registry, store, lateness_ms=5000, scan_every_ms=10_000,
+                              checkpoint_every_ms=30_000)
+    devs = list(city.registry)
+    records = [ReadingBatch(0, [Reading(d.id, BASE_TS + k * 60_000, reading(d, 0)) for d in devs[i:i + 250]]).encode()
+               for k in range(rounds) for i in range(0, len(devs), 250)]
+    n = 0
+    t0 = time.perf_counter()
+    for raw in records:
+        batch = ReadingBatch.decode(raw)
+        store.update(proc.process(0, batch.readings).writes)
+        n += len(batch.readings)
+    dt = time.perf_counter() - t0
+    return {"readings": n, "seconds": round(dt, 2), "readings_per_s_one_core": round(n / dt)}
+
+
 def run(out: Path, devices: int = 100_000, total_readings: int = 300_000, latency_rate: int = 2000,
         latency_s: float = 30.0) -> dict[str, Any]:
     city_dir = STATE_DIR / f"bench-city-{devices}"
@@ -158,6 +183,8 @@ def run(out: Path, devices: int = 100_000, total_readings: int = 300_000, latenc
     manholes = [d for d in devs if d.kind == "manhole" and not d.gateway]
     parts = 8
     results: dict[str, Any] = {"devices": len(devs), "city": str(city_dir)}
+    results["rules_only"] = rules_only(city)
+    print(f"rules only (decode + rule engine, one core, no I/O): {results['rules_only']}", flush=True)
 
     # workload: every device reports in turn, 1 s of event time apart per round
     rounds = max(1, total_readings // len(devs))
