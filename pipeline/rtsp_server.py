@@ -36,8 +36,6 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
-from gridwatch.procs import die_with_parent
-
 SYSTEM_PYTHON = "/usr/bin/python3"
 DEFAULT_PORT = 8554
 
@@ -145,6 +143,8 @@ def serve(files: Sequence[str | os.PathLike[str]], port: int = DEFAULT_PORT, *, 
     for name, path in zip(mount_names, paths, strict=True):
         cmd += ["--mount", f"{name}={path}"]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    from gridwatch.procs import die_with_parent  # here, not at the top: /usr/bin/python3 runs this file
+
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None if not quiet else subprocess.DEVNULL,
                             text=True, env=env, start_new_session=True, preexec_fn=die_with_parent)
     server = RtspServer(proc, port, host, dict(zip(mount_names, paths, strict=True)),
