@@ -1,0 +1,118 @@
+"""Console update latency: a sensor reading published over MQTT -> the incident visible in the
+operator console's live stream (SSE), beside the telemetry baseline (same reading -> MQTT grid alert)
+measured in the same run.
+
+    python -m gridwatch.bench console [--probes 60] [--interval 0.5]
+
+Path measured: MQTT -> bridge -> Kafka readings -> telemetry agent -> events -> incident agent (fusion,
+lifecycle) -> incidents topic -> `gridwatch api` view -> /api/stream (logged in as the city account).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from gridwatch.bench.telemetry import AlertClock, client, percentile
+from gridwatch.devices.registry import load_city
+from gridwatch.procs import Pipeline, Proc, wait_for
+from gridwatch.settings import STATE_DIR
+from gridwatch.stack import EmbeddedStack
+
+
+class StreamClock:
+    """Reads the console's SSE stream and records when each device first shows up in an incident."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.arrived: dict[str, float] = {}
+        req = urllib.request.Request(url + "/api/stream", headers={"Authorization": f"Bearer {token}"})
+        self.resp = urllib.request.urlopen(req, timeout=120)  # noqa: S310 - loopback only
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        event = ""
+        for raw in self.resp:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: ") and event == "incident":
+                now = time.time()
+                inc = json.loads(line[6:])["incident"]
+                for src in inc.get("sources", []):
+                    self.arrived.setdefault(src.get("subject", ""), now)
+
+
+def run(out: Path | None, probes: int = 60, interval: float = 0.5) -> dict[str, Any]:
+    city = load_city()
+    manholes = [d for d in city.registry if d.kind == "manhole" and not d.gateway]
+    # one probe per grid, so each makes a new incident rather than joining another probe's
+    by_grid: dict[str, Any] = {}
+    for d in manholes:
+        by_grid.setdefault(d.grid_code, d)
+    devs = list(by_grid.values())[:probes]
+    logs = STATE_DIR / "bench-logs"
+    with EmbeddedStack() as stack:
+        pipe = Pipeline(stack.kafka_url, stack.mqtt_url, logs).start()
+        api = Proc(f"{pipe.prefix}-api", ["api", "--kafka", stack.kafka_url, "--prefix", pipe.prefix, "--port", "0"],
+                   logs, pipe.env).start()
+        try:
+            api.wait_log("api listening on", 60)
+            url = re.search(r"api listening on (http://\S+)", api.log()).group(1)  # type: ignore[union-attr]
+            login = urllib.request.Request(url + "/api/login", method="POST", headers={"Content-Type": "application/json"},
+                                           data=json.dumps({"user": "city", "password": "city-demo"}).encode())
+            with urllib.request.urlopen(login, timeout=15) as r:  # noqa: S310 - loopback only
+                token = json.loads(r.read())["token"]
+            sse = StreamClock(url, token)
+            alerts = AlertClock(stack.mqtt_url)
+            pub = client(stack.mqtt_url, client_id="bench-console-pub")
+            sent: dict[str, float] = {}
+            ts = int(time.time() * 1000) - 600_000
+            for d in devs:
+                sent[d.id] = time.time()
+                pub.publish(f"v1/devices/{d.id}/telemetry", json.dumps({"ts": ts, "values": {"cover_open": True}}), qos=1)
+                ts += int(interval * 1000)
+                time.sleep(interval)
+            wait_for(lambda: all(k in sse.arrived for k in sent), 60, "every probe in the console stream")
+            pub.disconnect()
+            pub.loop_stop()
+            alerts.close()
+        finally:
+            api.stop()
+            pipe.stop()
+    console = [(sse.arrived[k] - t) * 1000 for k, t in sent.items() if k in sse.arrived]
+    alert = [(alerts.arrived[(k, "new", "manhole_open")] - t) * 1000 for k, t in sent.items()
+             if (k, "new", "manhole_open") in alerts.arrived]
+    res = {
+        "probes": len(sent),
+        "console_stream_ms": {"n": len(console), "p50": round(percentile(console, 50), 1),
+                              "p95": round(percentile(console, 95), 1), "max": round(max(console), 1)},
+        "baseline_mqtt_alert_ms": {"n": len(alert), "p50": round(percentile(alert, 50), 1),
+                                   "p95": round(percentile(alert, 95), 1), "max": round(max(alert), 1)},
+    }
+    print(json.dumps(res, indent=2), flush=True)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=2))
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="gridwatch.bench console", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--probes", type=int, default=60)
+    p.add_argument("--interval", type=float, default=0.5)
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "console.json")
+    a = p.parse_args(argv)
+    run(a.out, a.probes, a.interval)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
