@@ -16,10 +16,10 @@ import heapq
 import logging
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from gridwatch.pipeline.schemas.codec import dumps
+from gridwatch.pipeline.schemas.codec import dumps, loads
 from gridwatch.pipeline.schemas.events import GridEvent, TierRef
 from gridwatch.pipeline.schemas.incidents import (
     VERSION,
@@ -28,6 +28,7 @@ from gridwatch.pipeline.schemas.incidents import (
     OperatorAction,
     Transition,
     incident_id,
+    plain,
 )
 from gridwatch.pipeline.schemas.reports import ResidentReport
 
@@ -47,7 +48,10 @@ def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
 
 
 class StateStore(Protocol):
-    """The durable key -> JSON store behind the processor (a Faust table in production)."""
+    """The durable key -> JSON bytes store behind the processor (a Faust table with raw values).
+
+    Keys: ``inc:<partition>:<incident id>`` -> the incident's JSON, ``wm:<partition>`` -> the watermark.
+    """
 
     def get(self, key: str) -> Any: ...
 
@@ -65,7 +69,7 @@ class Outcome:
     """What one batch produced: records for <prefix>.incidents, table writes, rejections."""
 
     changes: list[tuple[str, bytes]] = field(default_factory=list)  # (grid code key, IncidentChange JSON)
-    writes: dict[str, tuple[int, Any]] = field(default_factory=dict)  # table key -> (partition, value; None: delete)
+    writes: dict[str, tuple[int, bytes | None]] = field(default_factory=dict)  # key -> (partition, JSON; None: delete)
     rejected: list[Rejected] = field(default_factory=list)
     duplicates: int = 0
 
@@ -79,11 +83,12 @@ class PartitionState:
     fusable: dict[str, set[str]] = field(default_factory=dict)  # group -> incident ids open to new sources
     heap: list[tuple[int, str]] = field(default_factory=list)  # (deadline, incident id), lazily invalidated
     scheduled: dict[str, int] = field(default_factory=dict)  # incident id -> deadline last pushed
+    last_ts: dict[str, int] = field(default_factory=dict)  # incident id -> latest event time of its sources
     wm_dirty: bool = False
 
 
-def inc_key(iid: str) -> str:
-    return "inc:" + iid
+def inc_key(partition: int, iid: str) -> str:
+    return f"inc:{partition}:{iid}"
 
 
 class IncidentProcessor:
@@ -107,10 +112,11 @@ class IncidentProcessor:
             ps = self.partitions[p] = PartitionState(p)
             wm = self.store.get(f"wm:{p}")
             if wm:
-                ps.max_ts = int(wm.get("max_ts", 0))
+                ps.max_ts = int(loads(wm).get("max_ts", 0))
+            prefix = f"inc:{p}:"
             for key, value in list(self.store.items()):
-                if isinstance(key, str) and key.startswith("inc:") and value and value.get("p") == p:
-                    inc = Incident.from_dict(value["incident"])
+                if isinstance(key, str) and key.startswith(prefix) and value:
+                    inc = Incident.decode(value)
                     ps.incidents[inc.id] = inc
                     self._index(ps, inc)
             if ps.incidents:
@@ -121,6 +127,7 @@ class IncidentProcessor:
     def _index(self, ps: PartitionState, inc: Incident) -> None:
         for s in inc.sources:
             ps.by_source[f"{s.kind}:{s.id}"] = inc.id
+        ps.last_ts[inc.id] = max(s.last_ts for s in inc.sources)
         ids = ps.fusable.setdefault(inc.category_group, set())
         if lc.fusable(inc):
             ids.add(inc.id)
@@ -135,11 +142,12 @@ class IncidentProcessor:
               transition: Transition | None, source_id: str = "") -> None:
         """Version the incident, queue its change record and its table write, re-index it."""
         inc.version += 1
-        snap = inc.to_dict()
-        out.changes.append((inc.grid_code, dumps({
-            "incident": snap, "change": change, "ts": ts, "transition": asdict(transition) if transition else None,
-            "source_id": source_id, "v": VERSION})))
-        out.writes[inc_key(inc.id)] = (ps.partition, {"p": ps.partition, "incident": snap})
+        snap = inc.encode()  # serialised once: the change record embeds it, the table stores it
+        rest = dumps({"change": change, "ts": ts,
+                      "transition": plain(transition) if transition else None,
+                      "source_id": source_id, "v": VERSION})
+        out.changes.append((inc.grid_code, b'{"incident":' + snap + b"," + rest[1:]))
+        out.writes[inc_key(ps.partition, inc.id)] = (ps.partition, snap)
         self._index(ps, inc)
 
     def _advance_ts(self, ps: PartitionState, ts: int) -> None:
@@ -219,14 +227,17 @@ class IncidentProcessor:
         then nearest within the radius; ties by age and id, so the choice is deterministic."""
         best: tuple[Any, ...] | None = None
         found: Incident | None = None
+        radius = self.cfg.fusion.radius_m
+        max_dlat = radius / 111_000.0  # a cheap box test before the great circle
         for iid in ps.fusable.get(group, ()):
             inc = ps.incidents[iid]
-            last = max(s.last_ts for s in inc.sources)
-            if not (inc.created_ts - self.window_ms <= src.ts <= last + self.window_ms):
+            if not (inc.created_ts - self.window_ms <= src.ts <= ps.last_ts[iid] + self.window_ms):
                 continue
             same_grid = inc.grid_code == grid
+            if not same_grid and abs(inc.lat - src.lat) > max_dlat:
+                continue
             dist = distance_m(inc.lat, inc.lon, src.lat, src.lon)
-            if not same_grid and dist > self.cfg.fusion.radius_m:
+            if not same_grid and dist > radius:
                 continue
             same_subject = bool(src.subject) and any(s.subject == src.subject for s in inc.sources)
             rank = (not same_subject, not same_grid, round(dist, 3), inc.created_ts, inc.id)
@@ -358,17 +369,18 @@ class IncidentProcessor:
             for change, t in lc.supervise(inc, self.cfg, wm):
                 self._emit(ps, out, inc, change, t.ts, t, "")
         if ps.wm_dirty:
-            out.writes[f"wm:{p}"] = (p, {"max_ts": ps.max_ts})
+            out.writes[f"wm:{p}"] = (p, dumps({"max_ts": ps.max_ts}))
             ps.wm_dirty = False
 
     def _evict(self, ps: PartitionState, out: Outcome, inc: Incident) -> None:
         """Drop a long-finished incident from the table (its records stay on the incidents topic)."""
         ps.incidents.pop(inc.id, None)
         ps.scheduled.pop(inc.id, None)
+        ps.last_ts.pop(inc.id, None)
         for s in inc.sources:
             ps.by_source.pop(f"{s.kind}:{s.id}", None)
         ps.fusable.get(inc.category_group, set()).discard(inc.id)
-        out.writes[inc_key(inc.id)] = (ps.partition, None)
+        out.writes[inc_key(ps.partition, inc.id)] = (ps.partition, None)
 
     # -- queries (tests, bench, diagnostics) ------------------------------------------------------
     def incidents(self) -> list[Incident]:

@@ -63,7 +63,8 @@ def delete(table: Any, key: str, partition: int) -> None:
 def install(ctx: AgentContext) -> Any:
     app, settings = ctx.app, ctx.settings
     cfg = load_incident_config(settings=settings)
-    table = app.Table("incidents", partitions=settings.kafka.partitions, default=None)
+    # Raw values: the processor stores each incident as the JSON it already made for the change record.
+    table = app.Table("incidents", partitions=settings.kafka.partitions, default=None, value_type=bytes)
     processor = IncidentProcessor(cfg, ctx.gridmap, TableStore(table))
     source = family_topic(ctx, *INPUTS)
     out_topic = family_topic(ctx, "incidents")

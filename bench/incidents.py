@@ -98,17 +98,31 @@ def in_process(city: Any, inputs: list[GridEvent | ResidentReport]) -> dict[str,
             "changes": changes, "incidents_in_memory": len(proc.incidents())}
 
 
-def marker_reports(city: Any, ts: int) -> list[ResidentReport]:
-    """One report per Kafka partition (by the grid key), far in event time: the end of the workload."""
+def markers(city: Any, ts: int) -> list[GridEvent | ResidentReport]:
+    """A report and an event per Kafka partition (by the grid key), later in event time than the
+    workload: events and reports are different topics, consumed independently, so the end of the
+    workload is when both markers of every partition came out."""
     part = DefaultPartitioner()
-    out: dict[int, ResidentReport] = {}
+    out: dict[int, list[GridEvent | ResidentReport]] = {}
     for area in city.gridmap.areas("grid"):
         p = part(area.code.encode(), list(range(PARTS)), list(range(PARTS)))
         if p not in out:
             lat, lon = city.gridmap.centroid(area.code)
-            out[p] = ResidentReport(report_id("noise", lat, lon, ts, "marker"), "noise", "marker", lat, lon, ts,
-                                    area.code)
-    return list(out.values())
+            tiers = [TierRef(a.tier, a.code, a.name) for a in city.gridmap.chain(area.code)]
+            subject = f"bench-marker-{p}-{ts}"
+            out[p] = [ResidentReport(report_id("noise", lat, lon, ts, subject), "noise", subject, lat, lon, ts, area.code),
+                      GridEvent(event_id("manhole_open", subject, ts), "manhole_open", "new", "red", subject, "manhole",
+                                area.code, tiers, lat, lon, ts, ts)]
+    return [m for ms in out.values() for m in ms]
+
+
+def source_id(x: GridEvent | ResidentReport) -> str:
+    return x.id if isinstance(x, GridEvent) else x.service_request_id
+
+
+def record(pipe: Pipeline, x: GridEvent | ResidentReport) -> tuple[str, bytes, bytes]:
+    return (pipe.topic("events") if isinstance(x, GridEvent) else pipe.topic("reports"), x.grid_code.encode(),
+            x.encode())
 
 
 async def produce_all(kafka: str, records: list[tuple[str, bytes, bytes]], rate: float | None = None) -> None:
@@ -197,16 +211,14 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
 
             # -- fusion throughput through the real agent ------------------------------------------
             last = max(x.ts if isinstance(x, GridEvent) else x.requested_ms for x in inputs)
-            markers = marker_reports(city, last + 1000)
-            recs = [(pipe.topic("events") if isinstance(x, GridEvent) else pipe.topic("reports"),
-                     x.grid_code.encode(), x.encode()) for x in inputs]
-            recs += [(pipe.topic("reports"), m.grid_code.encode(), m.encode()) for m in markers]
+            ends = markers(city, last + 3 * DAY)
+            end_ids = {source_id(m) for m in ends}
+            recs = [record(pipe, x) for x in [*inputs, *ends]]
             t0 = time.time()
             asyncio.run(produce_all(kafka, recs))
             t_prod = time.time() - t0
-            changes = asyncio.run(read_changes(kafka, pipe.topic("incidents"),
-                                               {m.service_request_id for m in markers}, 600))
-            t_end = max(ts for ts, ch in changes if ch["source_id"] in {m.service_request_id for m in markers})
+            changes = asyncio.run(read_changes(kafka, pipe.topic("incidents"), end_ids, 600))
+            t_end = max(ts for ts, ch in changes if ch["source_id"] in end_ids)
             created = sum(1 for _, ch in changes if ch["change"] == "created")
             results["fusion"] = {
                 "inputs": len(recs), "events": sum(isinstance(x, GridEvent) for x in inputs),
@@ -244,9 +256,9 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
                     await p.stop()
 
             # warm-up: the jump in event time makes supervision close and evict the whole workload first
-            warm = marker_reports(city, probe_ts - 1000)
-            asyncio.run(produce_all(kafka, [(pipe.topic("reports"), m.grid_code.encode(), m.encode()) for m in warm]))
-            asyncio.run(read_changes(kafka, pipe.topic("incidents"), {m.service_request_id for m in warm}, 120))
+            warm = markers(city, probe_ts - 1000)
+            asyncio.run(produce_all(kafka, [record(pipe, m) for m in warm]))
+            asyncio.run(read_changes(kafka, pipe.topic("incidents"), {source_id(m) for m in warm}, 120))
             asyncio.run(timed())
             lat_changes = asyncio.run(read_changes(kafka, pipe.topic("incidents"), set(stamps), 120))
             lat = [(ts - stamps[ch["source_id"]]) * 1000 for ts, ch in lat_changes

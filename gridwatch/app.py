@@ -15,6 +15,7 @@ import faust
 from gridwatch.agents import alerts, incidents, influx_sink, telemetry, vision
 from gridwatch.agents.channels import agent as incident_channels
 from gridwatch.agents.runtime import AgentContext
+from gridwatch.pipeline.kafka_io import install_faust_seek_fix
 from gridwatch.settings import Settings
 
 log = logging.getLogger("gridwatch.app")
@@ -60,6 +61,7 @@ def create_app(settings: Settings, *, city: Any = None, agents: str | tuple[str,
         from gridwatch.kafka_compat import install_tansu_shims
 
         install_tansu_shims()
+    install_faust_seek_fix()  # any broker: records of never-committed partitions survive a rebalance
     city = city or load_city(settings)
     # The city (100k devices, thousands of polygons) lives as long as the process: moving it out of
     # the garbage collector's generations keeps full collections short (tail latency).

@@ -74,3 +74,36 @@ async def start_producer(settings: Settings, timeout: float = 30.0, **kwargs: ob
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap(), **opts)
     await _retry(producer.start, f"Kafka at {settings.kafka_bootstrap()}", timeout)
     return producer
+
+
+_seek_fix_installed = False
+
+
+def install_faust_seek_fix() -> None:
+    """Make Faust re-read, after a rebalance, records of partitions that have no committed offset.
+
+    Faust resumes stream partitions, then seeks them to their committed offsets, then resumes flow
+    control, which clears the stream buffers. Records fetched in between are dropped; a partition with
+    a committed offset is sought back and reads them again, but aiokafka's ``seek_to_committed`` leaves
+    a partition without one (never consumed before, e.g. operator actions produced while every
+    worker was down) where the fetch left it: past the dropped records, which were then never
+    processed (seen here in about 1 restart in 10). Seeking those partitions to the beginning
+    matches ``auto_offset_reset=earliest``; downstream dedupes what is read twice. Idempotent.
+    """
+    global _seek_fix_installed
+    if _seek_fix_installed:
+        return
+    from faust.transport.drivers import aiokafka as driver
+
+    original = driver.AIOKafkaConsumerThread.seek_to_committed
+
+    async def seek_to_committed(self):  # type: ignore[no-untyped-def]
+        committed = await original(self)
+        fresh = [tp for tp, offset in committed.items()
+                 if not offset and not tp.topic.endswith("-changelog") and "__assignor" not in tp.topic]
+        if fresh:
+            await self.call_thread(self._ensure_consumer().seek_to_beginning, *fresh)
+        return committed
+
+    driver.AIOKafkaConsumerThread.seek_to_committed = seek_to_committed
+    _seek_fix_installed = True

@@ -13,13 +13,12 @@ import logging
 from typing import Any
 
 from gridwatch.pipeline.schemas.codec import SchemaError
-from gridwatch.pipeline.schemas.incidents import IncidentChange
 
 from ..incidents import family_topic
 from ..routing import load_incident_config
 from ..runtime import AgentContext
 from ..tables import put
-from .base import Channel, ChannelConfigError, DeliveryError, build_channels
+from .base import ChangeInfo, Channel, ChannelConfigError, DeliveryError, build_channels
 
 log = logging.getLogger("gridwatch.channels")
 
@@ -43,7 +42,7 @@ def install(ctx: AgentContext) -> Any:
 def _install_one(ctx: AgentContext, channel: Channel, topic: Any, sent: Any) -> Any:
     app = ctx.app
 
-    async def deliver_all(items: list[tuple[str, IncidentChange, bytes, int]]) -> None:
+    async def deliver_all(items: list[tuple[str, ChangeInfo, bytes, int]]) -> None:
         """Deliver one incident's changes in order; a failed change is dead-lettered, the rest go on."""
         for marker, change, body, partition in items:
             try:
@@ -57,28 +56,28 @@ def _install_one(ctx: AgentContext, channel: Channel, topic: Any, sent: Any) -> 
                                       ctx.settings.topic("incidents"), body)
             else:
                 ctx.stats[f"channel.{channel.name}"] += 1
-            put(sent, marker, change.incident.version, partition)
+            put(sent, marker, change.version, partition)
 
     async def fan_out(stream: Any) -> None:
         await channel.start()
         try:
             async for batch in stream.take_events(200, within=0.005):
-                per_incident: dict[str, list[tuple[str, IncidentChange, bytes, int]]] = {}
+                per_incident: dict[str, list[tuple[str, ChangeInfo, bytes, int]]] = {}
                 versions: dict[str, int] = {}
                 for event in batch:
                     try:
-                        change = IncidentChange.decode(event.value)
+                        change = ChangeInfo.parse(event.value)
                     except SchemaError as e:
                         await ctx.dead_letter("channel", "bad_incident_change", str(e), event.message.topic,
                                               event.value)
                         continue
-                    inc = change.incident
-                    marker = f"{channel.name}|{inc.id}"
+                    marker = f"{channel.name}|{change.incident_id}"
                     done = max(versions.get(marker, 0), sent.get(marker) or 0)
-                    if inc.version <= done or not channel.accepts(change):
+                    if change.version <= done or not channel.accepts(change):
                         continue
-                    versions[marker] = inc.version
-                    per_incident.setdefault(inc.id, []).append((marker, change, event.value, event.message.partition))
+                    versions[marker] = change.version
+                    per_incident.setdefault(change.incident_id, []).append(
+                        (marker, change, event.value, event.message.partition))
                 if per_incident:
                     await asyncio.gather(*(deliver_all(items) for items in per_incident.values()))
         finally:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import importlib
 import logging
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from gridwatch.pipeline.schemas.codec import SchemaError, loads
 from gridwatch.pipeline.schemas.events import LEVELS
-from gridwatch.pipeline.schemas.incidents import CHANGES, IncidentChange
+from gridwatch.pipeline.schemas.incidents import CHANGES, VERSION
 
 log = logging.getLogger("gridwatch.channels")
 REGISTRY: dict[str, type[Channel]] = {}
@@ -26,6 +28,36 @@ class ChannelConfigError(ValueError):
 
 class DeliveryError(RuntimeError):
     """A change could not be delivered (after the channel's retries)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeInfo:
+    """What a channel needs of an incident change, read from its JSON without building the Incident
+    objects (a change carries the whole incident; decoding it per channel was the fan-out's main cost)."""
+
+    change: str  # created / source_added / escalated / ...
+    incident_id: str
+    version: int
+    level: str
+    status: str
+    grid_code: str
+    tiers: dict[str, str]  # tier -> code, city .. grid
+    record: dict[str, Any]  # the parsed record, for plug-ins that want more
+
+    @classmethod
+    def parse(cls, raw: bytes) -> ChangeInfo:
+        d = loads(raw)
+        try:
+            if d.get("v") != VERSION:
+                raise SchemaError("incident change: unsupported or missing schema version")
+            inc = d["incident"]
+            return cls(d["change"], inc["id"], int(inc["version"]), inc["level"], inc["status"], inc["grid_code"],
+                       {t["tier"]: t["code"] for t in inc["tiers"]}, d)
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            raise SchemaError(f"incident change: {type(e).__name__}: {e}") from None
+
+    def tier_code(self, tier: str) -> str | None:
+        return self.tiers.get(tier)
 
 
 def register(type_name: str):  # type: ignore[no-untyped-def]
@@ -64,13 +96,13 @@ class Channel:
     def configure(self, cfg: dict[str, Any]) -> None:
         """Read the subclass's keys; raise ChannelConfigError naming the key when wrong."""
 
-    def accepts(self, change: IncidentChange) -> bool:
-        return change.incident.level in self.levels and change.change in self.changes
+    def accepts(self, change: ChangeInfo) -> bool:
+        return change.level in self.levels and change.change in self.changes
 
     async def start(self) -> None:
         """Open connections (called once, inside the worker's event loop)."""
 
-    async def deliver(self, change: IncidentChange, body: bytes) -> None:
+    async def deliver(self, change: ChangeInfo, body: bytes) -> None:
         """Deliver one change (``body`` is its JSON record as it is on the incidents topic)."""
         raise NotImplementedError
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from gridwatch.pipeline.mqtt_publisher import AsyncMqttPublisher
-from gridwatch.pipeline.schemas.incidents import Incident, IncidentChange
 
 from ..alerts import tier_path
-from .base import Channel, ChannelConfigError, DeliveryError, register
+from .base import ChangeInfo, Channel, ChannelConfigError, DeliveryError, register
 
 
-def incident_topic(prefix: str, incident: Incident) -> str:
-    return "/".join([prefix, *tier_path(incident.tier_code_of, incident.grid_code)])
+def incident_topic(prefix: str, change: ChangeInfo) -> str:
+    return "/".join([prefix, *tier_path(change.tier_code, change.grid_code)])
 
 
 @register("mqtt")
@@ -36,9 +35,9 @@ class MqttChannel(Channel):
         self.publisher = AsyncMqttPublisher(self.settings, client_id="")
         await self.publisher.start()
 
-    async def deliver(self, change: IncidentChange, body: bytes) -> None:
+    async def deliver(self, change: ChangeInfo, body: bytes) -> None:
         assert self.publisher is not None, "start() first"
-        topic = incident_topic(self.topic_prefix, change.incident)
+        topic = incident_topic(self.topic_prefix, change)
         try:
             await self.publisher.publish(topic, body, qos=self.qos, timeout=self.timeout_s)
         except (TimeoutError, ConnectionError) as e:

@@ -20,9 +20,7 @@ from typing import Any
 
 import aiohttp
 
-from gridwatch.pipeline.schemas.incidents import IncidentChange
-
-from .base import Channel, ChannelConfigError, DeliveryError, register
+from .base import ChangeInfo, Channel, ChannelConfigError, DeliveryError, register
 
 log = logging.getLogger("gridwatch.channels.webhook")
 RETRY_STATUS = frozenset({408, 429})
@@ -79,11 +77,11 @@ class WebhookChannel(Channel):
     async def start(self) -> None:
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
 
-    async def deliver(self, change: IncidentChange, body: bytes) -> None:
+    async def deliver(self, change: ChangeInfo, body: bytes) -> None:
         assert self.session is not None, "start() first"
         headers = {**self.extra_headers, "Content-Type": "application/json", "User-Agent": "gridwatch-webhook",
                    "X-Gridwatch-Signature": sign(self.secret, body),
-                   "X-Gridwatch-Delivery": f"{change.incident.id}:{change.incident.version}",
+                   "X-Gridwatch-Delivery": f"{change.incident_id}:{change.version}",
                    "X-Gridwatch-Change": change.change}
         waits = backoff_delays(self.max_attempts, self.backoff_s, self.max_backoff_s)
         last = ""

@@ -41,7 +41,13 @@ CHANGES = ("created", "source_added", "source_updated", "action", "escalated", "
 
 __all__ = ["ACTIONS", "CHANGES", "LEVELS", "OPEN_STATUSES", "STATUSES", "TERMINAL_STATUSES", "WORK_TIERS",
            "Incident", "IncidentChange", "IncidentSource", "OperatorAction", "TierRef", "Transition",
-           "action_id", "incident_id", "level_rank"]
+           "action_id", "incident_id", "level_rank", "plain"]
+
+
+def plain(obj: Any) -> dict[str, Any]:
+    """A slots dataclass as a dict, lists copied one level (what asdict gives for our records, ~20x faster:
+    every incident change serialises the whole incident)."""
+    return {k: (list(v) if isinstance(v, list) else v) for k in obj.__slots__ for v in (getattr(obj, k),)}
 
 
 def incident_id(source_kind: str, source_id: str) -> str:
@@ -111,7 +117,7 @@ class Incident:
     status: str  # STATUSES
     tier: str  # work-order tier: community / street / district / city (WORK_TIERS)
     tier_code: str  # code of the area at that tier (e.g. the street 330102001): who owns the work order
-    department: str  # handling department from the routing table ("" until dispatched)
+    department: str  # handling department: the routing table's choice from creation; "dispatch" may change it
     grid_code: str  # grid of the first source (Kafka key of every record about the incident)
     tiers: list[TierRef]  # city -> district -> street -> community -> grid of grid_code
     lat: float
@@ -139,7 +145,11 @@ class Incident:
         return next((t.code for t in self.tiers if t.tier == tier), None)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = plain(self)
+        d["tiers"] = [plain(t) for t in self.tiers]
+        d["sources"] = [plain(s) for s in self.sources]
+        d["history"] = [plain(h) for h in self.history]
+        return d
 
     def encode(self) -> bytes:
         return dumps(self.to_dict())
@@ -175,7 +185,9 @@ class IncidentChange:
     v: int = VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"incident": self.incident.to_dict(), "change": self.change, "ts": self.ts,
+                "transition": plain(self.transition) if self.transition else None, "source_id": self.source_id,
+                "v": self.v}
 
     def encode(self) -> bytes:
         return dumps(self.to_dict())

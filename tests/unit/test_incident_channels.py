@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import time
 
 import pytest
 from aiohttp import web
 
-from gridwatch.agents.channels.base import ChannelConfigError, DeliveryError, build_channels
+from gridwatch.agents.channels.base import ChangeInfo, ChannelConfigError, DeliveryError, build_channels
 from gridwatch.agents.channels.mqtt import incident_topic
 from gridwatch.agents.channels.webhook import backoff_delays, sign
 from gridwatch.pipeline.schemas.events import TierRef
@@ -21,14 +22,14 @@ TIERS = [TierRef("city", "330100", "c"), TierRef("district", "330102", "d"), Tie
          TierRef("community", "330102001001", "v"), TierRef("grid", GRID, "g")]
 
 
-def change(level: str = "red", kind: str = "created") -> IncidentChange:
+def change(level: str = "red", kind: str = "created") -> ChangeInfo:
     inc = Incident("i1", "manhole", "t", level, 30, "reported", "community", "330102001001", "x", GRID, TIERS,
                    30.0, 120.0, 1, 1, 2, version=3)
-    return IncidentChange(inc, kind, 1)
+    return ChangeInfo.parse(IncidentChange(inc, kind, 1).encode())
 
 
 def test_mqtt_topic_is_the_tier_path_of_the_grid():
-    assert incident_topic("gridwatch/incidents", change().incident) == \
+    assert incident_topic("gridwatch/incidents", change()) == \
         "gridwatch/incidents/330100/330102/330102001/330102001001/330102001001005"
 
 
@@ -79,7 +80,7 @@ def test_webhook_signs_retries_with_backoff_and_gives_up(monkeypatch):
             {**base, "name": "down", "url": f"http://127.0.0.1:{port}/down"},
             {**base, "name": "reject", "url": f"http://127.0.0.1:{port}/reject"},
         ])
-        body = change().encode()
+        body = json.dumps(change().record).encode()
         try:
             for ch in (flaky, down, reject):
                 await ch.start()
@@ -102,3 +103,13 @@ def test_webhook_signs_retries_with_backoff_and_gives_up(monkeypatch):
     for _, _, body, signature in calls:
         assert signature == "sha256=" + hmac.new(b"top-secret", body, hashlib.sha256).hexdigest()
         assert signature == sign(b"top-secret", body)
+
+
+def test_change_info_reads_what_channels_need_and_rejects_junk():
+    c = change("yellow", "escalated")
+    assert (c.change, c.incident_id, c.version, c.level, c.grid_code) == ("escalated", "i1", 3, "yellow", GRID)
+    assert c.tier_code("street") == "330102001" and c.tier_code("nowhere") is None
+    from gridwatch.pipeline.schemas.codec import SchemaError
+    for junk in (b"{", b"[]", b'{"v": 1}', b'{"v": 1, "change": "x", "incident": {"id": 1}}'):
+        with pytest.raises(SchemaError):
+            ChangeInfo.parse(junk)
