@@ -10,6 +10,7 @@ slow database never holds back the rule and alert agents sharing a worker's cons
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from gridwatch.pipeline.kafka_io import partition_for
@@ -57,19 +58,23 @@ def install(ctx: AgentContext) -> Any:
             await sink.put(lines)
             await sink.flush()
 
-    @app.agent(ctx.events_topic, name="influx_events")
-    async def influx_events(stream: Any) -> None:
+    async def write_points(stream: Any, to_point: Callable[[bytes], str | None]) -> None:
+        """One loop for every record family: a record that does not decode is skipped, not fatal."""
         async for events in stream.take_events(TAKE, within=WITHIN_S):
             lines = []
             for event in events:
                 try:
-                    p = builder.event(GridEvent.decode(event.value))
+                    p = to_point(event.value)
                 except SchemaError:
                     continue
                 if p:
                     lines.append(p)
             await sink.put(lines)
             await sink.flush()
+
+    @app.agent(ctx.events_topic, name="influx_events")
+    async def influx_events(stream: Any) -> None:
+        await write_points(stream, lambda raw: builder.event(GridEvent.decode(raw)))
 
     try:
         from gridwatch.pipeline.schemas.incidents import IncidentChange
@@ -80,16 +85,6 @@ def install(ctx: AgentContext) -> Any:
 
     @app.agent(incidents_topic, name="influx_incidents")
     async def influx_incidents(stream: Any) -> None:
-        async for events in stream.take_events(TAKE, within=WITHIN_S):
-            lines = []
-            for event in events:
-                try:
-                    p = builder.incident(IncidentChange.decode(event.value))
-                except SchemaError:
-                    continue
-                if p:
-                    lines.append(p)
-            await sink.put(lines)
-            await sink.flush()
+        await write_points(stream, lambda raw: builder.incident(IncidentChange.decode(raw)))
 
     return influx_readings

@@ -10,7 +10,6 @@ lifecycle) -> incidents topic -> `gridwatch api` view -> /api/stream (logged in 
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import threading
@@ -19,6 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from gridwatch.bench.results_io import bench_parser, write_results
 from gridwatch.bench.telemetry import AlertClock, client, percentile
 from gridwatch.devices.registry import load_city
 from gridwatch.procs import Pipeline, Proc, wait_for
@@ -97,18 +97,14 @@ def run(out: Path | None, probes: int = 60, interval: float = 0.5) -> dict[str, 
                                    "p95": round(percentile(alert, 95), 1), "max": round(max(alert), 1)},
     }
     print(json.dumps(res, indent=2), flush=True)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(res, indent=2))
+    write_results(out, res)
     return res
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="gridwatch.bench console", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = bench_parser("console", __doc__)
     p.add_argument("--probes", type=int, default=60)
     p.add_argument("--interval", type=float, default=0.5)
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "console.json")
     a = p.parse_args(argv)
     run(a.out, a.probes, a.interval)
     return 0

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import random
@@ -27,6 +26,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from gridwatch.agents.fusion import IncidentProcessor, Outcome
 from gridwatch.agents.routing import load_incident_config
+from gridwatch.bench.results_io import bench_parser, write_results
 from gridwatch.bench.telemetry import AlertClock, client, percentile, publish_all, reading
 from gridwatch.devices.registry import load_city
 from gridwatch.devices.simulator import build_messages, device_topic
@@ -269,20 +269,17 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
             print(f"event -> incident change at {rate}/s: {results['latency_ms']}", flush=True)
         finally:
             pipe.stop()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    write_results(out, results)
     print(f"wrote {out}", flush=True)
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="gridwatch.bench incidents", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = bench_parser("incidents", __doc__)
     p.add_argument("--rounds", type=int, default=6, help="workload rounds (each: every manhole opens once)")
     p.add_argument("--telemetry-rounds", type=int, default=20, help="readings per device for the baseline")
     p.add_argument("--rate", type=float, default=200.0, help="fixed event rate for the latency run (events/s)")
     p.add_argument("--latency-seconds", type=float, default=10.0)
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "incidents.json")
     a = p.parse_args(argv)
     run(a.out, a.rounds, a.telemetry_rounds, a.rate, a.latency_seconds)
     return 0

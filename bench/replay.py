@@ -18,9 +18,7 @@ In one run, on one machine:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import os
 import platform
 import shutil
@@ -31,6 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from gridwatch.bench.results_io import bench_parser, write_results
 from gridwatch.devices.citygen import generate
 from gridwatch.devices.registry import load_city
 from gridwatch.devices.simulator import Fleet, Publisher
@@ -231,19 +230,16 @@ def run(out_json: str | Path = RESULTS / "replay.json", devices: int = 10_000, h
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results["targets"] = {"replay_speedup": 50}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    write_results(out, results)
     print(f"wrote {out}", flush=True)
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="gridwatch.bench replay", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = bench_parser("replay", __doc__)
     p.add_argument("--devices", type=int, default=10_000)
     p.add_argument("--hours", type=float, default=1.0)
     p.add_argument("--sink-readings", type=int, default=300_000)
-    p.add_argument("--out", type=Path, default=RESULTS / "replay.json")
     a = p.parse_args(argv)
     run(a.out, a.devices, a.hours, a.sink_readings)
     return 0

@@ -10,7 +10,6 @@ traffic, bounded in time; it stops by itself. Prints its figures and writes benc
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import statistics
@@ -20,6 +19,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from gridwatch.bench.results_io import bench_parser, write_results
 from gridwatch.bench.telemetry import AlertClock, client, percentile, reading
 from gridwatch.devices.registry import load_city
 from gridwatch.devices.simulator import build_messages, device_topic
@@ -133,18 +133,14 @@ def run(out: Path | None, seconds: float = 600, rate: int = 2000, sample_every: 
         "samples": samples,
     })
     print(json.dumps({k: v for k, v in res.items() if k != "samples"}, indent=2), flush=True)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(res, indent=2))
+    write_results(out, res)
     return res
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="gridwatch.bench soak", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = bench_parser("soak", __doc__)
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--rate", type=int, default=2000)
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "soak.json")
     a = p.parse_args(argv)
     run(a.out, a.minutes * 60, a.rate)
     return 0

@@ -13,7 +13,6 @@ In one run, on one machine, beside each other:
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import threading
@@ -23,6 +22,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from gridwatch.bench.results_io import bench_parser, write_results
 from gridwatch.devices.citygen import generate
 from gridwatch.devices.registry import load_city
 from gridwatch.devices.simulator import build_messages, device_topic
@@ -275,20 +275,17 @@ def run(out: Path, devices: int = 100_000, total_readings: int = 300_000, latenc
             alerts.close()
             pipe.stop()
     results["targets"] = {"readings_per_s": 10_000, "p99_ms_at_2000": 200, "worker_rss_mb_100k": 500}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    write_results(out, results)
     print(f"wrote {out}", flush=True)
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="gridwatch.bench telemetry", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = bench_parser("telemetry", __doc__)
     p.add_argument("--devices", type=int, default=100_000)
     p.add_argument("--readings", type=int, default=300_000)
     p.add_argument("--rate", type=int, default=2000, help="fixed rate for the latency run (readings/s)")
     p.add_argument("--latency-seconds", type=float, default=30.0)
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "telemetry.json")
     a = p.parse_args(argv)
     run(a.out, a.devices, a.readings, a.rate, a.latency_seconds)
     return 0
