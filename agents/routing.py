@@ -11,10 +11,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from gridwatch.pipeline.schemas.events import LEVELS
 from gridwatch.pipeline.schemas.incidents import WORK_TIERS
+from gridwatch.yaml_files import read_yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "gridwatch" / "config"
 DEFAULT_PATH = CONFIG_DIR / "incidents.yaml"
@@ -232,10 +231,4 @@ def config_path(settings: Any = None) -> Path:
 
 def load_incident_config(path: str | Path | None = None, settings: Any = None) -> IncidentConfig:
     p = Path(path) if path else config_path(settings)
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except OSError as e:
-        raise IncidentConfigError(f"cannot read {p}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise IncidentConfigError(f"{p} is not valid YAML: {e}") from None
-    return parse_config(data, str(p))
+    return parse_config(read_yaml(p, IncidentConfigError, "incident config") or {}, str(p))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
+from gridwatch.yaml_files import read_yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 DEFAULT_CONFIG = CONFIG_DIR / "gridwatch.yaml"
@@ -239,12 +239,7 @@ def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | No
     s = Settings()
     files = [DEFAULT_CONFIG] + ([Path(path)] if path else [])
     for f in files:
-        try:
-            data = yaml.safe_load(Path(f).read_text()) or {}
-        except OSError as e:
-            raise SettingsError(f"cannot read config file {f}: {e.strerror}") from None
-        except yaml.YAMLError as e:
-            raise SettingsError(f"config file {f} is not valid YAML: {e}") from None
+        data = read_yaml(f, SettingsError, "config file") or {}
         if not isinstance(data, dict):
             raise SettingsError(f"config file {f}: top level must be a mapping of sections")
         for section, values in data.items():

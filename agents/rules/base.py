@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import yaml
-
 from gridwatch.pipeline.schemas.events import LEVELS
+from gridwatch.yaml_files import read_yaml_list
 
 
 class RuleConfigError(ValueError):
@@ -134,15 +133,8 @@ def build_rule(entry: dict[str, Any], where: str) -> Rule | None:
 def load_rules(path: str | Path) -> list[Rule]:
     from . import builtin  # noqa: F401 - registers the shipped rule types
 
-    try:
-        doc = yaml.safe_load(Path(path).read_text())
-    except OSError as e:
-        raise RuleConfigError(f"cannot read rules file {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise RuleConfigError(f"rules file {path} is not valid YAML: {e}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("rules"), list):
-        raise RuleConfigError(f"{path}: expected a top-level 'rules:' list")
-    rules = [r for i, e in enumerate(doc["rules"]) if (r := build_rule(e, f"{path}: rules[{i}]")) is not None]
+    entries = read_yaml_list(path, "rules", RuleConfigError, "rules file")
+    rules = [r for i, e in enumerate(entries) if (r := build_rule(e, f"{path}: rules[{i}]")) is not None]
     names = [r.name for r in rules]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from gridwatch.yaml_files import read_yaml_list
 
 # Which console actions each role may send (OperatorAction.action values).
 ROLE_ACTIONS: dict[str, frozenset[str]] = {
@@ -97,16 +97,8 @@ class Accounts:
     @classmethod
     def load(cls, path: str | Path, gridmap: Any) -> Accounts:
         p = Path(path)
-        try:
-            doc = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except OSError as e:
-            raise AuthError(f"cannot read operator accounts {p}: {e.strerror}") from None
-        except yaml.YAMLError as e:
-            raise AuthError(f"{p}: not valid YAML ({e})") from None
-        if not isinstance(doc, dict) or not isinstance(doc.get("operators"), list):
-            raise AuthError(f"{p}: expected a mapping with an 'operators' list")
         ops: list[Operator] = []
-        for i, raw in enumerate(doc["operators"]):
+        for i, raw in enumerate(read_yaml_list(p, "operators", AuthError, "operator accounts")):
             where = f"{p}: operators[{i}]"
             if not isinstance(raw, dict):
                 raise AuthError(f"{where}: must be a mapping")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from gridwatch.yaml_files import read_yaml, yaml_list
 
 CODE_RE = re.compile(r"^[a-z0-9_]{1,64}$")
 DATATYPES = ("string", "number", "datetime", "text", "singlevaluelist", "multivaluelist")
@@ -92,16 +92,9 @@ class Catalog:
     @classmethod
     def load(cls, path: str | Path) -> Catalog:
         p = Path(path)
-        try:
-            doc = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except OSError as e:
-            raise CatalogError(f"cannot read service catalogue {p}: {e.strerror}") from None
-        except yaml.YAMLError as e:
-            raise CatalogError(f"{p}: not valid YAML ({e})") from None
-        if not isinstance(doc, dict) or not isinstance(doc.get("services"), list):
-            raise CatalogError(f"{p}: expected a mapping with a 'services' list")
         services: list[Service] = []
-        for i, raw in enumerate(doc["services"]):
+        doc = read_yaml(p, CatalogError, "service catalogue")
+        for i, raw in enumerate(yaml_list(doc, "services", CatalogError, f"service catalogue {p}")):
             where = f"{p}: services[{i}]"
             if not isinstance(raw, dict):
                 raise CatalogError(f"{where}: must be a mapping")
