@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -80,19 +82,31 @@ _seek_fix_installed = False
 
 
 def install_faust_seek_fix() -> None:
-    """Make Faust re-read, after a rebalance, records of partitions that have no committed offset.
+    """Make Faust lose no stream record when it resumes partitions after a rebalance. Idempotent.
 
-    Faust resumes stream partitions, then seeks them to their committed offsets, then resumes flow
-    control, which clears the stream buffers. Records fetched in between are dropped; a partition with
-    a committed offset is sought back and reads them again, but aiokafka's ``seek_to_committed`` leaves
-    a partition without one (never consumed before, e.g. operator actions produced while every
-    worker was down) where the fetch left it: past the dropped records, which were then never
-    processed (seen here in about 1 restart in 10). Seeking those partitions to the beginning
-    matches ``auto_offset_reset=earliest``; downstream dedupes what is read twice. Idempotent.
+    Once table recovery is done, Faust (``Recovery.on_recovery_completed``, or ``_resume_streams``
+    without tables) resumes the stream partitions, seeks them to their committed offsets, then resumes
+    flow control, which clears every stream buffer. The consumer's flow is already active then (it
+    was resumed to read the changelogs), so the fetcher hands records to the streams throughout:
+
+    * records handed over *before* the seek are cleared, and read again only if the seek moves the
+      partition back: aiokafka's ``seek_to_committed`` leaves a partition without a committed offset
+      (never consumed, e.g. operator actions produced while every worker was down) where the fetch
+      left it, past them. Fix 1: seek such partitions to the beginning (``auto_offset_reset=earliest``).
+    * records handed over *after* the seek and still queued when the buffers are cleared are lost on
+      every partition: the position is already past them. Seen as a survivor of a two-worker fail-over
+      that never handles 1-4 records of the dead worker's partitions, and as an operator action sent
+      during a restart that is never applied (logged: ``perform_seek end`` then ``clear drops 3:
+      readings[6]@1, readings[4]@1, readings[5]@1``, none of them fetched again). Fix 2: stop the
+      consumer's flow for the whole resume, so nothing is handed over until the seek and the clear are
+      done; the original resumes the flow at its end.
+
+    Downstream dedupes what is read twice.
     """
     global _seek_fix_installed
     if _seek_fix_installed:
         return
+    from faust.tables.recovery import Recovery
     from faust.transport.drivers import aiokafka as driver
 
     original = driver.AIOKafkaConsumerThread.seek_to_committed
@@ -106,4 +120,27 @@ def install_faust_seek_fix() -> None:
         return committed
 
     driver.AIOKafkaConsumerThread.seek_to_committed = seek_to_committed
+    Recovery.on_recovery_completed = _flow_held(Recovery.on_recovery_completed)
+    Recovery._resume_streams = _flow_held(Recovery._resume_streams)
     _seek_fix_installed = True
+
+
+def _flow_held(resume: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """Wrap a Faust ``Recovery`` resume step so that the consumer hands no record over while it runs.
+
+    ``stop_flow`` (as Faust's own revoke does) also cancels a hand-over in progress, so no stale read
+    offset lands after the seek; the seek rewinds whatever was handed over before.
+    """
+
+    async def held(self: Any, generation_id: int = 0) -> None:
+        consumer = self.app.consumer
+        consumer.stop_flow()
+        try:
+            await resume(self, generation_id)
+        finally:
+            # The original resumes the flow unless a newer rebalance overtook it; that one's recovery
+            # resumes it then. On an error in this generation, leave the flow as the original would.
+            if not consumer.flow_active and self.app.consumer_generation_id == generation_id:
+                consumer.resume_flow()
+
+    return held

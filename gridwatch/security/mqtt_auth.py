@@ -64,20 +64,32 @@ class ServiceAccount:
 
 
 def service_accounts(secret: bytes, alert_prefix: str = "gridwatch/alerts",
-                     stats_prefix: str = "gridwatch/stats") -> list[ServiceAccount]:
-    """The pipeline's own MQTT users: the bridge, the workers' alert channel, a read-only operator."""
+                     stats_prefix: str = "gridwatch/stats",
+                     incidents_prefix: str = "gridwatch/incidents") -> list[ServiceAccount]:
+    """The pipeline's own MQTT users, each allowed exactly the topics its service uses.
+
+    bridge (also ``gridwatch record``): reads device telemetry, publishes ``<stats>/bridge/<client id>``.
+    worker: publishes alerts, incident changes (the MQTT channel's ``topic_prefix``) and the vision
+    agent's ``<stats>/vision/<worker>``; a replay's worker (``gridwatch replay``) publishes the same under
+    ``replay/<ns>/`` (see :func:`gridwatch.recordreplay.worker_env`). operator: reads all of it.
+    simulator: publishes any device's telemetry and ``<stats>/simulator``.
+    """
+    from gridwatch.recordreplay import worker_env
+
     pw = lambda name: device_password(secret, "service:" + name)  # noqa: E731
+    replay = worker_env("+")  # the replay namespace as a single-level wildcard
+    worker_writes = (f"{alert_prefix}/#", f"{incidents_prefix}/#", f"{stats_prefix}/vision/#",
+                     f"{replay['GRIDWATCH_MQTT_ALERT_PREFIX']}/#", f"{replay['GRIDWATCH_MQTT_STATS_PREFIX']}/vision/#")
     return [
         ServiceAccount("gridwatch-bridge", pw("gridwatch-bridge"),
                        ("topic read v1/devices/+/telemetry", "topic read v1/gateway/+/telemetry",
-                        f"topic write {stats_prefix}/#")),
-        ServiceAccount("gridwatch-worker", pw("gridwatch-worker"),
-                       (f"topic write {alert_prefix}/#", "topic write gridwatch/incidents/#")),
+                        f"topic write {stats_prefix}/bridge/#")),
+        ServiceAccount("gridwatch-worker", pw("gridwatch-worker"), tuple(f"topic write {t}" for t in worker_writes)),
         ServiceAccount("gridwatch-operator", pw("gridwatch-operator"),
-                       (f"topic read {alert_prefix}/#", "topic read gridwatch/incidents/#", f"topic read {stats_prefix}/#")),
+                       (f"topic read {alert_prefix}/#", f"topic read {incidents_prefix}/#", f"topic read {stats_prefix}/#")),
         ServiceAccount("gridwatch-simulator", pw("gridwatch-simulator"),
                        ("topic write v1/devices/+/telemetry", "topic write v1/gateway/+/telemetry",
-                        f"topic write {stats_prefix}/#")),
+                        f"topic write {stats_prefix}/simulator")),
     ]
 
 

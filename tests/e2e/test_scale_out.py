@@ -6,8 +6,6 @@ import os
 import time
 from collections import Counter
 
-import pytest
-
 from gridwatch.pipeline.kafka_io import partition_for
 from gridwatch.procs import Proc
 from tests.e2e.test_telemetry_e2e import NIGHT, REG, send
@@ -21,9 +19,6 @@ def one_manhole_per_partition(skip: int) -> list:
     return [chosen[p] for p in sorted(chosen)]
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known issue: on the embedded Tansu broker the surviving worker sometimes (about 1 run in 5) does not "
-    "resume 1-4 of the dead worker's partitions after the rebalance; see RELIABILITY.md"))
 def test_two_workers_split_the_work_and_survive_one_dying(stack):
     pipe = Pipeline(stack.kafka_url, stack.mqtt_url).start()
     second = Proc(f"{pipe.prefix}-worker2", ["worker", *pipe.common], ARTIFACTS, {**pipe.env, "GRIDWATCH_LIBRARY_LOG": os.environ.get("GW_DBG", "warning")}).start()

@@ -139,6 +139,40 @@ def test_logins_acls_and_gateway_ownership(secure):
         pipe.bridge.stop()
 
 
+def test_each_service_publishes_only_its_own_stats(secure):
+    """The worker may publish the vision agent's stats (agents/vision.py's topic form); a device may not,
+    and no service may publish another's stats. An operator subscribed to all stats is the witness."""
+    stack, secret = secure
+    acc = {a.user: a for a in service_accounts(secret)}
+    dev = next(d for d in REG if d.kind == "manhole")
+    op, rc = connect(stack, acc["gridwatch-operator"].user, acc["gridwatch-operator"].password)
+    assert not rc.is_failure
+    got: list[str] = []
+    op.on_message = lambda cl, u, m: got.append(m.topic)
+    op.subscribe("gridwatch/stats/#", qos=1)
+    time.sleep(0.5)
+    vision = "gridwatch/stats/vision/gridwatch-host-1234"
+    tries = [  # (user, password, topic, door or None for an allowed publish)
+        ("gridwatch-worker", acc["gridwatch-worker"].password, vision, None),
+        ("gridwatch-bridge", acc["gridwatch-bridge"].password, "gridwatch/stats/bridge/gridwatch-bridge-1", None),
+        (dev.id, device_password(secret, dev.id), vision + "-device", "device -> the vision stats"),
+        ("gridwatch-worker", acc["gridwatch-worker"].password, "gridwatch/stats/bridge/fake", "worker -> the bridge's stats"),
+        ("gridwatch-bridge", acc["gridwatch-bridge"].password, vision + "-bridge", "bridge -> the vision stats"),
+    ]
+    for user, pw, topic, _door in tries:  # each on its own connection: Mosquitto may hang up on a denied one
+        c, rc = connect(stack, user, pw)
+        assert not rc.is_failure, user
+        with contextlib.suppress(RuntimeError):
+            c.publish(topic, b"{}", qos=1).wait_for_publish(5)
+        close(c)
+    allowed = {t for _u, _p, t, door in tries if door is None}
+    wait_for(lambda: allowed <= set(got), 10, "the allowed stats at the operator")
+    time.sleep(1)
+    close(op)
+    assert set(got) == allowed, got
+    DOORS.extend(door for *_, door in tries if door)
+
+
 def test_tls_listener(secure):
     stack, secret = secure
     a = next(d for d in REG if d.kind == "water_gauge")
