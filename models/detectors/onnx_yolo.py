@@ -59,6 +59,7 @@ class OnnxYoloConfig(DetectorConfig):
     max_batch: int | None = None  # None: the model's fixed batch size, else unlimited
     class_agnostic_nms: bool = False
     suppress_contained: float | None = None  # also drop a same-class box this much inside a better one
+    disabled_optimizers: list[str] | None = None  # onnxruntime graph optimisers to skip (a model may need it)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -234,7 +235,8 @@ class OnnxYoloDetector(DetectionApi):
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         self.model_path = path
-        self.session = ort.InferenceSession(path, sess_options=so, providers=list(config.providers))
+        self.session = ort.InferenceSession(path, sess_options=so, providers=list(config.providers),
+                                            disabled_optimizers=list(config.disabled_optimizers or ()) or None)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.output_name = self.session.get_outputs()[config.output_index].name

@@ -2,7 +2,10 @@
 
 ``{"type": "yolo_darknet_onnx"}`` is enough: the model is built into the cache on first use when the
 set-up step has not done it yet.  ``"variant": "int8"`` selects the statically quantised model (about
-twice as fast on CPUs with AVX512-VNNI / AVX2, ~95 % of the float model's detections; see MODEL_CARD.md).
+2.8 times as fast on CPUs with AVX512-VNNI, ~95 % of the float model's detections; see MODEL_CARD.md).
+``input_width`` / ``input_height`` (multiples of 32) select the same weights converted for that input:
+416×320 sees a 4:3 or 16:9 camera at the same scale as 416×416 (less letterbox padding) for ~75 % of the
+CPU time; 320×320 costs ~58 % but shrinks the picture and misses small, far people (see MODEL_CARD.md).
 The graph decodes its YOLO heads itself and emits the YOLOv5 layout, so this is the generic
 :class:`OnnxYoloDetector` with fixed pre/post-processing defaults (416×416 letterbox on grey, RGB 0..1,
 80 COCO classes, nested same-class boxes suppressed).
@@ -33,6 +36,14 @@ class YoloDarknetOnnxConfig(OnnxYoloConfig):
         super().__post_init__()
         if self.variant not in ("fp32", "int8"):
             raise ValueError("variant must be fp32 or int8")
+        if self.model_path is None:  # our build: sides that are multiples of 32
+            from gridwatch.models.build import check_size
+
+            check_size((self.input_width or 416, self.input_height or 416))
+        if self.disabled_optimizers is None and self.variant == "int8":
+            from gridwatch.models.build import INT8_DISABLED_OPTIMIZERS
+
+            self.disabled_optimizers = list(INT8_DISABLED_OPTIMIZERS)
 
 
 class YoloDarknetOnnxDetector(OnnxYoloDetector):
@@ -45,7 +56,8 @@ class YoloDarknetOnnxDetector(OnnxYoloDetector):
             return str(self.config.model_path)
         from gridwatch.models.build import build
 
-        return str(build(quiet=True, variant=self.config.variant))
+        size = (int(self.config.input_width or 416), int(self.config.input_height or 416))
+        return str(build(quiet=True, variant=self.config.variant, size=size))
 
     def describe(self) -> dict:
         return super().describe() | {"variant": self.config.variant}

@@ -38,6 +38,17 @@ def int8_detector(model_path: Path) -> Iterator[DetectionApi]:
     det.close()
 
 
+@pytest.fixture(scope="session")
+def int8_416x320_detector(model_path: Path) -> Iterator[DetectionApi]:
+    """The int8 model at a 416×320 input: 4:3 and 16:9 frames at the 416×416 model's scale."""
+    if not calibration_images():
+        pytest.skip("int8 variant needs the Debian package darknet (calibration pictures)")
+    det = create_detector({"type": "yolo_darknet_onnx", "variant": "int8", "threads": 2, "input_width": 416,
+                           "input_height": 320})
+    yield det
+    det.close()
+
+
 def _need(fn, *args) -> Path:
     try:
         return fn(*args)

@@ -21,6 +21,7 @@ from gridwatch.pipeline.capture import (
     MotionGate,
     MotionGateConfig,
     decode_jpeg,
+    downscale,
     encode_jpeg,
     pack_frame,
     unpack_frame,
@@ -28,6 +29,18 @@ from gridwatch.pipeline.capture import (
 from gridwatch.pipeline.rtsp_server import check_available, serve
 
 T0 = 1_709_305_200.0
+
+
+def test_downscale_sizes_and_picture(vtest_path: Path) -> None:
+    """2× INTER_AREA steps then bilinear: the size of a one-step resize, nearly its pixels."""
+    src = cv2.VideoCapture(str(vtest_path)).read()[1]
+    for w, h in ((768, 576), (1280, 720), (1920, 1080), (641, 480)):
+        big = cv2.resize(src, (w, h), interpolation=cv2.INTER_LINEAR)
+        out = downscale(big, 640)
+        ref = cv2.resize(big, (640, round(h * 640 / w)), interpolation=cv2.INTER_AREA)
+        assert out.shape == ref.shape
+        assert float(np.abs(out.astype(np.int16) - ref).mean()) < 1.5  # grey levels
+    assert downscale(src, 800) is src and downscale(src, None) is src
 
 
 def test_file_sampling_by_frame_time(vtest_path: Path) -> None:
@@ -153,6 +166,39 @@ def test_rtsp_capture_offline_and_back_online(gstreamer, vtest_path: Path) -> No
         again = frames.get(timeout=10)
         assert again.ts > off.ts and again.size == (768, 576)
         assert [s.online for s in statuses] == [True, False, True]  # one report per transition
+    finally:
+        cap.close()
+        server.stop()
+        worker.join(10)
+
+
+def test_rtsp_25fps_sampled_at_5fps_converts_only_what_it_needs(gstreamer, vtest_path: Path) -> None:
+    """A 25 fps camera sampled at 5 fps: every frame is decoded (H.264 needs it), but frames that a newer one
+    will replace before the next due time are not converted to BGR nor downscaled; the sampled frames still
+    come every 0.2 s, downscaled to max_width."""
+    port = _free_port()
+    server = serve([vtest_path], port=port, names=["plaza"], fps=25)
+    frames: queue.Queue[Frame] = queue.Queue()
+    cap = CameraCapture({"camera_id": "plaza", "source": server.url("plaza"), "detect_fps": 5, "max_width": 320,
+                         "open_timeout_s": 5, "read_timeout_s": 5})
+
+    def consume() -> None:
+        for f in cap.frames():
+            frames.put(f)
+
+    worker = threading.Thread(target=consume, daemon=True)
+    worker.start()
+    try:
+        first = frames.get(timeout=20)
+        assert first.size == (320, 240)
+        reader = cap.reader
+        assert reader is not None
+        read0, conv0 = reader.frames_read, reader.frames_converted
+        got = [frames.get(timeout=5) for _ in range(15)]  # 3 s of sampling
+        read, converted = reader.frames_read - read0, reader.frames_converted - conv0
+        assert read >= 50, read  # the stream runs at 25 fps
+        assert converted <= 0.75 * read, (converted, read)
+        assert 0.15 <= float(np.median(np.diff([f.ts for f in got]))) <= 0.25
     finally:
         cap.close()
         server.stop()

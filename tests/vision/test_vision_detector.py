@@ -20,7 +20,10 @@ Hand check (frames saved as PNG and looked at, with and without the detector's b
 Tolerances derived from that: every hand-marked person and vehicle must be inside a box of its kind
 (score >= 0.3), allowing one missed person per frame for score drift across onnxruntime versions; at
 most 2 extra person boxes per frame (the duplicates seen above); on the 1906 film at least 3 people
-and the automobile, and no person box above the street level (y < 100) or below the frame.
+and the automobile, and no person box above the street level (y < 100) or below the frame.  The float
+and int8 models at 416×416 and the int8 model at 416×320 (same scale, less padding) meet them; at
+320×320 yolov3-tiny found only 4 of the 7 people of frame 200 and missed the 1906 automobile (measured,
+not tested: that size is an option for near, large objects only; see MODEL_CARD.md).
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ VTEST_TRUTH = {
 }
 
 
-@pytest.mark.parametrize("variant", ["detector", "int8_detector"])
+@pytest.mark.parametrize("variant", ["detector", "int8_detector", "int8_416x320_detector"])
 @pytest.mark.parametrize("index", sorted(VTEST_TRUTH))
 def test_people_and_vehicles_on_vtest(request, vtest_path, index, variant) -> None:
     truth = VTEST_TRUTH[index]
@@ -85,8 +88,9 @@ def test_darknet_sample_images(detector, darknet_images) -> None:
     assert sum(d.score >= 0.5 for d in person) == 3, person
 
 
-def test_market_street_1906(detector, market_street_path) -> None:
-    dets = detector.detect_one(read_frame(market_street_path, 0))
+@pytest.mark.parametrize("variant", ["detector", "int8_416x320_detector"])
+def test_market_street_1906(request, variant, market_street_path) -> None:
+    dets = request.getfixturevalue(variant).detect_one(read_frame(market_street_path, 0))
     assert _found([(550, 150)], dets, VEHICLES) == [True], dets
     people = [d for d in dets if d.label == "person" and d.score >= MIN_SCORE]
     assert len(people) >= 3, dets
@@ -97,7 +101,8 @@ def test_int8_variant_agrees_with_float_model(detector, int8_detector, vtest_pat
                                               darknet_images) -> None:
     """The int8 model is calibrated on Darknet's 7 sample pictures only; on frames it never saw it must
     find (same label, IoU > 0.5) at least 85 % of what the float model finds at score >= 0.3 (measured:
-    71 of 75 on these 13 frames) and add no more than 15 % boxes of its own."""
+    69 of 75 on these 13 frames with the float stem of quantisation version 3, 71 of 75 before) and add no
+    more than 15 % boxes of its own."""
     import cv2
 
     frames = [read_frame(vtest_path, i) for i in (100, 200, 300, 500, 600, 700)]

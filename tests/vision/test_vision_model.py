@@ -67,6 +67,54 @@ def test_real_weights_match_opencv_darknet_importer(model_path: Path, darknet_im
         assert not (scores[~shown] > 0.21).any()
 
 
+def test_other_input_sizes_build_and_match_opencv(model_path: Path, darknet_images, tmp_path: Path) -> None:
+    """The same weights at a 416×320 input (less letterbox padding for 4:3 / 16:9 cameras): its own cached
+    files and manifest, the right grids, and still OpenCV's Darknet importer's numbers."""
+    cache = model_path.parent
+    path = model_build.build(cache, size=(416, 320), int8=False)
+    assert path.name == "yolov3-tiny-416x320.onnx" and model_build.is_built(cache, size=(416, 320))
+    manifest = json.loads(model_build.manifest_path(cache, (416, 320)).read_text())
+    assert manifest["input"]["shape"] == ["batch", 3, 320, 416] and manifest["output"]["shape"][1] == 3 * (130 + 520)
+    sess = _session(str(path))
+    assert sess.get_inputs()[0].shape[1:] == [3, 320, 416]
+    cfg = tmp_path / "yolov3-tiny-416x320.cfg"
+    cfg.write_text(model_build.cfg_with_size((cache / "yolov3-tiny.cfg").read_text(), (416, 320)))
+    net = cv2.dnn.readNetFromDarknet(str(cfg), str(cache / "yolov3-tiny.weights"))
+    blob = cv2.dnn.blobFromImage(cv2.imread(str(darknet_images["dog.jpg"])), 1 / 255.0, (416, 320), swapRB=True)
+    net.setInput(blob)
+    outs = net.forward(net.getUnconnectedOutLayersNames())
+    ours = sess.run(None, {"images": blob})[0][0]
+    for mine, theirs in _opencv_rows(outs, ours, [(3, 10, 13), (3, 20, 26)], (416, 320)):
+        np.testing.assert_allclose(mine[:, :5], theirs[:, :5], atol=1e-4)
+    assert model_build.parse_size("320") == (320, 320) and model_build.size_name((416, 320)) == "416x320"
+    for bad in (300, (416, 100), (416, 2048)):
+        with pytest.raises(ValueError, match="multiples of 32"):
+            model_build.check_size(bad)
+
+
+def test_int8_keeps_a_float_stem(model_path: Path) -> None:
+    """The int8 model leaves the 3-channel first conv (+ leaky + pool) in float, and the detector runs it
+    without the optimiser that would move its Quantize above the pool (a slow uint8 NCHW max-pool)."""
+    import onnx
+
+    from gridwatch.models.detectors import parse_detector_config
+
+    if not model_build.calibration_images():
+        pytest.skip("int8 variant needs the Debian package darknet (calibration pictures)")
+    path = model_build.build(model_path.parent, variant="int8")
+    graph = onnx.load(str(path)).graph
+    first = next(n for n in graph.node if "images" in n.input)
+    assert first.op_type == "Conv"
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    assert producers.get(first.input[1]) is None  # a float initializer, not a DequantizeLinear output
+    assert sum(n.op_type == "DequantizeLinear" for n in graph.node) > 10  # the rest is quantised
+    manifest = json.loads(model_build.manifest_path(model_path.parent).read_text())
+    assert manifest["int8"]["disabled_optimizers"] == list(model_build.INT8_DISABLED_OPTIMIZERS)
+    cfg = parse_detector_config({"variant": "int8"})
+    assert cfg.disabled_optimizers == list(model_build.INT8_DISABLED_OPTIMIZERS)
+    assert parse_detector_config({"variant": "fp32"}).disabled_optimizers is None
+
+
 TINY_CFG = """
 [net]
 width=64

@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 
 import cv2
 import numpy as np
+import pytest
 
 from gridwatch.models.scene_rules import SceneEngine
 from gridwatch.models.zones import point_in_polygon
@@ -40,7 +41,10 @@ SCENE = {
 VAN = (652, 44, 723, 98)
 
 
-def test_zone_rules_on_vtest(detector, vtest_path, tmp_path, artifacts) -> None:
+@pytest.mark.parametrize("variant", ["detector", "int8_detector", "int8_416x320_detector"])
+def test_zone_rules_on_vtest(request, variant, vtest_path, tmp_path, artifacts) -> None:
+    """The float model, the shipped int8 model, and int8 at 416×320 all give the hand-checked events."""
+    detector = request.getfixturevalue(variant)
     engine = SceneEngine.from_config("vtest", SCENE)
     store = FileEvidenceStore(tmp_path / "evidence")
     capture = CameraCapture({"camera_id": "vtest", "source": str(vtest_path), "start_ts": T0, "detect_fps": 5})
@@ -52,7 +56,7 @@ def test_zone_rules_on_vtest(detector, vtest_path, tmp_path, artifacts) -> None:
             if ev.type in ("new", "end"):
                 refs[(ev.event_id, ev.type)] = save_evidence(store, frame.image, ev, zones=engine.zones,
                                                              tracks=result.tracks, tz=engine.tz)
-                (artifacts / f"scene_{ev.rule_id}_{ev.type}.jpg").write_bytes(store.get(refs[(ev.event_id, ev.type)]))
+                (artifacts / f"scene_{variant}_{ev.rule_id}_{ev.type}.jpg").write_bytes(store.get(refs[(ev.event_id, ev.type)]))
     closing = engine.close()
     assert capture.sampled == 398  # 795 frames at 10 fps → every other frame
 
