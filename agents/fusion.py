@@ -1,13 +1,17 @@
 """Fusion of grid events and resident reports into incidents, per Kafka partition (no Kafka here).
 
 Events, reports and operator actions are all keyed by grid code, so one partition sees every input
-about its grids, in order. For each partition the processor keeps its incidents (recovered from the
-durable store, a Faust table), an index of source id -> incident, the fusable incidents per category
-group, a watermark (highest input event time minus lateness) and a heap of supervision deadlines.
+about its grids. For each partition the processor keeps its incidents (recovered from the durable
+store, a Faust table), an index of source id -> incident, the fusable incidents per category group, a
+watermark (highest input event time minus lateness), a heap of supervision deadlines, and the
+event-time merge of grid events from many upstream partitions (agents/event_order.py).
 
-Replay safety: only event time is used; incident ids come from the first source; a re-delivered
-input is recognised (event phase + ts already seen, report or action id already in the incident)
-and changes nothing; an escalation is recorded at the deadline that passed, not when it was noticed.
+Replay safety: only event time is used; incident ids come from the first source; grid events that carry
+an order (telemetry) are applied in merge order, not arrival order, with supervision run up to each
+event's order ts before it, so the same events give the same incidents however their upstreams
+interleaved; a re-delivered input is recognised (event phase + ts already seen, report or action id
+already in the incident) and changes nothing; an escalation is recorded at the deadline that passed,
+not when it was noticed.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gridwatch.pipeline.schemas.codec import dumps, loads
-from gridwatch.pipeline.schemas.events import GridEvent, TierRef
+from gridwatch.pipeline.schemas.events import GridEvent, TierRef, Watermarks
 from gridwatch.pipeline.schemas.incidents import (
     VERSION,
     Incident,
@@ -33,6 +37,7 @@ from gridwatch.pipeline.schemas.incidents import (
 from gridwatch.pipeline.schemas.reports import ResidentReport
 
 from . import lifecycle as lc
+from .event_order import MergeBuffer
 from .routing import IncidentConfig
 
 log = logging.getLogger("gridwatch.incidents")
@@ -50,7 +55,8 @@ def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
 class StateStore(Protocol):
     """The durable key -> JSON bytes store behind the processor (a Faust table with raw values).
 
-    Keys: ``inc:<partition>:<incident id>`` -> the incident's JSON, ``wm:<partition>`` -> the watermark.
+    Keys: ``inc:<partition>:<incident id>`` -> the incident's JSON, ``wm:<partition>`` -> the watermark,
+    ``q:<partition>:<seq>`` -> a buffered grid event, ``up:<partition>`` -> the upstream marks of the merge.
     """
 
     def get(self, key: str) -> Any: ...
@@ -72,6 +78,7 @@ class Outcome:
     writes: dict[str, tuple[int, bytes | None]] = field(default_factory=dict)  # key -> (partition, JSON; None: delete)
     rejected: list[Rejected] = field(default_factory=list)
     duplicates: int = 0
+    late: int = 0  # ordered grid events that arrived after later ones were applied (applied at once)
 
 
 @dataclass
@@ -85,6 +92,10 @@ class PartitionState:
     scheduled: dict[str, int] = field(default_factory=dict)  # incident id -> deadline last pushed
     last_ts: dict[str, int] = field(default_factory=dict)  # incident id -> latest event time of its sources
     wm_dirty: bool = False
+    order: MergeBuffer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.order = MergeBuffer(self.partition, GridEvent.decode)
 
 
 def inc_key(partition: int, iid: str) -> str:
@@ -114,14 +125,17 @@ class IncidentProcessor:
             if wm:
                 ps.max_ts = int(loads(wm).get("max_ts", 0))
             prefix = f"inc:{p}:"
-            for key, value in list(self.store.items()):
+            items = list(self.store.items())
+            for key, value in items:
                 if isinstance(key, str) and key.startswith(prefix) and value:
                     inc = Incident.decode(value)
                     ps.incidents[inc.id] = inc
                     self._index(ps, inc)
-            if ps.incidents:
-                log.info("partition %d: recovered %d incidents (%d open), watermark %d", p, len(ps.incidents),
-                         sum(1 for i in ps.incidents.values() if i.open), ps.max_ts - self.lateness_ms)
+            ps.order.restore(items)
+            if ps.incidents or ps.order.upstreams:
+                log.info("partition %d: recovered %d incidents (%d open), watermark %d, %d grid events buffered "
+                         "from %d upstreams", p, len(ps.incidents), sum(1 for i in ps.incidents.values() if i.open),
+                         ps.max_ts - self.lateness_ms, len(ps.order), len(ps.order.upstreams))
         return ps
 
     def _index(self, ps: PartitionState, inc: Incident) -> None:
@@ -156,9 +170,50 @@ class IncidentProcessor:
             ps.wm_dirty = True
 
     # -- inputs ---------------------------------------------------------------------------------
+    def on_ordered_event(self, p: int, upstream: str, order_ts: int, raw: bytes, out: Outcome) -> None:
+        """A grid event with an order (see agents/event_order.py): buffered until no event still to
+        come can precede it, then applied in merge order; applied at once when it is late.
+        Raises SchemaError (nothing buffered) when the record is not a grid event."""
+        ps = self.partition(p)
+        ev = GridEvent.decode(raw)
+        if not ps.order.push(upstream, order_ts, raw, ev, out.writes):
+            out.late += 1
+            if ps.order.late <= 10 or ps.order.late % 1000 == 0:
+                log.warning("partition %d: late grid event %s %s@%d from %s (order ts %d < %d already applied; "
+                            "%d late so far): applied out of order", p, ev.type, ev.phase, ev.ts, upstream,
+                            order_ts, ps.order.frontier or 0, ps.order.late)
+            self._ordered(ps, ev, order_ts, out)
+        self._release(ps, out)
+
+    def on_watermarks(self, p: int, rec: Watermarks, out: Outcome) -> None:
+        """Upstream watermarks / idle markers: release what they allow, move the partition's clock."""
+        ps = self.partition(p)
+        for upstream, m in rec.marks.items():
+            ps.order.mark(upstream, m.wm, m.idle)
+        self._release(ps, out)
+
+    def _release(self, ps: PartitionState, out: Outcome) -> None:
+        for item in ps.order.release(out.writes):
+            self._ordered(ps, item.item, item.order_ts, out)
+        clock = ps.order.clock()
+        if clock is not None:
+            self._advance_ts(ps, clock)
+
+    def _ordered(self, ps: PartitionState, ev: GridEvent, order_ts: int, out: Outcome) -> None:
+        """Apply a merged event after supervision has run up to its order ts, so that deadlines and
+        events interleave the same way on every run (not as batches or watermarks happened to fall)."""
+        self._advance_ts(ps, order_ts)
+        self._advance_ts(ps, ev.ts)
+        self._supervise(ps, out)
+        self._apply_event(ps, ev, out)
+
     def on_event(self, p: int, ev: GridEvent, out: Outcome) -> None:
+        """A grid event without an order (vision agent, camera service, tools): applied on arrival."""
         ps = self.partition(p)
         self._advance_ts(ps, ev.ts)
+        self._apply_event(ps, ev, out)
+
+    def _apply_event(self, ps: PartitionState, ev: GridEvent, out: Outcome) -> None:
         iid = ps.by_source.get(f"event:{ev.id}")
         if iid is not None and iid in ps.incidents:
             self._event_update(ps, ps.incidents[iid], ev, out)
@@ -352,8 +407,15 @@ class IncidentProcessor:
         return self.partition(p).max_ts - self.lateness_ms
 
     def advance(self, p: int, out: Outcome) -> None:
-        """Run supervision up to the partition's watermark; persist the watermark if it moved."""
+        """Run supervision up to the partition's watermark; persist the watermark and merge state if they moved."""
         ps = self.partition(p)
+        self._supervise(ps, out)
+        if ps.wm_dirty:
+            out.writes[f"wm:{p}"] = (p, dumps({"max_ts": ps.max_ts}))
+            ps.wm_dirty = False
+        ps.order.flush(out.writes)
+
+    def _supervise(self, ps: PartitionState, out: Outcome) -> None:
         wm = ps.max_ts - self.lateness_ms
         heap = ps.heap
         while heap and heap[0][0] < wm:
@@ -368,9 +430,6 @@ class IncidentProcessor:
                 continue
             for change, t in lc.supervise(inc, self.cfg, wm):
                 self._emit(ps, out, inc, change, t.ts, t, "")
-        if ps.wm_dirty:
-            out.writes[f"wm:{p}"] = (p, dumps({"max_ts": ps.max_ts}))
-            ps.wm_dirty = False
 
     def _evict(self, ps: PartitionState, out: Outcome, inc: Incident) -> None:
         """Drop a long-finished incident from the table (its records stay on the incidents topic)."""

@@ -3,7 +3,10 @@ supervision), every change on ``<prefix>.incidents``.
 
 The three input topics are keyed by grid code with the same partition count, so Faust assigns the
 same partitions of all three to one worker (co-partitioned) and one agent sees a grid's events,
-reports and actions in order. The state (every incident with its history, the watermarks) lives in
+reports and actions. Grid events of one grid come from several readings partitions, so they are merged
+in event time (agents/event_order.py) by the order header and the watermark control records the
+telemetry agent writes; reports and operator actions (HTTP, wall time) are applied on arrival.
+The state (every incident with its history, the watermarks, the merge buffer) lives in
 the Faust table ``incidents`` whose changelog is written to the input's partition explicitly
 (``tables.put``), so the worker that owns a partition after a crash or rebalance recovers it.
 
@@ -19,14 +22,14 @@ import logging
 from typing import Any
 
 from gridwatch.pipeline.schemas.codec import SchemaError
-from gridwatch.pipeline.schemas.events import GridEvent
+from gridwatch.pipeline.schemas.events import GridEvent, Watermarks, is_control, order_of
 from gridwatch.pipeline.schemas.incidents import OperatorAction
 from gridwatch.pipeline.schemas.reports import ResidentReport
 
 from .fusion import IncidentProcessor, Outcome
 from .routing import load_incident_config
 from .runtime import AgentContext
-from .tables import put
+from .tables import delete, put
 
 log = logging.getLogger("gridwatch.incidents")
 INPUTS = ("events", "reports", "actions")
@@ -54,12 +57,6 @@ class TableStore:
         return self.table.data.items()
 
 
-def delete(table: Any, key: str, partition: int) -> None:
-    """Remove a key and write its tombstone to an explicit changelog partition (see tables.put)."""
-    table.data.pop(key, None)
-    table.send_changelog(partition, key, None, value_serializer="raw")
-
-
 def install(ctx: AgentContext) -> Any:
     app, settings = ctx.app, ctx.settings
     cfg = load_incident_config(settings=settings)
@@ -75,9 +72,14 @@ def install(ctx: AgentContext) -> Any:
     async def _forget(app_: Any, revoked: Any = None, **kwargs: Any) -> None:
         processor.reset()
 
-    def apply(family: str, partition: int, raw: bytes, out: Outcome) -> None:
+    def apply(family: str, partition: int, raw: bytes, headers: Any, out: Outcome) -> None:
         if family == "events":
-            processor.on_event(partition, GridEvent.decode(raw), out)
+            if is_control(raw):
+                processor.on_watermarks(partition, Watermarks.decode(raw), out)
+            elif (order := order_of(headers)) is not None:
+                processor.on_ordered_event(partition, order[0], order[1], raw, out)
+            else:
+                processor.on_event(partition, GridEvent.decode(raw), out)
         elif family == "reports":
             processor.on_report(partition, ResidentReport.decode(raw), out)
         else:
@@ -94,7 +96,7 @@ def install(ctx: AgentContext) -> Any:
                 family = names.get(msg.topic, "")
                 seen = len(out.rejected)
                 try:
-                    apply(family, msg.partition, event.value, out)
+                    apply(family, msg.partition, event.value, msg.headers, out)
                 except SchemaError as e:
                     await ctx.dead_letter("incidents", f"bad_{family.rstrip('s') or 'record'}", str(e), msg.topic,
                                           event.value)
@@ -125,5 +127,6 @@ def install(ctx: AgentContext) -> Any:
                     put(table, key, value, partition)
             ctx.stats["incident_inputs"] += len(batch)
             ctx.stats["incident_duplicates"] += out.duplicates
+            ctx.stats["incident_late_events"] += out.late
 
     return incidents

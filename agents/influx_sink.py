@@ -15,7 +15,7 @@ from typing import Any
 
 from gridwatch.pipeline.kafka_io import partition_for
 from gridwatch.pipeline.schemas.codec import SchemaError
-from gridwatch.pipeline.schemas.events import GridEvent
+from gridwatch.pipeline.schemas.events import GridEvent, is_control
 from gridwatch.pipeline.sinks.influx import InfluxSink, PointBuilder, Presence
 
 from .runtime import AgentContext
@@ -74,7 +74,7 @@ def install(ctx: AgentContext) -> Any:
 
     @app.agent(ctx.events_topic, name="influx_events")
     async def influx_events(stream: Any) -> None:
-        await write_points(stream, lambda raw: builder.event(GridEvent.decode(raw)))
+        await write_points(stream, lambda raw: None if is_control(raw) else builder.event(GridEvent.decode(raw)))
 
     try:
         from gridwatch.pipeline.schemas.incidents import IncidentChange

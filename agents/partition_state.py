@@ -45,6 +45,9 @@ class PartitionState:
 @dataclass
 class BatchResult:
     events: list[GridEvent] = field(default_factory=list)
+    # per event: the partition's event-time high mark when it was raised (monotone; the incident
+    # agent merges events of many partitions by it, see agents/event_order.py)
+    order_ts: list[int] = field(default_factory=list)
     writes: dict[str, dict[str, Any]] = field(default_factory=dict)  # persist after events are confirmed
     unknown: list[Reading] = field(default_factory=list)  # devices removed from the registry since
 
@@ -97,6 +100,11 @@ class TelemetryProcessor:
             ps.next_checkpoint = ps.max_ts + self.checkpoint_every_ms
         return ps
 
+    def high_mark(self, p: int) -> int:
+        """The highest reading event time applied on a partition (0: none yet)."""
+        ps = self.partitions.get(p)
+        return ps.max_ts if ps else 0
+
     def _track(self, ps: PartitionState, dev_id: str, seen: int) -> None:
         device = self.registry.get(dev_id)
         if device is None:
@@ -128,6 +136,7 @@ class TelemetryProcessor:
             events, changed, groups = self.engine.on_reading(r, device, state, group_get)
             if events:
                 out.events.extend(events)
+                out.order_ts.extend([ps.max_ts] * len(events))
             if changed:
                 out.writes[key] = state
             for g in groups:
@@ -160,6 +169,7 @@ class TelemetryProcessor:
             events = self.engine.on_watermark(device, state, seen, wm)
             if events:
                 out.events.extend(events)
+                out.order_ts.extend([ps.max_ts] * len(events))
                 out.writes[key] = state
 
     def checkpoint(self, ps: PartitionState, out: BatchResult) -> None:

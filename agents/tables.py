@@ -14,3 +14,10 @@ def put(table: Any, key: Any, value: Any, partition: int) -> None:
     """
     table.data[key] = value
     table.send_changelog(partition, key, value)
+
+
+def delete(table: Any, key: Any, partition: int) -> None:
+    """Remove a key and write its tombstone (a null value, not JSON ``null``) to an explicit changelog
+    partition (see put)."""
+    table.data.pop(key, None)
+    table.send_changelog(partition, key, None, value_serializer="raw")

@@ -4,15 +4,22 @@ One ``async for`` over raw batch records: decoding happens inside a try so a bad
 dead-letter topic instead of crashing the agent (Faust stops consuming on a ValueDecodeError).
 Events are sent and confirmed before the state that says "raised" is written, so a crash in between
 re-raises the same event (same deterministic id) rather than losing it.
+
+Event-time merge downstream (agents/event_order.py): each event carries a header with its readings
+partition and that partition's high mark when it was raised, and once a batch's events are confirmed
+the partition's high mark is announced to every events partition in a watermark control record
+(throttled, idle partitions announced idle; see agents/watermarks.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from gridwatch.pipeline.schemas.codec import SchemaError
+from gridwatch.pipeline.schemas.events import order_header
 from gridwatch.pipeline.schemas.readings import ReadingBatch
 
 from .partition_state import TelemetryProcessor
@@ -20,6 +27,7 @@ from .rules.base import load_rules
 from .rules.engine import RuleEngine
 from .runtime import AgentContext
 from .tables import put
+from .watermarks import WatermarkSender
 
 log = logging.getLogger("gridwatch.telemetry")
 
@@ -45,11 +53,39 @@ def install(ctx: AgentContext) -> Any:
         checkpoint_every_ms=int(w.presence_checkpoint_s * 1000),
     )
 
+    marks = WatermarkSender("readings", idle_s=w.upstream_idle_s)
+
     @app.on_partitions_revoked.connect
     async def _forget(app_: Any, revoked: Any = None, **kwargs: Any) -> None:
         processor.reset()
+        marks.forget()
+
+    @app.on_partitions_assigned.connect
+    async def _own(app_: Any, assigned: Any = None, **kwargs: Any) -> None:
+        now = time.monotonic()
+        for tp in assigned or ():
+            if tp.topic == settings.topic("readings"):
+                marks.assigned(tp.partition, now)
 
     events_topic = ctx.events_topic
+
+    sending = asyncio.Lock()  # one control record at a time: an idle marker never overtakes a newer mark
+
+    async def announce() -> None:
+        """Send the marks that are due as one control record to every events partition."""
+        async with sending:
+            rec = marks.due(time.monotonic())
+            if rec is None:
+                return
+            value = rec.encode()
+            futures = [await events_topic.send(key=b"~watermark", value=value, partition=p)
+                       for p in range(settings.kafka.partitions)]
+            await asyncio.gather(*futures)
+            ctx.stats["watermarks"] += 1
+
+    @app.timer(w.watermark_interval_s)
+    async def _watermarks() -> None:
+        await announce()
 
     @app.agent(ctx.readings_topic, name="telemetry")
     async def telemetry(stream: Any) -> None:
@@ -60,21 +96,27 @@ def install(ctx: AgentContext) -> Any:
             except SchemaError as e:
                 await ctx.dead_letter("telemetry", "bad_batch", str(e), event.message.topic, event.value)
                 continue
+            if marks.begin(partition, time.monotonic()):
+                await announce()  # woken up / first input: marks go out before this batch's events
             try:
                 result = processor.process(partition, batch.readings)
             except Exception as e:  # noqa: BLE001 - a rule bug must not stop the worker
                 log.exception("rule processing failed on partition %d", partition)
                 await ctx.dead_letter("telemetry", "rule_error", f"{type(e).__name__}: {e}", event.message.topic,
                                       event.value)
+                marks.confirmed(partition, 0, time.monotonic())
                 continue
             for r in result.unknown:
                 await ctx.dead_letter("telemetry", "unknown_device", f"device {r.device_id} left the registry",
                                       event.message.topic, b"", r.device_id)
             if result.events:
-                futures = [await events_topic.send(key=ev.grid_code.encode(), value=ev.encode())
-                           for ev in result.events]
+                upstream = marks.name(partition)
+                futures = [await events_topic.send(key=ev.grid_code.encode(), value=ev.encode(),
+                                                   headers=order_header(upstream, t))
+                           for ev, t in zip(result.events, result.order_ts, strict=True)]
                 await asyncio.gather(*futures)
                 ctx.stats["events"] += len(result.events)
+            marks.confirmed(partition, processor.high_mark(partition), time.monotonic())
             for key, value in result.writes.items():
                 put(table, key, value, partition)
             ctx.stats["readings"] += len(batch.readings)

@@ -124,6 +124,8 @@ def event_produce_times(kafka_url: str, topic: str, subjects: set[str]) -> dict[
 
     from aiokafka import AIOKafkaConsumer
 
+    from gridwatch.pipeline.schemas.events import is_control
+
     async def main() -> dict[str, float]:
         c = AIOKafkaConsumer(topic, bootstrap_servers=kafka_url.removeprefix("kafka://"),
                              auto_offset_reset="earliest", enable_auto_commit=False)
@@ -136,6 +138,8 @@ def event_produce_times(kafka_url: str, topic: str, subjects: set[str]) -> dict[
                     break
                 for recs in got.values():
                     for r in recs:
+                        if is_control(r.value):
+                            continue
                         ev = json.loads(r.value)
                         if ev["subject"] in subjects and ev["phase"] == "new":
                             out.setdefault(ev["subject"], r.timestamp / 1000)

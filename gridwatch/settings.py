@@ -75,6 +75,14 @@ class WorkerSettings:
     allowed_lateness_s: float = 5
     offline_scan_s: float = 10
     presence_checkpoint_s: float = 30
+    # Event-time merge of grid events (agents/watermarks.py, agents/event_order.py): how often (wall
+    # clock) the telemetry agent announces its partitions' watermarks, and after how long without
+    # readings a partition is announced idle so it does not hold the incident agent back.
+    watermark_interval_s: float = 0.2
+    upstream_idle_s: float = 1.0
+    # The alerts agent forgets which (event, phase) it published once that is this much older (event
+    # time) than the newest event of its partition.
+    alert_dedupe_retention_s: float = 604800
     log_level: str = "info"
     # Agents this worker runs: "" = the defaults (all but opt-in ones such as vision), "+vision" = the
     # defaults plus vision, "all", or an explicit list "vision" / "telemetry,alerts".
@@ -268,6 +276,9 @@ def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | No
         setattr(obj, key, value)
     if s.kafka.partitions < 1:
         raise SettingsError("kafka.partitions must be >= 1")
+    for key in ("watermark_interval_s", "upstream_idle_s"):
+        if not getattr(s.worker, key) > 0:
+            raise SettingsError(f"worker.{key} must be > 0")
     return s
 
 

@@ -8,6 +8,7 @@ import sys
 
 from aiokafka import AIOKafkaConsumer
 
+from gridwatch.pipeline.schemas.events import is_control
 from gridwatch.settings import Settings
 
 
@@ -23,6 +24,8 @@ async def tail(settings: Settings, family: str, stop: asyncio.Event, *, from_beg
             batches = await consumer.getmany(timeout_ms=500)
             for records in batches.values():
                 for rec in records:
+                    if is_control(rec.value):
+                        continue  # watermarks of the incident agent's event-time merge (events topic)
                     try:
                         value = json.loads(rec.value)
                     except ValueError:

@@ -20,6 +20,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from gridwatch.pipeline.schemas.events import is_control
 from gridwatch.settings import Settings, with_prefix
 
 PHASE_ORDER = {"new": 0, "update": 1, "end": 2}
@@ -209,6 +210,8 @@ async def read_events(settings: Settings, namespace: str) -> list[dict[str, Any]
     s = with_prefix(settings, namespace)
     out = []
     for raw in await read_topic_all(s, s.topic("events")):
+        if is_control(raw):
+            continue  # a watermark record of the event-time merge, not an event
         try:
             out.append(json.loads(raw))
         except ValueError:

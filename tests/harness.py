@@ -17,6 +17,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from aiokafka import AIOKafkaConsumer
 
+from gridwatch.pipeline.schemas.events import is_control
 from gridwatch.procs import Pipeline as _Pipeline
 from gridwatch.procs import wait_for as _wait_for
 
@@ -99,7 +100,7 @@ def read_topic(kafka_url: str, topic: str, timeout: float = 3.0) -> list[dict[st
             while time.monotonic() < deadline:
                 got = await c.getmany(timeout_ms=300)
                 for recs in got.values():
-                    out.extend(json.loads(r.value) for r in recs)
+                    out.extend(json.loads(r.value) for r in recs if not is_control(r.value))
         finally:
             await c.stop()
         return out

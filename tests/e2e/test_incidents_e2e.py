@@ -253,10 +253,6 @@ def test_failing_webhook_retries_then_dead_letters(pipe, receiver):
     assert pipe.worker.proc.poll() is None
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known flake: about 1 fresh-clone run in 3 an operator action sent while the worker was down is not "
-    "applied after the restart (a remaining gap between Faust's resume and seek after a rebalance; "
-    "install_faust_seek_fix narrows it); see the issue 5/7 notes"))
 def test_killed_worker_recovers_every_open_incident_with_its_history(pipe, watcher, pub):
     dev = MANHOLES[7]  # (kept > 1 km from the escalation test's cover)
     more = [d for d in MANHOLES[8:] if distance_m(d.lat, d.lon, dev.lat, dev.lon) > 1000][:2]

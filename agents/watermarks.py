@@ -1,0 +1,92 @@
+"""The sending side of the event-time merge: which upstream watermarks a worker announces, and when.
+
+The telemetry agent owns some readings partitions (its upstreams "readings:<p>"). After the grid
+events of a batch are confirmed, the partition's high mark is *confirmed*: no event raised later has
+a lower order ts. Every ``interval`` (wall clock) the marks that moved since they were last sent go out
+as one control record per events partition (see agents/telemetry.py for the sending).
+
+Idleness (Flink's ``withIdleness``): a partition without input for ``idle_s`` (wall clock) is announced
+idle once, so it does not hold the merge back. Waking up is the delicate part: after a pause (a replay
+fed into a waiting worker, a quiet night) one partition's input may be processed entirely before another
+partition's input, which is already in Kafka, is even fetched; had that other partition stayed "idle",
+the incident agent would release the first partition's events past it and the second one's would be
+late. So the first input after a pause of the whole worker (every partition idle) wakes *every*
+partition it owns, announced at their old marks *before* the events of that input are sent; each goes
+idle again only after ``idle_s`` without input. While other partitions are busy, input on an idle one
+wakes only that one (an empty or sparse partition must not hold a busy worker's merge back). Partitions are announced from their assignment on (mark 0 until they have input), so the
+incident agent waits for each of them rather than treating one not heard of yet as absent.
+Throttling and idleness only cost latency and lateness, never correctness of what is released: a mark
+is only ever sent after the events it covers were confirmed (a woken mark is an old, lower one).
+No Kafka here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gridwatch.pipeline.schemas.events import UpstreamMark, Watermarks
+
+
+@dataclass
+class _Upstream:
+    mark: int  # confirmed high mark (0: no input yet)
+    last_input: float  # wall clock (monotonic) of the last batch or wake-up
+    sent: int | None = None  # mark last sent (None: never announced)
+    idle: bool = False  # announced idle and nothing since
+    wake: bool = False  # woken: announce active even if the mark did not move
+
+
+class WatermarkSender:
+    def __init__(self, family: str, idle_s: float) -> None:
+        self.family = family
+        self.idle_s = idle_s
+        self.ups: dict[str, _Upstream] = {}
+        self.busy: set[str] = set()  # partitions with a batch in progress (never idle)
+
+    def name(self, partition: int) -> str:
+        return f"{self.family}:{partition}"
+
+    def assigned(self, partition: int, now: float) -> None:
+        """This worker owns the partition now: announce it (at mark 0 until it has input)."""
+        self.ups.setdefault(self.name(partition), _Upstream(0, now))
+
+    def begin(self, partition: int, now: float) -> bool:
+        """A batch of this partition is about to be processed (its events will be in flight).
+        True when marks must be announced *before* its events: the partition was never announced, or
+        it was idle (with the whole worker paused, all its partitions wake up, see the module doc)."""
+        name = self.name(partition)
+        self.busy.add(name)
+        u = self.ups.setdefault(name, _Upstream(0, now))
+        urgent = u.sent is None
+        paused = (u.idle or u.sent is None) and all(x.idle for x in self.ups.values() if x is not u)
+        for other in self.ups.values():
+            if other.idle and (paused or other is u):
+                other.idle, other.wake, other.last_input = False, True, now
+                urgent = True
+        return urgent
+
+    def confirmed(self, partition: int, mark: int, now: float) -> None:
+        """The batch's events are confirmed; ``mark`` is the partition's high mark now."""
+        name = self.name(partition)
+        self.busy.discard(name)
+        u = self.ups.setdefault(name, _Upstream(0, now))
+        u.mark, u.last_input = max(u.mark, mark), now
+
+    def due(self, now: float) -> Watermarks | None:
+        """The control record to send now (new, moved, woken or newly idle marks), or None."""
+        marks: dict[str, UpstreamMark] = {}
+        for name, u in self.ups.items():
+            if u.idle:
+                continue
+            if name not in self.busy and now - u.last_input >= self.idle_s:
+                u.idle, u.wake, u.sent = True, False, u.mark
+                marks[name] = UpstreamMark(u.mark, idle=True)
+            elif u.sent is None or u.mark > u.sent or u.wake:
+                u.sent, u.wake = u.mark, False
+                marks[name] = UpstreamMark(u.mark)
+        return Watermarks(marks) if marks else None
+
+    def forget(self) -> None:
+        """After a rebalance: the partitions may belong to another worker now (it announces them)."""
+        self.ups.clear()
+        self.busy.clear()

@@ -1,0 +1,300 @@
+"""Event-time merge of grid events (agents/event_order.py, agents/watermarks.py) and its use by the
+incident processor: same inputs in any interleaving of their upstreams -> same incidents (pure logic)."""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+from gridwatch.agents.event_order import MergeBuffer
+from gridwatch.agents.fusion import IncidentProcessor, Outcome, distance_m
+from gridwatch.agents.routing import load_incident_config
+from gridwatch.agents.watermarks import WatermarkSender
+from gridwatch.pipeline.schemas.events import (
+    UpstreamMark,
+    Watermarks,
+    is_control,
+    order_header,
+    order_of,
+)
+from gridwatch.pipeline.schemas.incidents import IncidentChange
+from tests.unit.test_incident_fusion import CITY, MANHOLES, T0, DictStore, event
+
+UPSTREAMS = ("readings:0", "readings:1", "readings:2")
+
+
+def upstream_streams(seed: int) -> dict[str, list[tuple[str, Any]]]:
+    """Per upstream, what it sends in emission order: ("ev", (order ts, label)) and ("wm", ts) records,
+    order ts monotone, several events at one order ts, a watermark after the events it covers."""
+    rng = random.Random(seed)
+    out: dict[str, list[tuple[str, Any]]] = {}
+    for u in UPSTREAMS:
+        ts, recs = 0, []
+        for i in range(40):
+            ts += rng.choice((0, 0, 1, 5, 20))
+            recs.append(("ev", (ts, f"{u}#{i}")))
+            if rng.random() < 0.3:
+                recs.append(("wm", ts))
+        recs.append(("idle", ts))
+        out[u] = recs
+    return out
+
+
+def interleave(streams: dict[str, list[tuple[str, Any]]], seed: int) -> list[tuple[str, str, Any]]:
+    """A random interleaving that keeps each upstream's own order (what Kafka guarantees)."""
+    rng = random.Random(seed)
+    pos = {u: 0 for u in streams}
+    out = []
+    while any(pos[u] < len(streams[u]) for u in streams):
+        u = rng.choice([u for u in streams if pos[u] < len(streams[u])])
+        kind, x = streams[u][pos[u]]
+        pos[u] += 1
+        out.append((u, kind, x))
+    return out
+
+
+def merge(records: list[tuple[str, str, Any]]) -> tuple[list[str], int]:
+    buf = MergeBuffer(0, lambda raw: raw.decode())
+    for u in UPSTREAMS:  # a running system: every upstream was heard of before these records
+        buf.mark(u, 0)
+    released: list[str] = []
+    writes: dict = {}
+    for u, kind, x in records:
+        if kind == "ev":
+            if not buf.push(u, x[0], x[1].encode(), x[1], writes):
+                released.append(x[1])  # late: applied at once
+        else:
+            buf.mark(u, x, idle=kind == "idle")
+        released += [p.item for p in buf.release(writes)]
+    assert not writes, "everything released in the batch: nothing left to write or delete"
+    return released, buf.late
+
+
+def test_any_interleaving_of_the_same_upstream_sequences_releases_the_same_order():
+    for seed in range(20):
+        streams = upstream_streams(seed)
+        expected = sorted((ts, u, i) for u, recs in streams.items()
+                          for i, (kind, (ts, _l)) in enumerate((k, x) for k, x in recs if k == "ev"))
+        want = [f"{u}#{i}" for _ts, u, i in expected]
+        for shuffle in range(25):
+            got, late = merge(interleave(streams, seed * 100 + shuffle))
+            assert late == 0
+            assert got == want, (seed, shuffle)
+
+
+def test_an_idle_upstream_does_not_hold_the_others_back_and_comes_back_with_its_next_mark():
+    buf = MergeBuffer(0, bytes.decode)
+    w: dict = {}
+    buf.mark("readings:0", 100)
+    buf.mark("readings:1", 50)
+    buf.push("readings:0", 120, b"a", "a", w)
+    assert [p.item for p in buf.release(w)] == []  # readings:1 (at 50) may still send something earlier
+    buf.mark("readings:0", 200)
+    assert [p.item for p in buf.release(w)] == []
+    buf.mark("readings:1", 50, idle=True)
+    assert [p.item for p in buf.release(w)] == ["a"] and buf.clock() == 200
+    buf.push("readings:0", 200, b"b", "b", w)
+    assert [p.item for p in buf.release(w)] == []  # strictly below the mark: more may come at 200
+    buf.mark("readings:1", 150)  # back, behind: holds the merge again
+    assert buf.merged() == 150 and [p.item for p in buf.release(w)] == []
+    buf.mark("readings:0", 300, idle=True)
+    buf.mark("readings:1", 250)
+    assert [p.item for p in buf.release(w)] == ["b"]
+    # every upstream idle: everything buffered goes, the clock is the highest mark
+    buf.push("readings:1", 260, b"c", "c", w)
+    buf.mark("readings:1", 260, idle=True)
+    assert [p.item for p in buf.release(w)] == ["c"] and buf.clock() == 300
+
+
+def test_a_late_input_is_not_buffered_and_is_counted():
+    buf = MergeBuffer(0, bytes.decode)
+    w: dict = {}
+    buf.mark("readings:0", 0)
+    buf.push("readings:0", 100, b"a", "a", w)
+    buf.mark("readings:0", 101)
+    assert [p.item for p in buf.release(w)] == ["a"]
+    assert buf.push("readings:7", 90, b"x", "x", w) is False  # first heard of, behind what was released
+    assert buf.late == 1 and len(buf) == 0
+    assert buf.push("readings:7", 100, b"y", "y", w) is True  # at the frontier: still in order
+
+
+def test_buffer_and_marks_survive_a_restart_through_the_table():
+    store = DictStore()
+    buf = MergeBuffer(3, bytes.decode)
+    out = Outcome()
+    buf.mark("readings:0", 10)
+    buf.mark("readings:1", 5)
+    for i, (u, t) in enumerate([("readings:0", 12), ("readings:1", 7), ("readings:0", 12), ("readings:1", 30)]):
+        buf.push(u, t, f"e{i}".encode(), f"e{i}", out.writes)
+    assert [p.item for p in buf.release(out.writes)] == ["e1"]  # below min(12, 30)
+    buf.flush(out.writes)
+    store.apply(out)
+    # e1 came and went in one batch: never written; the others wait in the table
+    assert sorted(k for k in store.data if k.startswith("q:3:")) == ["q:3:000000000000", "q:3:000000000002",
+                                                                     "q:3:000000000003"]
+    again = MergeBuffer(3, bytes.decode)
+    again.restore(store.items())
+    assert {n: (u.wm, u.idle) for n, u in again.upstreams.items()} == {"readings:0": (12, False),
+                                                                        "readings:1": (30, False)}
+    assert again.seq == 4 and len(again) == 3 and again.frontier == 7
+    for b in (buf, again):
+        b.mark("readings:0", 40)
+        b.mark("readings:1", 40)
+    w1: dict = {}
+    w2: dict = {}
+    assert [p.item for p in buf.release(w1)] == [p.item for p in again.release(w2)] == ["e0", "e2", "e3"]
+    assert w2 == {f"q:3:{i:012d}": (3, None) for i in (0, 2, 3)}  # released: deleted from the table
+
+
+def test_control_records_and_order_headers():
+    rec = Watermarks({"readings:1": UpstreamMark(5), "readings:0": UpstreamMark(7, idle=True)})
+    raw = rec.encode()
+    assert is_control(raw) and not is_control(event(MANHOLES[0], "manhole_open", "new", T0).encode())
+    assert not is_control(None) and not is_control(b"")
+    assert Watermarks.decode(raw) == rec
+    assert order_of(order_header("readings:3", 1234)) == ("readings:3", 1234)
+    assert order_of(dict(order_header("readings:3", 1234))) == ("readings:3", 1234)
+    assert order_of([("other", b"x")]) is None and order_of(None) is None
+    assert order_of([("gw-order", b"readings:3@nope")]) is None
+
+
+def test_sender_announces_assigned_moved_and_idle_marks_and_wakes_every_partition_first():
+    s = WatermarkSender("readings", idle_s=1.0)
+    s.assigned(2, now=0.0)
+    s.assigned(5, now=0.0)
+    # owned partitions are announced at once, at 0 until they have input: the merge waits for them
+    assert s.due(0.0) == Watermarks({"readings:2": UpstreamMark(0), "readings:5": UpstreamMark(0)})
+    assert s.begin(2, now=0.1) is False  # already announced: its events may go first
+    s.confirmed(2, 100, now=0.1)
+    assert s.due(0.2) == Watermarks({"readings:2": UpstreamMark(100)})
+    assert s.due(0.3) is None  # nothing moved
+    s.begin(2, now=0.5)
+    assert s.due(5.0) == Watermarks({"readings:5": UpstreamMark(0, idle=True)})  # a batch in progress never idles
+    s.confirmed(2, 150, now=5.0)
+    assert s.due(6.1) == Watermarks({"readings:2": UpstreamMark(150, idle=True)})
+    assert s.due(9.0) is None  # announced once
+    # input after the pause: every partition of the worker wakes, announced before the batch's events
+    assert s.begin(2, now=9.5) is True
+    assert s.due(9.5) == Watermarks({"readings:2": UpstreamMark(150), "readings:5": UpstreamMark(0)})
+    s.confirmed(2, 160, now=9.5)
+    assert s.due(10.6) == Watermarks({"readings:2": UpstreamMark(160, idle=True),
+                                      "readings:5": UpstreamMark(0, idle=True)})
+    assert s.begin(7, now=11.0) is True  # a partition never announced: announce before its events
+    s.confirmed(7, 500, now=11.0)
+    assert s.due(11.0) == Watermarks({"readings:2": UpstreamMark(160), "readings:5": UpstreamMark(0),
+                                      "readings:7": UpstreamMark(500)})  # (the worker was paused)
+    s.begin(7, now=11.5)
+    s.confirmed(7, 600, now=11.5)
+    assert s.due(12.2) == Watermarks({"readings:2": UpstreamMark(160, idle=True),
+                                      "readings:5": UpstreamMark(0, idle=True), "readings:7": UpstreamMark(600)})
+    # readings:7 is busy: the empty / quiet partitions stay idle (they must not hold a busy worker back)
+    assert s.begin(7, now=12.3) is False
+    s.confirmed(7, 700, now=12.3)
+    assert s.due(12.4) == Watermarks({"readings:7": UpstreamMark(700)})
+    assert s.due(13.4) == Watermarks({"readings:7": UpstreamMark(700, idle=True)})
+    # ... until the whole worker paused: then the next input wakes them all again
+    assert s.begin(7, now=13.5) is True
+    assert s.due(13.5) == Watermarks({"readings:2": UpstreamMark(160), "readings:5": UpstreamMark(0),
+                                      "readings:7": UpstreamMark(700)})
+
+
+# -- the incident processor over the merge ------------------------------------------------------------
+def two_covers_one_grid() -> tuple[Any, Any]:
+    by_grid: dict[str, list[Any]] = {}
+    for d in MANHOLES:
+        by_grid.setdefault(d.grid_code, []).append(d)
+    return next(v for v in by_grid.values() if len(v) >= 2)[:2]
+
+
+def feed(records: list[tuple[str, Any]], proc: IncidentProcessor, store: DictStore) -> list[IncidentChange]:
+    changes: list[IncidentChange] = []
+    for kind, x in records:
+        out = Outcome()
+        if kind == "ev":
+            up, t, ev = x
+            proc.on_ordered_event(0, up, t, ev.encode(), out)
+        else:
+            proc.on_watermarks(0, Watermarks(x), out)
+        proc.advance(0, out)
+        store.apply(out)
+        changes += [IncidentChange.decode(v) for _, v in out.changes]
+    return changes
+
+
+def make() -> tuple[IncidentProcessor, DictStore]:
+    store = DictStore()
+    return IncidentProcessor(load_incident_config(), CITY.gridmap, store), store
+
+
+def test_events_of_one_grid_from_two_upstreams_fuse_the_same_whichever_arrives_first():
+    a, b = two_covers_one_grid()
+    ea = event(a, "manhole_open", "new", T0 + 1000)
+    eb = event(b, "manhole_tilted", "new", T0 + 2000, level="yellow")
+    start = [("wm", {"readings:1": UpstreamMark(T0), "readings:2": UpstreamMark(T0)})]
+    # b's upstream is ahead: its event has the higher order ts but arrives first in one run
+    up_a = [("ev", ("readings:1", T0 + 5000, ea)), ("wm", {"readings:1": UpstreamMark(T0 + 9000)})]
+    up_b = [("ev", ("readings:2", T0 + 6000, eb)), ("wm", {"readings:2": UpstreamMark(T0 + 9000)})]
+    end = [("wm", {"readings:1": UpstreamMark(T0 + 9000, True), "readings:2": UpstreamMark(T0 + 9000, True)})]
+    runs = []
+    for order in (up_a + up_b, up_b + up_a, [up_b[0], up_a[0], up_a[1], up_b[1]]):
+        proc, store = make()
+        runs.append([c.encode() for c in feed(start + order + end, proc, store)])
+        [inc] = proc.incidents()
+        assert [s.id for s in inc.sources] == [ea.id, eb.id]  # the earlier-ordered event made it
+    assert runs[0] == runs[1] == runs[2]
+
+
+def test_a_partition_escalates_on_watermarks_alone_and_deadlines_run_before_later_events():
+    cfg = load_incident_config()
+    proc, store = make()
+    dev = MANHOLES[0]
+    ev = event(dev, "manhole_tilted", "new", T0, level="yellow")
+    up = "readings:4"
+    changes = feed([("wm", {up: UpstreamMark(T0)}), ("ev", (up, T0, ev)), ("wm", {up: UpstreamMark(T0 + 1)})],
+                   proc, store)
+    inc = changes[-1].incident
+    deadline = inc.sla_deadline_ts
+    assert deadline == T0 + int(cfg.lifecycle.sla_s["yellow"] * 1000)
+    # no more events in this partition; the upstream's watermark passes the deadline (+ lateness)
+    changes = feed([("wm", {up: UpstreamMark(deadline + 10_000)})], proc, store)
+    esc = [c for c in changes if c.change == "escalated"]
+    assert len(esc) == 1 and esc[0].transition.ts == deadline
+    # an event ordered after the next deadline: the escalation comes first in its history
+    nxt = esc[0].incident.sla_deadline_ts
+    later = event(dev, "manhole_tilted", "update", T0, ts=nxt + 20_000, level="yellow")
+    changes = feed([("ev", (up, nxt + 20_000, later)), ("wm", {up: UpstreamMark(nxt + 20_000, True)})], proc, store)
+    assert [c.change for c in changes][:2] == ["escalated", "source_updated"]
+
+
+def test_a_late_event_is_applied_counted_and_logged(caplog):
+    proc, store = make()
+    here = MANHOLES[0]
+    far = next(d for d in MANHOLES if distance_m(here.lat, here.lon, d.lat, d.lon) > 2000)
+    first = feed([("wm", {"readings:0": UpstreamMark(T0)}),
+                  ("ev", ("readings:0", T0 + 10_000, event(here, "manhole_open", "new", T0 + 10_000))),
+                  ("wm", {"readings:0": UpstreamMark(T0 + 20_000)})], proc, store)
+    assert [c.change for c in first] == ["created"]
+    out = Outcome()
+    with caplog.at_level(logging.WARNING, logger="gridwatch.incidents"):
+        proc.on_ordered_event(0, "readings:5", T0 + 1000, event(far, "manhole_open", "new", T0 + 1000).encode(), out)
+    assert out.late == 1 and [IncidentChange.decode(v).change for _, v in out.changes] == ["created"]
+    assert "late grid event manhole_open" in caplog.text
+
+
+def test_a_restarted_processor_releases_what_was_buffered_before_the_crash():
+    a, b = two_covers_one_grid()
+    ea = event(a, "manhole_open", "new", T0 + 1000)
+    eb = event(b, "manhole_open", "new", T0 + 2000)
+    start = [("wm", {"readings:1": UpstreamMark(T0), "readings:2": UpstreamMark(T0)}),
+             ("ev", ("readings:2", T0 + 6000, eb)), ("ev", ("readings:1", T0 + 5000, ea))]
+    rest = [("wm", {"readings:1": UpstreamMark(T0 + 7000), "readings:2": UpstreamMark(T0 + 7000)})]
+    proc, store = make()
+    whole = feed(start + rest, proc, store)
+    assert [c.change for c in whole] == ["created", "source_added"]
+    proc, store = make()
+    assert feed(start, proc, store) == []  # both buffered (readings:1 was at T0)
+    assert sum(k.startswith("q:0:") for k in store.data) == 2 and "up:0" in store.data
+    restarted = IncidentProcessor(load_incident_config(), CITY.gridmap, store)
+    assert [c.encode() for c in feed(rest, restarted, store)] == [c.encode() for c in whole]
+    assert not any(k.startswith("q:0:") for k in store.data)
