@@ -19,8 +19,16 @@
   reason; the agent goes on with the next record.
 * A ``camera_status`` record with ``online: false`` (the capture service lost the camera, or a file
   ended) ends the camera's open scene events and drops its tracks.
-* Partitions are keyed by camera, so a camera's frames stay on one worker; after a rebalance the new
-  owner starts fresh tracks (the old owner forgets the cameras of revoked partitions).
+* Partitions are keyed by camera, so a camera's frames stay on one worker.
+* **Scene state survives a restart or a rebalance.**  Each camera's whole scene memory (tracks, zone
+  membership, open events with their ids and start times, dwell / crowd timers, line counts; see
+  ``SceneEngine.export_state``) is checkpointed in the changelog-backed table ``vision-scene`` (key =
+  camera, on the frame's partition) at most every ``CHECKPOINT_S`` of event time and at every new / end,
+  after the batch's events are confirmed.  A worker that gets the partition (after a crash, a restart or a
+  rebalance) restores the camera from it on its first record, skips re-delivered frames at or before the
+  checkpoint's frame time, and so continues the open events (their "end" keeps the original id) instead
+  of raising them again.  Frames after the checkpoint that the old worker had already processed are
+  processed again and give the same events and ids (deterministic), which the alert channel de-duplicates.
 
 Heavy imports (OpenCV, onnxruntime) happen in :func:`install`, so a worker that does not run this agent
 (the default: ``worker.agents`` must name it) never loads the model.
@@ -42,8 +50,11 @@ from typing import Any
 from gridwatch.pipeline.schemas.events import GridEvent
 
 from .runtime import AgentContext
+from .tables import put
 
 log = logging.getLogger("gridwatch.vision")
+CHECKPOINT_S = 1.0  # event time between two checkpoints of a camera's scene state (and at every new / end)
+LAG_KEEP_EVERY_S = 1.0  # while lagging, one frame per camera per this much event time is still analysed
 VEHICLES = frozenset({"car", "truck", "bus", "motorcycle", "bicycle"})
 
 
@@ -93,6 +104,7 @@ class Outcome:
 
     events: list[GridEvent] = field(default_factory=list)
     dead: list[tuple[str, str, str, bytes, str | None]] = field(default_factory=list)  # reason, detail, topic, payload, camera
+    writes: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)  # camera -> (partition, scene state)
 
 
 class VisionProcessor:
@@ -117,6 +129,8 @@ class VisionProcessor:
         self.infer_ms: deque[float] = deque(maxlen=1000)  # per frame
         self.batch_sizes: deque[int] = deque(maxlen=1000)
         self._unknown: dict[str, float] = {}  # camera -> when its last unknown_camera dead letter went out
+        self.saved_ts: dict[str, float | None] = {}  # camera -> frame time of its last checkpoint
+        self._kept_ts: dict[Any, float] = {}  # camera -> frame time of the last frame not shed for lag
 
     # -- set-up ------------------------------------------------------------------------------------
     def warm(self) -> None:
@@ -144,6 +158,8 @@ class VisionProcessor:
         for cam in gone:
             self.engines.pop(cam, None)
             self.partition_of.pop(cam, None)
+            self.saved_ts.pop(cam, None)
+            self._kept_ts.pop(cam, None)
         if gone:
             log.info("vision: partitions %s revoked; forgot cameras %s", sorted(partitions), gone)
 
@@ -157,12 +173,39 @@ class VisionProcessor:
             self.engines[cam] = engine
         return engine
 
+    def _restore(self, cam: str, state: dict[str, Any]) -> None:
+        """A camera this worker has no engine for, with a checkpoint in the table: continue from it."""
+        engine = self._engine(cam)
+        if state.get("reset"):  # the camera went offline: start fresh, but not with frames before that
+            engine.last_ts = state.get("ts")
+        elif not engine.import_state(state):
+            log.warning("vision: camera %s: scene state of another version (%s) ignored", cam, state.get("v"))
+            return
+        self.saved_ts[cam] = engine.last_ts
+        self.stats["restored"] += 1
+        log.info("vision: camera %s: scene state restored at frame time %s (%d open events)", cam,
+                 engine.last_ts, len(engine.open_events))
+
+    def _checkpoint(self, cam: str, engine: Any, out: Outcome, force: bool) -> None:
+        saved = self.saved_ts.get(cam)
+        if engine.last_ts is None or cam not in self.partition_of:
+            return
+        if force or saved is None or engine.last_ts - saved >= CHECKPOINT_S:
+            out.writes[cam] = (self.partition_of[cam], engine.export_state())
+            self.saved_ts[cam] = engine.last_ts
+            self.stats["checkpoints"] += 1
+
     # -- one batch ---------------------------------------------------------------------------------
-    def process(self, items: list[tuple[int, str, bytes | None, bytes | None]]) -> Outcome:
-        """``items``: (partition, topic, key, value) in arrival order."""
+    def process(self, items: list[tuple[int, str, bytes | None, bytes | None]],
+                restore: dict[str, Any] | None = None) -> Outcome:
+        """``items``: (partition, topic, key, value) in arrival order; ``restore``: camera -> checkpointed
+        scene state (the table's value, or None), used for a camera this processor has no engine for."""
         from gridwatch.pipeline.schemas.codec import SchemaError, dumps
         from gridwatch.pipeline.schemas.frames import CameraStatusRecord, decode, peek_header
 
+        for cam, state in (restore or {}).items():
+            if state and cam not in self.engines and cam in self.sites:
+                self._restore(cam, state)
         out = Outcome()
         frames: list[Any] = []
         now = self.clock()
@@ -196,7 +239,7 @@ class VisionProcessor:
                 if not rec.online:
                     self._close(cam, rec, out)
                 continue
-            if rec.sent is not None:
+            if rec.sent is not None and not rec.header.get("replayed"):
                 self.kafka_s.append(max(0.0, now - rec.sent))
             frames.append(rec)
         self._run(frames, out)
@@ -207,17 +250,35 @@ class VisionProcessor:
             self.stats["skipped_still"] += 1  # the motion gate said nothing moved
             return True
         sent = head.get("sent")
-        if self.opts.max_lag_s > 0 and isinstance(sent, int | float) and now - sent > self.opts.max_lag_s:
+        if self._shed(head.get("camera_id"), head.get("ts"), head.get("replayed"), sent, now):
             self.stats["skipped_lagging"] += 1  # waited too long in Kafka / for the detector: catch up
             return True
         return False
 
-    def process_each(self, items: list[tuple[int, str, bytes | None, bytes | None]]) -> Outcome:
+    def _shed(self, cam: Any, ts: Any, replayed: Any, sent: Any, now: float) -> bool:
+        """Live load shedding: while frames wait longer than ``max_lag_s`` (wall clock), keep only one per
+        ``LAG_KEEP_EVERY_S`` of event time per camera, so the agent catches up (a backlog after a restart,
+        a slow detector) while tracks, dwell timers and open events carry on (the tracker drops a track
+        unseen for ``max_age_s``).  Never for a replayed frame (``gridwatch replay`` marks them): lag
+        depends on the machine's speed and the replay's pace, and a replay must process exactly the frames
+        the live run did to give the same vision events.  A frame checked twice gets the same answer."""
+        if not isinstance(ts, int | float):
+            return False
+        last = self._kept_ts.get(cam)
+        lagging = (self.opts.max_lag_s > 0 and not replayed and isinstance(sent, int | float)
+                   and now - sent > self.opts.max_lag_s)
+        if lagging and last is not None and last < ts < last + LAG_KEEP_EVERY_S:
+            return True
+        self._kept_ts[cam] = max(ts, last if last is not None else ts)
+        return False
+
+    def process_each(self, items: list[tuple[int, str, bytes | None, bytes | None]],
+                     restore: dict[str, Any] | None = None) -> Outcome:
         """Fallback after a failed batch: one record at a time, so only the culprit is dead-lettered."""
         out = Outcome()
         for item in items:
             try:
-                one = self.process([item])
+                one = self.process([item], restore)
             except Exception as e:  # noqa: BLE001 - parked with the reason, the agent goes on
                 log.exception("vision: record failed")
                 _, topic, key, value = item
@@ -225,6 +286,7 @@ class VisionProcessor:
                 one = Outcome(dead=[("vision_error", f"{type(e).__name__}: {e}", topic, value or b"", cam)])
             out.events.extend(one.events)
             out.dead.extend(one.dead)
+            out.writes.update(one.writes)
         return out
 
     def _close(self, cam: str, rec: Any, out: Outcome) -> None:
@@ -235,6 +297,9 @@ class VisionProcessor:
         ts = max(rec.ts, engine.last_ts or rec.ts)
         for ev in engine.close(ts):
             out.events.append(self._grid_event(dataclasses.replace(ev, reason=reason), engine, None, []))
+        if cam in self.partition_of:  # a restarted worker must not resume the closed events
+            out.writes[cam] = (self.partition_of[cam], {"v": 1, "ts": ts, "reset": True})
+        self.saved_ts.pop(cam, None)
         log.info("vision: camera %s %s; its scene state is reset", cam, reason.replace("_", " "))
 
     def _run(self, recs: list[Any], out: Outcome) -> None:
@@ -257,7 +322,7 @@ class VisionProcessor:
             if last is not None and f.ts <= last:
                 self.stats["skipped_stale"] += 1  # re-delivered or out of order
                 continue
-            if self.opts.max_lag_s > 0 and now - (rec.sent or f.ts) > self.opts.max_lag_s:
+            if self._shed(cam, f.ts, rec.header.get("replayed"), rec.sent or f.ts, now):
                 self.stats["skipped_lagging"] += 1  # waited too long in Kafka / for the detector: catch up
                 continue
             newest[cam] = f.ts
@@ -275,6 +340,7 @@ class VisionProcessor:
             self.batch_sizes.append(len(chunk))
         per_frame = (time.perf_counter() - t0) * 1000 / len(keep)
         self.infer_ms.extend([per_frame] * len(keep))
+        changed: dict[str, bool] = {}  # camera -> a new / end in this batch (checkpoint at once)
         for rec, dets in zip(keep, results, strict=True):
             f = rec.frame
             engine = self._engine(f.camera_id)
@@ -287,8 +353,13 @@ class VisionProcessor:
                 continue
             for ev in result.events:
                 out.events.append(self._grid_event(ev, engine, f.image, result.tracks))
+            changed[f.camera_id] = changed.get(f.camera_id, False) or any(e.type != "update" for e in result.events)
             self.stats["frames"] += 1
             self.latency_s.append(self.clock() - f.ts)
+        for cam, force in changed.items():
+            engine = self.engines.get(cam)
+            if engine is not None:
+                self._checkpoint(cam, engine, out, force)
         self.stats["detections_batches"] += 1
 
     # -- scene event -> grid event -----------------------------------------------------------------
@@ -398,6 +469,7 @@ def install(ctx: AgentContext) -> Any:
     app.gridwatch_vision = processor  # type: ignore[attr-defined]
     frames_topic = app.topic(settings.topic("frames"), key_serializer="raw", value_serializer="raw",
                              partitions=settings.kafka.partitions)
+    scene_table = app.Table("vision-scene", partitions=settings.kafka.partitions, default=None)
     executor = ThreadPoolExecutor(1, thread_name_prefix="vision-infer")
     events_topic = ctx.events_topic
     opts = config.vision
@@ -419,11 +491,15 @@ def install(ctx: AgentContext) -> Any:
             log.exception("vision: detector failed to load")
         async for batch in stream.take_events(opts.max_batch, within=opts.batch_window_s):
             items = [(e.message.partition, e.message.topic, e.key, e.value) for e in batch]
+            # checkpoints of the batch's cameras, read here on the loop (the table is not thread-safe);
+            # the processor uses one only for a camera it has no engine for (restart, rebalance)
+            restore = {c: scene_table.get(c) for c in {k.decode(errors="replace") for _, _, k, _ in items
+                                                       if isinstance(k, bytes | bytearray)}}
             try:
-                result = await loop.run_in_executor(executor, processor.process, items)
+                result = await loop.run_in_executor(executor, processor.process, items, restore)
             except Exception:  # noqa: BLE001 - a bug or the detector cannot load: park, do not crash
                 log.exception("vision: batch of %d failed; retrying its records one by one", len(items))
-                result = await loop.run_in_executor(executor, processor.process_each, items)
+                result = await loop.run_in_executor(executor, processor.process_each, items, restore)
             for reason, detail, topic, payload, cam in result.dead:
                 await ctx.dead_letter("vision", reason, detail, topic, payload, cam)
             if result.events:
@@ -431,6 +507,8 @@ def install(ctx: AgentContext) -> Any:
                            for ev in result.events]
                 await asyncio.gather(*futures)
                 ctx.stats["vision_events"] += len(result.events)
+            for cam, (partition, state) in result.writes.items():  # after the events: a crash re-raises, never loses
+                put(scene_table, cam, state, partition)
 
     stats_topic = f"{settings.mqtt.stats_prefix}/vision/{settings.worker.app_id}-{socket.gethostname()}-{os.getpid()}"
     publisher: list[Any] = []

@@ -1,6 +1,6 @@
 """`gridwatch record` and `gridwatch replay`: CLI glue around pipeline/record.py, replay.py, compare.py.
 
-    gridwatch record city.mcap --duration 600 [--camera gate=rtsp://10.0.0.7/main]
+    gridwatch record city.mcap --duration 600 [--camera gate=rtsp://10.0.0.7/main] [--frames]
     gridwatch replay city.mcap --max --events-out replay.jsonl       # fresh namespace, own worker
     gridwatch replay city.mcap --speed 10 --from +300 --to +900 --devices 3301020101000003
     gridwatch replay --compare gw replay-city-20261120-220000        # or two exported .jsonl files
@@ -55,6 +55,9 @@ def add_record_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--camera", action="append", default=[], metavar="[NAME=]RTSP_URL",
                    help="also record this camera's stream as segments without re-encoding (repeatable)")
     p.add_argument("--segment-s", type=float, default=10.0, help="video segment length in seconds")
+    p.add_argument("--frames", action="store_true",
+                   help="also record the live Kafka <prefix>.frames topic (the frames the vision agent analysed), "
+                        "so a replay reproduces the vision events; needs --kafka")
 
 
 def _cameras(specs: list[str]) -> dict[str, str]:
@@ -73,7 +76,7 @@ def run_record(settings: Settings, args: argparse.Namespace) -> int:
     from gridwatch.pipeline.record import Recorder, RecordStats
 
     rec = Recorder(settings, args.out, filters=tuple(args.topics or ("v1/#",)), cameras=_cameras(args.camera),
-                   duration_s=args.duration or None, segment_s=args.segment_s)
+                   duration_s=args.duration or None, segment_s=args.segment_s, frames=args.frames)
     line = _Line()
     stopping: list[int] = []
 
@@ -95,6 +98,7 @@ def run_record(settings: Settings, args: argparse.Namespace) -> int:
     st = rec.run(progress)
     line.show(st.line(), final=True)
     print(f"wrote {args.out}: {st.messages:,} messages, {st.file_bytes / 1e6:,.2f} MB"
+          + (f", {st.frames:,} camera frames" if args.frames else "")
           + (f", {st.segments} video segments in {args.out}.video/" if st.segments else ""), flush=True)
     return 0
 
@@ -112,6 +116,14 @@ def add_replay_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-worker", action="store_true",
                    help="only feed the namespace; run `gridwatch worker --prefix NS` yourself (e.g. on other machines)")
     p.add_argument("--events-out", metavar="FILE", help="when done, export the namespace's grid events as JSON lines")
+    p.add_argument("--cameras", metavar="FILE",
+                   help="camera config (zones, rules, detector) for the replay worker's vision agent "
+                        "(default vision.cameras); the worker runs the vision agent when the recording has frames")
+    p.add_argument("--no-frames", action="store_true", help="replay only the MQTT messages, not the recorded frames")
+    p.add_argument("--video-from", choices=("frames", "segments"), default="frames",
+                   help="frames (default): the recorded frames-topic records, as the live agent saw them; "
+                        "segments: capture frames again from the recorded video with the camera config's "
+                        "capture settings (to try other settings; deterministic, but not the live frames)")
     p.add_argument("--timeout", type=float, default=600.0, help="how long to wait for the worker to finish (s)")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"),
                    help="compare the grid events of two runs (namespaces or exported .jsonl files) and exit")
@@ -143,33 +155,42 @@ def run_compare(settings: Settings, args: argparse.Namespace) -> int:
 EXTERNAL_AGENTS = frozenset({"incident_channels"})
 
 
-def replay_agents(settings: Settings) -> str | None:
-    """The agent list of a replay's worker: the configured ones minus those with outside effects."""
+def replay_agents(settings: Settings, vision: bool = False) -> str | None:
+    """The agent list of a replay's worker: the configured ones minus those with outside effects, plus
+    the vision agent when the recording has camera frames."""
     try:
         from gridwatch.app import resolve_agents
     except ImportError:
         return None
     names = [a for a in resolve_agents(settings.worker.agents) if a not in EXTERNAL_AGENTS]
+    if vision and "vision" not in names:
+        names.append("vision")
     return ",".join(names)
 
 
-def _worker_argv(args: argparse.Namespace, ns: str, settings: Settings) -> list[str]:
+def _worker_argv(args: argparse.Namespace, ns: str, settings: Settings, vision: bool = False) -> list[str]:
     argv = ["worker", "--prefix", ns]
-    agents = replay_agents(settings)
+    agents = replay_agents(settings, vision)
     if agents:
         argv += ["--agents", agents]
     for flag, value in (("--kafka", args.kafka), ("--mqtt", args.mqtt), ("--config", args.config),
-                        ("--city", args.city)):
+                        ("--city", args.city), ("--cameras", getattr(args, "cameras", None))):
         if value:
             argv += [flag, value]
     return argv
 
 
-def worker_env(ns: str) -> dict[str, str]:
-    """A replay's worker: alert/stats MQTT topics under replay/<ns>/, no InfluxDB writes into live data."""
-    return {"GRIDWATCH_MQTT_ALERT_PREFIX": f"replay/{ns}/gridwatch/alerts",
-            "GRIDWATCH_MQTT_STATS_PREFIX": f"replay/{ns}/gridwatch/stats",
-            "GRIDWATCH_INFLUX_ENABLED": "false"}
+def worker_env(ns: str, settings: Settings | None = None) -> dict[str, str]:
+    """A replay's worker: alert/stats MQTT topics under replay/<ns>/, no InfluxDB writes into live data,
+    vision snapshots in ``<evidence>/replay/<ns>/`` (not over the live run's pictures of the same ids)."""
+    env = {"GRIDWATCH_MQTT_ALERT_PREFIX": f"replay/{ns}/gridwatch/alerts",
+           "GRIDWATCH_MQTT_STATS_PREFIX": f"replay/{ns}/gridwatch/stats",
+           "GRIDWATCH_INFLUX_ENABLED": "false"}
+    if settings is not None:
+        from gridwatch.pipeline.camera_service import evidence_root
+
+        env["GRIDWATCH_WEB_EVIDENCE_DIR"] = str(evidence_root(settings) / "replay" / ns)
+    return env
 
 
 def run_replay(settings: Settings, args: argparse.Namespace) -> int:
@@ -183,7 +204,9 @@ def run_replay(settings: Settings, args: argparse.Namespace) -> int:
         check_namespace,
         fresh_namespace,
         parse_time,
+        recording_frames,
         recording_span,
+        wait_events_merged,
         wait_processed,
     )
     from gridwatch.procs import Proc
@@ -205,12 +228,32 @@ def run_replay(settings: Settings, args: argparse.Namespace) -> int:
         raise ReplayError("--to must be after --from")
     speed = None if args.max else args.speed
     city = load_city(settings)
-    print(f"replaying {args.file} ({count:,} messages, {(last - first) / 1e9:,.1f} s recorded) into namespace "
+    video = None
+    if args.video_from == "segments" and not args.no_frames:
+        from gridwatch.pipeline.camera_service import camera_config_path, load_camera_config
+        from gridwatch.pipeline.recording import scan
+        from gridwatch.pipeline.segment_frames import match_cameras, segment_frames
+
+        if args.cameras:
+            settings.vision.cameras = args.cameras
+        segments = scan(args.file).segments
+        if not segments:
+            raise ReplayError(f"{args.file} has no video segments (record with --camera)")
+        config = load_camera_config(camera_config_path(settings))
+        match_cameras(segments, config)  # fail before starting anything
+        video = segment_frames(args.file, segments, config)
+        print(f"camera frames: captured again from {len(segments)} video segments with the capture settings "
+              f"of {config.path}", flush=True)
+    frames = 0 if args.no_frames or video is not None else recording_frames(args.file)
+    print(f"replaying {args.file} ({count:,} records, {(last - first) / 1e9:,.1f} s recorded"
+          + (f", {frames:,} camera frames" if frames else "") + f") into namespace "
           f"{ns!r} at {'max speed' if speed is None else f'{speed:g}x'}", flush=True)
-    asyncio.run(ensure_topics(settings, ("readings", "events", "deadletter")))
+    vision = bool(frames) or video is not None
+    asyncio.run(ensure_topics(settings, ("readings", "events", "deadletter") + (("frames",) if vision else ())))
     worker = None
     if not args.no_worker:
-        worker = Proc(f"{ns}-worker", _worker_argv(args, ns, settings), STATE_DIR / "replay-logs", worker_env(ns))
+        worker = Proc(f"{ns}-worker", _worker_argv(args, ns, settings, vision=vision),
+                      STATE_DIR / "replay-logs", worker_env(ns, settings))
         worker.start()
         print(f"started a worker for {ns} (log {worker.log_path}); waiting until it is ready", flush=True)
         try:
@@ -238,14 +281,15 @@ def run_replay(settings: Settings, args: argparse.Namespace) -> int:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, aio_stop.set)
             replayer = Replayer(settings, city.registry, args.file, speed=speed, start_ns=start_ns, end_ns=end_ns,
-                                devices=_devices(args.devices), progress=progress)
+                                devices=_devices(args.devices), progress=progress, frames=bool(frames), video=video)
             st = await replayer.run(aio_stop)
             if aio_stop.is_set():
                 stop.set()
             return st
 
         st = asyncio.run(main())
-        line.show(f"{_bar(1.0)} fed {st.messages:,} messages ({st.readings:,} readings) in {st.wall_s:,.1f} s: "
+        line.show(f"{_bar(1.0)} fed {st.messages:,} messages ({st.readings:,} readings"
+                  + (f", {st.frames:,} frames" if st.frames else "") + f") in {st.wall_s:,.1f} s: "
                   f"{st.speedup:,.1f}x real time", final=True)
         done = None
         if worker is not None and not stop.is_set():
@@ -253,6 +297,14 @@ def run_replay(settings: Settings, args: argparse.Namespace) -> int:
                 line.show(f"{_bar(n / total if total else 1.0)} worker: {n:,}/{total:,} reading batches processed")
 
             done = asyncio.run(wait_processed(settings, st.end_offsets, args.timeout, wprogress))
+            if done and st.frame_offsets:
+                def fprogress(n: int, total: int) -> None:
+                    line.show(f"{_bar(n / total if total else 1.0)} worker: {n:,}/{total:,} camera frames processed")
+
+                done = asyncio.run(wait_processed(settings, st.frame_offsets, args.timeout, fprogress, "frames"))
+            if done and "incidents" in (replay_agents(settings, bool(frames)) or "incidents").split(","):
+                line.show("worker: waiting for the incident agent's event-time merge to drain")
+                done = asyncio.run(wait_events_merged(settings, settings.worker.upstream_idle_s, args.timeout))
             line.show("worker: all readings processed" if done else "worker: timed out", final=True)
             if not done:
                 code = 4
@@ -266,6 +318,8 @@ def run_replay(settings: Settings, args: argparse.Namespace) -> int:
         print(f"  recorded span   {st.recorded_s:,.1f} s; replayed in {st.wall_s:,.1f} s feed / {total_s:,.1f} s "
               f"with processing ({st.recorded_s / total_s if total_s else 0:,.1f}x)")
         print(f"  messages        {st.messages:,} ({st.skipped_devices:,} left out by --devices)")
+        if st.frames:
+            print(f"  camera frames   {st.frames:,}")
         print(f"  readings        {st.readings:,}; dead letters {sum(st.dead_letters.values()):,} "
               f"{dict(st.dead_letters) if st.dead_letters else ''}")
         if worker is not None:

@@ -14,6 +14,12 @@ the track's last-seen time), or the engine is closed.  The event id is a UUIDv5 
 ``camera|rule|zone|track start ms|track id|n`` (``n`` counts episodes of the same track), so a replay of
 the same frames yields the same ids.  Only frame timestamps are used — no wall clock.
 
+State across restarts: :meth:`SceneEngine.export_state` gives the engine's whole memory — tracker, zone
+membership with inertia, each rule's open events (ids, start times, update counters), dwell / crowd
+timers, episode counters and line-crossing counts — as a JSON-ready dict, and
+:meth:`SceneEngine.import_state` continues from it exactly: an engine restored from a checkpoint taken
+after frame *k* produces, for frames *k+1...*, the very events an engine that never stopped produces.
+
 Engine config for one camera (zones as in :mod:`gridwatch.models.zones`)::
 
     {"tz": "Asia/Shanghai",
@@ -47,6 +53,7 @@ from gridwatch.models.labels import PERSON_LABELS, VEHICLE_LABELS
 from gridwatch.models.tracker import Tracker, TrackerConfig, TrackState
 from gridwatch.models.zones import Zone, ZoneMembership, zones_from_config
 
+STATE_VERSION = 1  # of export_state's layout; another version is not imported (the engine starts fresh)
 EVENT_NAMESPACE = uuid.UUID("6d1f3c1e-6c7a-5b43-9a0e-67726964776e")  # fixed: ids stay stable across versions
 EventType = Literal["new", "update", "end"]
 
@@ -219,9 +226,58 @@ class Rule(ABC):
         """End every open event (stream stopped, rule removed)."""
         return [self._end(k, ts, "closed") for k in list(self._open)]
 
+    # -- checkpoint (keys are track ids or "crowd": kept in [key, value] pairs, JSON has string keys only)
+    def export_state(self) -> dict[str, Any]:
+        return {"open": [[k, _event_state(o.event), o.last_emit_ts] for k, o in self._open.items()],
+                "episodes": [[k, n] for k, n in self._episodes.items()], **self._export_extra()}
+
+    def import_state(self, state: Mapping[str, Any]) -> None:
+        self._open = {k: _Open(_event_from_state(ev), float(t)) for k, ev, t in state.get("open", ())}
+        self._episodes = {k: int(n) for k, n in state.get("episodes", ())}
+        self._import_extra(state)
+
+    def _export_extra(self) -> dict[str, Any]:
+        return {}
+
+    def _import_extra(self, state: Mapping[str, Any]) -> None:  # noqa: B027 - rules without timers
+        pass
+
     @abstractmethod
     def process(self, ctx: FrameContext) -> list[SceneEvent]:
         """Advance with one frame; return the events it produced."""
+
+
+def _event_state(ev: SceneEvent) -> dict[str, Any]:
+    d = dict(ev.__dict__)
+    d["box"] = None if ev.box is None else [float(v) for v in ev.box]
+    d["boxes"] = [[int(k), [float(v) for v in b]] for k, b in ev.boxes.items()]
+    d["track_ids"] = [int(t) for t in ev.track_ids]
+    d["data"] = _json_ready(ev.data)
+    return d
+
+
+def _event_from_state(d: Mapping[str, Any]) -> SceneEvent:
+    ev = SceneEvent(**{**d, "box": None, "boxes": {}})
+    ev.box = None if d.get("box") is None else tuple(float(v) for v in d["box"])  # type: ignore[assignment]
+    ev.boxes = {int(k): tuple(float(v) for v in b) for k, b in d.get("boxes", ())}  # type: ignore[misc]
+    ev.track_ids = [int(t) for t in d.get("track_ids", ())]
+    ev.data = dict(d.get("data") or {})
+    return ev
+
+
+def _json_ready(obj: Any) -> Any:
+    """Plain JSON types (numpy scalars, tuples) without rounding: a restored event must equal the original."""
+    if isinstance(obj, dict):
+        return {str(k): _json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_ready(v) for v in obj]
+    if hasattr(obj, "item"):
+        return obj.item()
+    return obj
+
+
+def _pairs(d: Mapping[int, Any]) -> list[list[Any]]:
+    return [[int(k), _json_ready(v)] for k, v in d.items()]
 
 
 def _copy(ev: SceneEvent) -> SceneEvent:
@@ -261,6 +317,12 @@ class VehicleParkedRule(_PerTrackRule):
 
     def _forget(self, track_id: int) -> None:
         self._still.pop(track_id, None)
+
+    def _export_extra(self) -> dict[str, Any]:
+        return {"still": _pairs(self._still)}
+
+    def _import_extra(self, state: Mapping[str, Any]) -> None:
+        self._still = {int(k): (float(since), (float(ref[0]), float(ref[1]))) for k, (since, ref) in state.get("still", ())}
 
     def process(self, ctx: FrameContext) -> list[SceneEvent]:
         out = self._lost(ctx)
@@ -306,6 +368,12 @@ class RestrictedZoneRule(_PerTrackRule):
 
     def _forget(self, track_id: int) -> None:
         self._inside_since.pop(track_id, None)
+
+    def _export_extra(self) -> dict[str, Any]:
+        return {"inside_since": _pairs(self._inside_since)}
+
+    def _import_extra(self, state: Mapping[str, Any]) -> None:
+        self._inside_since = {int(k): float(v) for k, v in state.get("inside_since", ())}
 
     def active_at(self, ts: float) -> bool:
         if not self.hours:
@@ -360,6 +428,15 @@ class CrowdRule(Rule):
         self._below_since: float | None = None
         self._last_above_ts: float | None = None
         self._peak = 0
+
+    _TIMERS = ("_above_since", "_below_since", "_last_above_ts", "_peak")
+
+    def _export_extra(self) -> dict[str, Any]:
+        return {"timers": {k.lstrip("_"): getattr(self, k) for k in self._TIMERS}}
+
+    def _import_extra(self, state: Mapping[str, Any]) -> None:
+        for k in self._TIMERS:
+            setattr(self, k, state.get("timers", {}).get(k.lstrip("_"), getattr(self, k)))
 
     def process(self, ctx: FrameContext) -> list[SceneEvent]:
         members = sorted(tid for tid, t in ctx.tracks.items()
@@ -437,6 +514,15 @@ class LineCrossingRule(_PerTrackRule):
 
     def _forget(self, track_id: int) -> None:
         self._side.pop(track_id, None)
+
+    def _export_extra(self) -> dict[str, Any]:
+        return {"counts": dict(self.counts), "counts_by_label": {k: dict(v) for k, v in self.counts_by_label.items()},
+                "side": _pairs(self._side)}
+
+    def _import_extra(self, state: Mapping[str, Any]) -> None:
+        self.counts = {**self.counts, **state.get("counts", {})}
+        self.counts_by_label = {k: dict(v) for k, v in state.get("counts_by_label", {}).items()}
+        self._side = {int(k): (int(side), (float(p[0]), float(p[1]))) for k, (side, p) in state.get("side", ())}
 
     def line_px(self, frame_size: tuple[int, int] | None) -> np.ndarray:
         if self.relative:
@@ -592,3 +678,37 @@ class SceneEngine:
     @property
     def open_events(self) -> list[SceneEvent]:
         return [ev for r in self.rules for ev in r.open_events]
+
+    def export_state(self) -> dict[str, Any]:
+        """The engine's whole memory, JSON-ready; ``ts`` is the last frame it covers."""
+        return {"v": STATE_VERSION, "camera": self.camera_id, "ts": self.last_ts,
+                "tracker": self.tracker.export_state(), "zones": self.membership.export_state(),
+                "live": [_track_state(t) for t in self._live.values()],
+                "rules": {r.rule_id: r.export_state() for r in self.rules}}
+
+    def import_state(self, state: Mapping[str, Any]) -> bool:
+        """Continue from :meth:`export_state`'s output.  Rules are matched by id: a rule added since starts
+        empty, a removed one's state is dropped.  False (and nothing changed) for another layout version."""
+        if state.get("v") != STATE_VERSION:
+            return False
+        self.last_ts = state.get("ts")
+        self.tracker.import_state(state.get("tracker") or {})
+        self.membership.import_state(state.get("zones") or ())
+        self._live = {int(d["track_id"]): _track_from_state(d) for d in state.get("live", ())}
+        saved = state.get("rules") or {}
+        for rule in self.rules:
+            if rule.rule_id in saved:
+                rule.import_state(saved[rule.rule_id])
+        return True
+
+
+def _track_state(t: TrackState) -> dict[str, Any]:
+    return {"track_id": t.track_id, "label": t.label, "box": list(t.box), "score": t.score,
+            "max_score": t.max_score, "start_ts": t.start_ts, "last_ts": t.last_ts, "hits": t.hits,
+            "matched": t.matched, "velocity": list(t.velocity)}
+
+
+def _track_from_state(d: Mapping[str, Any]) -> TrackState:
+    return TrackState(int(d["track_id"]), str(d["label"]), tuple(d["box"]), float(d["score"]),  # type: ignore[arg-type]
+                      float(d["max_score"]), float(d["start_ts"]), float(d["last_ts"]), int(d["hits"]),
+                      bool(d["matched"]), tuple(d["velocity"]))  # type: ignore[arg-type]

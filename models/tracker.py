@@ -14,6 +14,10 @@ Each :meth:`Tracker.update` takes one frame's detections and its **event timesta
    motion gate skips frames of static scenes).
 
 Track ids are small integers, stable for a track's life and never reused within one tracker.
+
+:meth:`Tracker.export_state` / :meth:`Tracker.import_state` turn the whole tracker into a JSON-ready dict
+and back (floats survive JSON exactly), so a worker that restarts continues every track — same ids,
+same boxes and velocities — as if it had never stopped.
 """
 
 from __future__ import annotations
@@ -261,3 +265,31 @@ class Tracker:
     def reset(self) -> None:
         self._tracks = []
         self.last_ts = None
+
+    _SAVED = ("track_id", "score", "max_score", "start_ts", "last_ts", "hits", "misses", "confirmed", "matched")
+
+    def export_state(self) -> dict[str, Any]:
+        """Everything :meth:`update` depends on, JSON-ready (for a checkpoint)."""
+        tracks = []
+        for t in self._tracks:
+            d = {k: getattr(t, k) for k in self._SAVED}
+            d["box"] = [float(v) for v in t.box]
+            d["velocity"] = [float(v) for v in t.velocity]
+            d["votes"] = dict(t.votes)
+            tracks.append(d)
+        return {"next_id": self._next_id, "last_ts": self.last_ts, "tracks": tracks}
+
+    def import_state(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`export_state`'s output (the configuration stays this tracker's own)."""
+        tracks = []
+        for d in state.get("tracks", ()):
+            t = _Track.__new__(_Track)
+            for k in self._SAVED:
+                setattr(t, k, d[k])
+            t.box = np.asarray(d["box"], dtype=np.float64)
+            t.velocity = np.asarray(d["velocity"], dtype=np.float64)
+            t.votes = {str(k): float(v) for k, v in d["votes"].items()}
+            tracks.append(t)
+        self._tracks = tracks
+        self._next_id = int(state.get("next_id", 1))
+        self.last_ts = state.get("last_ts")

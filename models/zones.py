@@ -154,5 +154,14 @@ class ZoneMembership:
             del self._state[key]
         return result
 
+    def export_state(self) -> list[list[Any]]:
+        """``[[track_id, zone, inside, contrary], ...]``, JSON-ready (for a checkpoint)."""
+        return [[tid, zone, bool(st[0]), int(st[1])] for (tid, zone), st in self._state.items()]
+
+    def import_state(self, state: Iterable[Sequence[Any]]) -> None:
+        """Continue from :meth:`export_state`'s output; zones no longer configured are dropped."""
+        self._state = {(int(tid), str(zone)): [bool(inside), int(n)] for tid, zone, inside, n in state
+                       if zone in self.zones}
+
     def members(self, zone: str) -> list[int]:
         return sorted(tid for (tid, z), st in self._state.items() if z == zone and st[0])

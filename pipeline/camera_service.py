@@ -63,7 +63,7 @@ class VisionOptions:
 
     max_batch: int = 8  # frames per inference batch, across cameras
     batch_window_s: float = 0.05  # how long the agent waits to fill a batch
-    max_lag_s: float = 1.0  # skip frames that waited longer than this since produced (0 = process all)
+    max_lag_s: float = 1.0  # frames that waited longer: thinned to 1 per s of event time (0 = process all)
     evidence_url_prefix: str = ""  # prepended to snapshot references (e.g. /evidence/ for a web console)
     evidence_quality: int = 85
     plates: str = "auto"  # auto (when agentclpr is installed) | on | off

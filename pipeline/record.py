@@ -5,7 +5,9 @@ queues what arrives with its receive time, the calling thread writes it to the M
 order and closes a chunk at least every second, so a killed recorder leaves a readable file and a
 stopped one (Ctrl-C, SIGTERM, ``--duration``) leaves a complete, indexed one.
 Cameras are recorded beside the file by :mod:`gridwatch.pipeline.camera_record` (no re-encoding); each
-finished segment is indexed in the recording with its wall-clock span.
+finished segment is indexed in the recording with its wall-clock span.  With ``frames`` the recorder also
+keeps every record of the live ``<prefix>.frames`` topic produced while it runs (:mod:`.frame_tap`): the
+frames the vision agent analysed, which a replay feeds back so vision events come out the same.
 """
 
 from __future__ import annotations
@@ -40,12 +42,14 @@ class RecordStats:
     elapsed_s: float = 0.0
     rate: float = 0.0  # messages/s over the last second
     segments: int = 0
+    frames: int = 0
     cameras: dict[str, str] = field(default_factory=dict)  # name -> state
     reconnects: int = 0
 
     def line(self) -> str:
         m, s = divmod(int(self.elapsed_s), 60)
         cams = f"  cameras {self.segments} segments" if self.cameras else ""
+        cams += f"  {self.frames:,} frames" if self.frames else ""
         return (f"recording {m:02d}:{s:02d}  {self.messages:,} messages ({self.rate:,.0f}/s)  "
                 f"{self.payload_bytes / 1e6:,.1f} MB in, {self.file_bytes / 1e6:,.1f} MB on disk{cams}")
 
@@ -55,7 +59,7 @@ class Recorder:
 
     def __init__(self, settings: Settings, out: str | Path, *, filters: tuple[str, ...] = DEFAULT_FILTERS,
                  cameras: dict[str, str] | None = None, duration_s: float | None = None,
-                 segment_s: float = 10.0, flush_s: float = 1.0) -> None:
+                 segment_s: float = 10.0, flush_s: float = 1.0, frames: bool = False) -> None:
         self.settings = settings
         self.out = Path(out)
         self.filters = tuple(filters) or DEFAULT_FILTERS
@@ -63,6 +67,7 @@ class Recorder:
         self.duration_s = duration_s
         self.segment_s = segment_s
         self.flush_s = flush_s
+        self.frames = frames
         self._q: queue.SimpleQueue[tuple[str, bytes, int, int, bool]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._subscribed = threading.Event()
@@ -94,7 +99,8 @@ class Recorder:
         host, port, _user, _pw = self.settings.mqtt_endpoint()
         meta = {"mqtt": f"{host}:{port}", "host": socket.gethostname(), "city": self.settings.city.path,
                 "kafka_partitions": str(self.settings.kafka.partitions), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "cameras": ",".join(f"{k}={v}" for k, v in self.cameras.items())}
+                "cameras": ",".join(f"{k}={v}" for k, v in self.cameras.items()),
+                "frames_topic": self.settings.topic("frames") if self.frames else ""}
         writer = RecordingWriter(self.out, self.filters, metadata=meta, flush_s=self.flush_s)
         client = make_client(self.settings, f"gridwatch-record-{os.getpid()}-{int(time.time()) % 100000}",
                              clean_session=True, max_inflight=1000)
@@ -103,13 +109,20 @@ class Recorder:
         client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         cams = None
+        tap = None
         try:
             connect(client)
             client.loop_start()
             if not self._subscribed.wait(15):
                 raise ConnectionError(f"MQTT broker {host}:{port} did not confirm the subscription to "
                                       f"{', '.join(self.filters)}")
-            log.info("recorder subscribed to %s", ", ".join(self.filters))
+            if self.frames:
+                from .frame_tap import FrameTap
+
+                tap = FrameTap(self.settings)
+                tap.start()
+            log.info("recorder subscribed to %s", ", ".join(self.filters)
+                     + (f" and Kafka {self.settings.topic('frames')}" if tap else ""))
             if self.cameras:
                 from .camera_record import CameraRecorder
 
@@ -117,10 +130,15 @@ class Recorder:
                 cams.start()
             if ready is not None:
                 ready.set()
-            self._loop(writer, cams, progress)
+            self._loop(writer, cams, tap, progress)
         finally:
             client.disconnect()
             client.loop_stop()
+            if tap is not None:
+                tap.stop()  # reads up to the topic's end first: the frames of the recorded span
+                self._add_frames(writer, tap)
+                if tap.error is not None:
+                    log.error("frames were not fully recorded: %s", tap.error)
             if cams is not None:
                 for cam, info in cams.stop():
                     writer.add_segment(cam, info)
@@ -145,7 +163,15 @@ class Recorder:
         self.stats.payload_bytes = writer.bytes
         return n
 
-    def _loop(self, writer: RecordingWriter, cams: Any, progress: Callable[[RecordStats], None] | None) -> None:
+    def _add_frames(self, writer: RecordingWriter, tap: Any) -> int:
+        items = tap.take()
+        for cam, value, ts_ns in items:
+            writer.add_frame(cam, value, ts_ns)
+        self.stats.frames = writer.frames
+        return len(items)
+
+    def _loop(self, writer: RecordingWriter, cams: Any, tap: Any,
+              progress: Callable[[RecordStats], None] | None) -> None:
         t0 = time.monotonic()
         next_report = t0 + 1.0
         last_count = 0
@@ -153,7 +179,10 @@ class Recorder:
             now = time.monotonic()
             if self.duration_s is not None and now - t0 >= self.duration_s:
                 break
-            if not self._drain(writer, 20_000):
+            n = self._drain(writer, 20_000)
+            if tap is not None:
+                n += self._add_frames(writer, tap)
+            if not n:
                 time.sleep(0.02)
             writer.maybe_flush(time.time_ns())
             if cams is not None:

@@ -16,6 +16,11 @@ Layout (profile ``gridwatch.mqtt``, library ``gridwatch record``):
   clock): replay paces on it. Messages are written in arrival order, which replay keeps.
 * Schema ``gridwatch.VideoSegment`` on channel ``camera/<name>/segments``: one message per finished video
   segment (a file next to the recording, stored without re-encoding) with its wall-clock span.
+* Schema ``gridwatch.FrameRecord`` on channel ``frames/<camera>`` (message encoding ``gridwatch.frame``):
+  every record of the live ``<prefix>.frames`` topic — the frames the vision agent analysed, byte for
+  byte (``GWF1`` header + JPEG, or a ``camera_status`` JSON record), keyed by the channel's camera;
+  ``log_time`` = the Kafka record's timestamp (when the capture service produced it).  A replay feeds
+  these, not a fresh decode of the segments, so the vision agent sees the very same frames and times.
 * Metadata ``gridwatch.recording`` (start: filters, city, host) and ``gridwatch.recording.end`` (counts).
 
 Chunks are closed at least every ``flush_s`` seconds and flushed to disk, so a recorder that is
@@ -42,6 +47,8 @@ PROFILE = "gridwatch.mqtt"
 LIBRARY = "gridwatch record"
 MQTT_SCHEMA_NAME = "gridwatch.MqttMessage"
 SEGMENT_SCHEMA_NAME = "gridwatch.VideoSegment"
+FRAME_SCHEMA_NAME = "gridwatch.FrameRecord"
+FRAME_ENCODING = "gridwatch.frame"
 DEFAULT_FILTERS = ("v1/#",)
 # Channels for the device API's patterns; anything else lands on the channel of the filter it matched.
 KNOWN_PATTERNS = ("v1/devices/+/telemetry", "v1/gateway/+/telemetry")
@@ -76,6 +83,13 @@ VIDEO_SEGMENT_SCHEMA: dict[str, Any] = {
     },
     "required": ["camera", "file", "start_ns", "end_ns"],
 }
+
+
+FRAME_RECORD_SCHEMA = (
+    b"A record of the <prefix>.frames Kafka topic as produced by the capture service, byte for byte: "
+    b"'GWF1' + uint32 BE header length + JSON header + JPEG (see gridwatch.pipeline.schemas.frames), "
+    b"or a JSON camera_status record. Kafka key = the channel's metadata 'camera'. log_time = the Kafka "
+    b"record timestamp (ns).")
 
 
 class RecordingError(ValueError):
@@ -130,6 +144,8 @@ class RecordingWriter:
         self._mqtt_schema = self._writer.register_schema(
             MQTT_SCHEMA_NAME, "jsonschema", json.dumps(MQTT_MESSAGE_SCHEMA).encode())
         self._segment_schema = 0
+        self._frame_schema = 0
+        self.frames = 0
         self._channels: dict[str, int] = {}
         self._last_flush_ns = 0
         self._unflushed = 0
@@ -175,6 +191,21 @@ class RecordingWriter:
         self._writer.add_message(cid, start, json.dumps({"camera": camera, **info}).encode(), start, 0)
         self._unflushed += 1
 
+    def add_frame(self, camera: str, value: bytes, ts_ns: int) -> None:
+        """Record one ``<prefix>.frames`` Kafka record (key ``camera``) on channel ``frames/<camera>``."""
+        if not self._frame_schema:
+            self._frame_schema = self._writer.register_schema(FRAME_SCHEMA_NAME, "", FRAME_RECORD_SCHEMA)
+        name = f"frames/{camera}"
+        cid = self._channels.get(name)
+        if cid is None:
+            cid = self._writer.register_channel(name, FRAME_ENCODING, self._frame_schema, {"camera": camera})
+            self._channels[name] = cid
+        self._writer.add_message(cid, ts_ns, value, ts_ns, self.frames)
+        self.frames += 1
+        self._unflushed += 1
+        self.first_ns = self.first_ns or ts_ns
+        self.last_ns = max(self.last_ns, ts_ns)
+
     def maybe_flush(self, now_ns: int) -> bool:
         """Close the open chunk and flush it to disk if ``flush_s`` passed: bounds what a kill loses."""
         if self._unflushed and now_ns - self._last_flush_ns >= self.flush_s * 1e9:
@@ -211,12 +242,22 @@ class RecordedMessage:
     qos: int = 0
 
 
+@dataclass(slots=True)
+class RecordedFrame:
+    """One record of the live frames topic: Kafka key (camera), value bytes, Kafka timestamp."""
+
+    camera: str
+    value: bytes
+    recv_ns: int
+
+
 @dataclass
 class ReadReport:
     """What reading a recording found: counts, and every problem with its byte offset."""
 
     path: str
     messages: int = 0
+    frames: int = 0
     segments: list[dict[str, Any]] = field(default_factory=list)
     metadata: dict[str, dict[str, str]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
@@ -229,6 +270,39 @@ class ReadReport:
     @property
     def intact(self) -> bool:
         return self.complete and not self.problems
+
+
+@dataclass
+class _Tally:
+    """What the file says it holds against what was read. A damaged record opcode can make a whole
+    chunk vanish without any parse error (an unknown opcode is skipped, as MCAP allows); these counts
+    make such a loss a named problem instead of a silently shorter replay."""
+
+    orphans: int = 0  # messages on a channel whose Channel or Schema record was lost
+    mqtt: int = 0
+    next_seq: int = 0  # the writer numbers MQTT messages 0, 1, 2, ... in file order
+    gaps: int = 0
+    missing: int = 0
+
+    def mqtt_message(self, sequence: int) -> None:
+        if sequence != self.next_seq:
+            self.gaps += 1
+            self.missing += max(sequence - self.next_seq, 0)
+        self.next_seq = sequence + 1
+        self.mqtt += 1
+
+    def problems(self, metadata: dict[str, dict[str, str]]) -> list[str]:
+        out = []
+        if self.orphans:
+            out.append(f"{self.orphans} messages on channels whose definition was damaged or lost: skipped")
+        if self.gaps:
+            out.append(f"the recorder's message numbering jumps {self.gaps} time(s), {self.missing} messages "
+                       f"missing: a damaged part of the file was skipped")
+        wrote = metadata.get("gridwatch.recording.end", {}).get("messages", "")
+        if wrote.isdigit() and int(wrote) != self.mqtt:
+            out.append(f"the recorder wrote {int(wrote):,} MQTT messages but {self.mqtt:,} are in the file: "
+                       f"a damaged part of it was skipped")
+        return out
 
 
 class RecordingReader:
@@ -263,7 +337,8 @@ class RecordingReader:
                     rec = next(it)
                 except StopIteration:
                     break
-                except (McapError, struct.error, EOFError, ValueError, MemoryError, OSError) as e:
+                # OverflowError: a damaged length inside a record (a chunk's data length) past 2**63
+                except (McapError, struct.error, EOFError, ValueError, MemoryError, OSError, OverflowError) as e:
                     why = type(e).__name__ + (f": {e}" if str(e) else "")
                     self._problem(f"recording ends abruptly at byte {offset} of {self.path.stat().st_size} "
                                   f"({why}); the recorder was probably killed or the file was cut. "
@@ -284,12 +359,16 @@ class RecordingReader:
                     self.report.complete = True
                 yield rec
 
-    def messages(self, start_ns: int | None = None, end_ns: int | None = None) -> Iterator[RecordedMessage]:
-        """MQTT messages in arrival order, optionally only those received in [start_ns, end_ns)."""
+    def messages(self, start_ns: int | None = None, end_ns: int | None = None, *,
+                 frames: bool = False) -> Iterator[RecordedMessage | RecordedFrame]:
+        """MQTT messages in arrival order, optionally only those received in [start_ns, end_ns);
+        with ``frames``, the recorded frames-topic records too (:class:`RecordedFrame`), in file order."""
         schemas: dict[int, str] = {}
         channels: dict[int, int] = {}  # channel id -> schema id
         seg_channels: set[int] = set()
+        frame_channels: dict[int, str] = {}  # channel id -> camera
         rep = self.report
+        tally = _Tally()
         for rec in self.records():
             if isinstance(rec, Header):
                 if rec.profile and rec.profile != PROFILE:
@@ -300,17 +379,32 @@ class RecordingReader:
                 channels[rec.id] = rec.schema_id
                 if schemas.get(rec.schema_id) == SEGMENT_SCHEMA_NAME:
                     seg_channels.add(rec.id)
+                elif schemas.get(rec.schema_id) == FRAME_SCHEMA_NAME:
+                    frame_channels[rec.id] = rec.metadata.get("camera") or rec.topic.removeprefix("frames/")
             elif isinstance(rec, Metadata):
                 rep.metadata[rec.name] = dict(rec.metadata)
             elif isinstance(rec, Message):
+                sid = channels.get(rec.channel_id)
+                if sid is None or (sid and sid not in schemas):
+                    tally.orphans += 1  # its channel or schema record was in a part of the file that is lost
+                    continue
                 if rec.channel_id in seg_channels:
                     try:
                         rep.segments.append(json.loads(rec.data))
                     except ValueError:
                         rep.bad_messages += 1
                     continue
+                cam = frame_channels.get(rec.channel_id)
+                if cam is not None:
+                    t = rec.log_time
+                    if (start_ns is None or t >= start_ns) and (end_ns is None or t < end_ns):
+                        rep.frames += 1
+                        if frames:
+                            yield RecordedFrame(cam, bytes(rec.data), t)
+                    continue
                 if schemas.get(channels.get(rec.channel_id, -1)) != MQTT_SCHEMA_NAME:
                     continue
+                tally.mqtt_message(rec.sequence)
                 t = rec.log_time
                 rep.first_ns = rep.first_ns or t
                 rep.last_ns = max(rep.last_ns, t)
@@ -325,6 +419,9 @@ class RecordingReader:
                     continue
                 rep.messages += 1
                 yield RecordedMessage(topic, payload, t, qos)
+        rep.bad_messages += tally.orphans
+        for problem in tally.problems(rep.metadata):
+            self._problem(problem)
         if not rep.complete and not any("ends abruptly" in p for p in rep.problems):
             self._problem("recording has no summary (the recorder did not stop cleanly); "
                           "read every complete chunk")

@@ -13,15 +13,22 @@ Design (why a direct Kafka path and not a second MQTT round trip):
   the same order, and bad input becomes the same dead letters.
 * Pacing follows the recorded receive times at ``speed`` x real time, or none at all (``max``). The
   agents only ever look at event time, so any speed gives the same grid events.
+* Camera frames: a recording made with ``gridwatch record --frames`` holds the live ``<prefix>.frames``
+  records (the frames the vision agent analysed).  They go, byte for byte except one header flag, to
+  ``<ns>.frames`` with the same key (camera), so the same partition, in recorded order, interleaved with
+  the MQTT messages on one recorded timeline.  The flag ``"replayed": true`` in the frame header tells the
+  vision agent not to drop the frame as "lagging" (a wall-clock judgement that a replay at max speed
+  would trigger, and that would make the events depend on the machine's speed).
 
 The worker's progress is known exactly: the replay remembers the last offset it produced per
-partition and waits until the namespace's consumer group has committed past it.
+partition (readings and frames) and waits until the namespace's consumer group has committed past it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import json
 import logging
 import re
@@ -37,13 +44,14 @@ from gridwatch.settings import Settings
 
 from .ingest import Routed, Router, kafka_records
 from .kafka_io import ensure_topics, start_producer
-from .recording import RecordedMessage, RecordingReader, scan
+from .recording import RecordedFrame, RecordedMessage, RecordingReader, scan
 
 log = logging.getLogger("gridwatch.replay")
 
 NS_RE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 FEED_BATCH_MESSAGES = 2000  # like the bridge's max_batch_messages: bounds one Kafka round
 MAX_PENDING_ROUNDS = 8  # produce rounds in flight before the feeder waits for Kafka (back-pressure)
+MAX_PENDING_FRAMES = 128  # frame records (JPEG, ~50 kB each) in flight before the feeder waits
 
 
 class ReplayError(ValueError):
@@ -105,12 +113,26 @@ def filter_devices(msg: RecordedMessage, devices: set[str]) -> RecordedMessage |
     return None
 
 
+def mark_replayed(value: bytes) -> bytes:
+    """A recorded frame record with ``"replayed": true`` in its header (JPEG bytes untouched); any other
+    record (a camera_status, something malformed the live agent dead-lettered) is returned as it is."""
+    from .schemas.frames import FRAME_MAGIC, peek_header
+
+    head = peek_header(value)
+    if head is None:
+        return value
+    n = int.from_bytes(value[4:8], "big")
+    hb = json.dumps({**head, "replayed": True}, separators=(",", ":")).encode()
+    return FRAME_MAGIC + len(hb).to_bytes(4, "big") + hb + value[8 + n:]
+
+
 @dataclass
 class ReplayStats:
     namespace: str
     speed: float | None
     messages: int = 0
     readings: int = 0
+    frames: int = 0
     dead_letters: Counter = field(default_factory=Counter)
     skipped_devices: int = 0
     records: int = 0
@@ -118,6 +140,7 @@ class ReplayStats:
     last_ns: int = 0
     wall_s: float = 0.0
     end_offsets: dict[int, int] = field(default_factory=dict)  # readings partition -> next offset
+    frame_offsets: dict[int, int] = field(default_factory=dict)  # frames partition -> next offset
     problems: list[str] = field(default_factory=list)
     complete_file: bool = True
 
@@ -132,7 +155,7 @@ class ReplayStats:
     def as_dict(self) -> dict[str, Any]:
         return {
             "namespace": self.namespace, "speed": self.speed or "max", "messages": self.messages,
-            "readings": self.readings, "dead_letters": dict(self.dead_letters),
+            "readings": self.readings, "frames": self.frames, "dead_letters": dict(self.dead_letters),
             "skipped_by_device_filter": self.skipped_devices, "kafka_records": self.records,
             "recorded_s": round(self.recorded_s, 3), "wall_s": round(self.wall_s, 3),
             "speedup": round(self.speedup, 1), "file_complete": self.complete_file, "problems": self.problems,
@@ -153,12 +176,29 @@ def recording_span(path: str | Path) -> tuple[int, int, int]:
     return rep.first_ns, rep.last_ns, rep.messages
 
 
+def recording_frames(path: str | Path) -> int:
+    """How many frames-topic records a recording holds (summary statistics, else by reading it)."""
+    from .recording import FRAME_ENCODING
+
+    with contextlib.suppress(Exception):
+        from mcap.reader import make_reader
+
+        with open(path, "rb") as fh:
+            summary = make_reader(fh).get_summary()
+        if summary is not None and summary.statistics is not None:
+            counts = summary.statistics.channel_message_counts
+            return sum(counts.get(cid, 0) for cid, ch in summary.channels.items()
+                       if ch.message_encoding == FRAME_ENCODING)
+    return scan(path).frames
+
+
 class Replayer:
     """Feeds one recording into a namespace; :meth:`run` returns the stats (await it)."""
 
     def __init__(self, settings: Settings, registry: Any, path: str | Path, *, speed: float | None = None,
                  start_ns: int | None = None, end_ns: int | None = None, devices: Iterable[str] | None = None,
-                 progress: Callable[[ReplayStats, float], None] | None = None) -> None:
+                 progress: Callable[[ReplayStats, float], None] | None = None, frames: bool = True,
+                 video: Iterator[RecordedFrame] | None = None) -> None:
         if speed is not None and speed <= 0:
             raise ReplayError(f"--speed must be > 0 (or --max), got {speed}")
         self.settings = settings
@@ -169,11 +209,25 @@ class Replayer:
         self.end_ns = end_ns
         self.devices = set(devices) if devices else None
         self.progress = progress
+        self.frames = frames
+        self.video = video  # frames re-captured from the segments (--video-from segments), in time order
         self.stats = ReplayStats(settings.kafka.topic_prefix, speed)
         self.reader = RecordingReader(self.path)
 
-    def _messages(self) -> Iterator[RecordedMessage]:
-        for msg in self.reader.messages(self.start_ns, self.end_ns):
+    def _messages(self) -> Iterator[RecordedMessage | RecordedFrame]:
+        items: Iterator[RecordedMessage | RecordedFrame] = self.reader.messages(self.start_ns, self.end_ns,
+                                                                                  frames=self.frames)
+        if self.video is not None:
+            video = (f for f in self.video if (self.start_ns is None or f.recv_ns >= self.start_ns)
+                     and (self.end_ns is None or f.recv_ns < self.end_ns))
+            items = heapq.merge(items, video, key=lambda m: m.recv_ns)
+        for msg in items:
+            if isinstance(msg, RecordedFrame):
+                if self.devices is not None and msg.camera not in self.devices:
+                    self.stats.skipped_devices += 1
+                    continue
+                yield msg
+                continue
             if self.devices is not None:
                 kept = filter_devices(msg, self.devices)
                 if kept is None:
@@ -188,8 +242,10 @@ class Replayer:
         first, last, _total = recording_span(self.path)
         lo = max(first, self.start_ns or first)
         hi = min(last, self.end_ns or last) if last else last
-        await ensure_topics(self.settings, ("readings", "events", "deadletter"))
+        await ensure_topics(self.settings, ("readings", "events", "deadletter")
+                            + (("frames",) if self.frames or self.video is not None else ()))
         producer = await start_producer(self.settings, linger_ms=20)
+        frames_topic = self.settings.topic("frames")
         partitions = len(await producer.partitions_for(self.settings.topic("readings")))
         router = Router(self.registry, partitions, self.settings.bridge)
         pending: list[asyncio.Future] = []
@@ -208,6 +264,15 @@ class Replayer:
             st.dead_letters.update(routed.reasons)
             pending.append(asyncio.ensure_future(self._confirm(futs)))
             while len(pending) > MAX_PENDING_ROUNDS:
+                await pending.pop(0)
+
+        async def send_frame(fr: RecordedFrame) -> None:
+            # after the MQTT messages recorded before it; keyed by camera: the live partition, in order
+            fut = await producer.send(frames_topic, mark_replayed(fr.value), key=fr.camera.encode())
+            st.frames += 1
+            st.records += 1
+            pending.append(asyncio.ensure_future(self._confirm([fut])))
+            while len(pending) > MAX_PENDING_FRAMES:
                 await pending.pop(0)
 
         try:
@@ -231,6 +296,12 @@ class Replayer:
                             if loop.time() >= next_progress:
                                 next_progress = loop.time() + 0.5
                                 self._report(lo, hi, loop.time() - t0)
+                if isinstance(msg, RecordedFrame):
+                    if routed:
+                        await send(routed)
+                        routed = Routed()
+                    await send_frame(msg)
+                    continue
                 router.add(routed, msg.topic, msg.payload, msg.recv_ns // 1_000_000)
                 if routed.messages >= FEED_BATCH_MESSAGES:
                     await send(routed)
@@ -253,8 +324,12 @@ class Replayer:
     async def _confirm(self, futs: list[asyncio.Future]) -> None:
         for meta in await asyncio.gather(*futs):
             if meta.topic == self.settings.topic("readings"):
-                self.stats.end_offsets[meta.partition] = max(self.stats.end_offsets.get(meta.partition, 0),
-                                                             meta.offset + 1)
+                ends = self.stats.end_offsets
+            elif meta.topic == self.settings.topic("frames"):
+                ends = self.stats.frame_offsets
+            else:
+                continue
+            ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
 
     @staticmethod
     async def _sleep(seconds: float, stop: asyncio.Event) -> None:
@@ -269,8 +344,9 @@ class Replayer:
 
 
 # -- the worker's progress -------------------------------------------------------------------------
-async def committed_offsets(settings: Settings, group: str, partitions: Iterable[int]) -> dict[int, int]:
-    """Offsets a consumer group committed on the namespace's readings topic (partition -> offset).
+async def committed_offsets(settings: Settings, group: str, partitions: Iterable[int],
+                            family: str = "readings") -> dict[int, int]:
+    """Offsets a consumer group committed on the namespace's ``family`` topic (partition -> offset).
 
     The partitions are named explicitly: the "all partitions" form of OffsetFetch is not understood
     by every broker (the embedded one answers it with a response aiokafka cannot decode).
@@ -278,7 +354,7 @@ async def committed_offsets(settings: Settings, group: str, partitions: Iterable
     from aiokafka import TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient
 
-    topic = settings.topic("readings")
+    topic = settings.topic(family)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap(), request_timeout_ms=10000)
     await admin.start()
     try:
@@ -294,14 +370,14 @@ def group_id(settings: Settings) -> str:
 
 
 async def wait_processed(settings: Settings, end_offsets: dict[int, int], timeout: float = 600.0,
-                         progress: Callable[[int, int], None] | None = None) -> bool:
-    """Wait until the namespace's workers committed every readings record the replay produced."""
+                         progress: Callable[[int, int], None] | None = None, family: str = "readings") -> bool:
+    """Wait until the namespace's workers committed every ``family`` record the replay produced."""
     group = group_id(settings)
     total = sum(end_offsets.values())
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            done = await committed_offsets(settings, group, end_offsets)
+            done = await committed_offsets(settings, group, end_offsets, family)
         except Exception as e:  # noqa: BLE001 - the group may not exist yet; keep asking
             log.debug("offsets of %s: %s", group, e)
             done = {}
@@ -312,4 +388,19 @@ async def wait_processed(settings: Settings, end_offsets: dict[int, int], timeou
             return True
         await asyncio.sleep(0.5)
     return False
+
+
+async def wait_events_merged(settings: Settings, idle_s: float, timeout: float = 600.0) -> bool:
+    """After the readings: wait until the workers consumed every ``<ns>.events`` record, idle markers included.
+
+    The incident agent releases the last grid events of a readings partition only once the telemetry
+    agent has announced that partition idle (``worker.upstream_idle_s`` without readings; see
+    agents/event_order.py), so a replay that stopped its worker right after the readings would lose
+    the run's last incidents.
+    """
+    from .compare import high_watermarks
+
+    await asyncio.sleep(idle_s + 1.0)  # the idle markers are out by then
+    end = await high_watermarks(settings, settings.topic("events"))
+    return await wait_processed(settings, {p: o for p, o in end.items() if o > 0}, timeout, family="events")
 

@@ -85,3 +85,42 @@ def test_message_envelope_keeps_payload_bytes_exactly():
         assert (topic, got, qos) == ("v1/devices/X/telemetry", payload, 1)
     assert topic_matches("v1/gateway/+/telemetry", "v1/gateway/G/telemetry")
     assert topic_matches("v1/#", "v1/a/b/c") and not topic_matches("v1/devices/+/telemetry", "v1/devices/a/b")
+
+
+def test_frames_channel_round_trip_and_replay_marker(tmp_path):
+    """Frames-topic records are kept byte for byte, per camera, in file order beside the MQTT messages;
+    the replay marks a frame's header and nothing else (the JPEG bytes are the live ones)."""
+    import numpy as np
+
+    from gridwatch.pipeline.capture import Frame
+    from gridwatch.pipeline.recording import RecordedFrame, RecordingReader, RecordingWriter
+    from gridwatch.pipeline.replay import mark_replayed, recording_frames
+    from gridwatch.pipeline.schemas.frames import CameraStatusRecord, FrameRecord, decode, encode_frame
+
+    img = np.zeros((48, 64, 3), np.uint8)
+    img[5:20, 5:30] = 200
+    f1 = encode_frame(Frame("cam-a", 1, 1.7e9, img, True, 0.3, "motion"), sent=1.7e9 + 0.05)
+    st = CameraStatusRecord("cam-a", False, 1.7e9 + 1, "read_failed").encode()
+    path = tmp_path / "f.mcap"
+    w = RecordingWriter(path)
+    w.add("v1/devices/X/telemetry", b'{"ts": 1}', 1_000)
+    w.add_frame("cam-a", f1, 2_000)
+    w.add_frame("cam-b", b"junk the live agent dead-lettered", 2_500)
+    w.add("v1/devices/X/telemetry", b'{"ts": 2}', 3_000)
+    w.add_frame("cam-a", st, 4_000)
+    w.close()
+    items = list(RecordingReader(path).messages(frames=True))
+    assert [type(i).__name__ for i in items] == ["RecordedMessage", "RecordedFrame", "RecordedFrame",
+                                                 "RecordedMessage", "RecordedFrame"]
+    frames = [i for i in items if isinstance(i, RecordedFrame)]
+    assert [(f.camera, f.value, f.recv_ns) for f in frames] == [("cam-a", f1, 2_000), ("cam-b", frames[1].value, 2_500),
+                                                              ("cam-a", st, 4_000)]
+    reader = RecordingReader(path)
+    assert len(list(reader.messages())) == 2 and reader.report.frames == 3  # MQTT-only readers are unchanged
+    assert recording_frames(path) == 3
+    assert len([i for i in RecordingReader(path).messages(2_400, 4_000, frames=True)]) == 2  # time slice
+    marked = mark_replayed(f1)
+    rec = decode(marked)
+    assert isinstance(rec, FrameRecord) and rec.header["replayed"] is True and rec.header["sent"] == 1.7e9 + 0.05
+    assert marked.endswith(f1[8 + int.from_bytes(f1[4:8], "big"):])  # the very same JPEG
+    assert mark_replayed(st) == st and mark_replayed(b"junk") == b"junk"
