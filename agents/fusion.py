@@ -208,9 +208,14 @@ class IncidentProcessor:
         self._apply_event(ps, ev, out)
 
     def on_event(self, p: int, ev: GridEvent, out: Outcome) -> None:
-        """A grid event without an order (vision agent, camera service, tools): applied on arrival."""
+        """A grid event without an order (vision agent, camera service, tools): applied on arrival.
+
+        It moves the partition's supervision clock only where no merged upstream does: arrival order
+        is not reproducible, and a camera with its own clock (or a skewed one) must not escalate the
+        sensors' incidents at a moment that differs from run to run."""
         ps = self.partition(p)
-        self._advance_ts(ps, ev.ts)
+        if not ps.order.upstreams:
+            self._advance_ts(ps, ev.ts)
         self._apply_event(ps, ev, out)
 
     def _apply_event(self, ps: PartitionState, ev: GridEvent, out: Outcome) -> None:

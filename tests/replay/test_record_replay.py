@@ -29,8 +29,9 @@ from gridwatch.pipeline.recording import scan
 from gridwatch.pipeline.replay import wait_processed
 from gridwatch.pipeline.schemas.events import is_control
 from gridwatch.procs import Proc
-from gridwatch.settings import CONFIG_DIR, load_settings, with_prefix
+from gridwatch.settings import CONFIG_DIR
 from tests.harness import ARTIFACTS, Pipeline
+from tests.replay.runs import incident_keys, key_set, settings_for
 
 pytestmark = pytest.mark.slow
 
@@ -39,9 +40,6 @@ NIGHT_S = 1_763_647_200  # 22:00 at the sample city (Asia/Shanghai): lamps must 
 SPEED = 20.0  # simulated seconds per real second
 DRIVE_S = 20.0  # real seconds of recorded traffic -> 400 s of event time
 
-
-def settings_for(stack: Any, prefix: str = "gw") -> Any:
-    return with_prefix(load_settings(None, {"kafka.url": stack.kafka_url, "mqtt.url": stack.mqtt_url}), prefix)
 
 
 def make_fleet() -> Fleet:
@@ -96,22 +94,6 @@ def spawn(*argv: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
-def key_set(records: list[dict]) -> set[tuple]:
-    return {(r["id"], r["type"], r["subject"], r["phase"], r["level"], r["ts"], r["start_ts"], r.get("end_ts"))
-            for r in records}
-
-
-def incident_keys(stack: Any, prefix: str) -> set[tuple]:
-    """Every incident change of a namespace: incident id, version, change, status, level, event time."""
-    import json
-
-    recs = asyncio.run(read_topic_all(settings_for(stack, prefix), f"{prefix}.incidents"))
-    out = set()
-    for raw in recs:
-        d = json.loads(raw)
-        inc = d["incident"]
-        out.add((inc["id"], inc["version"], d["change"], inc["status"], inc["level"], d["ts"]))
-    return out
 
 
 def created_latency_ms(stack: Any, prefix: str) -> list[float]:

@@ -34,9 +34,9 @@ from gridwatch.pipeline.replay import wait_processed
 from gridwatch.pipeline.rtsp_server import check_available, serve
 from gridwatch.pipeline.schemas.frames import FrameRecord, decode
 from gridwatch.procs import Proc
-from gridwatch.settings import load_settings, with_prefix
 from gridwatch.stack import free_port
 from tests.harness import ARTIFACTS, Pipeline
+from tests.replay.runs import incident_keys, key_set, settings_for
 
 pytestmark = pytest.mark.slow
 
@@ -46,9 +46,6 @@ DRIVE_S = 18.0  # real seconds of the live span
 NIGHT_S = 1_763_647_200
 SPEED = 20.0
 
-
-def settings_for(stack: Any, prefix: str) -> Any:
-    return with_prefix(load_settings(None, {"kafka.url": stack.kafka_url, "mqtt.url": stack.mqtt_url}), prefix)
 
 
 def camera_config(path: Path, url: str) -> Path:
@@ -80,10 +77,6 @@ def spawn(*argv: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "gridwatch", *argv], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
-
-def key_set(records: list[dict]) -> set[tuple]:
-    return {(r["id"], r["type"], r["subject"], r["phase"], r["level"], r["ts"], r["start_ts"], r.get("end_ts"))
-            for r in records}
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +180,18 @@ def test_replays_at_1x_and_max_give_the_live_vision_events(live, stack):
     assert cmp.returncode == 0 and "identical" in cmp.stdout, cmp.stdout + cmp.stderr
     cmp = gridwatch("replay", "--compare", ns1, str(out2), *k[:4])
     assert cmp.returncode == 0 and "identical" in cmp.stdout, cmp.stdout + cmp.stderr
+    live["replays"] = [ns1, ns2]
+
+
+def test_replays_give_the_live_incidents(live, stack):
+    """Incidents made from the camera's and the sensors' events: same ids, versions, changes and levels."""
+    if "replays" not in live:
+        pytest.skip("needs the replays of test_replays_at_1x_and_max_give_the_live_vision_events")
+    live_inc = incident_keys(stack, live["prefix"])
+    assert len({i[0] for i in live_inc}) >= 2, live_inc  # the manhole's incident and the camera's
+    for ns in live["replays"]:
+        got = incident_keys(stack, ns)
+        assert got == live_inc, (ns, sorted(live_inc - got)[:6], sorted(got - live_inc)[:6])
 
 
 def test_video_from_segments_is_deterministic(live, stack):

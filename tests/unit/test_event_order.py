@@ -267,6 +267,30 @@ def test_a_partition_escalates_on_watermarks_alone_and_deadlines_run_before_late
     assert [c.change for c in changes][:2] == ["escalated", "source_updated"]
 
 
+def test_an_unordered_event_does_not_move_the_clock_of_a_merged_partition():
+    """A camera event a year ahead (its own clock) is applied, but does not escalate the sensors' incidents;
+    in a partition with no merged upstream (a camera-only city) it still drives supervision."""
+    proc, store = make()
+    dev = MANHOLES[0]
+    up = "readings:4"
+    feed([("wm", {up: UpstreamMark(T0)}), ("ev", (up, T0, event(dev, "manhole_tilted", "new", T0, level="yellow"))),
+          ("wm", {up: UpstreamMark(T0 + 1)})], proc, store)
+    far = next(d for d in MANHOLES if distance_m(dev.lat, dev.lon, d.lat, d.lon) > 2000)
+    ahead = T0 + 365 * 86_400_000
+    out = Outcome()
+    proc.on_event(0, event(far, "manhole_open", "new", ahead), out)
+    proc.advance(0, out)
+    changes = [IncidentChange.decode(v) for _, v in out.changes]
+    assert [c.change for c in changes] == ["created"]  # applied, and nothing escalated
+    assert proc.watermark(0) < T0 + 1000
+    alone, _ = make()
+    out = Outcome()
+    alone.on_event(1, event(dev, "manhole_tilted", "new", T0, level="yellow"), out)
+    alone.on_event(1, event(far, "manhole_open", "new", ahead), out)
+    alone.advance(1, out)
+    assert "escalated" in [IncidentChange.decode(v).change for _, v in out.changes]
+
+
 def test_a_late_event_is_applied_counted_and_logged(caplog):
     proc, store = make()
     here = MANHOLES[0]

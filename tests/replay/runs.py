@@ -1,0 +1,31 @@
+"""What the record/replay tests compare between a live run and its replays (one definition for all)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from gridwatch.pipeline.compare import read_topic_all
+from gridwatch.settings import load_settings, with_prefix
+
+
+def settings_for(stack: Any, prefix: str = "gw") -> Any:
+    return with_prefix(load_settings(None, {"kafka.url": stack.kafka_url, "mqtt.url": stack.mqtt_url}), prefix)
+
+
+def key_set(records: list[dict]) -> set[tuple]:
+    """Grid event records as comparable tuples: id, type, subject, phase, level and their times."""
+    return {(r["id"], r["type"], r["subject"], r["phase"], r["level"], r["ts"], r["start_ts"], r.get("end_ts"))
+            for r in records}
+
+
+def incident_keys(stack: Any, prefix: str) -> set[tuple]:
+    """Every incident change of a namespace: incident id, version, change, status, level, event time."""
+    recs = asyncio.run(read_topic_all(settings_for(stack, prefix), f"{prefix}.incidents"))
+    out = set()
+    for raw in recs:
+        d = json.loads(raw)
+        inc = d["incident"]
+        out.add((inc["id"], inc["version"], d["change"], inc["status"], inc["level"], d["ts"]))
+    return out
