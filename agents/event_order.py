@@ -9,8 +9,9 @@ How: every grid event carries (upstream, order ts): the readings partition it ca
 partition's event-time high mark when the event was raised (monotone per upstream). Within one upstream,
 events arrive in emission order (Kafka keeps per-partition order and one producer writes them). Each
 upstream also sends watermarks: "no event I send later has an order ts below wm". The buffer releases
-events in (order ts, upstream, arrival seq) order once their order ts is *below* the minimum watermark of
-the active upstreams (strictly: an upstream may still send more events at exactly its watermark). An
+events in (order ts, upstream, arrival seq) order once no other active upstream can still send one that
+sorts before them (:meth:`MergeBuffer.ready`: its watermark is above the event's order ts, or equal with a
+name that sorts after; the event's own upstream never holds it back, its later events sort after). An
 upstream that says it is idle does not hold the others back (Flink's ``withIdleness``); its next event
 or watermark makes it active again. With no active upstream everything buffered is released.
 
@@ -116,10 +117,21 @@ class MergeBuffer:
             return m
         return max((u.wm for u in self.upstreams.values()), default=None)
 
+    def ready(self, p: Pending) -> bool:
+        """Can no input still to come sort before ``p``?  Its own upstream cannot (per-upstream FIFO with
+        monotone order ts); another active upstream cannot once its watermark is above p's order ts, or
+        equal to it with a name that sorts after p's (ties go by upstream name). So an event waits only
+        for the *other* upstreams, never for its own partition's next reading."""
+        for name, u in self.upstreams.items():
+            if u.idle or name == p.upstream:
+                continue
+            if u.wm < p.order_ts or (u.wm == p.order_ts and name < p.upstream):
+                return False
+        return True
+
     def release(self, writes: Writes) -> Iterator[Pending]:
         """Pop every input that can no longer be preceded by one still to come, in merge order."""
-        limit = self.merged()
-        while self.heap and (limit is None or self.heap[0].order_ts < limit):
+        while self.heap and self.ready(self.heap[0]):
             p = heapq.heappop(self.heap)
             if self.frontier is None or p.order_ts > self.frontier:
                 self.frontier = p.order_ts

@@ -53,7 +53,7 @@ def install(ctx: AgentContext) -> Any:
         checkpoint_every_ms=int(w.presence_checkpoint_s * 1000),
     )
 
-    marks = WatermarkSender("readings", idle_s=w.upstream_idle_s)
+    marks = WatermarkSender("readings", idle_s=w.upstream_idle_s, advance_slack_s=w.wall_clock_advance_slack_s)
 
     @app.on_partitions_revoked.connect
     async def _forget(app_: Any, revoked: Any = None, **kwargs: Any) -> None:

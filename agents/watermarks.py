@@ -37,9 +37,10 @@ class _Upstream:
 
 
 class WatermarkSender:
-    def __init__(self, family: str, idle_s: float) -> None:
+    def __init__(self, family: str, idle_s: float, advance_slack_s: float = 0.0) -> None:
         self.family = family
         self.idle_s = idle_s
+        self.advance_slack_s = advance_slack_s  # 0: marks move with the data only
         self.ups: dict[str, _Upstream] = {}
         self.busy: set[str] = set()  # partitions with a batch in progress (never idle)
 
@@ -81,10 +82,20 @@ class WatermarkSender:
             if name not in self.busy and now - u.last_input >= self.idle_s:
                 u.idle, u.wake, u.sent = True, False, u.mark
                 marks[name] = UpstreamMark(u.mark, idle=True)
-            elif u.sent is None or u.mark > u.sent or u.wake:
-                u.sent, u.wake = u.mark, False
-                marks[name] = UpstreamMark(u.mark)
+            else:
+                mark = self._advanced(name, u, now)
+                if u.sent is None or mark > u.sent or u.wake:
+                    u.sent, u.wake = mark, False
+                    marks[name] = UpstreamMark(mark)
         return Watermarks(marks) if marks else None
+
+    def _advanced(self, name: str, u: _Upstream, now: float) -> int:
+        """The mark to announce: the high mark, or between inputs (live) the high mark moved on with the
+        wall clock less the slack. A reading delayed by more than the slack becomes late; a replay turns
+        this off (``worker.wall_clock_advance_slack_s: 0``) because its pace is not the recorded one."""
+        if self.advance_slack_s <= 0 or u.mark <= 0 or name in self.busy:
+            return u.mark
+        return u.mark + max(0, int((now - u.last_input - self.advance_slack_s) * 1000))
 
     def forget(self) -> None:
         """After a rebalance: the partitions may belong to another worker now (it announces them)."""

@@ -185,7 +185,8 @@ def worker_env(ns: str, settings: Settings | None = None) -> dict[str, str]:
     vision snapshots in ``<evidence>/replay/<ns>/`` (not over the live run's pictures of the same ids)."""
     env = {"GRIDWATCH_MQTT_ALERT_PREFIX": f"replay/{ns}/gridwatch/alerts",
            "GRIDWATCH_MQTT_STATS_PREFIX": f"replay/{ns}/gridwatch/stats",
-           "GRIDWATCH_INFLUX_ENABLED": "false"}
+           "GRIDWATCH_INFLUX_ENABLED": "false",
+           "GRIDWATCH_WORKER_WALL_CLOCK_ADVANCE_SLACK_S": "0"}  # order by the data alone, never by speed
     if settings is not None:
         from gridwatch.pipeline.camera_service import evidence_root
 

@@ -78,8 +78,9 @@ class WorkerSettings:
     # Event-time merge of grid events (agents/watermarks.py, agents/event_order.py): how often (wall
     # clock) the telemetry agent announces its partitions' watermarks, and after how long without
     # readings a partition is announced idle so it does not hold the incident agent back.
-    watermark_interval_s: float = 0.2
+    watermark_interval_s: float = 0.1
     upstream_idle_s: float = 1.0
+    wall_clock_advance_slack_s: float = 0.2  # 0 = off (replay workers)
     # The alerts agent forgets which (event, phase) it published once that is this much older (event
     # time) than the newest event of its partition.
     alert_dedupe_retention_s: float = 604800
@@ -279,6 +280,8 @@ def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | No
     for key in ("watermark_interval_s", "upstream_idle_s"):
         if not getattr(s.worker, key) > 0:
             raise SettingsError(f"worker.{key} must be > 0")
+    if s.worker.wall_clock_advance_slack_s < 0:
+        raise SettingsError("worker.wall_clock_advance_slack_s must be >= 0 (0 = off)")
     return s
 
 

@@ -95,16 +95,23 @@ def test_an_idle_upstream_does_not_hold_the_others_back_and_comes_back_with_its_
     buf.mark("readings:1", 50, idle=True)
     assert [p.item for p in buf.release(w)] == ["a"] and buf.clock() == 200
     buf.push("readings:0", 200, b"b", "b", w)
-    assert [p.item for p in buf.release(w)] == []  # strictly below the mark: more may come at 200
+    assert [p.item for p in buf.release(w)] == ["b"]  # its own upstream never holds an event back
     buf.mark("readings:1", 150)  # back, behind: holds the merge again
+    buf.push("readings:0", 210, b"c", "c", w)
     assert buf.merged() == 150 and [p.item for p in buf.release(w)] == []
+    buf.mark("readings:1", 210)  # at c's order ts, and "readings:1" sorts after "readings:0": ties come after c
+    assert [p.item for p in buf.release(w)] == ["c"]
+    buf.push("readings:1", 215, b"d", "d", w)
+    buf.mark("readings:0", 214)  # may still send something at 214 < 215
+    assert [p.item for p in buf.release(w)] == []
+    buf.mark("readings:0", 215)  # a tie at 215 from "readings:0" would sort before d: still held
+    assert [p.item for p in buf.release(w)] == []
     buf.mark("readings:0", 300, idle=True)
-    buf.mark("readings:1", 250)
-    assert [p.item for p in buf.release(w)] == ["b"]
+    assert [p.item for p in buf.release(w)] == ["d"]
     # every upstream idle: everything buffered goes, the clock is the highest mark
-    buf.push("readings:1", 260, b"c", "c", w)
+    buf.push("readings:1", 260, b"e", "e", w)
     buf.mark("readings:1", 260, idle=True)
-    assert [p.item for p in buf.release(w)] == ["c"] and buf.clock() == 300
+    assert [p.item for p in buf.release(w)] == ["e"] and buf.clock() == 300
 
 
 def test_a_late_input_is_not_buffered_and_is_counted():
@@ -127,24 +134,23 @@ def test_buffer_and_marks_survive_a_restart_through_the_table():
     buf.mark("readings:1", 5)
     for i, (u, t) in enumerate([("readings:0", 12), ("readings:1", 7), ("readings:0", 12), ("readings:1", 30)]):
         buf.push(u, t, f"e{i}".encode(), f"e{i}", out.writes)
-    assert [p.item for p in buf.release(out.writes)] == ["e1"]  # below min(12, 30)
+    # e3 (at 30) waits for readings:0 (at 12); the others are no longer preceded by anything to come
+    assert [p.item for p in buf.release(out.writes)] == ["e1", "e0", "e2"]
     buf.flush(out.writes)
     store.apply(out)
-    # e1 came and went in one batch: never written; the others wait in the table
-    assert sorted(k for k in store.data if k.startswith("q:3:")) == ["q:3:000000000000", "q:3:000000000002",
-                                                                     "q:3:000000000003"]
+    # e0..e2 came and went in one batch: never written; e3 waits in the table
+    assert sorted(k for k in store.data if k.startswith("q:3:")) == ["q:3:000000000003"]
     again = MergeBuffer(3, bytes.decode)
     again.restore(store.items())
     assert {n: (u.wm, u.idle) for n, u in again.upstreams.items()} == {"readings:0": (12, False),
                                                                         "readings:1": (30, False)}
-    assert again.seq == 4 and len(again) == 3 and again.frontier == 7
+    assert again.seq == 4 and len(again) == 1 and again.frontier == 12
     for b in (buf, again):
         b.mark("readings:0", 40)
-        b.mark("readings:1", 40)
     w1: dict = {}
     w2: dict = {}
-    assert [p.item for p in buf.release(w1)] == [p.item for p in again.release(w2)] == ["e0", "e2", "e3"]
-    assert w2 == {f"q:3:{i:012d}": (3, None) for i in (0, 2, 3)}  # released: deleted from the table
+    assert [p.item for p in buf.release(w1)] == [p.item for p in again.release(w2)] == ["e3"]
+    assert w2 == {"q:3:000000000003": (3, None)}  # released: deleted from the table
 
 
 def test_control_records_and_order_headers():
@@ -197,6 +203,27 @@ def test_sender_announces_assigned_moved_and_idle_marks_and_wakes_every_partitio
     assert s.begin(7, now=13.5) is True
     assert s.due(13.5) == Watermarks({"readings:2": UpstreamMark(160), "readings:5": UpstreamMark(0),
                                       "readings:7": UpstreamMark(700)})
+
+
+def test_live_marks_follow_the_wall_clock_between_inputs_and_never_in_a_replay():
+    live = WatermarkSender("readings", idle_s=1.0, advance_slack_s=0.2)
+    replay = WatermarkSender("readings", idle_s=1.0)
+    for s in (live, replay):
+        s.assigned(1, now=0.0)
+        s.due(0.0)
+        s.begin(1, now=10.0)
+        s.confirmed(1, 5_000, now=10.0)
+        assert s.due(10.0) == Watermarks({"readings:1": UpstreamMark(5_000)})
+    # 0.5 s without input: live announces its high mark + 0.3 s; the replay's mark moves with data only
+    assert live.due(10.5) == Watermarks({"readings:1": UpstreamMark(5_300)})
+    assert replay.due(10.5) is None
+    live.begin(1, now=10.6)  # a batch in progress: no wall-clock advance until it is confirmed
+    assert live.due(10.7) is None
+    live.confirmed(1, 5_100, now=10.7)  # a high mark below what was announced is not announced again
+    assert live.due(10.8) is None
+    assert live.due(11.0) is None  # 5,100 + 0.1 s: below the 5,300 already announced
+    assert live.due(11.3) == Watermarks({"readings:1": UpstreamMark(5_500)})  # 5,100 + 0.6 s - 0.2 s
+    assert live.due(11.8) == Watermarks({"readings:1": UpstreamMark(5_100, idle=True)})
 
 
 # -- the incident processor over the merge ------------------------------------------------------------
@@ -317,8 +344,9 @@ def test_a_restarted_processor_releases_what_was_buffered_before_the_crash():
     whole = feed(start + rest, proc, store)
     assert [c.change for c in whole] == ["created", "source_added"]
     proc, store = make()
-    assert feed(start, proc, store) == []  # both buffered (readings:1 was at T0)
-    assert sum(k.startswith("q:0:") for k in store.data) == 2 and "up:0" in store.data
+    # ea goes once readings:2 is past it; eb waits for readings:1 (at T0 + 5000) in the table
+    assert [c.change for c in feed(start, proc, store)] == ["created"]
+    assert sum(k.startswith("q:0:") for k in store.data) == 1 and "up:0" in store.data
     restarted = IncidentProcessor(load_incident_config(), CITY.gridmap, store)
-    assert [c.encode() for c in feed(rest, restarted, store)] == [c.encode() for c in whole]
+    assert [c.encode() for c in feed(rest, restarted, store)] == [c.encode() for c in whole[1:]]
     assert not any(k.startswith("q:0:") for k in store.data)
