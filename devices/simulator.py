@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from gridwatch.pipeline.mqtt_client import MAX_OUTSTANDING, check_queued
+
 from .registry import Device, Registry
 from .solar import NIGHT_ELEVATION_DEG, ambient_lux, solar_elevation_many
 
@@ -621,6 +623,14 @@ class Publisher:
             progress(stats)
         return stats
 
+    def _bound_outstanding(self, lock: threading.Lock, published: int) -> None:
+        """Wait while MAX_OUTSTANDING of the messages published so far still await their PUBACK."""
+        while not self._stop.is_set():
+            with lock:
+                if published - (self._acks - self._n_stats) < MAX_OUTSTANDING:
+                    return
+            time.sleep(0.005)
+
     def _loop(
         self, client: Any, stats: PublishStats, lock: threading.Lock, start_ts: float, speed: float,
         duration_s: float | None, rate: float | None, progress: Callable[[PublishStats], None] | None, tick_s: int,
@@ -665,8 +675,10 @@ class Publisher:
                     allowance -= n_read
             qos = self.qos
             sent_bytes = 0
-            for topic, payload in msgs:
-                client.publish(topic, payload, qos=qos)
+            for i, (topic, payload) in enumerate(msgs):
+                if qos:
+                    self._bound_outstanding(lock, stats.messages + i)
+                check_queued(client.publish(topic, payload, qos=qos))
                 sent_bytes += len(payload)
             with lock:
                 stats.readings += n_read

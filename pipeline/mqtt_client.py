@@ -11,6 +11,20 @@ from gridwatch.settings import Settings
 
 log = logging.getLogger("gridwatch.mqtt")
 
+# QoS 1/2 messages one client may have awaiting their PUBACK. paho numbers them with 16-bit ids and,
+# since 2.2, refuses a publish whose id is still outstanding (MQTT_ERR_QUEUE_SIZE): a publisher that
+# runs ahead of its acknowledgements by 65,535 messages would lose messages, so it waits below this.
+MAX_OUTSTANDING = 30_000
+
+
+def check_queued(info: mqtt.MQTTMessageInfo) -> mqtt.MQTTMessageInfo:
+    """Raise when paho did not take the message (a full id space); "not connected" is fine for QoS 1:
+    paho keeps the message and sends it after the reconnect."""
+    if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+        raise RuntimeError(f"paho refused a publish ({mqtt.error_string(info.rc)}): more than "
+                           f"{MAX_OUTSTANDING:,} messages await their PUBACK")
+    return info
+
 
 def make_client(
     settings: Settings,
