@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from gridwatch.pipeline.schemas.events import is_control
 from gridwatch.settings import Settings, with_prefix
+
+from .kafka_io import assign_from_start, fetch_highwaters
 
 PHASE_ORDER = {"new": 0, "update": 1, "end": 2}
 
@@ -177,12 +179,9 @@ async def read_topic_all(settings: Settings, topic: str, idle_s: float = 1.5, ti
     try:
         if topic not in await c.topics():  # also refreshes the metadata partitions_for_topic reads
             raise ValueError(f"topic {topic} does not exist (no such namespace on {settings.kafka_bootstrap()})")
-        parts = c.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        tps = await assign_from_start(c, topic)
         if not tps:
             return []
-        c.assign(tps)
-        await c.seek_to_beginning(*tps)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         last_new = loop.time()
@@ -253,13 +252,7 @@ async def high_watermarks(settings: Settings, topic: str, timeout: float = 30.0)
     try:
         if topic not in await c.topics():
             return {}
-        tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
-        c.assign(tps)
-        await c.seek_to_beginning(*tps)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while loop.time() < deadline and any(c.highwater(tp) is None for tp in tps):
-            await c.getmany(timeout_ms=200, max_records=1)
-        return {tp.partition: c.highwater(tp) or 0 for tp in tps}
+        tps = await assign_from_start(c, topic)
+        return {tp.partition: hw for tp, hw in (await fetch_highwaters(c, tps, timeout)).items()}
     finally:
         await c.stop()

@@ -20,10 +20,11 @@ import asyncio
 import logging
 import queue
 import threading
-import time
 from typing import Any
 
 from gridwatch.settings import Settings
+
+from .kafka_io import assign_from_start, fetch_highwaters
 
 log = logging.getLogger("gridwatch.record")
 
@@ -68,7 +69,7 @@ class FrameTap:
             self._thread.join(timeout)
 
     async def _main(self) -> None:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from aiokafka import AIOKafkaConsumer
 
         c = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap(), group_id=None,
                              enable_auto_commit=False, auto_offset_reset="earliest",
@@ -80,7 +81,7 @@ class FrameTap:
             self._ready.set()
             return
         try:
-            await self._run(c, TopicPartition)
+            await self._run(c)
         except BaseException as e:  # noqa: BLE001 - the recorder logs it; the MQTT part goes on
             self.error = e
             log.exception("frame tap on %s failed", self.topic)
@@ -88,27 +89,21 @@ class FrameTap:
             self._ready.set()
             await c.stop()
 
-    async def _run(self, c: Any, tp_cls: Any) -> None:
+    async def _run(self, c: Any) -> None:
         exists = self.topic in await c.topics()
         if exists:
-            tps = [tp_cls(self.topic, p) for p in sorted(c.partitions_for_topic(self.topic) or ())]
-            c.assign(tps)
-            await c.seek_to_beginning(*tps)
-            deadline = time.monotonic() + 20.0
-            while any(c.highwater(tp) is None for tp in tps) and time.monotonic() < deadline:
-                await c.getmany(timeout_ms=200, max_records=1)
-            for tp in tps:
-                c.seek(tp, c.highwater(tp) or 0)
+            tps = await assign_from_start(c, self.topic)
+            ends = await fetch_highwaters(c, tps, 20.0)
+            for tp, end in ends.items():
+                c.seek(tp, end)
             log.info("frame tap: recording %s from offsets %s", self.topic,
-                     {tp.partition: c.highwater(tp) for tp in tps})
+                     {tp.partition: end for tp, end in ends.items()})
         self._ready.set()
         while not exists and not self._stop.is_set():
             await asyncio.sleep(0.5)
             exists = self.topic in await c.topics()
             if exists:
-                tps = [tp_cls(self.topic, p) for p in sorted(c.partitions_for_topic(self.topic) or ())]
-                c.assign(tps)
-                await c.seek_to_beginning(*tps)
+                await assign_from_start(c, self.topic)
                 log.info("frame tap: %s appeared; recording it from the beginning", self.topic)
         if not exists:
             return

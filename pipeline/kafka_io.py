@@ -24,6 +24,29 @@ TOPIC_CONFIGS: dict[str, dict[str, str]] = {"frames": {"retention.ms": "3600000"
                                                        "max.message.bytes": "4194304"}}
 
 
+async def assign_from_start(consumer: Any, topic: str) -> list[Any]:
+    """Assign every partition of ``topic`` to a group-less consumer, positioned at the beginning
+    (none when the consumer's metadata knows no partitions of it)."""
+    from aiokafka import TopicPartition
+
+    tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+    if tps:
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+    return tps
+
+
+async def fetch_highwaters(consumer: Any, tps: list[Any], timeout: float) -> dict[Any, int]:
+    """Each assigned partition's high watermark as fetch responses report it (right on every broker; the
+    embedded broker's ListOffsets answer is not trusted, see kafka_compat). Polls one record at a
+    time, so the positions move: seek afterwards if they matter. 0 for a partition that never said."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline and any(consumer.highwater(tp) is None for tp in tps):
+        await consumer.getmany(timeout_ms=200, max_records=1)
+    return {tp: consumer.highwater(tp) or 0 for tp in tps}
+
+
 def partition_for(shard_key: str, partitions: int) -> int:
     """Stable partition of a device shard (a lamp circuit, or the device itself)."""
     return zlib.crc32(shard_key.encode()) % partitions
