@@ -601,8 +601,18 @@ def pack_frame(frame: Frame, quality: int = 80, extra: dict[str, Any] | None = N
     header = {"camera_id": frame.camera_id, "seq": frame.seq, "ts": frame.ts, "detect": frame.detect,
               "motion": round(frame.motion, 5), "reason": frame.reason, "width": frame.size[0],
               "height": frame.size[1], **(extra or {})}
+    return _pack(header, encode_jpeg(frame.image, quality))
+
+
+def _pack(header: dict[str, Any], jpeg: bytes) -> bytes:
     hb = json.dumps(header, separators=(",", ":")).encode()
-    return _MAGIC + struct.pack(">I", len(hb)) + hb + encode_jpeg(frame.image, quality)
+    return _MAGIC + struct.pack(">I", len(hb)) + hb + jpeg
+
+
+def with_header(data: bytes, header: dict[str, Any]) -> bytes:
+    """A packed frame with its JSON header replaced and its JPEG bytes untouched."""
+    (n,) = struct.unpack(">I", data[4:8])
+    return _pack(header, data[8 + n:])
 
 
 def unpack_frame(data: bytes) -> tuple[Frame, dict[str, Any]]:

@@ -116,14 +116,11 @@ def filter_devices(msg: RecordedMessage, devices: set[str]) -> RecordedMessage |
 def mark_replayed(value: bytes) -> bytes:
     """A recorded frame record with ``"replayed": true`` in its header (JPEG bytes untouched); any other
     record (a camera_status, something malformed the live agent dead-lettered) is returned as it is."""
-    from .schemas.frames import FRAME_MAGIC, peek_header
+    from .capture import with_header
+    from .schemas.frames import peek_header
 
     head = peek_header(value)
-    if head is None:
-        return value
-    n = int.from_bytes(value[4:8], "big")
-    hb = json.dumps({**head, "replayed": True}, separators=(",", ":")).encode()
-    return FRAME_MAGIC + len(hb).to_bytes(4, "big") + hb + value[8 + n:]
+    return value if head is None else with_header(value, {**head, "replayed": True})
 
 
 @dataclass
