@@ -117,6 +117,19 @@ def _wait_for(pred, timeout: float) -> bool:
     return False
 
 
+def _consume(cap: CameraCapture) -> tuple[queue.Queue[Frame], threading.Thread]:
+    """The capture's frames put on a queue by a daemon thread, as a consumer slower than the stream reads them."""
+    frames: queue.Queue[Frame] = queue.Queue()
+
+    def consume() -> None:
+        for f in cap.frames():
+            frames.put(f)
+
+    worker = threading.Thread(target=consume, daemon=True)
+    worker.start()
+    return frames, worker
+
+
 @pytest.fixture(scope="module")
 def gstreamer() -> None:
     reason = check_available()
@@ -128,17 +141,10 @@ def test_rtsp_capture_offline_and_back_online(gstreamer, vtest_path: Path) -> No
     port = _free_port()
     server = serve([vtest_path], port=port, names=["plaza"])
     statuses: list[CameraStatus] = []
-    frames: queue.Queue[Frame] = queue.Queue()
     cap = CameraCapture({"camera_id": "plaza", "source": server.url("plaza"), "detect_fps": 5,
                          "reconnect_initial_s": 0.25, "reconnect_max_s": 2.0, "open_timeout_s": 3,
                          "read_timeout_s": 3}, on_status=statuses.append)
-
-    def consume() -> None:
-        for f in cap.frames():
-            frames.put(f)
-
-    worker = threading.Thread(target=consume, daemon=True)
-    worker.start()
+    frames, worker = _consume(cap)
     try:
         first = frames.get(timeout=20)
         assert first.size == (768, 576) and first.camera_id == "plaza"
@@ -178,16 +184,9 @@ def test_rtsp_25fps_sampled_at_5fps_converts_only_what_it_needs(gstreamer, vtest
     come every 0.2 s, downscaled to max_width."""
     port = _free_port()
     server = serve([vtest_path], port=port, names=["plaza"], fps=25)
-    frames: queue.Queue[Frame] = queue.Queue()
     cap = CameraCapture({"camera_id": "plaza", "source": server.url("plaza"), "detect_fps": 5, "max_width": 320,
                          "open_timeout_s": 5, "read_timeout_s": 5})
-
-    def consume() -> None:
-        for f in cap.frames():
-            frames.put(f)
-
-    worker = threading.Thread(target=consume, daemon=True)
-    worker.start()
+    frames, worker = _consume(cap)
     try:
         first = frames.get(timeout=20)
         assert first.size == (320, 240)
