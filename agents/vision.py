@@ -98,6 +98,22 @@ def describe(ev: Any) -> str:
     return text
 
 
+def camera_rounds(recs: list[Any], max_batch: int) -> list[list[Any]]:
+    """Detector batches with at most one frame per camera (round k = each camera's k-th frame), each camera's
+    frames in order.  A frame's motion regions follow its camera's tracks, which the previous frame's
+    detections move: so every frame is planned after its camera's previous one was applied, and a replay
+    that batches differently (faster, slower) crops, detects and raises exactly the same."""
+    rounds: list[list[Any]] = []
+    seen: Counter = Counter()
+    for rec in recs:
+        k = seen[rec.frame.camera_id]
+        seen[rec.frame.camera_id] += 1
+        if k == len(rounds):
+            rounds.append([])
+        rounds[k].append(rec)
+    return [r[i:i + max_batch] for r in rounds for i in range(0, len(r), max_batch)]
+
+
 @dataclass
 class Outcome:
     """What one batch produced, for the event loop to send."""
@@ -131,6 +147,11 @@ class VisionProcessor:
         self._unknown: dict[str, float] = {}  # camera -> when its last unknown_camera dead letter went out
         self.saved_ts: dict[str, float | None] = {}  # camera -> frame time of its last checkpoint
         self._kept_ts: dict[Any, float] = {}  # camera -> frame time of the last frame not shed for lag
+        from gridwatch.models.regions import RegionConfig, RegionPlanner
+
+        regions = RegionConfig.from_dict(getattr(self.opts, "regions", None))
+        self._regions: Any = RegionPlanner(regions) if regions.enabled else None  # motion regions (see _planner)
+        self._regions_checked = False
 
     # -- set-up ------------------------------------------------------------------------------------
     def warm(self) -> None:
@@ -153,9 +174,25 @@ class VisionProcessor:
                 if self.plate_reader is None and self.opts.plates == "on":
                     log.warning("vision.plates is on but agentclpr is not installed: no plate reading")
 
+    def _planner(self) -> Any:
+        """Motion regions (models/regions.py) when ``vision.regions.enabled`` and the detector takes any
+        input size; else every frame runs whole."""
+        if not self._regions_checked and self.detector is not None:
+            self._regions_checked = True
+            if self._regions is not None and getattr(self.detector, "dynamic_input", False):
+                log.info("vision: motion regions on (whole frame at least every %.1f s per camera)",
+                         self._regions.cfg.full_frame_interval_s)
+            elif self._regions is not None:
+                log.info("vision: motion regions off: the detector's model has a fixed input size "
+                         "(detector.dynamic: true enables them)")
+                self._regions = None
+        return self._regions if self._regions_checked else None
+
     def forget_partitions(self, partitions: set[int]) -> None:
         gone = [cam for cam, p in self.partition_of.items() if p in partitions]
         for cam in gone:
+            if self._regions is not None:
+                self._regions.forget(cam)
             self.engines.pop(cam, None)
             self.partition_of.pop(cam, None)
             self.saved_ts.pop(cam, None)
@@ -181,6 +218,8 @@ class VisionProcessor:
         elif not engine.import_state(state):
             log.warning("vision: camera %s: scene state of another version (%s) ignored", cam, state.get("v"))
             return
+        elif isinstance(state.get("full_ts"), int | float) and self._regions is not None:
+            self._regions.full_ts[cam] = float(state["full_ts"])  # crops continue as the old worker chose them
         self.saved_ts[cam] = engine.last_ts
         self.stats["restored"] += 1
         log.info("vision: camera %s: scene state restored at frame time %s (%d open events)", cam,
@@ -191,7 +230,10 @@ class VisionProcessor:
         if engine.last_ts is None or cam not in self.partition_of:
             return
         if force or saved is None or engine.last_ts - saved >= CHECKPOINT_S:
-            out.writes[cam] = (self.partition_of[cam], engine.export_state())
+            state = engine.export_state()
+            if self._regions is not None and cam in self._regions.full_ts:
+                state["full_ts"] = self._regions.full_ts[cam]
+            out.writes[cam] = (self.partition_of[cam], state)
             self.saved_ts[cam] = engine.last_ts
             self.stats["checkpoints"] += 1
 
@@ -291,6 +333,8 @@ class VisionProcessor:
 
     def _close(self, cam: str, rec: Any, out: Outcome) -> None:
         engine = self.engines.pop(cam, None)
+        if self._regions is not None:
+            self._regions.forget(cam)
         if engine is None:
             return
         reason = "stream_ended" if rec.reason == "ended" else "camera_offline"
@@ -331,36 +375,51 @@ class VisionProcessor:
             return
         if self.detector is None:
             self.warm()
-        n = self.opts.max_batch
-        results: list[Any] = []
-        t0 = time.perf_counter()
-        for i in range(0, len(keep), n):
-            chunk = keep[i:i + n]
-            results.extend(self.detector.detect([r.frame.image for r in chunk]))
-            self.batch_sizes.append(len(chunk))
-        per_frame = (time.perf_counter() - t0) * 1000 / len(keep)
-        self.infer_ms.extend([per_frame] * len(keep))
         changed: dict[str, bool] = {}  # camera -> a new / end in this batch (checkpoint at once)
-        for rec, dets in zip(keep, results, strict=True):
-            f = rec.frame
-            engine = self._engine(f.camera_id)
-            try:
-                result = engine.update(dets, f.ts, f.size)
-            except Exception as e:  # noqa: BLE001 - a rule bug must not stop the agent
-                log.exception("vision: scene rules failed for camera %s", f.camera_id)
-                out.dead.append(("scene_error", f"{type(e).__name__}: {e}", "frames", b"", f.camera_id))
-                self.engines.pop(f.camera_id, None)
-                continue
-            for ev in result.events:
-                out.events.append(self._grid_event(ev, engine, f.image, result.tracks))
-            changed[f.camera_id] = changed.get(f.camera_id, False) or any(e.type != "update" for e in result.events)
-            self.stats["frames"] += 1
-            self.latency_s.append(self.clock() - f.ts)
+        detect_s = 0.0
+        for chunk in camera_rounds(keep, self.opts.max_batch):
+            t0 = time.perf_counter()
+            results = self._detect(chunk)
+            detect_s += time.perf_counter() - t0
+            self.batch_sizes.append(len(chunk))
+            for rec, dets in zip(chunk, results, strict=True):
+                self._apply(rec.frame, dets, out, changed)
+        self.infer_ms.extend([detect_s * 1000 / len(keep)] * len(keep))
         for cam, force in changed.items():
             engine = self.engines.get(cam)
             if engine is not None:
                 self._checkpoint(cam, engine, out, force)
         self.stats["detections_batches"] += 1
+
+    def _apply(self, f: Any, dets: list[Any], out: Outcome, changed: dict[str, bool]) -> None:
+        """One frame's detections through its camera's tracker and rules."""
+        engine = self._engine(f.camera_id)
+        try:
+            result = engine.update(dets, f.ts, f.size)
+        except Exception as e:  # noqa: BLE001 - a rule bug must not stop the agent
+            log.exception("vision: scene rules failed for camera %s", f.camera_id)
+            out.dead.append(("scene_error", f"{type(e).__name__}: {e}", "frames", b"", f.camera_id))
+            self.engines.pop(f.camera_id, None)
+            return
+        for ev in result.events:
+            out.events.append(self._grid_event(ev, engine, f.image, result.tracks))
+        changed[f.camera_id] = changed.get(f.camera_id, False) or any(e.type != "update" for e in result.events)
+        self.stats["frames"] += 1
+        self.latency_s.append(self.clock() - f.ts)
+
+    def _detect(self, recs: list[Any]) -> list[Any]:
+        """One batch through the detector: whole frames, or crops around motion and tracks."""
+        from gridwatch.models.regions import detect_frames
+
+        def tracks_at(cam: str, ts: float) -> list[Any]:
+            engine = self.engines.get(cam)
+            return engine.tracker.boxes_at(ts) if engine is not None else []
+
+        results, plans = detect_frames(self.detector, self._planner(), [r.frame for r in recs], tracks_at)
+        for plan in plans:
+            self.stats["whole_frames" if plan is None else "region_frames"] += 1
+            self.stats["crops"] += len(plan or ())
+        return results
 
     # -- scene event -> grid event -----------------------------------------------------------------
     def _snapshot(self, ev: Any, engine: Any, image: Any, tracks: list[Any]) -> str | None:

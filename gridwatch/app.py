@@ -16,7 +16,7 @@ from gridwatch.agents import alerts, incidents, influx_sink, telemetry, vision
 from gridwatch.agents.channels import agent as incident_channels
 from gridwatch.agents.runtime import AgentContext
 from gridwatch.pipeline.kafka_io import install_faust_seek_fix
-from gridwatch.settings import Settings
+from gridwatch.settings import STATE_DIR, Settings
 
 log = logging.getLogger("gridwatch.app")
 
@@ -68,10 +68,13 @@ def create_app(settings: Settings, *, city: Any = None, agents: str | tuple[str,
     gc.collect()
     gc.freeze()
     prefix = settings.kafka.topic_prefix
+    (STATE_DIR / "faust").mkdir(parents=True, exist_ok=True)
     app = faust.App(
         f"{settings.worker.app_id}-{prefix}",
         broker=f"kafka://{settings.kafka_bootstrap()}",
         store="memory://",
+        # Faust writes a small per-app folder even with memory tables; under the state dir, not cwd.
+        datadir=str(STATE_DIR / "faust" / "{conf.name}-data"),
         topic_partitions=settings.kafka.partitions,
         topic_replication_factor=settings.kafka.replication_factor,
         consumer_auto_offset_reset="earliest",

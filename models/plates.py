@@ -1,19 +1,20 @@
 """Optional Chinese licence-plate reading for vehicle events, with ``agentclpr`` (Apache-2.0: a plate
 detector and a CRNN plate recogniser, ONNX, CPU).
 
-Not a dependency of gridwatch.  Install it into the environment when wanted::
+Not a dependency of gridwatch (the set-up step ``./run`` installs it for the tests).  By hand::
 
-    pip install --no-deps agentclpr agentocr pyclipper wget pillow
+    pip install --no-deps agentclpr==1.1.0 agentocr==2.0.0 pyclipper wget pillow six
 
-(``agentocr`` imports ``wget`` and ``PIL`` at module level even though the plate path does not use them.)
+(``--no-deps``: agentclpr also asks for flask and gevent, for a demo server the plate path never imports;
+``agentocr`` imports ``wget`` and ``PIL`` at module level even though the plate path does not use them.)
 Without it :func:`create_plate_reader` returns ``None`` and callers skip plate reading.
 
     reader = create_plate_reader({"threads": 1})
     if reader and event.kind == "vehicle_parked":
         plate = reader.best(frame.image, event.box)     # PlateRead("京A12345", 0.97, polygon) or None
 
-Accuracy is the upstream model's; our footage has no readable Chinese plates, so gridwatch's tests only
-check the plumbing (no plate → nothing, plate reads map back to frame pixels).
+Accuracy is the upstream model's.  The tests check the plumbing (no plate → nothing, reads map back to frame
+pixels) and one real Chinese plate (litealpr's ``intro1.png``, see :mod:`gridwatch.models.footage`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import cv2
 import numpy as np
 
 log = logging.getLogger(__name__)
-REQUIRED = ("agentclpr", "agentocr", "pyclipper", "wget", "PIL")
+REQUIRED = ("agentclpr", "agentocr", "pyclipper", "wget", "PIL", "six", "shapely")
 _PAD = 24
 _lock = threading.Lock()
 
@@ -79,7 +80,9 @@ class PlateReader:
         with _lock:  # the patch is process-wide for the few milliseconds the sessions take to build
             ort.InferenceSession = limited
             try:
-                import agentocr  # noqa: F401  (on import it adds a stdout handler to the root logger, DEBUG)
+                with warnings.catch_warnings():  # it imports imghdr (deprecated in 3.11) for a path we never use
+                    warnings.filterwarnings("ignore", "'imghdr' is deprecated", DeprecationWarning)
+                    import agentocr  # noqa: F401  (on import it adds a stdout handler to the root logger, DEBUG)
 
                 root.handlers[:] = saved[0]
                 root.setLevel(saved[1])

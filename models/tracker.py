@@ -262,6 +262,15 @@ class Tracker:
         ts = self.last_ts or 0.0
         return [t.state(ts, self.config.max_velocity_dt_s) for t in self._tracks if t.confirmed]
 
+    def boxes_at(self, ts: float) -> list[Box]:
+        """Where every live track (confirmed or not) should be at ``ts``: what a detector that looks only
+        at parts of the frame (models/regions.py) must still cover."""
+        out = []
+        for t in self._tracks:
+            b = t.predict(ts, self.config.max_velocity_dt_s)
+            out.append((float(b[0]), float(b[1]), float(b[2]), float(b[3])))
+        return out
+
     def reset(self) -> None:
         self._tracks = []
         self.last_ts = None

@@ -70,6 +70,7 @@ class VisionOptions:
     plate_threads: int = 1
     plate_min_score: float = 0.5
     stats_interval_s: float = 5.0  # agent stats: log + MQTT <stats_prefix>/vision/<worker>
+    regions: dict[str, Any] = field(default_factory=dict)  # motion regions (models/regions.py RegionConfig)
 
 
 
@@ -152,7 +153,8 @@ def parse_camera_config(data: Any, where: str = "<cameras>") -> CameraConfig:
     unknown = set(data) - allowed
     if unknown:
         raise CameraConfigError(f"{where}: unknown section(s) {sorted(unknown)} (known: {sorted(allowed)})")
-    detector = data.get("detector") or {"type": "yolo_darknet_onnx", "variant": "int8", "threads": 2}
+    detector = data.get("detector") or {"type": "yolo_darknet_onnx", "variant": "int8", "dynamic": True,
+                                        "threads": 1, "batch_workers": 2}
     if not isinstance(detector, dict) or "type" not in detector:
         raise CameraConfigError(f"{where}: detector must be a mapping with a type (e.g. yolo_darknet_onnx)")
     try:
@@ -167,6 +169,12 @@ def parse_camera_config(data: Any, where: str = "<cameras>") -> CameraConfig:
     capture = _options(CaptureOptions, data.get("capture"), f"{where}:capture")
     if vision.max_batch < 1 or vision.batch_window_s < 0:
         raise CameraConfigError(f"{where}:vision: max_batch must be >= 1 and batch_window_s >= 0")
+    try:
+        from gridwatch.models.regions import RegionConfig
+
+        RegionConfig.from_dict(vision.regions)
+    except (ValueError, TypeError) as e:
+        raise CameraConfigError(f"{where}:vision.regions: {e}") from None
     if vision.plates not in ("auto", "on", "off"):
         raise CameraConfigError(f"{where}:vision.plates: auto, on or off, not {vision.plates!r}")
     if capture.offline_level not in LEVELS:

@@ -60,6 +60,9 @@ class Frame:
     detect: bool = True  # the motion gate's verdict
     motion: float = 1.0  # fraction of changed pixels against the previous sampled frame
     reason: str = "motion"  # first | motion | keyframe | still
+    # where it changed: (x1, y1, x2, y2) in 0..1 of the picture, largest first; None: not known (first
+    # frame, gate off, an older recording) — the detector then looks at the whole frame
+    motion_boxes: tuple[tuple[float, float, float, float], ...] | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -89,6 +92,7 @@ class MotionGateConfig:
     pixel_threshold: int = 20  # grey-level change that counts as a changed pixel
     min_changed: float = 0.002  # fraction of changed pixels that counts as motion
     keyframe_interval_s: float = 2.0  # detect at least this often without motion (0 = never)
+    max_boxes: int = 16  # motion boxes sent with a frame (the largest; the detector's crops cover them)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> MotionGateConfig:
@@ -151,6 +155,7 @@ class MotionGate:
         self._last_detect_ts: float | None = None
         self.checked = 0
         self.passed = 0
+        self.last_boxes: tuple[tuple[float, float, float, float], ...] | None = None
 
     def _small(self, image: np.ndarray) -> np.ndarray:
         cfg = self.config
@@ -171,11 +176,13 @@ class MotionGate:
         self.checked += 1
         grey = self._small(image)
         prev, self._prev = self._prev, grey
+        self.last_boxes = None
         if prev is None or prev.shape != grey.shape:
             changed, reason, detect = 1.0, "first", True
         else:
-            diff = cv2.absdiff(grey, prev)
-            changed = float(np.count_nonzero(diff > cfg.pixel_threshold)) / diff.size
+            mask = cv2.absdiff(grey, prev) > cfg.pixel_threshold
+            changed = float(np.count_nonzero(mask)) / mask.size
+            self.last_boxes = motion_boxes(mask, cfg.max_boxes)
             if not cfg.enabled or changed >= cfg.min_changed:
                 detect, reason = True, "motion"
             elif cfg.keyframe_interval_s > 0 and (self._last_detect_ts is None
@@ -195,6 +202,18 @@ class MotionGate:
     def reset(self) -> None:
         self._prev = None
         self._last_detect_ts = None
+
+
+def motion_boxes(mask: np.ndarray, max_boxes: int) -> tuple[tuple[float, float, float, float], ...]:
+    """Bounding boxes (0..1 of the picture, largest first) of the changed areas of the gate's small mask;
+    neighbouring changes (a walker's head and feet) join through a 5 px dilation."""
+    h, w = mask.shape
+    grown = cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8))
+    n, _, stats, _ = cv2.connectedComponentsWithStats(grown, connectivity=8)
+    order = sorted(range(1, n), key=lambda i: -int(stats[i, cv2.CC_STAT_AREA]))[:max_boxes]
+    return tuple((round(float(stats[i, 0]) / w, 4), round(float(stats[i, 1]) / h, 4),
+                  round(float(stats[i, 0] + stats[i, 2]) / w, 4), round(float(stats[i, 1] + stats[i, 3]) / h, 4))
+                 for i in order)
 
 
 # ------------------------------------------------------------------------------------------- sources
@@ -506,7 +525,7 @@ class CameraCapture:
 
     def _make(self, ts: float, image: np.ndarray) -> Frame:
         detect, changed, reason = self.gate.check(image, ts)
-        frame = Frame(self.config.camera_id, self._seq, ts, image, detect, changed, reason)
+        frame = Frame(self.config.camera_id, self._seq, ts, image, detect, changed, reason, self.gate.last_boxes)
         self._seq += 1
         self.sampled += 1
         self.detected += int(detect)
@@ -601,6 +620,8 @@ def pack_frame(frame: Frame, quality: int = 80, extra: dict[str, Any] | None = N
     header = {"camera_id": frame.camera_id, "seq": frame.seq, "ts": frame.ts, "detect": frame.detect,
               "motion": round(frame.motion, 5), "reason": frame.reason, "width": frame.size[0],
               "height": frame.size[1], **(extra or {})}
+    if frame.motion_boxes is not None:
+        header["motion_boxes"] = [list(b) for b in frame.motion_boxes]
     return _pack(header, encode_jpeg(frame.image, quality))
 
 
@@ -628,5 +649,20 @@ def unpack_frame(data: bytes) -> tuple[Frame, dict[str, Any]]:
         raise ValueError(f"bad frame header: {exc}") from exc
     image = decode_jpeg(data[8 + n:])
     frame = Frame(str(header["camera_id"]), int(header["seq"]), float(header["ts"]), image,
-                  bool(header.get("detect", True)), float(header.get("motion", 1.0)), str(header.get("reason", "")))
+                  bool(header.get("detect", True)), float(header.get("motion", 1.0)), str(header.get("reason", "")),
+                  _boxes(header.get("motion_boxes")))
     return frame, header
+
+
+def _boxes(raw: Any) -> tuple[tuple[float, float, float, float], ...] | None:
+    """``motion_boxes`` of a header; anything malformed counts as not known (the whole frame is searched)."""
+    if not isinstance(raw, list):
+        return None
+    out = []
+    for b in raw:
+        if not (isinstance(b, list) and len(b) == 4 and all(isinstance(v, int | float) for v in b)):
+            return None
+        x1, y1, x2, y2 = (min(1.0, max(0.0, float(v))) for v in b)
+        if x2 > x1 and y2 > y1:
+            out.append((x1, y1, x2, y2))
+    return tuple(out)

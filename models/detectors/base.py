@@ -63,7 +63,8 @@ class DetectorConfig:
     max_detections: int = 100  # per frame, after NMS
     class_filter: list[str] | None = None  # keep only these labels (None: all)
     min_box_area: float = 0.0  # in source pixels²
-    threads: int = 2  # onnxruntime intra-op threads
+    threads: int = 2  # onnxruntime intra-op threads (per batch shard when batch_workers > 1)
+    batch_workers: int = 1  # split each batch across this many threads sharing the model (sharding.py)
     inter_op_threads: int = 1
     allow_spinning: bool = False  # onnxruntime busy-waits between ops when True (bad on shared cores)
     providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
@@ -73,8 +74,8 @@ class DetectorConfig:
             raise ValueError("score_threshold must be in 0..1")
         if not 0.0 < self.nms_iou <= 1.0:
             raise ValueError("nms_iou must be in (0, 1]")
-        if self.threads < 1 or self.inter_op_threads < 1:
-            raise ValueError("threads must be >= 1")
+        if self.threads < 1 or self.inter_op_threads < 1 or self.batch_workers < 1:
+            raise ValueError("threads, inter_op_threads and batch_workers must be >= 1")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DetectorConfig:

@@ -68,4 +68,9 @@ def parse_detector_config(config: Mapping[str, Any] | DetectorConfig | None) -> 
 
 def create_detector(config: Mapping[str, Any] | DetectorConfig | None = None) -> DetectionApi:
     cfg = parse_detector_config(config)
-    return detector_types()[cfg.type](cfg)
+    detector = detector_types()[cfg.type](cfg)
+    if cfg.batch_workers > 1:
+        from gridwatch.models.detectors.sharding import ShardedDetector
+
+        return ShardedDetector(detector, cfg.batch_workers)
+    return detector

@@ -6,6 +6,9 @@ set-up step has not done it yet.  ``"variant": "int8"`` selects the statically q
 ``input_width`` / ``input_height`` (multiples of 32) select the same weights converted for that input:
 416×320 sees a 4:3 or 16:9 camera at the same scale as 416×416 (less letterbox padding) for ~75 % of the
 CPU time; 320×320 costs ~58 % but shrinks the picture and misses small, far people (see MODEL_CARD.md).
+``"dynamic": true`` selects the build with a symbolic input size (``yolov3-tiny-dyn[.int8].onnx``): a frame is
+scaled to fit ``input_width × input_height`` and padded only up to the next multiple of 32 (640×360 runs as
+416×256, not 416×416), and ``detect_scaled`` runs crops around motion at the frame's scale.
 The graph decodes its YOLO heads itself and emits the YOLOv5 layout, so this is the generic
 :class:`OnnxYoloDetector` with fixed pre/post-processing defaults (416×416 letterbox on grey, RGB 0..1,
 80 COCO classes, nested same-class boxes suppressed).
@@ -24,6 +27,7 @@ from gridwatch.models.detectors.onnx_yolo import OnnxYoloConfig, OnnxYoloDetecto
 class YoloDarknetOnnxConfig(OnnxYoloConfig):
     type: Literal["yolo_darknet_onnx"] = "yolo_darknet_onnx"  # type: ignore[assignment]
     variant: Literal["fp32", "int8"] = "fp32"
+    dynamic: bool = False  # the build with a symbolic input size (any multiple of 32; see the module doc)
     model_path: str | None = None  # None: the cached build (models/cache/yolov3-tiny[.int8].onnx)
     input_width: int | None = 416
     input_height: int | None = 416
@@ -56,6 +60,8 @@ class YoloDarknetOnnxDetector(OnnxYoloDetector):
             return str(self.config.model_path)
         from gridwatch.models.build import build
 
+        if self.config.dynamic:
+            return str(build(quiet=True, variant=self.config.variant, size="dynamic"))
         size = (int(self.config.input_width or 416), int(self.config.input_height or 416))
         return str(build(quiet=True, variant=self.config.variant, size=size))
 

@@ -37,6 +37,7 @@ from gridwatch.procs import Proc
 from gridwatch.stack import free_port
 from tests.harness import ARTIFACTS, Pipeline
 from tests.replay.runs import incident_keys, key_set, settings_for
+from tests.vision.conftest import SHIPPED_DETECTOR
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +53,7 @@ def camera_config(path: Path, url: str) -> Path:
     """The van bay (vehicle_parked with updates), a walkway line (line_crossing counts) and a plaza crowd:
     events whose every phase depends on each frame's detections and time."""
     path.write_text(yaml.safe_dump({
-        "detector": {"type": "yolo_darknet_onnx", "variant": "int8", "threads": 1},
+        "detector": SHIPPED_DETECTOR,  # dynamic input: motion regions on, as shipped
         "vision": {"max_batch": 4, "batch_window_s": 0.05, "stats_interval_s": 2, "max_lag_s": 0,
                    "plates": "off"},
         "capture": {"offline_after_s": 5.0, "jpeg_quality": 80},

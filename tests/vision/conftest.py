@@ -15,6 +15,8 @@ from gridwatch.models.build import build, calibration_images
 from gridwatch.models.detectors import DetectionApi, create_detector
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "vision"
+# the detector of the shipped cameras.yaml: int8, any input size (motion regions), batches over 2 shards
+SHIPPED_DETECTOR = {"type": "yolo_darknet_onnx", "variant": "int8", "dynamic": True, "threads": 1, "batch_workers": 2}
 
 
 @pytest.fixture(scope="session")

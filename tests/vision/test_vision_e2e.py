@@ -47,6 +47,7 @@ from gridwatch.pipeline.schemas.events import GridEvent, event_id
 from gridwatch.pipeline.schemas.frames import CameraStatusRecord, FrameRecord, decode, encode_frame
 from gridwatch.procs import Proc
 from tests.harness import ARTIFACTS, MqttWatcher, read_topic, wait_for
+from tests.vision.conftest import SHIPPED_DETECTOR
 
 CAM = "33010200001320000001"  # a camera of the sample city
 BAY = [[640, 60], [725, 60], [725, 110], [640, 110]]
@@ -291,7 +292,7 @@ def test_rtsp_to_mqtt_alert_offline_and_dead_letters(stack, gstreamer, vtest_pat
     evidence = tmp_path / "evidence"
     cameras = tmp_path / "cameras.yaml"
     cameras.write_text(yaml.safe_dump({
-        "detector": {"type": "yolo_darknet_onnx", "variant": "int8", "threads": 2},
+        "detector": SHIPPED_DETECTOR,  # dynamic input: motion regions on, as shipped
         "vision": {"max_batch": 4, "batch_window_s": 0.05, "stats_interval_s": 2},
         "capture": {"offline_after_s": 1.0, "jpeg_quality": 80},
         "cameras": {CAM: {

@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from gridwatch.models import plates
+from gridwatch.models import footage, plates
+from gridwatch.models.detectors import DetectionApi
 from gridwatch.models.scene_rules import SceneEvent
 from gridwatch.models.tracker import TrackState
 from gridwatch.models.zones import Zone
@@ -19,6 +20,12 @@ from gridwatch.pipeline.evidence import (
     safe_name,
     save_evidence,
 )
+
+# Province abbreviations that open a civil Chinese plate: the one character of our real plate nobody can read.
+PROVINCES = "京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋蒙陕吉闽贵粤青藏川宁琼"
+# litealpr's intro1.png is a 4×4 grid of photos between white gutters (x, y 0-29, 493-521, …, 1971-1999 px):
+# the top-left photo, by hand.
+SALOON_CELL = (30, 30, 493, 493)
 
 
 def _event(**kw) -> SceneEvent:
@@ -73,8 +80,8 @@ def plate_reader():
 
 
 def test_plate_reader_plumbing(plate_reader, darknet_images, caplog) -> None:
-    """Our footage has no readable Chinese plate (hand check: the pickup in dog.jpg shows no plate), so
-    the real model must report nothing there; a stubbed recogniser checks the mapping back to frame pixels."""
+    """dog.jpg has no plate in view (hand check: the pickup is seen from the side), so the real model must
+    report nothing there; a stubbed recogniser checks the mapping back to frame pixels."""
     img = cv2.imread(str(darknet_images["dog.jpg"]))
     with caplog.at_level(logging.INFO):
         assert plate_reader.read(img, (465, 74, 677, 172)) == []
@@ -93,3 +100,46 @@ def test_plate_reader_plumbing(plate_reader, darknet_images, caplog) -> None:
     assert best is not None and best.text == "京A12345"
     # crop origin (95, 192) minus the 24 px pad
     assert best.polygon[0] == (30 - 24 + 95, 40 - 24 + 192)
+
+
+@pytest.fixture(scope="module")
+def chinese_plate_picture() -> np.ndarray:
+    try:
+        path = footage.litealpr_plates_png()
+    except footage.FootageUnavailable as exc:
+        pytest.skip(str(exc))
+    img = cv2.imread(str(path))
+    assert img is not None and img.shape == (2000, 2000, 3)
+    return img
+
+
+def _inside(points: list[tuple[float, float]], box: tuple[float, float, float, float]) -> bool:
+    return all(box[0] <= x <= box[2] and box[1] <= y <= box[3] for x, y in points)
+
+
+def test_plate_reader_reads_a_real_chinese_plate(plate_reader, detector: DetectionApi,
+                                                  chinese_plate_picture: np.ndarray) -> None:
+    """A real photo nobody here made: the top-left cell of litealpr's intro1.png, a white Citroën saloon from
+    behind with a blue plate.  Hand check (image viewer, cell and plate at 4×): "?A·B6335" — A, B, 6, 3, 3, 5
+    are clear, the province character before them is a blur of a few pixels, so any province passes there
+    (the model says 皖, which no one can confirm from this picture).  The plate lies between the tail lights
+    at about x 178-298, y 318-365 of the figure."""
+    img = chinese_plate_picture
+    cell = [d for d in detector.detect_one(img) if d.label == "car"
+            and _inside([((d.box[0] + d.box[2]) / 2, (d.box[1] + d.box[3]) / 2)], SALOON_CELL)]
+    assert len(cell) == 1, cell  # yolov3-tiny: the saloon, box about (16, 35, 451, 441), score about 0.7
+    car = cell[0].box
+
+    reads = plate_reader.read(img, car)
+    assert len(reads) == 1, reads  # the plates of the neighbouring photos lie outside this car's box
+    plate = reads[0]
+    assert len(plate.text) == 7 and plate.text[0] in PROVINCES and plate.text[1:] == "AB6335", plate
+    assert plate.score >= plate_reader.min_score and len(plate.polygon) == 4
+    assert _inside(list(plate.polygon), car)  # frame pixels, inside the vehicle box
+    assert _inside(list(plate.polygon), (170, 305, 310, 380))  # on the plate found by hand
+
+    # read on the whole figure (no crop), the same plate lands on the same pixels: the crop origin is undone
+    whole = [r for r in plate_reader.read(img) if r.text == plate.text]
+    assert len(whole) == 1, whole
+    assert max(abs(a - b) for p, q in zip(whole[0].polygon, plate.polygon, strict=True)
+               for a, b in zip(p, q, strict=True)) <= 4

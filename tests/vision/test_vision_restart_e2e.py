@@ -22,6 +22,7 @@ from gridwatch.pipeline.rtsp_server import check_available, serve
 from gridwatch.procs import Proc
 from gridwatch.stack import free_port
 from tests.harness import ARTIFACTS, read_topic, wait_for
+from tests.vision.conftest import SHIPPED_DETECTOR
 
 CAM = "33010200001320000001"
 BAY = [[640, 60], [725, 60], [725, 110], [640, 110]]
@@ -37,7 +38,7 @@ def test_killed_worker_continues_the_open_vision_event(stack, vtest_path: Path, 
     port = free_port()
     cameras = tmp_path / "cameras.yaml"
     cameras.write_text(yaml.safe_dump({
-        "detector": {"type": "yolo_darknet_onnx", "variant": "int8", "threads": 1},
+        "detector": SHIPPED_DETECTOR,  # dynamic input: motion regions on, as shipped
         "vision": {"max_batch": 4, "batch_window_s": 0.05, "stats_interval_s": 2, "plates": "off"},
         "capture": {"offline_after_s": 1.0},
         "cameras": {CAM: {

@@ -1,0 +1,223 @@
+"""Motion regions: run the detector only where something moved or is being tracked, as Frigate does.
+
+A fixed city camera sees mostly still background; on vtest.avi (a busy plaza) the boxes that need looking
+at — the motion gate's changed areas and the tracker's current tracks, each with a margin — cover a median
+28 % of the picture.  Instead of the whole frame, the vision agent then runs the detector on a few crops
+around them, **at the whole frame's scale** (so a person is as many input pixels as in a full pass and
+the model's accuracy is unchanged), on a model whose input size may vary (``dynamic`` build).
+
+:func:`plan_crops` decides, per frame, between the whole frame and a set of crops:
+
+* every box grows by ``margin_px`` input pixels (a motion box misses a walker's still limbs, a track's
+  box lags a frame);
+* boxes are merged greedily while one crop around two groups costs fewer input pixels than two crops
+  (each crop pays ``region_overhead_px`` for its own session call and pre-/post-processing);
+* when the crops would cost more than ``max_share`` of the whole frame's input pixels, the whole frame
+  runs (a moving camera, a crowded scene: no saving, and no risk).
+
+:func:`merge_detections` maps each crop's detections back to frame pixels and suppresses the duplicates
+of an object seen by two overlapping crops.  The agent runs the whole frame anyway on the first frame of a
+camera, on a motion-gate keyframe and at least every ``full_frame_interval_s`` of event time, so an object
+that appeared without moving (or a track the crops lost) is found again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import cv2
+import numpy as np
+
+Box = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True, slots=True)
+class RegionConfig:
+    enabled: bool = True
+    margin_px: int = 24  # input pixels around each motion / track box
+    max_share: float = 0.7  # whole frame when the crops cost more than this share of its input pixels
+    region_overhead_px: int = 6144  # one more crop costs as much as this many input pixels
+    full_frame_interval_s: float = 2.0  # a whole frame per camera at least this often (event time)
+    stride: int = 32  # crop inputs are multiples of it (the model's largest stride)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> RegionConfig:
+        data = dict(data or {})
+        names = {f.name for f in fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown vision.regions option(s): {sorted(unknown)}; valid: {sorted(names)}")
+        cfg = cls(**data)
+        if not 0.0 < cfg.max_share <= 1.0 or cfg.margin_px < 0 or cfg.stride < 1:
+            raise ValueError("vision.regions: max_share in (0, 1], margin_px >= 0, stride >= 1")
+        return cfg
+
+
+@dataclass(frozen=True, slots=True)
+class Crop:
+    """A part of the detector's input canvas (the frame scaled and padded as for a whole-frame pass), in
+    canvas pixels, on the model's ``stride`` grid (x2, y2 exclusive)."""
+
+    x1: int
+    y1: int
+    x2: int
+    y2: int
+
+    @property
+    def width(self) -> int:
+        return self.x2 - self.x1
+
+    @property
+    def height(self) -> int:
+        return self.y2 - self.y1
+
+
+def _cost(b: tuple[int, int, int, int], cfg: RegionConfig) -> float:
+    """Input pixels of a crop of grid cells ``(x1, y1, x2, y2)``, plus the fixed cost of one more crop."""
+    return (b[2] - b[0]) * (b[3] - b[1]) * cfg.stride * cfg.stride + cfg.region_overhead_px
+
+
+def plan_crops(canvas: tuple[int, int], boxes: Iterable[Sequence[float]], cfg: RegionConfig) -> list[Crop] | None:
+    """Crops of a ``canvas`` (w, h: the whole-frame input, multiples of the stride) that cover ``boxes``
+    (canvas pixels); ``None`` when the whole canvas is the better (or the only safe) choice.
+
+    Works on the model's grid: each box (with its margin) marks the stride cells it touches, so a crop is
+    exactly cells of a whole-frame pass — the model sees the same pixels on the same grid (yolov3-tiny's
+    boxes move when the grid moves).  Touching marks form blobs; blobs are merged while one crop around
+    two costs fewer input pixels than two crops."""
+    w, h = canvas
+    st, m = cfg.stride, cfg.margin_px
+    grid = np.zeros((h // st, w // st), np.uint8)
+    for b in boxes:
+        x1, y1 = max(0, math.floor((b[0] - m) / st)), max(0, math.floor((b[1] - m) / st))
+        x2, y2 = min(grid.shape[1], math.ceil((b[2] + m) / st)), min(grid.shape[0], math.ceil((b[3] + m) / st))
+        if x2 > x1 and y2 > y1:
+            grid[y1:y2, x1:x2] = 1
+    marked = int(grid.sum())
+    if marked == 0 or marked * st * st > cfg.max_share * w * h:  # nothing to look at, or no saving possible
+        return None
+    n, _, stats, _ = cv2.connectedComponentsWithStats(grid, connectivity=4)
+    groups = [(int(x), int(y), int(x + bw), int(y + bh)) for x, y, bw, bh, _ in stats[1:n]]
+    costs = [_cost(g, cfg) for g in groups]
+    while len(groups) > 1:  # merge the pair that saves the most input pixels, while one does
+        best, pair = 0.0, None
+        for i in range(len(groups)):
+            a = groups[i]
+            for j in range(i + 1, len(groups)):
+                b = groups[j]
+                u = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+                saving = costs[i] + costs[j] - _cost(u, cfg)
+                if saving > best:
+                    best, pair = saving, (i, j, u)
+        if pair is None:
+            break
+        i, j, u = pair
+        groups[i], costs[i] = u, _cost(u, cfg)
+        del groups[j], costs[j]
+    if sum(costs) - cfg.region_overhead_px > cfg.max_share * w * h:
+        return None
+    return [Crop(g[0] * st, g[1] * st, g[2] * st, g[3] * st) for g in groups]
+
+
+def cut(image: np.ndarray, crop: Crop) -> np.ndarray:
+    return image[crop.y1:crop.y2, crop.x1:crop.x2]
+
+
+def merge_detections(per_crop: Sequence[Sequence[Any]], crops: Sequence[Crop], nms_iou: float,
+                     contain_threshold: float | None = None) -> list[Any]:
+    """Detections of each crop shifted by the crop's origin; where two crops overlap, an object found in
+    both is kept once (per-class NMS, best score first), the rule the detector applies inside one picture."""
+    from gridwatch.models.detectors.onnx_yolo import nms
+
+    dets = []
+    for found, c in zip(per_crop, crops, strict=True):
+        for d in found:
+            x1, y1, x2, y2 = d.box
+            dets.append(dataclasses.replace(d, box=(x1 + c.x1, y1 + c.y1, x2 + c.x1, y2 + c.y1)))
+    if len(crops) < 2 or len(dets) < 2:
+        return dets
+    boxes = np.array([d.box for d in dets], dtype=np.float32)
+    scores = np.array([d.score for d in dets], dtype=np.float32)
+    classes = np.array([d.class_id for d in dets], dtype=np.int64)
+    keep = nms(boxes, scores, nms_iou, classes, contain_threshold=contain_threshold)
+    return [dets[i] for i in sorted(int(k) for k in keep)]
+
+
+class RegionPlanner:
+    """Per camera, per frame: the whole frame or crops (state: when each camera last ran whole)."""
+
+    def __init__(self, cfg: RegionConfig) -> None:
+        self.cfg = cfg
+        self.full_ts: dict[str, float] = {}  # camera -> event time of its last whole-frame pass
+
+    def plan(self, camera: str, canvas: tuple[int, int], ts: float, reason: str,
+             boxes: Sequence[Sequence[float]] | None) -> list[Crop] | None:
+        """``boxes``: the gate's motion boxes and the tracker's boxes, in canvas pixels (None: motion not
+        known).  The whole frame on a camera's first frame, a keyframe (the gate saw no motion: look for
+        still objects), without motion boxes, and every ``full_frame_interval_s``."""
+        cfg, last = self.cfg, self.full_ts.get(camera)
+        crops = None
+        if (cfg.enabled and boxes is not None and reason == "motion" and last is not None
+                and 0 <= ts - last < cfg.full_frame_interval_s):
+            crops = plan_crops(canvas, boxes, cfg)
+        if crops is None:
+            self.full_ts[camera] = ts
+        return crops
+
+    def forget(self, camera: str) -> None:
+        self.full_ts.pop(camera, None)
+
+
+def detect_frames(detector: Any, planner: RegionPlanner | None, frames: Sequence[Any],
+                  tracks_at: Callable[[str, float], Iterable[Sequence[float]]]) -> tuple[list[list[Any]], list[list[Crop] | None]]:
+    """Detections for a batch of capture frames (``camera_id``, ``ts``, ``image``, ``reason``,
+    ``motion_boxes``) in frame pixels, and each frame's plan (None: searched whole).
+
+    Without a planner, or with a detector of fixed input size, every frame runs whole (``detect``).  Else
+    each frame is scaled and padded once, exactly as a whole-frame pass would be (``pad_to_stride``), the
+    planner picks crops of that canvas around the motion and the tracks (``tracks_at(camera, ts)``, frame
+    pixels), and every crop of every camera runs in one ``detect_scaled`` call at scale 1."""
+    from gridwatch.models.detectors.onnx_yolo import pad_to_stride
+
+    images = [f.image for f in frames]
+    if planner is None or not getattr(detector, "dynamic_input", False):
+        return detector.detect(images), [None] * len(frames)
+    cfg = detector.config
+    jobs: list[np.ndarray] = []
+    layout = []  # per frame: (letterbox info, plan, index of its first job)
+    for f in frames:
+        h, w = f.image.shape[:2]
+        canvas, info = pad_to_stride(f.image, detector.input_scale(w, h), cfg.stride, pad_value=cfg.pad_value)
+        boxes = None
+        if f.motion_boxes is not None:
+            sx, sy = info.scale_x, info.scale_y
+            boxes = [(b[0] * w * sx + info.pad_x, b[1] * h * sy + info.pad_y, b[2] * w * sx + info.pad_x,
+                      b[3] * h * sy + info.pad_y) for b in f.motion_boxes]
+            boxes += [(b[0] * sx + info.pad_x, b[1] * sy + info.pad_y, b[2] * sx + info.pad_x, b[3] * sy + info.pad_y)
+                      for b in tracks_at(f.camera_id, f.ts)]
+        plan = planner.plan(f.camera_id, (canvas.shape[1], canvas.shape[0]), f.ts, f.reason, boxes)
+        layout.append((info, plan, len(jobs)))
+        jobs.extend([canvas] if plan is None else [cut(canvas, c) for c in plan])
+    found = detector.detect_scaled(jobs, 1.0)
+    results = []
+    for info, plan, first in layout:
+        if plan is None:
+            dets = found[first]
+        else:
+            dets = merge_detections(found[first:first + len(plan)], plan, cfg.nms_iou,
+                                    getattr(cfg, "suppress_contained", None))
+        results.append(_to_frame(dets, info))
+    return results, [plan for _, plan, _ in layout]
+
+
+def _to_frame(dets: Sequence[Any], info: Any) -> list[Any]:
+    """Canvas pixels → frame pixels (the inverse of the scale and padding)."""
+    if not dets:
+        return []
+    boxes = info.to_source(np.array([d.box for d in dets], dtype=np.float32))
+    return [dataclasses.replace(d, box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])))
+            for d, b in zip(dets, boxes, strict=True)]
