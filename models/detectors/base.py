@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from gridwatch.options import check_keys
+
 
 @dataclass(frozen=True, slots=True)
 class Detection:
@@ -79,11 +81,7 @@ class DetectorConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DetectorConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"unknown detector option(s) for type {data.get('type')!r}: {sorted(unknown)}; "
-                             f"valid: {sorted(names)}")
+        check_keys(cls, data, "detector", f" for type {data.get('type')!r}")
         kwargs = dict(data)
         for f in dataclasses.fields(cls):
             if f.name in kwargs and isinstance(kwargs[f.name], tuple):

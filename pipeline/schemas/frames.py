@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -117,3 +118,18 @@ def decode(raw: bytes | None) -> FrameRecord | CameraStatusRecord:
     if raw[:1] == b"{":
         return CameraStatusRecord.from_dict(loads(raw))
     raise SchemaError("frames: neither a packed frame (GWF1) nor a JSON status record")
+
+
+def decode_all(raws: list[bytes | None], pool: Executor | None = None) -> list[FrameRecord | CameraStatusRecord | SchemaError]:
+    """:func:`decode` of each record, a :class:`SchemaError` returned in its place rather than raised; on
+    ``pool`` when given: JPEG decoding releases the GIL, so a batch decodes on several cores while the
+    consumer's one thread would otherwise do ~1 ms a frame alone."""
+    def one(raw: bytes | None) -> FrameRecord | CameraStatusRecord | SchemaError:
+        try:
+            return decode(raw)
+        except SchemaError as e:
+            return e
+
+    if pool is None or len(raws) < 2:
+        return [one(r) for r in raws]
+    return list(pool.map(one, raws))

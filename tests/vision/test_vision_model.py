@@ -233,41 +233,27 @@ def _random_weights(cfg_text: str, rng: np.random.Generator) -> bytes:
     return header + np.concatenate(out).astype("<f4").tobytes()
 
 
-def test_every_layer_kind_matches_opencv_on_a_random_network(tmp_path: Path) -> None:
+@pytest.mark.parametrize("dynamic, width", [(False, 64), (True, 96)])
+def test_every_layer_kind_matches_opencv_on_a_random_network(tmp_path: Path, dynamic: bool, width: int) -> None:
+    """The 64×64 cfg's graph against OpenCV's Darknet importer.  ``dynamic=True``: run at 96×64, it gives
+    OpenCV's numbers for a 96×64 cfg (the in-graph grid follows the run-time size, the stride stays the
+    downsampling factor)."""
     rng = np.random.default_rng(7)
     weights = _random_weights(TINY_CFG, rng)
-    (tmp_path / "tiny.cfg").write_text(TINY_CFG)
+    model = darknet.convert(TINY_CFG, weights, names=["a", "b"], dynamic=dynamic)
+    dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == (["batch", 3, "height", "width"] if dynamic else ["batch", 3, 64, 64])
+    (tmp_path / "tiny.cfg").write_text(TINY_CFG.replace("width=64", f"width={width}", 1))
     (tmp_path / "tiny.weights").write_bytes(weights)
-    model = darknet.convert(TINY_CFG, weights, names=["a", "b"])
     net = cv2.dnn.readNetFromDarknet(str(tmp_path / "tiny.cfg"), str(tmp_path / "tiny.weights"))
-    x = rng.uniform(0, 1, (1, 3, 64, 64)).astype(np.float32)
+    x = rng.uniform(0, 1, (1, 3, 64, width)).astype(np.float32)
     net.setInput(x)
     outs = net.forward(net.getUnconnectedOutLayersNames())
     ours = _session(model.SerializeToString()).run(None, {"images": x})[0][0]
-    # 64 → 32 → 16 → (size-2 stride-1 pool keeps) 16: the first head is 16×16, the second 32×32
-    assert ours.shape == (3 * 16 * 16 + 3 * 32 * 32, 7)
-    for mine, theirs in _opencv_rows(outs, ours, [(3, 16, 16), (3, 32, 32)], (64, 64)):
-        np.testing.assert_allclose(mine[:, :5], theirs[:, :5], atol=2e-4)
-
-
-def test_dynamic_input_matches_opencv_at_another_size(tmp_path: Path) -> None:
-    """``dynamic=True``: the 64×64 cfg's graph, run at 96×64, gives OpenCV's numbers for a 96×64 cfg (the
-    in-graph grid follows the run-time size, the stride stays the downsampling factor)."""
-    rng = np.random.default_rng(11)
-    weights = _random_weights(TINY_CFG, rng)
-    model = darknet.convert(TINY_CFG, weights, names=["a", "b"], dynamic=True)
-    assert [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == \
-        ["batch", 3, "height", "width"]
-    cfg = TINY_CFG.replace("width=64", "width=96", 1)
-    (tmp_path / "tiny.cfg").write_text(cfg)
-    (tmp_path / "tiny.weights").write_bytes(weights)
-    net = cv2.dnn.readNetFromDarknet(str(tmp_path / "tiny.cfg"), str(tmp_path / "tiny.weights"))
-    x = rng.uniform(0, 1, (1, 3, 64, 96)).astype(np.float32)
-    net.setInput(x)
-    outs = net.forward(net.getUnconnectedOutLayersNames())
-    ours = _session(model.SerializeToString()).run(None, {"images": x})[0][0]
-    assert ours.shape == (3 * 16 * 24 + 3 * 32 * 48, 7)
-    for mine, theirs in _opencv_rows(outs, ours, [(3, 16, 24), (3, 32, 48)], (96, 64)):
+    # 64 → 32 → 16 → (size-2 stride-1 pool keeps) 16: the first head is 16 rows high, the second 32
+    heads = [(3, 16, width // 4), (3, 32, width // 2)]
+    assert ours.shape == (sum(a * h * w for a, h, w in heads), 7)
+    for mine, theirs in _opencv_rows(outs, ours, heads, (width, 64)):
         np.testing.assert_allclose(mine[:, :5], theirs[:, :5], atol=2e-4, rtol=1e-4)  # random weights: big exp()
 
 
