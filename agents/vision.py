@@ -219,8 +219,8 @@ class VisionProcessor:
         elif not engine.import_state(state):
             log.warning("vision: camera %s: scene state of another version (%s) ignored", cam, state.get("v"))
             return
-        elif isinstance(state.get("full_ts"), int | float) and self._regions is not None:
-            self._regions.full_ts[cam] = float(state["full_ts"])  # crops continue as the old worker chose them
+        elif isinstance(state.get("regions"), dict) and self._regions is not None:
+            self._regions.restore(cam, state["regions"])  # crops continue as the old worker chose them
         self.saved_ts[cam] = engine.last_ts
         self.stats["restored"] += 1
         log.info("vision: camera %s: scene state restored at frame time %s (%d open events)", cam,
@@ -232,8 +232,8 @@ class VisionProcessor:
             return
         if force or saved is None or engine.last_ts - saved >= CHECKPOINT_S:
             state = engine.export_state()
-            if self._regions is not None and cam in self._regions.full_ts:
-                state["full_ts"] = self._regions.full_ts[cam]
+            if self._regions is not None:
+                state["regions"] = self._regions.export(cam)
             out.writes[cam] = (self.partition_of[cam], state)
             self.saved_ts[cam] = engine.last_ts
             self.stats["checkpoints"] += 1
@@ -383,17 +383,34 @@ class VisionProcessor:
         detect_s = 0.0
         for chunk in camera_rounds(keep, self.opts.max_batch):
             t0 = time.perf_counter()
-            results = self._detect(chunk)
+            try:
+                results: list[Any] = self._detect(chunk)
+            except Exception:  # noqa: BLE001 - isolate the culprit: earlier rounds are applied already
+                log.exception("vision: a detector batch failed; retrying its frames one by one")
+                results = [self._detect_one(rec, out) for rec in chunk]
             detect_s += time.perf_counter() - t0
             self.batch_sizes.append(len(chunk))
             for rec, dets in zip(chunk, results, strict=True):
-                self._apply(rec.frame, dets, out, changed)
+                if dets is not None:
+                    self._apply(rec.frame, dets, out, changed)
         self.infer_ms.extend([detect_s * 1000 / len(keep)] * len(keep))
         for cam, force in changed.items():
             engine = self.engines.get(cam)
             if engine is not None:
                 self._checkpoint(cam, engine, out, force)
         self.stats["detections_batches"] += 1
+
+    def _detect_one(self, rec: Any, out: Outcome) -> list[Any] | None:
+        """A frame of a failed batch on its own; None (and a dead letter with its header) if it fails too."""
+        from gridwatch.pipeline.schemas.codec import dumps
+
+        try:
+            return self._detect([rec])[0]
+        except Exception as e:  # noqa: BLE001 - parked with the reason, the agent goes on
+            log.exception("vision: detector failed on a frame of camera %s", rec.frame.camera_id)
+            out.dead.append(("vision_error", f"{type(e).__name__}: {e}", "frames", dumps(rec.header),
+                             rec.frame.camera_id))
+            return None
 
     def _apply(self, f: Any, dets: list[Any], out: Outcome, changed: dict[str, bool]) -> None:
         """One frame's detections through its camera's tracker and rules."""
@@ -404,6 +421,8 @@ class VisionProcessor:
             log.exception("vision: scene rules failed for camera %s", f.camera_id)
             out.dead.append(("scene_error", f"{type(e).__name__}: {e}", "frames", b"", f.camera_id))
             self.engines.pop(f.camera_id, None)
+            if self._regions is not None:
+                self._regions.forget(f.camera_id)  # a new engine starts with a whole frame
             return
         for ev in result.events:
             out.events.append(self._grid_event(ev, engine, f.image, result.tracks))

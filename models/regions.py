@@ -4,7 +4,8 @@ A fixed city camera sees mostly still background; on vtest.avi (a busy plaza) th
 at — the motion gate's changed areas and the tracker's current tracks, each with a margin — cover a median
 28 % of the picture.  Instead of the whole frame, the vision agent then runs the detector on a few crops
 around them, **at the whole frame's scale** (so a person is as many input pixels as in a full pass and
-the model's accuracy is unchanged), on a model whose input size may vary (``dynamic`` build).
+only the context beyond a crop's margin differs from a whole-frame pass), on a model whose input size may
+vary (``dynamic`` build).
 
 :func:`plan_crops` decides, per frame, between the whole frame and a set of crops:
 
@@ -44,13 +45,12 @@ class RegionConfig:
     max_share: float = 0.7  # whole frame when the crops cost more than this share of its input pixels
     region_overhead_px: int = 6144  # one more crop costs as much as this many input pixels
     full_frame_interval_s: float = 2.0  # a whole frame per camera at least this often (event time)
-    stride: int = 32  # crop inputs are multiples of it (the model's largest stride)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> RegionConfig:
         cfg = from_mapping(cls, data, "vision.regions")
-        if not 0.0 < cfg.max_share <= 1.0 or cfg.margin_px < 0 or cfg.stride < 1:
-            raise ValueError("vision.regions: max_share in (0, 1], margin_px >= 0, stride >= 1")
+        if not 0.0 < cfg.max_share <= 1.0 or cfg.margin_px < 0:
+            raise ValueError("vision.regions: max_share in (0, 1], margin_px >= 0")
         return cfg
 
 
@@ -73,21 +73,21 @@ class Crop:
         return self.y2 - self.y1
 
 
-def _cost(b: tuple[int, int, int, int], cfg: RegionConfig) -> float:
-    """Input pixels of a crop of grid cells ``(x1, y1, x2, y2)``, plus the fixed cost of one more crop."""
-    return (b[2] - b[0]) * (b[3] - b[1]) * cfg.stride * cfg.stride + cfg.region_overhead_px
-
-
-def plan_crops(canvas: tuple[int, int], boxes: Iterable[Sequence[float]], cfg: RegionConfig) -> list[Crop] | None:
-    """Crops of a ``canvas`` (w, h: the whole-frame input, multiples of the stride) that cover ``boxes``
-    (canvas pixels); ``None`` when the whole canvas is the better (or the only safe) choice.
+def plan_crops(canvas: tuple[int, int], boxes: Iterable[Sequence[float]], cfg: RegionConfig,
+               stride: int = 32) -> list[Crop] | None:
+    """Crops of a ``canvas`` (w, h: the whole-frame input, multiples of the detector's ``stride``) that
+    cover ``boxes`` (canvas pixels); ``None`` when the whole canvas is the better (or the only safe) choice.
 
     Works on the model's grid: each box (with its margin) marks the stride cells it touches, so a crop is
     exactly cells of a whole-frame pass — the model sees the same pixels on the same grid (yolov3-tiny's
     boxes move when the grid moves).  Touching marks form blobs; blobs are merged while one crop around
     two costs fewer input pixels than two crops."""
     w, h = canvas
-    st, m = cfg.stride, cfg.margin_px
+    st, m = stride, cfg.margin_px
+
+    def cost(b: tuple[int, int, int, int]) -> float:  # input pixels of a crop of cells, + one more call
+        return (b[2] - b[0]) * (b[3] - b[1]) * st * st + cfg.region_overhead_px
+
     grid = np.zeros((h // st, w // st), np.uint8)
     for b in boxes:
         x1, y1 = max(0, math.floor((b[0] - m) / st)), max(0, math.floor((b[1] - m) / st))
@@ -99,7 +99,7 @@ def plan_crops(canvas: tuple[int, int], boxes: Iterable[Sequence[float]], cfg: R
         return None
     n, _, stats, _ = cv2.connectedComponentsWithStats(grid, connectivity=4)
     groups = [(int(x), int(y), int(x + bw), int(y + bh)) for x, y, bw, bh, _ in stats[1:n]]
-    costs = [_cost(g, cfg) for g in groups]
+    costs = [cost(g) for g in groups]
     while len(groups) > 1:  # merge the pair that saves the most input pixels, while one does
         best, pair = 0.0, None
         for i in range(len(groups)):
@@ -107,13 +107,13 @@ def plan_crops(canvas: tuple[int, int], boxes: Iterable[Sequence[float]], cfg: R
             for j in range(i + 1, len(groups)):
                 b = groups[j]
                 u = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
-                saving = costs[i] + costs[j] - _cost(u, cfg)
+                saving = costs[i] + costs[j] - cost(u)
                 if saving > best:
                     best, pair = saving, (i, j, u)
         if pair is None:
             break
         i, j, u = pair
-        groups[i], costs[i] = u, _cost(u, cfg)
+        groups[i], costs[i] = u, cost(u)
         del groups[j], costs[j]
     if sum(costs) - cfg.region_overhead_px > cfg.max_share * w * h:
         return None
@@ -145,28 +145,45 @@ def merge_detections(per_crop: Sequence[Sequence[Any]], crops: Sequence[Crop], n
 
 
 class RegionPlanner:
-    """Per camera, per frame: the whole frame or crops (state: when each camera last ran whole)."""
+    """Per camera, per frame: the whole frame or crops.  State per camera: the event time of its last
+    whole-frame pass and the capture sequence number of its last analysed frame."""
 
     def __init__(self, cfg: RegionConfig) -> None:
         self.cfg = cfg
-        self.full_ts: dict[str, float] = {}  # camera -> event time of its last whole-frame pass
+        self.full_ts: dict[str, float] = {}
+        self.last_seq: dict[str, int] = {}
 
     def plan(self, camera: str, canvas: tuple[int, int], ts: float, reason: str,
-             boxes: Sequence[Sequence[float]] | None) -> list[Crop] | None:
+             boxes: Sequence[Sequence[float]] | None, seq: int | None = None, stride: int = 32) -> list[Crop] | None:
         """``boxes``: the gate's motion boxes and the tracker's boxes, in canvas pixels (None: motion not
         known).  The whole frame on a camera's first frame, a keyframe (the gate saw no motion: look for
-        still objects), without motion boxes, and every ``full_frame_interval_s``."""
+        still objects), without motion boxes, every ``full_frame_interval_s``, and after a gap in ``seq``
+        (frames shed for lag or skipped by the gate: the motion boxes only cover the last 1/detect_fps)."""
         cfg, last = self.cfg, self.full_ts.get(camera)
+        prev = self.last_seq.get(camera)
+        if seq is not None:
+            self.last_seq[camera] = seq
         crops = None
         if (cfg.enabled and boxes is not None and reason == "motion" and last is not None
-                and 0 <= ts - last < cfg.full_frame_interval_s):
-            crops = plan_crops(canvas, boxes, cfg)
+                and 0 <= ts - last < cfg.full_frame_interval_s and (seq is None or prev == seq - 1)):
+            crops = plan_crops(canvas, boxes, cfg, stride)
         if crops is None:
             self.full_ts[camera] = ts
         return crops
 
+    def export(self, camera: str) -> dict[str, Any]:
+        """The camera's planner state for its scene checkpoint (a restarted worker crops the same)."""
+        return {"full_ts": self.full_ts.get(camera), "seq": self.last_seq.get(camera)}
+
+    def restore(self, camera: str, state: Mapping[str, Any]) -> None:
+        if isinstance(state.get("full_ts"), int | float):
+            self.full_ts[camera] = float(state["full_ts"])
+        if isinstance(state.get("seq"), int):
+            self.last_seq[camera] = int(state["seq"])
+
     def forget(self, camera: str) -> None:
         self.full_ts.pop(camera, None)
+        self.last_seq.pop(camera, None)
 
 
 def detect_frames(detector: Any, planner: RegionPlanner | None, frames: Sequence[Any],
@@ -177,7 +194,7 @@ def detect_frames(detector: Any, planner: RegionPlanner | None, frames: Sequence
     Without a planner, or with a detector of fixed input size, every frame runs whole (``detect``).  Else
     each frame is scaled and padded once, exactly as a whole-frame pass would be (``pad_to_stride``), the
     planner picks crops of that canvas around the motion and the tracks (``tracks_at(camera, ts)``, frame
-    pixels), and every crop of every camera runs in one ``detect_scaled`` call at scale 1."""
+    pixels), and every crop of the batch's frames runs in one ``detect_scaled`` call at scale 1."""
     from gridwatch.models.detectors.onnx_yolo import pad_to_stride
 
     images = [f.image for f in frames]
@@ -196,10 +213,10 @@ def detect_frames(detector: Any, planner: RegionPlanner | None, frames: Sequence
                       b[3] * h * sy + info.pad_y) for b in f.motion_boxes]
             boxes += [(b[0] * sx + info.pad_x, b[1] * sy + info.pad_y, b[2] * sx + info.pad_x, b[3] * sy + info.pad_y)
                       for b in tracks_at(f.camera_id, f.ts)]
-        plan = planner.plan(f.camera_id, (canvas.shape[1], canvas.shape[0]), f.ts, f.reason, boxes)
+        plan = planner.plan(f.camera_id, (canvas.shape[1], canvas.shape[0]), f.ts, f.reason, boxes, f.seq, cfg.stride)
         layout.append((info, plan, len(jobs)))
         jobs.extend([canvas] if plan is None else [cut(canvas, c) for c in plan])
-    found = detector.detect_scaled(jobs, 1.0)
+    found = detector.detect_scaled(jobs, 1.0, clip=False)  # a crop's edge is not the object's: clip in _to_frame
     results = []
     for info, plan, first in layout:
         if plan is None:

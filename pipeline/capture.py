@@ -204,14 +204,20 @@ class MotionGate:
 
 def motion_boxes(mask: np.ndarray, max_boxes: int) -> tuple[tuple[float, float, float, float], ...]:
     """Bounding boxes (0..1 of the picture, largest first) of the changed areas of the gate's small mask;
-    neighbouring changes (a walker's head and feet) join through a 5 px dilation."""
+    neighbouring changes (a walker's head and feet) join through a 5 px dilation.  Beyond ``max_boxes``
+    areas, the last box is the union of the rest: the list always covers every change (the detector's
+    crops are planned from it)."""
     h, w = mask.shape
     grown = cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8))
     n, _, stats, _ = cv2.connectedComponentsWithStats(grown, connectivity=8)
-    order = sorted(range(1, n), key=lambda i: -int(stats[i, cv2.CC_STAT_AREA]))[:max_boxes]
-    return tuple((round(float(stats[i, 0]) / w, 4), round(float(stats[i, 1]) / h, 4),
-                  round(float(stats[i, 0] + stats[i, 2]) / w, 4), round(float(stats[i, 1] + stats[i, 3]) / h, 4))
-                 for i in order)
+    order = sorted(range(1, n), key=lambda i: -int(stats[i, cv2.CC_STAT_AREA]))
+    boxes = [(int(stats[i, 0]), int(stats[i, 1]), int(stats[i, 0] + stats[i, 2]), int(stats[i, 1] + stats[i, 3]))
+             for i in order]
+    if len(boxes) > max(1, max_boxes):
+        rest = boxes[max(1, max_boxes) - 1:]
+        boxes = boxes[:max(1, max_boxes) - 1] + [(min(b[0] for b in rest), min(b[1] for b in rest),
+                                                  max(b[2] for b in rest), max(b[3] for b in rest))]
+    return tuple((round(b[0] / w, 4), round(b[1] / h, 4), round(b[2] / w, 4), round(b[3] / h, 4)) for b in boxes)
 
 
 # ------------------------------------------------------------------------------------------- sources

@@ -98,12 +98,14 @@ class Letterbox:
     src_w: int
     src_h: int
 
-    def to_source(self, boxes: np.ndarray) -> np.ndarray:
+    def to_source(self, boxes: np.ndarray, clip: bool = True) -> np.ndarray:
+        """Input pixels → source pixels; ``clip=False`` for a crop, whose edges are not the object's."""
         out = boxes.astype(np.float32, copy=True)
         out[:, [0, 2]] = (out[:, [0, 2]] - self.pad_x) / self.scale_x
         out[:, [1, 3]] = (out[:, [1, 3]] - self.pad_y) / self.scale_y
-        out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, self.src_w)
-        out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, self.src_h)
+        if clip:
+            out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, self.src_w)
+            out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, self.src_h)
         return out
 
 
@@ -372,7 +374,7 @@ class OnnxYoloDetector(DetectionApi):
         return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
 
     def postprocess(self, output: np.ndarray, infos: list[Letterbox],
-                    input_size: tuple[int, int] | None = None) -> list[list[Detection]]:
+                    input_size: tuple[int, int] | None = None, clip: bool = True) -> list[list[Detection]]:
         """Raw output → detections in source pixels; ``input_size`` (w, h) when not the configured one."""
         cfg = self.config
         in_w, in_h = input_size or (self.input_width, self.input_height)
@@ -386,7 +388,7 @@ class OnnxYoloDetector(DetectionApi):
                 keep = nms(boxes, scores, cfg.nms_iou, None if cfg.class_agnostic_nms else class_ids,
                            contain_threshold=cfg.suppress_contained)
                 boxes, scores, class_ids = boxes[keep], scores[keep], class_ids[keep]
-            boxes = info.to_source(boxes) if len(boxes) else boxes
+            boxes = info.to_source(boxes, clip) if len(boxes) else boxes
             dets: list[Detection] = []
             for b, s, c in zip(boxes, scores, class_ids, strict=True):
                 label = self._labels[int(c)] if 0 <= int(c) < len(self._labels) else str(int(c))
@@ -409,17 +411,18 @@ class OnnxYoloDetector(DetectionApi):
         blob, infos = self.preprocess(frames)
         return self.postprocess(self.infer(blob), infos)
 
-    def detect_scaled(self, frames: list[np.ndarray], scale: float) -> list[list[Detection]]:
+    def detect_scaled(self, frames: list[np.ndarray], scale: float, clip: bool = True) -> list[list[Detection]]:
         """Detect in each frame (typically a crop) resized by exactly ``scale`` and padded up to a multiple
-        of ``stride``; boxes in the frame's own pixels.  Needs a dynamic-input model."""
+        of ``stride``; boxes in the frame's own pixels (``clip=False``: not cut at its edges, for a crop of
+        a larger picture).  Needs a dynamic-input model."""
         if not self._dynamic_input:
             raise ValueError(f"detect_scaled needs a model with a dynamic input size; {self.model_path} is fixed "
                              f"at {self.input_width}x{self.input_height} (yolo_darknet_onnx: set dynamic: true)")
         if not scale > 0:
             raise ValueError(f"scale must be > 0, not {scale!r}")
-        return self._detect_padded(frames, [float(scale)] * len(frames)) if frames else []
+        return self._detect_padded(frames, [float(scale)] * len(frames), clip) if frames else []
 
-    def _detect_padded(self, frames: list[np.ndarray], scales: list[float]) -> list[list[Detection]]:
+    def _detect_padded(self, frames: list[np.ndarray], scales: list[float], clip: bool = True) -> list[list[Detection]]:
         """Dynamic model: each frame resized by its scale and padded to the stride; one session call per
         distinct input shape, results in input order."""
         cfg = self.config
@@ -436,7 +439,7 @@ class OnnxYoloDetector(DetectionApi):
         results: list[list[Detection]] = [[] for _ in frames]
         for (w, h), idx in groups.items():
             out = self.infer(self._blob([boxed[i] for i in idx], w, h))
-            for i, dets in zip(idx, self.postprocess(out, [infos[i] for i in idx], (w, h)), strict=True):
+            for i, dets in zip(idx, self.postprocess(out, [infos[i] for i in idx], (w, h), clip), strict=True):
                 results[i] = dets
         return results
 

@@ -1,9 +1,10 @@
 """Split one batch across threads that share a detector: more frames/s per CPU than intra-op threads.
 
-On this machine kind (2 cores), yolov3-tiny int8 at 416×416 ran 83 frames/s as two 1-thread shards of a
-batch of 8 against 65 frames/s as one batch on 2 onnxruntime intra-op threads: each shard spends the
-1-thread CPU time per frame, none is lost to intra-op hand-offs between yolov3-tiny's many small layers.
-At 416×320: 110 against 99.  ``python -m gridwatch.bench vision`` measures both (``model.*.sharded``).
+On this machine kind (2 cores, quiet run of ``python -m gridwatch.bench vision``, ``model.*.sharded``), the
+whole ``detect()`` of a batch of 8 with yolov3-tiny int8 ran 93.7 frames/s at 416×416 as two one-thread
+shards against 84.7 on 2 onnxruntime intra-op threads (416×320: 118.7 against 104.8): each shard spends the
+one-thread CPU time per frame, none is lost to intra-op hand-offs between yolov3-tiny's many small layers.
+Not for fp32 (33.6 against 35.1: its big convolutions use two threads well).
 onnxruntime's ``InferenceSession.run`` is thread-safe, so the shards share the session and its weights.
 
 ``detector.batch_workers: 2`` turns it on (with ``threads: 1``); a batch of one frame runs as is.
@@ -46,11 +47,11 @@ class ShardedDetector(DetectionApi):
     def detect(self, frames: list[np.ndarray]) -> list[list[Detection]]:
         return self._sharded(self.inner.detect, frames)
 
-    def detect_scaled(self, frames: list[np.ndarray], scale: float) -> list[list[Detection]]:
+    def detect_scaled(self, frames: list[np.ndarray], scale: float, clip: bool = True) -> list[list[Detection]]:
         """Crops at a fixed scale (dynamic-input models only), sharded like :meth:`detect`."""
         if not hasattr(self.inner, "detect_scaled"):
             raise ValueError(f"{type(self.inner).__name__} has no detect_scaled (needs a dynamic-input model)")
-        return self._sharded(lambda part: self.inner.detect_scaled(part, scale), frames)
+        return self._sharded(lambda part: self.inner.detect_scaled(part, scale, clip), frames)
 
     def _sharded(self, fn: Callable[[list[np.ndarray]], list[list[Detection]]],
                  frames: list[np.ndarray]) -> list[list[Detection]]:

@@ -18,6 +18,7 @@ vehicle track inside the bay; then
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import struct
 import time
@@ -337,6 +338,9 @@ def test_rtsp_to_mqtt_alert_offline_and_dead_letters(stack, gstreamer, vtest_pat
         (ARTIFACTS / "vision" / "e2e_parked_snapshot.jpg").write_bytes(snap.read_bytes())
         latency = time.time() - parked["ts"] / 1000  # frame time -> the alert in our hands (upper bound)
         assert latency < 10, latency
+        # the shipped detector searched motion regions (the parked van, which never moves, was still found)
+        wait_for(lambda: any(int(n) > 0 for n in re.findall(r"'region_frames': (\d+)", worker.log())), 30,
+                 "vision stats with frames analysed in motion regions")
 
         # 2. malformed frame records: dead-lettered, the agent keeps going (steps 3-4 need it)
         _produce(stack.kafka_url, f"{prefix}.frames", [(CAM.encode(), b"not a frame"),

@@ -8,9 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
+from gridwatch.agents.vision import camera_rounds
 from gridwatch.models.detectors.base import Detection
 from gridwatch.models.regions import Crop, RegionConfig, RegionPlanner, merge_detections, plan_crops
-from gridwatch.pipeline.capture import Frame, MotionGate, pack_frame, unpack_frame
+from gridwatch.pipeline.capture import Frame, MotionGate, motion_boxes, pack_frame, unpack_frame, with_header
 
 W, H = 416, 320  # the detector's canvas for a 640×480 camera: scaled by 0.65, padded to the 32-px grid
 CFG = RegionConfig()
@@ -28,7 +29,7 @@ def test_two_far_apart_walkers_get_two_small_crops() -> None:
         assert any(_covers(c, box) for c in crops), (box, crops)
     for c in crops:  # on the model's grid, inside the canvas: the same cells as a whole-frame pass
         assert 0 <= c.x1 < c.x2 <= W and 0 <= c.y1 < c.y2 <= H
-        assert all(v % CFG.stride == 0 for v in (c.x1, c.y1, c.x2, c.y2))
+        assert all(v % 32 == 0 for v in (c.x1, c.y1, c.x2, c.y2))
     pixels = sum(c.width * c.height for c in crops)
     assert pixels < 0.35 * W * H  # the point: far less than the whole frame
 
@@ -77,6 +78,56 @@ def test_planner_runs_whole_frames_when_it_must() -> None:
     p.forget("c")
     assert p.plan("c", (W, H), 102.9, "motion", walker) is None  # a camera seen anew starts whole
     assert RegionPlanner(RegionConfig(enabled=False)).plan("d", (W, H), 1.0, "motion", walker) is None
+    # with capture sequence numbers: a gap (frames shed for lag) means motion the boxes do not cover
+    q = RegionPlanner(RegionConfig())
+    assert q.plan("e", (W, H), 10.0, "first", None, seq=0) is None
+    assert q.plan("e", (W, H), 10.2, "motion", walker, seq=1) is not None
+    assert q.plan("e", (W, H), 11.2, "motion", walker, seq=6) is None  # seq 2..5 never analysed
+    assert q.plan("e", (W, H), 11.4, "motion", walker, seq=7) is not None
+    state = q.export("e")
+    r = RegionPlanner(RegionConfig())
+    r.restore("e", state)  # a restarted worker continues the same choices
+    assert r.plan("e", (W, H), 11.6, "motion", walker, seq=8) == q.plan("e", (W, H), 11.6, "motion", walker, seq=8)
+    assert r.full_ts == q.full_ts and r.last_seq == q.last_seq
+
+
+def test_gate_boxes_beyond_the_limit_are_kept_as_one() -> None:
+    """More changed areas than ``max_boxes``: the rest joins into one last box, so no change goes uncovered."""
+    mask = np.zeros((120, 160), bool)
+    for i in range(6):
+        mask[10 + 18 * i:14 + 18 * i, 10 + 24 * i:14 + 24 * i] = True  # six separate specks
+    boxes = motion_boxes(mask, 3)
+    assert len(boxes) == 3
+    for i in range(6):  # every speck lies in some box
+        x, y = (12 + 24 * i) / 160, (12 + 18 * i) / 120
+        assert any(b[0] <= x <= b[2] and b[1] <= y <= b[3] for b in boxes), i
+    assert len(motion_boxes(mask, 16)) == 6
+
+
+def test_detector_rounds_keep_each_camera_in_order_and_once_per_batch() -> None:
+    class F:
+        def __init__(self, cam: str, i: int) -> None:
+            self.camera_id, self.i = cam, i
+
+    class R:
+        def __init__(self, cam: str, i: int) -> None:
+            self.frame = F(cam, i)
+
+    recs = [R("a", 1), R("a", 2), R("b", 1), R("a", 3), R("c", 1), R("b", 2)]
+    rounds = camera_rounds(recs, max_batch=2)
+    assert [[(r.frame.camera_id, r.frame.i) for r in chunk] for chunk in rounds] == [
+        [("a", 1), ("b", 1)], [("c", 1)], [("a", 2), ("b", 2)], [("a", 3)]]
+
+
+def test_malformed_motion_boxes_mean_unknown() -> None:
+    img = np.zeros((48, 64, 3), np.uint8)
+    for bad in ("x", [[0.1, 0.2, 0.3]], [[0.1, "a", 0.3, 0.4]], [None], {"a": 1}):
+        data = with_header(pack_frame(Frame("cam", 1, 1.0, img)), {"camera_id": "cam", "seq": 1, "ts": 1.0,
+                                                                     "motion_boxes": bad})
+        assert unpack_frame(data)[0].motion_boxes is None, bad
+    ok = with_header(pack_frame(Frame("cam", 1, 1.0, img)), {"camera_id": "cam", "seq": 1, "ts": 1.0,
+                                                              "motion_boxes": [[-1, 0.2, 2, 0.5], [0.5, 0.5, 0.5, 0.6]]})
+    assert unpack_frame(ok)[0].motion_boxes == ((0.0, 0.2, 1.0, 0.5),)  # clamped; the empty one dropped
 
 
 def test_region_config_errors_name_the_option() -> None:
