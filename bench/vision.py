@@ -14,6 +14,9 @@ camera on a moving cable car), frames downscaled to ``max_width`` 640 as the shi
 * **stages**   per frame: decode (per source frame), downscale to ``max_width``, motion gate, JPEG encode +
                decode (the Kafka hop), pre-/post-processing, tracker + zones + rules;
 * **gate**     motion-gate skip ratio per clip (fraction of sampled frames that skip inference);
+* **regions**  motion regions against whole frames per clip (250 frames at 5 fps, one thread, the dynamic
+               model): frames cropped, input pixels, CPU ms per frame, and the share of the whole-frame
+               pass's people and vehicles (score ≥ 0.4) that the regions pass also found;
 * **capacity** cameras at 5 fps = CPU budget (cores × 85 %) / CPU cost of one camera per second, from the
                measured numbers above, per clip and model variant (and Frigate's detector-only figure
                1000 / inference ms);
@@ -242,6 +245,50 @@ def bench_clip(name: str, path: Path, detector, quick: bool) -> dict[str, Any]:
         "jpeg_unpack_ms": round(dec_ms / len(packed), 3), "track_rules_ms": round(track_ms / len(dets), 3),
         "people_per_frame": round(float(np.mean([sum(d.label == "person" for d in ds) for ds in dets])), 2),
     }
+
+
+def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - iw * ih
+    return iw * ih / union if union > 0 else 0.0
+
+
+def bench_regions(path: Path, variant: str, n: int = 250) -> dict[str, Any]:
+    """Motion regions against whole frames on one clip (5 fps, one thread, the same dynamic model): share of
+    frames cropped, input pixels, CPU ms per frame, and how many of the whole-frame pass's people and
+    vehicles (score ≥ 0.4) the regions pass also found (same label, IoU > 0.5)."""
+    det = create_detector(detector_config(variant, DEFAULT_SIZE, threads=1, dynamic=True))
+    cap = CameraCapture({"camera_id": "c", "source": str(path), "detect_fps": DETECT_FPS, "start_ts": 0.0,
+                         "max_width": CAPTURE_MAX_WIDTH})
+    frames = list(cap.frames())[:n]
+    engine = SceneEngine.from_config("c", {})
+    planner = RegionPlanner(RegionConfig())
+    whole_s = regions_s = 0.0
+    cropped = pixels = found = missed = 0
+    for f in frames:
+        c0 = time.process_time()
+        ref = det.detect([f.image])[0]
+        c1 = time.process_time()
+        (got,), (plan,) = detect_frames(det, planner, [f], lambda _c, ts: engine.tracker.boxes_at(ts))
+        regions_s += time.process_time() - c1
+        whole_s += c1 - c0
+        engine.update(got, f.ts, f.size)
+        w, h = f.size
+        s = det.input_scale(w, h)
+        canvas = (-(-round(w * s) // 32) * 32) * (-(-round(h * s) // 32) * 32)
+        cropped += plan is not None
+        pixels += sum(c.width * c.height for c in plan) / canvas if plan else 1.0
+        for r in ref:
+            if r.score >= 0.4 and r.label in ("person", "car", "truck", "bus", "bicycle", "motorcycle"):
+                hit = any(g.label == r.label and _iou(g.box, r.box) > 0.5 for g in got)
+                found += hit
+                missed += not hit
+    det.close()
+    k = max(1, len(frames))
+    return {"frames": len(frames), "cropped_share": round(cropped / k, 3), "input_pixels_share": round(pixels / k, 3),
+            "cpu_ms_per_frame_whole": round(whole_s * 1000 / k, 2), "cpu_ms_per_frame_regions": round(regions_s * 1000 / k, 2),
+            "recall_vs_whole": round(found / max(1, found + missed), 4), "objects_whole": found + missed}
 
 
 def capacity(clip: dict[str, Any], model: dict[str, Any], n_cores: int) -> dict[str, Any]:
@@ -590,10 +637,11 @@ def run(out_json_path: str | Path | None = DEFAULT_OUT, *, seconds: float = 20.0
     result["clips"]["vtest_plaza"] = bench_clip("vtest_plaza", vtest, det, quick)
     result["clips"]["market_street_1906"] = bench_clip("market_street_1906", market, det, quick)
     det.close()
+    fastest = variants[-1]
+    result["regions"] = {"vtest_plaza": bench_regions(vtest, fastest), "market_street_1906": bench_regions(market, fastest)}
     for key, mod in result["model"].items():
         result["capacity"][key] = {c: capacity(clip, mod, n_cores) for c, clip in result["clips"].items()}
     live_seconds = min(seconds, 8.0) if quick else seconds
-    fastest = variants[-1]
     runs = [(v, sizes[0], result["capacity"][model_key(v, sizes[0])]["vtest_plaza"]["cameras_at_5fps"], False)
             for v in variants]  # each variant at its estimated capacity (the issue's input size), whole frames
     runs += [(fastest, size, 16, False) for size in sizes]  # the issue's target: 16 cameras, whole frames
@@ -642,6 +690,11 @@ def print_table(r: dict[str, Any]) -> None:
         print(f"  {name:<20} {c['decode_cpu_ms_per_source_frame']:>13.2f}  {c.get('downscale_ms', 0):>8.2f}  "
               f"{c['gate_ms']:>7.2f}  "
               f"{c['gate_skip_ratio']:>9.1%}  {c['jpeg_pack_ms'] + c['jpeg_unpack_ms']:>19.2f}  {c['track_rules_ms']:>14.2f}")
+    for name, g in r.get("regions", {}).items():
+        print(f"\nmotion regions, {name} ({g['frames']} frames, 1 thread): {g['cropped_share']:.0%} of frames cropped, "
+              f"{g['input_pixels_share']:.0%} of the input pixels, {g['cpu_ms_per_frame_regions']} ms a frame against "
+              f"{g['cpu_ms_per_frame_whole']} ms whole; found {g['recall_vs_whole']:.1%} of the whole pass's "
+              f"{g['objects_whole']} people and vehicles")
     print(f"\ncameras at {r['detect_fps']:.0f} fps ({r['target_utilisation']:.0%} of {m['cores']} cores)"
           "   CPU ms/camera/s  (decode/scale+gate+jpeg/inference/rest)  cameras  (decode elsewhere)")
     for v, caps in r["capacity"].items():
