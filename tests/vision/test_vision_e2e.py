@@ -18,6 +18,7 @@ vehicle track inside the bay; then
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import socket
 import struct
@@ -173,8 +174,12 @@ def test_processor_failure_parks_only_the_culprit(city) -> None:
     items = [(0, "p.frames", CAM.encode(), encode_frame(Frame(CAM, i, 1.7e9 + i * 0.2,
                                                              np.full((576, 768, 3), 1 if i == 2 else 90, np.uint8))))
              for i in range(8)]
-    with pytest.raises(RuntimeError):
-        proc.process(items)
+    # the batch with the bad frame fails; its frames are retried one by one, earlier frames keep their events
+    out = proc.process(items)
+    assert [d[0] for d in out.dead] == ["vision_error"] and "model blew up" in out.dead[0][1]
+    assert json.loads(out.dead[0][3])["seq"] == 2  # the culprit's header is parked, not the others
+    assert [e.phase for e in out.events] == ["new"] and proc.stats["frames"] == 7
+    # the agent's fallback when process() itself raises (one record at a time) parks the same
     proc = VisionProcessor(cfg, proc.sites, MemoryEvidenceStore(), detector=Flaky())
     out = proc.process_each(items)
     assert [d[0] for d in out.dead] == ["vision_error"] and "model blew up" in out.dead[0][1]
