@@ -69,6 +69,7 @@ from gridwatch.models.build import (
     size_name,
 )
 from gridwatch.models.detectors import create_detector
+from gridwatch.models.detectors.onnx_yolo import stride_size
 from gridwatch.models.regions import RegionConfig, RegionPlanner, detect_frames
 from gridwatch.models.scene_rules import SceneEngine
 from gridwatch.pipeline.capture import CameraCapture, MotionGate, downscale, pack_frame, unpack_frame
@@ -274,9 +275,8 @@ def bench_regions(path: Path, variant: str, n: int = 250) -> dict[str, Any]:
         regions_s += time.process_time() - c1
         whole_s += c1 - c0
         engine.update(got, f.ts, f.size)
-        w, h = f.size
-        s = det.input_scale(w, h)
-        canvas = (-(-round(w * s) // 32) * 32) * (-(-round(h * s) // 32) * 32)
+        cw, ch, _, _ = stride_size(*f.size, det.input_scale(*f.size), det.config.stride)
+        canvas = cw * ch
         cropped += plan is not None
         pixels += sum(c.width * c.height for c in plan) / canvas if plan else 1.0
         for r in ref:

@@ -207,12 +207,9 @@ def detect_frames(detector: Any, planner: RegionPlanner | None, frames: Sequence
         h, w = f.image.shape[:2]
         canvas, info = pad_to_stride(f.image, detector.input_scale(w, h), cfg.stride, pad_value=cfg.pad_value)
         boxes = None
-        if f.motion_boxes is not None:
-            sx, sy = info.scale_x, info.scale_y
-            boxes = [(b[0] * w * sx + info.pad_x, b[1] * h * sy + info.pad_y, b[2] * w * sx + info.pad_x,
-                      b[3] * h * sy + info.pad_y) for b in f.motion_boxes]
-            boxes += [(b[0] * sx + info.pad_x, b[1] * sy + info.pad_y, b[2] * sx + info.pad_x, b[3] * sy + info.pad_y)
-                      for b in tracks_at(f.camera_id, f.ts)]
+        if f.motion_boxes is not None:  # the gate's boxes (0..1) and the tracks (frame pixels), on the canvas
+            frame_px = [(b[0] * w, b[1] * h, b[2] * w, b[3] * h) for b in f.motion_boxes]
+            boxes = info.to_input(frame_px + [tuple(b) for b in tracks_at(f.camera_id, f.ts)]).tolist()
         plan = planner.plan(f.camera_id, (canvas.shape[1], canvas.shape[0]), f.ts, f.reason, boxes, f.seq, cfg.stride)
         layout.append((info, plan, len(jobs)))
         jobs.extend([canvas] if plan is None else [cut(canvas, c) for c in plan])
