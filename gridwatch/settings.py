@@ -66,6 +66,15 @@ class BridgeSettings:
     max_payload_bytes: int = 262144
     max_future_skew_s: int = 600
     stats_interval_s: float = 1.0
+    max_record_bytes: int = 0  # a Kafka record's value at most (0 = the topic's max.message.bytes, else 1 MB)
+    deadletter_payload_bytes: int = 65536  # head of a bad payload kept in its dead letter
+    deadletter_rate_per_s: float = 1.0  # dead letters per sender (device / gateway id), token bucket
+    deadletter_burst: int = 20
+    deadletter_total_rate_per_s: float = 100.0  # ... and for all senders together
+    deadletter_total_burst: int = 1000
+    deadletter_alarm_share: float = 0.5  # log an error when more than this share of messages is dead-lettered
+    drain_s: float = 5.0  # on SIGTERM/SIGINT: wait this long for Kafka to confirm, then stop without acking
+    qos0_queue_max: int = 20000  # QoS 0 messages waiting for Kafka at most (more are dropped and counted)
 
 
 @dataclass
