@@ -67,33 +67,47 @@ def mosquitto_binary() -> str:
 
 @dataclass
 class MqttSecurity:
-    """Switch the embedded Mosquitto to authenticated (and optionally TLS) mode."""
+    """Switch the embedded Mosquitto to authenticated (and optionally TLS) mode.
+
+    Devices connect on the main (and TLS) listener, where the client id is the username; the pipeline's
+    services may connect on a listener of their own (``services_passwd``: service accounts only) with
+    client ids of their choice.
+    """
 
     passwd: Path
     acl: Path
     tls: dict[str, Path] | None = None  # {"ca", "cert", "key"} -> an extra TLS listener
     tls_port: int = 0
+    services_passwd: Path | None = None  # -> a services listener on services_port
+    services_port: int = 0
 
 
-def mosquitto_config(port: int, data_dir: Path, extra: str = "", security: MqttSecurity | None = None) -> str:
+# Per persistent session (the bridge's above all): how much Mosquitto queues while the client is away.
+# Beyond it Mosquitto drops new messages for that session (counted in its log), instead of growing until
+# the host runs out of memory. 1,000,000 messages / 512 MiB hold ~8 minutes of the 100k-device city's
+# telemetry (~2,000 messages/s) while a bridge restarts. QoS 0 messages are not queued for offline clients.
+MAX_QUEUED_MESSAGES = 1_000_000
+MAX_QUEUED_BYTES = 512 * 1024 * 1024
+
+
+def mosquitto_config(port: int, data_dir: Path, extra: str = "", security: MqttSecurity | None = None, *,
+                     max_queued_messages: int = MAX_QUEUED_MESSAGES, max_queued_bytes: int = MAX_QUEUED_BYTES) -> str:
     """Mosquitto config tuned for a bridge that acknowledges only after Kafka confirmed.
 
     max_inflight_messages bounds un-acknowledged QoS 1 messages per client: the default 20 would
-    throttle a batching bridge to 20 messages per round trip. Queues for persistent sessions are
-    unbounded so nothing is dropped while the bridge is down.
+    throttle a batching bridge to 20 messages per round trip. Queues for persistent sessions are bounded
+    (MAX_QUEUED_MESSAGES / MAX_QUEUED_BYTES) so one stalled subscriber cannot exhaust the broker's memory.
     """
-    lines = ["per_listener_settings false"]
+    lines = ["per_listener_settings " + ("true" if security is not None else "false")]
     if security is None:
         lines.append("allow_anonymous true")
-    else:
-        lines += ["allow_anonymous false", f"password_file {security.passwd}", f"acl_file {security.acl}"]
     lines += [
         "persistence true",
         f"persistence_location {data_dir}/",
         "autosave_interval 5",
         "max_inflight_messages 2000",
-        "max_queued_messages 0",
-        "max_queued_bytes 0",
+        f"max_queued_messages {max_queued_messages}",
+        f"max_queued_bytes {max_queued_bytes}",
         "max_packet_size 1048576",
         "log_dest stderr",
         "log_type error",
@@ -101,10 +115,16 @@ def mosquitto_config(port: int, data_dir: Path, extra: str = "", security: MqttS
     ]
     if os.geteuid() == 0:
         lines.append("user root")
-    lines.append(f"listener {port} 127.0.0.1")
+    device_auth = [] if security is None else [
+        "allow_anonymous false", f"password_file {security.passwd}", f"acl_file {security.acl}",
+        "use_username_as_clientid true"]
+    lines += [f"listener {port} 127.0.0.1", *device_auth]
     if security is not None and security.tls is not None:
-        lines += [f"listener {security.tls_port} 127.0.0.1", f"cafile {security.tls['ca']}",
+        lines += [f"listener {security.tls_port} 127.0.0.1", *device_auth, f"cafile {security.tls['ca']}",
                   f"certfile {security.tls['cert']}", f"keyfile {security.tls['key']}", "tls_version tlsv1.2"]
+    if security is not None and security.services_passwd is not None:
+        lines += [f"listener {security.services_port} 127.0.0.1", "allow_anonymous false",
+                  f"password_file {security.services_passwd}", f"acl_file {security.acl}"]
     return "\n".join(lines) + "\n" + extra
 
 
@@ -168,6 +188,12 @@ class EmbeddedStack:
     def mqtt_url(self) -> str:
         return f"mqtt://127.0.0.1:{self.mqtt_port}"
 
+    @property
+    def services_mqtt_url(self) -> str:
+        """The services listener (secure mode with ``services_passwd``), else the one listener."""
+        sec = self.mqtt_security
+        return f"mqtt://127.0.0.1:{sec.services_port}" if sec and sec.services_port else self.mqtt_url
+
     def start(self) -> EmbeddedStack:
         if self.workdir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="gridwatch-stack-")
@@ -206,6 +232,8 @@ class EmbeddedStack:
         conf = self.workdir / "mosquitto.conf"
         if self.mqtt_security is not None and self.mqtt_security.tls is not None:
             self.mqtt_security.tls_port = self.mqtt_security.tls_port or free_port()
+        if self.mqtt_security is not None and self.mqtt_security.services_passwd is not None:
+            self.mqtt_security.services_port = self.mqtt_security.services_port or free_port()
         conf.write_text(mosquitto_config(self.mqtt_port, data, security=self.mqtt_security))
         p = ManagedProcess("mosquitto", [mosquitto_binary(), "-c", str(conf)], self.mqtt_port,
                            self.workdir / "mosquitto.log")

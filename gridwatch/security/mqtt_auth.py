@@ -93,8 +93,20 @@ def service_accounts(secret: bytes, alert_prefix: str = "gridwatch/alerts",
     ]
 
 
+def services_passwd(out: Path) -> Path:
+    """The password file of the services listener, written beside ``passwd`` by :func:`write_broker_files`.
+
+    Why two listeners: on the device listener Mosquitto replaces every client id by the username
+    (``use_username_as_clientid``), so a device can hold no session but its own, the bridge's least of
+    all. The services listener (internal network only) lets several workers or bridges share one account
+    with distinct client ids, and no device can log in there.
+    """
+    return out / "passwd-services"
+
+
 def write_broker_files(out: Path, secret: bytes, clients: Iterable[str], **prefixes: str) -> tuple[Path, Path]:
-    """Write Mosquitto `passwd` and `acl` files for these device/gateway ids plus the service accounts."""
+    """Write Mosquitto `passwd` and `acl` files for these device/gateway ids plus the service accounts
+    (and `passwd-services`, service accounts only: :func:`services_passwd`)."""
     out.mkdir(parents=True, exist_ok=True)
     lines = []
     acl = ["# service accounts"]
@@ -109,6 +121,9 @@ def write_broker_files(out: Path, secret: bytes, clients: Iterable[str], **prefi
     passwd = out / "passwd"
     passwd.write_text("\n".join(lines) + "\n")
     passwd.chmod(0o600)
+    services = services_passwd(out)  # the pipeline's own listener: service accounts only
+    services.write_text("\n".join(lines[: len(service_accounts(secret, **prefixes))]) + "\n")
+    services.chmod(0o600)
     aclf = out / "acl"
     aclf.write_text("\n".join(acl))
     return passwd, aclf

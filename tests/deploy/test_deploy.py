@@ -136,9 +136,24 @@ def test_compose_env_vars_are_real_settings(compose):
 
 def test_mosquitto_requires_authentication_and_acl(compose):
     conf = (DEPLOY / "mosquitto" / "mosquitto.conf").read_text()
-    directives = dict(line.split(None, 1) for line in conf.splitlines() if line.strip() and not line.startswith("#"))
-    assert directives["allow_anonymous"] == "false"
-    assert directives["password_file"] == "/mosquitto/auth/passwd" and directives["acl_file"] == "/mosquitto/auth/acl"
+    listeners: dict[str, dict[str, str]] = {}
+    section: dict[str, str] = {}
+    for line in conf.splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, value = line.split(None, 1)
+            if key == "listener":
+                section = listeners.setdefault(value, {})
+            else:
+                section[key] = value
+    assert set(listeners) == {"1883", "1884"}
+    for d in listeners.values():
+        assert d["allow_anonymous"] == "false" and d["acl_file"] == "/mosquitto/auth/acl"
+    devices, services = listeners["1883"], listeners["1884"]
+    assert devices["password_file"] == "/mosquitto/auth/passwd" and devices["use_username_as_clientid"] == "true"
+    assert services["password_file"] == "/mosquitto/auth/passwd-services"
+    assert "1884" not in str(compose["services"]["mosquitto"].get("ports"))  # the services listener stays inside
+    assert int(dict(line.split(None, 1) for line in conf.splitlines() if line.startswith("max_queued_"))
+               ["max_queued_messages"]) > 0  # bounded
     auth = compose["services"]["mqtt-auth"]
     assert auth["command"][:3] == ["mqtt-credentials", "--out", "/mosquitto/auth"]
     assert "mqtt-auth:/mosquitto/auth:ro" in compose["services"]["mosquitto"]["volumes"]
