@@ -475,6 +475,29 @@ class PublishStats:
         return getattr(self, key)
 
 
+DEFAULT_SPAN_S = 6 * 3600.0  # sim time a run without --duration covers before it reaches now
+
+
+def behind_now_start(now: float, speed: float, duration_s: float | None) -> float:
+    """Where a sim clock running ``speed`` x real time starts so that it reaches now only at the run's end.
+
+    Why: a device's timestamp more than ``bridge.max_future_skew_s`` ahead of the bridge's clock is
+    rejected as clock skew, so a fast clock started at now dead-letters almost everything within seconds.
+    Started this far back, the clock covers ``duration_s`` (or DEFAULT_SPAN_S) of sim time and ends at now.
+    """
+    if speed <= 1:
+        return now
+    span = duration_s or DEFAULT_SPAN_S
+    return now - span * (1 - 1 / speed)
+
+
+def sim_clock(start_ts: float, speed: float, elapsed_s: float, wall_now: float, max_ahead_s: float | None) -> float:
+    """The sim time after ``elapsed_s`` real seconds; never more than ``max_ahead_s`` past the wall clock
+    (None: no limit). Once it catches up with now, it goes on at real time."""
+    t = start_ts + elapsed_s * speed
+    return t if max_ahead_s is None else min(t, wall_now + max_ahead_s)
+
+
 class Publisher:
     """Publishes a :class:`Fleet` over MQTT (paho-mqtt 2, one connection, QoS 1 by default)."""
 
@@ -548,6 +571,7 @@ class Publisher:
         fault_rate_per_hour: float | None = None,
         connect_timeout_s: float = 10.0,
         flush_timeout_s: float = 30.0,
+        max_ahead_s: float | None = None,
     ) -> PublishStats:
         """Publish until ``duration_s`` of sim time has passed (None: until :meth:`stop`).
 
@@ -556,6 +580,8 @@ class Publisher:
         Gateway devices due within one tick (``tick_s`` sim seconds) share one gateway message.
         ``rate`` caps readings per real second; when it binds, the sim clock falls behind (lag_s).
         ``fault_rate_per_hour`` schedules random faults over the run (needs ``duration_s``, else 24 h).
+        ``max_ahead_s``: the sim clock never runs further than this past the wall clock (None: no limit);
+        once it catches up with now it goes on at real time.
         """
         import paho.mqtt.client as mqtt
 
@@ -600,7 +626,8 @@ class Publisher:
                 raise ConnectionError(f"no CONNACK from MQTT broker {mqtt_host}:{mqtt_port} in {connect_timeout_s}s")
             if conn_rc and getattr(conn_rc[0], "is_failure", False):
                 raise ConnectionError(f"MQTT broker {mqtt_host}:{mqtt_port} refused the connection: {conn_rc[0]}")
-            self._loop(client, stats, lock, start_ts, speed, duration_s, rate, progress, max(1, int(tick_s)))
+            self._loop(client, stats, lock, start_ts, speed, duration_s, rate, progress, max(1, int(tick_s)),
+                       max_ahead_s)
             stats.readings_per_s = stats.readings / stats.wall_s if stats.wall_s > 0 else 0.0
             if self.stats_topic:  # final counts (acked still growing: it is final in the returned stats)
                 with lock:
@@ -634,8 +661,11 @@ class Publisher:
     def _loop(
         self, client: Any, stats: PublishStats, lock: threading.Lock, start_ts: float, speed: float,
         duration_s: float | None, rate: float | None, progress: Callable[[PublishStats], None] | None, tick_s: int,
+        max_ahead_s: float | None = None,
     ) -> None:
         t0 = time.monotonic()
+        wall0 = time.time()
+        caught_up = False
         self._last_report = (t0, 0)
         next_s = math.ceil(start_ts)  # first sim second not yet published
         end_s = math.inf if duration_s is None else start_ts + duration_s  # seconds s < end_s are sent
@@ -646,7 +676,11 @@ class Publisher:
         max_readings = max(1, int(rate * 0.05)) if rate else 20_000  # keep each round short
         while not self._stop.is_set() and next_s < stop_s:
             now = time.monotonic()
-            sim_now = start_ts + (now - t0) * speed
+            sim_now = sim_clock(start_ts, speed, now - t0, wall0 + (now - t0), max_ahead_s)
+            if not caught_up and sim_now < start_ts + (now - t0) * speed:
+                caught_up = True
+                log.warning("the simulated clock caught up with now: going on at real time, not %gx "
+                            "(devices must not report from the future; --allow-future to keep the speed)", speed)
             # a second is published once the sim clock has passed its end; a tick groups tick_s seconds
             tick_end = min(next_s + tick_s, stop_s)  # exclusive
             ready_at = min(tick_end, end_s)

@@ -178,7 +178,7 @@ def run_demo(args: argparse.Namespace) -> int:
         if stack is not None:
             env["GRIDWATCH_KAFKA_TANSU_QUIRKS"] = "on"
         sim_args = ["--speed", str(args.speed), "--start", str(args.start or default_start(args.city)),
-                    "--faults-per-hour", str(args.faults_per_hour)]
+                    "--faults-per-hour", str(args.faults_per_hour), "--allow-future"]
         if args.devices:
             sim_args += ["--devices", str(args.devices)]
         procs: list[tuple[str, list[str]]] = [("worker", ["worker"]), ("bridge", ["bridge"]),
