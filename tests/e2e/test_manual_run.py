@@ -48,7 +48,7 @@ def test_readme_manual_run_dead_letters_nothing(run):
         assert not sim.dead(), sim.log()[-2000:]
     finally:
         sim.stop()
-    b = wait_for(lambda: (lambda s: s if s.get("readings", 0) > 0 and s.get("in_flight") == 0 else None)(latest(stats)),
+    b = wait_for(lambda: (lambda s: s if s.get("readings", 0) > 0 and s.get("in_flight", 0) == 0 else None)(latest(stats)),
                  60, "the bridge's stats with every reading produced")
     dead = [d for d in read_topic(pipe.kafka_url, pipe.topic("deadletter"), timeout=3)]
     print(f"simulate --speed 60 for {SIM_WALL_S}s: {b['messages']} messages, {b['readings']} readings, "

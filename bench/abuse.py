@@ -1,0 +1,219 @@
+"""Abuse benchmark: one device floods max-size junk at full speed while the city's normal traffic flows.
+
+In one run, on one machine, beside each other (the same bridge, worker and brokers):
+  * baseline  normal city traffic at a fixed rate, with probe manholes opening their covers:
+              publish -> alert on MQTT latency of the probes (p50/p99)
+  * abuse     the same traffic and probes while one device publishes 256 KB junk payloads (QoS 1) as fast
+              as the broker takes them: the other devices' latency beside the baseline's (target p99 <= 2x)
+  * memory    bridge and Mosquitto RSS (current and peak) after each phase: bounded
+  * the bridge's own figures: junk in, dead-letter bytes out (amplification), messages suppressed by
+              the dead-letter quota
+
+    python -m gridwatch.bench abuse [--seconds 20] [--rate 1000] [--repeat 3] [--out FILE]
+
+Each repeat runs a fresh bridge and worker (new topic namespace) on the same embedded brokers.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from gridwatch.bench.results_io import bench_parser, write_results
+from gridwatch.bench.telemetry import client, percentile, reading
+from gridwatch.devices.registry import load_city
+from gridwatch.devices.simulator import build_messages, device_topic
+from gridwatch.procs import Pipeline, rss_mb
+from gridwatch.settings import STATE_DIR
+from gridwatch.stack import EmbeddedStack
+
+JUNK = b"\x00junk" * (262_144 // 5)  # just under bridge.max_payload_bytes, not JSON
+PROBES_PER_S = 10
+
+
+class Alerts:
+    """Wall time of each manhole_open 'new' alert, keyed by (subject, start_ts)."""
+
+    def __init__(self, mqtt_url: str) -> None:
+        self.arrived: dict[tuple[str, int], float] = {}
+        self.c = client(mqtt_url, client_id="")
+        self.c.on_message = self.on_message
+        self.c.subscribe([("gridwatch/alerts/#", 1)])
+        time.sleep(0.5)
+
+    def on_message(self, c: Any, u: Any, m: Any) -> None:
+        body = json.loads(m.payload)
+        if body.get("type") == "manhole_open" and body.get("phase") == "new":
+            self.arrived.setdefault((body["subject"], body["start_ts"]), time.time())
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+class BridgeStats:
+    def __init__(self, mqtt_url: str, topic: str) -> None:
+        self.last: dict[str, Any] = {}
+        self.c = client(mqtt_url, client_id="")
+        self.c.on_message = lambda c, u, m: setattr(self, "last", json.loads(m.payload))
+        self.c.subscribe([(topic, 0)])
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+class Abuser:
+    """One device publishing max-size junk at QoS 1 as fast as Mosquitto acknowledges it."""
+
+    def __init__(self, mqtt_url: str, device_id: str) -> None:
+        self.c = client(mqtt_url, client_id=f"abuser-{device_id}")
+        self.topic = device_topic(device_id)
+        self.sent = 0
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        pending: list[Any] = []
+        while not self._stop.is_set():
+            pending.append(self.c.publish(self.topic, JUNK, qos=1))
+            self.sent += 1
+            if len(pending) >= 200:
+                for info in pending[:100]:
+                    info.wait_for_publish(30)
+                del pending[:100]
+
+    def start(self) -> Abuser:
+        self.t0 = time.time()
+        self.thread.start()
+        return self
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self.thread.join(30)
+        secs = time.time() - self.t0
+        self.c.disconnect()
+        self.c.loop_stop()
+        return {"messages": self.sent, "mbytes": round(self.sent * len(JUNK) / 1e6, 1),
+                "mbytes_per_s": round(self.sent * len(JUNK) / 1e6 / secs, 1)}
+
+
+def traffic_phase(pub: Any, devs: list[Any], probes: list[Any], alerts: Alerts, seconds: float,
+                  rate: int) -> dict[str, Any]:
+    """Normal traffic at ``rate`` readings/s plus PROBES_PER_S probe covers opening; their latency."""
+    tick = 0.05
+    per_tick = max(1, int(rate * tick))
+    sent: dict[tuple[str, int], float] = {}
+    cursor = 0
+    t_next = time.time()
+    probe_every = max(1, int(1 / (PROBES_PER_S * tick)))
+    for i in range(int(seconds / tick)):
+        ts = int(time.time() * 1000) - 30_000  # event time behind the wall clock
+        batch = [(d, ts, reading(d, 0)) for d in (devs[(cursor + j) % len(devs)] for j in range(per_tick))]
+        cursor += per_tick
+        for topic, payload in build_messages(batch):
+            pub.publish(topic, payload, qos=1)
+        if i % probe_every == 0 and probes:
+            probe = probes.pop()
+            sent[(probe.id, ts)] = time.time()
+            pub.publish(device_topic(probe.id), json.dumps({"ts": ts, "values": reading(probe, 0, True)}), qos=1)
+        t_next += tick
+        time.sleep(max(0.0, t_next - time.time()))
+    deadline = time.time() + 30
+    while time.time() < deadline and not all(k in alerts.arrived for k in sent):
+        time.sleep(0.2)
+    lat = [(alerts.arrived[k] - t) * 1000 for k, t in sent.items() if k in alerts.arrived]
+    return {"samples": len(lat), "expected": len(sent), "p50": round(percentile(lat, 50), 1),
+            "p99": round(percentile(lat, 99), 1), "max": round(max(lat), 1) if lat else None}
+
+
+def one_run(stack: EmbeddedStack, city: Any, seconds: float, rate: int, logs: Path) -> dict[str, Any]:
+    reg = city.registry
+    standalone = [d for d in reg if d.kind == "manhole" and not d.gateway]
+    abuser_dev, probes_a, probes_b = standalone[0], standalone[1:1 + 240], standalone[241:481]
+    traffic = [d for d in reg if d.kind in ("streetlight", "water_gauge") or (d.kind == "manhole" and d.gateway)]
+    pipe = Pipeline(stack.kafka_url, stack.mqtt_url, logs).start()
+    stats = BridgeStats(stack.mqtt_url, f"gridwatch/stats/bridge/br-{pipe.prefix}")
+    alerts = Alerts(stack.mqtt_url)
+    pub = client(stack.mqtt_url, client_id="")
+    mqtt_pid = stack.procs["mqtt"].proc.pid  # type: ignore[union-attr]
+    out: dict[str, Any] = {}
+    try:
+        time.sleep(3)
+        out["baseline"] = traffic_phase(pub, traffic, list(probes_a), alerts, seconds, rate)
+        out["rss_mb_baseline"] = {"bridge": round(rss_mb(pipe.bridge.pid)[0]), "mosquitto": round(rss_mb(mqtt_pid)[0])}
+        before = dict(stats.last)
+        abuser = Abuser(stack.mqtt_url, abuser_dev.id).start()
+        time.sleep(2)
+        out["abuse"] = traffic_phase(pub, traffic, list(probes_b), alerts, seconds, rate)
+        out["abuser"] = abuser.stop()
+        b_cur, b_peak = rss_mb(pipe.bridge.pid)
+        m_cur, m_peak = rss_mb(mqtt_pid)
+        out["rss_mb_abuse"] = {"bridge": round(b_cur), "bridge_peak": round(b_peak), "mosquitto": round(m_cur),
+                               "mosquitto_peak": round(m_peak)}
+        time.sleep(3)
+        after = stats.last
+        inp = after.get("input_bytes", 0) - before.get("input_bytes", 0)
+        dl = after.get("dead_letter_bytes", 0) - before.get("dead_letter_bytes", 0)
+        out["bridge"] = {"input_mbytes": round(inp / 1e6, 1), "dead_letter_mbytes": round(dl / 1e6, 3),
+                         "amplification": round(dl / inp, 4) if inp else None,
+                         "suppressed": after.get("suppressed", 0) - before.get("suppressed", 0),
+                         "dead_letter_records": after.get("dead_letter_records", 0) - before.get("dead_letter_records", 0),
+                         "alarm": after.get("alarm", "")}
+        p99a, p99b = out["abuse"]["p99"], out["baseline"]["p99"]
+        out["p99_ratio"] = round(p99a / p99b, 2) if p99b else None
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+        alerts.close()
+        stats.close()
+        pipe.stop()
+    return out
+
+
+def run(out: Path | None, seconds: float = 20.0, rate: int = 1000, repeat: int = 3) -> dict[str, Any]:
+    city = load_city()
+    logs = STATE_DIR / "bench-logs"
+    runs = []
+    with EmbeddedStack() as stack:
+        for k in range(repeat):
+            r = one_run(stack, city, seconds, rate, logs)
+            runs.append(r)
+            print(f"run {k + 1}/{repeat}: baseline p99 {r['baseline']['p99']} ms, abuse p99 {r['abuse']['p99']} ms "
+                  f"(x{r['p99_ratio']}), abuser {r['abuser']}, bridge {r['bridge']}, RSS {r['rss_mb_abuse']}",
+                  flush=True)
+    ratios = [r["p99_ratio"] for r in runs if r["p99_ratio"] is not None]
+    results = {
+        "seconds_per_phase": seconds, "rate_readings_per_s": rate, "probes_per_s": PROBES_PER_S,
+        "junk_payload_bytes": len(JUNK), "runs": runs,
+        "spread": {
+            "baseline_p99_ms": [r["baseline"]["p99"] for r in runs], "abuse_p99_ms": [r["abuse"]["p99"] for r in runs],
+            "p99_ratio": {"min": min(ratios), "median": statistics.median(ratios), "max": max(ratios)} if ratios else None,
+            "bridge_peak_rss_mb": max(r["rss_mb_abuse"]["bridge_peak"] for r in runs),
+            "mosquitto_peak_rss_mb": max(r["rss_mb_abuse"]["mosquitto_peak"] for r in runs),
+        },
+        "targets": {"p99_ratio": 2.0, "deadletter_amplification": 1.2},
+    }
+    print(f"spread over {repeat} runs: {results['spread']}", flush=True)
+    write_results(out, results)
+    if out is not None:
+        print(f"wrote {out}", flush=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = bench_parser("abuse", __doc__)
+    p.add_argument("--seconds", type=float, default=20.0, help="length of each phase (baseline, abuse)")
+    p.add_argument("--rate", type=int, default=1000, help="normal traffic, readings/s")
+    p.add_argument("--repeat", type=int, default=3, help="runs, each with a fresh bridge and worker")
+    a = p.parse_args(argv)
+    run(a.out, a.seconds, a.rate, a.repeat)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
