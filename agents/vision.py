@@ -546,7 +546,10 @@ def install(ctx: AgentContext) -> Any:
     app, settings = ctx.app, ctx.settings
     config = load_camera_config(camera_config_path(settings))
     sites = resolve_sites(config, ctx.registry, ctx.gridmap, getattr(ctx, "timezone", "UTC") or "UTC")
-    store = FileEvidenceStore(evidence_root(settings), url_prefix=config.vision.evidence_url_prefix)
+    store = FileEvidenceStore(evidence_root(settings), url_prefix=config.vision.evidence_url_prefix,
+                              max_age_s=config.vision.evidence_max_age_days * 86400,
+                              max_bytes=int(config.vision.evidence_max_mb * 1024 * 1024))
+    store.prune()  # what an earlier run left beyond the retention
     processor = VisionProcessor(config, sites, store)
     app.gridwatch_vision = processor  # type: ignore[attr-defined]
     frames_topic = app.topic(settings.topic("frames"), key_serializer="raw", value_serializer="raw",

@@ -66,6 +66,8 @@ class VisionOptions:
     max_lag_s: float = 1.0  # frames that waited longer: thinned to 1 per s of event time (0 = process all)
     evidence_url_prefix: str = ""  # prepended to snapshot references (e.g. /evidence/ for a web console)
     evidence_quality: int = 85
+    evidence_max_age_days: float = 90.0  # snapshots older than this are removed (0 = keep)
+    evidence_max_mb: float = 10240.0  # and the oldest beyond this much in the folder (0 = no limit)
     plates: str = "auto"  # auto (when agentclpr is installed) | on | off
     plate_threads: int = 1
     plate_min_score: float = 0.5

@@ -10,8 +10,10 @@ store interface and referenced from the event.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -60,11 +62,44 @@ class EvidenceStore(ABC):
 
 class FileEvidenceStore(EvidenceStore):
     """``<root>/<camera>/<event_id>.jpg``; the reference is the path relative to ``root`` (prefixed with
-    ``url_prefix`` when given, e.g. ``"/evidence/"`` for a web console that serves ``root``)."""
+    ``url_prefix`` when given, e.g. ``"/evidence/"`` for a web console that serves ``root``).
 
-    def __init__(self, root: str | Path = "var/evidence", url_prefix: str = ""):
+    Retention: snapshots older than ``max_age_s`` go, then the oldest until the folder holds at most
+    ``max_bytes`` (0 = no limit), checked every ``prune_every`` puts, so a busy camera cannot fill the disk.
+    """
+
+    def __init__(self, root: str | Path = "var/evidence", url_prefix: str = "", *, max_age_s: float = 0,
+                 max_bytes: int = 0, prune_every: int = 100):
         self.root = Path(root)
         self.url_prefix = url_prefix
+        self.max_age_s = max_age_s
+        self.max_bytes = max_bytes
+        self.prune_every = max(1, prune_every)
+        self._puts = 0
+
+    def prune(self, now: float | None = None) -> int:
+        """Apply the retention; returns how many snapshots were removed."""
+        if not (self.max_age_s or self.max_bytes) or not self.root.exists():
+            return 0
+        now = time.time() if now is None else now
+        files = []
+        for p in self.root.glob("*/*"):
+            with contextlib.suppress(OSError):
+                st = p.stat()
+                files.append((st.st_mtime, st.st_size, p))
+        files.sort()
+        total = sum(size for _, size, _ in files)
+        removed = 0
+        for mtime, size, p in files:
+            too_old = self.max_age_s and now - mtime > self.max_age_s
+            too_big = self.max_bytes and total > self.max_bytes
+            if not (too_old or too_big):
+                break
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed += 1
+                total -= size
+        return removed
 
     def path_for(self, camera_id: str, event_id: str, suffix: str = ".jpg") -> Path:
         return self.root / safe_name(camera_id) / f"{safe_name(event_id)}{suffix}"
@@ -75,6 +110,9 @@ class FileEvidenceStore(EvidenceStore):
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_bytes(data)
         tmp.replace(path)  # atomic: a reader never sees half a JPEG; a re-delivered event overwrites
+        self._puts += 1
+        if self._puts % self.prune_every == 0:
+            self.prune()
         return self.url_prefix + path.relative_to(self.root).as_posix()
 
     def get(self, ref: str) -> bytes:
