@@ -123,7 +123,7 @@ def traffic_phase(pub: Any, devs: list[Any], probes: list[Any], alerts: Alerts, 
             pub.publish(device_topic(probe.id), json.dumps({"ts": ts, "values": reading(probe, 0, True)}), qos=1)
         t_next += tick
         time.sleep(max(0.0, t_next - time.time()))
-    deadline = time.time() + 30
+    deadline = time.time() + 60
     while time.time() < deadline and not all(k in alerts.arrived for k in sent):
         time.sleep(0.2)
     lat = [(alerts.arrived[k] - t) * 1000 for k, t in sent.items() if k in alerts.arrived]
@@ -143,8 +143,9 @@ def one_run(stack: EmbeddedStack, city: Any, seconds: float, rate: int, logs: Pa
     mqtt_pid = stack.procs["mqtt"].proc.pid  # type: ignore[union-attr]
     out: dict[str, Any] = {}
     try:
-        time.sleep(3)
-        out["baseline"] = traffic_phase(pub, traffic, list(probes_a), alerts, seconds, rate)
+        warm = traffic_phase(pub, traffic, list(probes_a[-20:]), alerts, 8, rate)  # the worker's first join
+        print(f"warm-up: {warm}", flush=True)
+        out["baseline"] = traffic_phase(pub, traffic, list(probes_a[:-20]), alerts, seconds, rate)
         out["rss_mb_baseline"] = {"bridge": round(rss_mb(pipe.bridge.pid)[0]), "mosquitto": round(rss_mb(mqtt_pid)[0])}
         before = dict(stats.last)
         abuser = Abuser(stack.mqtt_url, abuser_dev.id).start()

@@ -59,14 +59,14 @@ def settings_from(args: argparse.Namespace) -> Settings:
     })
 
 
-def run_async(main: Callable[[asyncio.Event], Any]) -> None:
-    """Run a coroutine until it finishes or Ctrl-C / SIGTERM asks it to stop cleanly."""
+def run_async(main: Callable[[asyncio.Event], Any], limit_s: float = 10.0, what: str = "gridwatch") -> None:
+    """Run a coroutine until it finishes or Ctrl-C / SIGTERM asks it to stop cleanly (bounded: ``limit_s``
+    after the signal the process exits anyway, see gridwatch/shutdown.py)."""
+    from gridwatch.shutdown import install_stop_signals
 
     async def runner() -> None:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        install_stop_signals(asyncio.get_running_loop(), stop, limit_s, what)
         await main(stop)
 
     asyncio.run(runner())
@@ -109,7 +109,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     gc.freeze()  # the registry lives as long as the bridge: keep it out of GC passes
     log.info("city %s: %d devices, %d grids", city.name, len(city.registry), len(city.gridmap.areas("grid")))
     bridge = MqttBridge(settings, city.registry)
-    run_async(bridge.run)
+    run_async(bridge.run, settings.bridge.drain_s + 5, "bridge")
     return 0
 
 
