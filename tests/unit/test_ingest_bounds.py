@@ -66,7 +66,8 @@ def test_cut_keeps_order_and_packs_close_to_the_limit():
 
 @pytest.mark.parametrize("payload", [
     json.dumps([{"ts": NOW, "values": {"tilt_deg": 999}}] * 4000).encode(),  # 4,000 bad entries
-    json.dumps([0] * 4000 + ["x" * 3000]).encode(),  # the 12 KB-ish message of 4,000 bad entries
+    json.dumps([1] * 4000).encode(),  # main's 12 KB message of 4,000 bad entries (49 MB of dead letters there)
+    json.dumps([0] * 4000 + ["x" * 3000]).encode(),  # the same with a long entry
     json.dumps([{"ts": NOW, "values": {"q": '"\\' * 40_000}}]).encode(),  # escaping doubles its JSON
     b"\xff\xfe" * 128_000,  # 256 KB of non-UTF-8: base64 grows it by a third
 ])
