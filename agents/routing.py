@@ -11,9 +11,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from gridwatch.core.yaml_files import read_yaml
 from gridwatch.pipeline.schemas.events import LEVELS
 from gridwatch.pipeline.schemas.incidents import WORK_TIERS
-from gridwatch.yaml_files import read_yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "gridwatch" / "config"
 DEFAULT_PATH = CONFIG_DIR / "incidents.yaml"

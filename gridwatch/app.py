@@ -15,8 +15,8 @@ import faust
 from gridwatch.agents import alerts, incidents, influx_sink, telemetry, vision
 from gridwatch.agents.channels import agent as incident_channels
 from gridwatch.agents.runtime import AgentContext
+from gridwatch.core.settings import STATE_DIR, Settings
 from gridwatch.pipeline.kafka_io import install_faust_seek_fix
-from gridwatch.settings import STATE_DIR, Settings
 
 log = logging.getLogger("gridwatch.app")
 

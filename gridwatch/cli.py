@@ -27,7 +27,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from gridwatch.settings import STACK_FILE, Settings, SettingsError, load_settings
+from gridwatch.core.settings import STACK_FILE, Settings, SettingsError, load_settings
 
 log = logging.getLogger("gridwatch")
 
@@ -99,7 +99,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
 
 def cmd_bridge(args: argparse.Namespace) -> int:
     from gridwatch.app import load_city
-    from gridwatch.pipeline.mqtt_bridge import MqttBridge
+    from gridwatch.pipeline.sources.mqtt_bridge import MqttBridge
 
     settings = settings_from(args)
     if args.client_id:
@@ -132,7 +132,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_cameras(args: argparse.Namespace) -> int:
-    from gridwatch.pipeline.camera_service import camera_config_path, load_camera_config, run_service
+    from gridwatch.pipeline.sources.camera_service import camera_config_path, load_camera_config, run_service
 
     settings = settings_from(args)
     if args.cameras:
@@ -141,7 +141,7 @@ def cmd_cameras(args: argparse.Namespace) -> int:
 
 
 def cmd_camera(args: argparse.Namespace) -> int:
-    from gridwatch.pipeline.rtsp_server import check_available, serve
+    from gridwatch.pipeline.sources.rtsp_server import check_available, serve
 
     reason = check_available()
     if reason:

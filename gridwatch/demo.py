@@ -23,8 +23,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from gridwatch.procs import die_with_parent
-from gridwatch.settings import STACK_FILE, STATE_DIR, load_settings
+from gridwatch.core.procs import die_with_parent
+from gridwatch.core.settings import STACK_FILE, STATE_DIR, load_settings
 
 log = logging.getLogger("gridwatch.demo")
 LEVEL_STYLE = {"red": "bold red", "yellow": "yellow", "blue": "cyan"}
@@ -233,8 +233,8 @@ def start_cameras(args: argparse.Namespace) -> tuple[Any, Path | None]:
     import yaml
 
     from gridwatch.models import footage
-    from gridwatch.pipeline.camera_service import camera_config_path
-    from gridwatch.pipeline.rtsp_server import check_available, serve
+    from gridwatch.pipeline.sources.camera_service import camera_config_path
+    from gridwatch.pipeline.sources.rtsp_server import check_available, serve
     from gridwatch.stack import free_port
 
     reason = check_available()

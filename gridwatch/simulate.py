@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from gridwatch.settings import Settings
+from gridwatch.core.settings import Settings
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
-from gridwatch.settings import Settings
+from gridwatch.core.settings import Settings
 
 log = logging.getLogger("gridwatch.kafka")
 

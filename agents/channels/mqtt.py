@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gridwatch.pipeline.mqtt_publisher import AsyncMqttPublisher
+from gridwatch.pipeline.outputs.mqtt_publisher import AsyncMqttPublisher
 
 from ..alerts import tier_path
 from .base import ChangeInfo, Channel, ChannelConfigError, DeliveryError, register

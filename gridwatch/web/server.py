@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from gridwatch.settings import Settings
+from gridwatch.core.settings import Settings
 
 from . import console, open311, stream
 from .auth import Accounts, TokenSigner

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from gridwatch.pipeline.capture import (
+from gridwatch.pipeline.sources.capture import (
     CameraCapture,
     CameraStatus,
     Frame,
@@ -26,7 +26,7 @@ from gridwatch.pipeline.capture import (
     pack_frame,
     unpack_frame,
 )
-from gridwatch.pipeline.rtsp_server import check_available, serve
+from gridwatch.pipeline.sources.rtsp_server import check_available, serve
 
 T0 = 1_709_305_200.0
 

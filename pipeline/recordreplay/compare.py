@@ -20,10 +20,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
+from gridwatch.core.settings import Settings, with_prefix
+from gridwatch.pipeline.kafka_io import assign_from_start, fetch_highwaters
 from gridwatch.pipeline.schemas.events import is_control
-from gridwatch.settings import Settings, with_prefix
-
-from .kafka_io import assign_from_start, fetch_highwaters
 
 PHASE_ORDER = {"new": 0, "update": 1, "end": 2}
 

@@ -22,9 +22,8 @@ import queue
 import threading
 from typing import Any
 
-from gridwatch.settings import Settings
-
-from .kafka_io import assign_from_start, fetch_highwaters
+from gridwatch.core.settings import Settings
+from gridwatch.pipeline.kafka_io import assign_from_start, fetch_highwaters
 
 log = logging.getLogger("gridwatch.record")
 

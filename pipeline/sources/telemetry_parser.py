@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .schemas.readings import Reading
+from gridwatch.pipeline.schemas.readings import Reading
 
 MIN_TS_MS = 946_684_800_000  # 2000-01-01: anything earlier is a broken clock or seconds-not-ms
 

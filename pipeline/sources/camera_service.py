@@ -35,10 +35,10 @@ from typing import Any
 
 import yaml
 
-from gridwatch.pipeline.capture import CameraCapture, CameraStatus, CaptureConfig, is_live_source
+from gridwatch.core.settings import STATE_DIR, Settings
 from gridwatch.pipeline.schemas.events import LEVELS, GridEvent, TierRef, event_id
 from gridwatch.pipeline.schemas.frames import CameraStatusRecord, encode_frame
-from gridwatch.settings import STATE_DIR, Settings
+from gridwatch.pipeline.sources.capture import CameraCapture, CameraStatus, CaptureConfig, is_live_source
 
 log = logging.getLogger("gridwatch.cameras")
 
