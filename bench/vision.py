@@ -72,8 +72,9 @@ from gridwatch.models.detectors import create_detector
 from gridwatch.models.detectors.onnx_yolo import stride_size
 from gridwatch.models.regions import RegionConfig, RegionPlanner, detect_frames
 from gridwatch.models.scene_rules import SceneEngine
+from gridwatch.pipeline.schemas.frame_wire import pack_frame, unpack_frame
 from gridwatch.pipeline.schemas.frames import decode_all
-from gridwatch.pipeline.sources.capture import CameraCapture, MotionGate, downscale, pack_frame, unpack_frame
+from gridwatch.pipeline.sources.capture import CameraCapture, MotionGate, downscale
 
 DETECT_FPS = 5.0
 TARGET_UTILISATION = 0.85

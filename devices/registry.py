@@ -17,13 +17,16 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
 
 from . import codes
 from .gridmap import GridMap
+
+if TYPE_CHECKING:
+    from gridwatch.core.settings import Settings
 
 __all__ = [
     "KINDS",
@@ -372,6 +375,16 @@ class City:
     centre: tuple[float, float]  # (lat, lon)
     timezone: str = "Asia/Shanghai"
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+def city_at(path: str | None) -> City:
+    """The city a ``city.path`` setting names: a folder, a shipped city's name, or "" / "sample"."""
+    return load_city(None if path in (None, "", "sample") else path)
+
+
+def city_of(settings: Settings) -> City:
+    """The city of these settings (``city.path``)."""
+    return city_at(settings.city.path)
 
 
 def load_city(path_or_name: str | PathLike[str] | None = None, *, strict_ids: bool = True) -> City:

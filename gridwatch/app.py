@@ -16,6 +16,7 @@ from gridwatch.agents import alerts, incidents, influx_sink, telemetry, vision
 from gridwatch.agents.channels import agent as incident_channels
 from gridwatch.agents.runtime import AgentContext
 from gridwatch.core.settings import STATE_DIR, Settings
+from gridwatch.devices.registry import city_of
 from gridwatch.pipeline.kafka_io import install_faust_seek_fix
 
 log = logging.getLogger("gridwatch.app")
@@ -49,12 +50,6 @@ def resolve_agents(spec: str | tuple[str, ...] | None) -> tuple[str, ...]:
     return tuple(names)
 
 
-def load_city(settings: Settings) -> Any:
-    from gridwatch.devices.registry import load_city as _load
-
-    return _load(None if settings.city.path in ("", "sample") else settings.city.path)
-
-
 def create_app(settings: Settings, *, city: Any = None, agents: str | tuple[str, ...] | None = None) -> faust.App:
     quirks = settings.kafka.quirks_enabled()
     if quirks:
@@ -62,7 +57,7 @@ def create_app(settings: Settings, *, city: Any = None, agents: str | tuple[str,
 
         install_tansu_shims()
     install_faust_seek_fix()  # any broker: records of never-committed partitions survive a rebalance
-    city = city or load_city(settings)
+    city = city or city_of(settings)
     # The city (100k devices, thousands of polygons) lives as long as the process: moving it out of
     # the garbage collector's generations keeps full collections short (tail latency).
     gc.collect()

@@ -180,24 +180,10 @@ def _worker_argv(args: argparse.Namespace, ns: str, settings: Settings, vision: 
     return argv
 
 
-def worker_env(ns: str, settings: Settings | None = None) -> dict[str, str]:
-    """A replay's worker: alert/stats MQTT topics under replay/<ns>/, no InfluxDB writes into live data,
-    vision snapshots in ``<evidence>/replay/<ns>/`` (not over the live run's pictures of the same ids)."""
-    env = {"GRIDWATCH_MQTT_ALERT_PREFIX": f"replay/{ns}/gridwatch/alerts",
-           "GRIDWATCH_MQTT_STATS_PREFIX": f"replay/{ns}/gridwatch/stats",
-           "GRIDWATCH_INFLUX_ENABLED": "false",
-           "GRIDWATCH_WORKER_WALL_CLOCK_ADVANCE_SLACK_S": "0"}  # order by the data alone, never by speed
-    if settings is not None:
-        from gridwatch.pipeline.sources.camera_service import evidence_root
-
-        env["GRIDWATCH_WEB_EVIDENCE_DIR"] = str(evidence_root(settings) / "replay" / ns)
-    return env
-
-
 def run_replay(settings: Settings, args: argparse.Namespace) -> int:
-    from gridwatch.app import load_city
     from gridwatch.core.procs import Proc
     from gridwatch.core.settings import with_prefix
+    from gridwatch.devices.registry import city_of
     from gridwatch.pipeline.kafka_io import ensure_topics
     from gridwatch.pipeline.recordreplay.compare import read_events, write_events
     from gridwatch.pipeline.recordreplay.replay import (
@@ -211,6 +197,7 @@ def run_replay(settings: Settings, args: argparse.Namespace) -> int:
         recording_span,
         wait_events_merged,
         wait_processed,
+        worker_env,
     )
 
     if args.compare:
@@ -228,7 +215,7 @@ def run_replay(settings: Settings, args: argparse.Namespace) -> int:
     if start_ns is not None and end_ns is not None and end_ns <= start_ns:
         raise ReplayError("--to must be after --from")
     speed = None if args.max else args.speed
-    city = load_city(settings)
+    city = city_of(settings)
     video = None
     if args.video_from == "segments" and not args.no_frames:
         from gridwatch.pipeline.recordreplay.recording import scan

@@ -71,10 +71,10 @@ def service_accounts(secret: bytes, alert_prefix: str = "gridwatch/alerts",
     bridge (also ``gridwatch record``): reads device telemetry, publishes ``<stats>/bridge/<client id>``.
     worker: publishes alerts, incident changes (the MQTT channel's ``topic_prefix``) and the vision
     agent's ``<stats>/vision/<worker>``; a replay's worker (``gridwatch replay``) publishes the same under
-    ``replay/<ns>/`` (see :func:`gridwatch.recordreplay.worker_env`). operator: reads all of it.
+    ``replay/<ns>/`` (see :func:`gridwatch.pipeline.recordreplay.replay.worker_env`). operator: reads all of it.
     simulator: publishes any device's telemetry and ``<stats>/simulator``.
     """
-    from gridwatch.recordreplay import worker_env
+    from gridwatch.pipeline.recordreplay.replay import worker_env
 
     pw = lambda name: device_password(secret, "service:" + name)  # noqa: E731
     replay = worker_env("+")  # the replay namespace as a single-level wildcard

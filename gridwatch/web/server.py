@@ -66,9 +66,9 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
 
 
 def build_context(settings: Settings, city: Any = None) -> WebContext:
-    from gridwatch.app import load_city
+    from gridwatch.devices.registry import city_of
 
-    city = city or load_city(settings)
+    city = city or city_of(settings)
     w = settings.web
     return WebContext(
         settings=settings, city=city,

@@ -115,8 +115,8 @@ def filter_devices(msg: RecordedMessage, devices: set[str]) -> RecordedMessage |
 def mark_replayed(value: bytes) -> bytes:
     """A recorded frame record with ``"replayed": true`` in its header (JPEG bytes untouched); any other
     record (a camera_status, something malformed the live agent dead-lettered) is returned as it is."""
+    from gridwatch.pipeline.schemas.frame_wire import with_header
     from gridwatch.pipeline.schemas.frames import peek_header
-    from gridwatch.pipeline.sources.capture import with_header
 
     head = peek_header(value)
     return value if head is None else with_header(value, {**head, "replayed": True})
@@ -400,3 +400,16 @@ async def wait_events_merged(settings: Settings, idle_s: float, timeout: float =
     end = await high_watermarks(settings, settings.topic("events"))
     return await wait_processed(settings, {p: o for p, o in end.items() if o > 0}, timeout, family="events")
 
+
+def worker_env(ns: str, settings: Settings | None = None) -> dict[str, str]:
+    """A replay's worker: alert/stats MQTT topics under replay/<ns>/, no InfluxDB writes into live data,
+    vision snapshots in ``<evidence>/replay/<ns>/`` (not over the live run's pictures of the same ids)."""
+    env = {"GRIDWATCH_MQTT_ALERT_PREFIX": f"replay/{ns}/gridwatch/alerts",
+           "GRIDWATCH_MQTT_STATS_PREFIX": f"replay/{ns}/gridwatch/stats",
+           "GRIDWATCH_INFLUX_ENABLED": "false",
+           "GRIDWATCH_WORKER_WALL_CLOCK_ADVANCE_SLACK_S": "0"}  # order by the data alone, never by speed
+    if settings is not None:
+        from gridwatch.pipeline.sources.camera_service import evidence_root
+
+        env["GRIDWATCH_WEB_EVIDENCE_DIR"] = str(evidence_root(settings) / "replay" / ns)
+    return env

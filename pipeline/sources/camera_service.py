@@ -525,10 +525,10 @@ def select_cameras(config: CameraConfig, only: list[str] | None) -> list[CameraS
 
 def run_service(settings: Settings, config: CameraConfig, only: list[str] | None = None) -> int:
     """`gridwatch cameras`: run until Ctrl-C / SIGTERM."""
-    from gridwatch.app import load_city
-    from gridwatch.cli import run_async
+    from gridwatch.core.procs import run_async
+    from gridwatch.devices.registry import city_of
 
-    city = load_city(settings)
+    city = city_of(settings)
     sites = resolve_sites(config, city.registry, city.gridmap, city.timezone)
     specs = select_cameras(config, only)
     if not specs:

@@ -99,8 +99,8 @@ def test_frames_channel_round_trip_and_replay_marker(tmp_path):
 
     from gridwatch.pipeline.recordreplay.recording import RecordedFrame, RecordingReader, RecordingWriter
     from gridwatch.pipeline.recordreplay.replay import mark_replayed, recording_frames
+    from gridwatch.pipeline.schemas.frame_wire import Frame
     from gridwatch.pipeline.schemas.frames import CameraStatusRecord, FrameRecord, decode, encode_frame
-    from gridwatch.pipeline.sources.capture import Frame
 
     img = np.zeros((48, 64, 3), np.uint8)
     img[5:20, 5:30] = 200

@@ -14,17 +14,13 @@ import cv2
 import numpy as np
 import pytest
 
+from gridwatch.pipeline.schemas.frame_wire import Frame, decode_jpeg, encode_jpeg, pack_frame, unpack_frame
 from gridwatch.pipeline.sources.capture import (
     CameraCapture,
     CameraStatus,
-    Frame,
     MotionGate,
     MotionGateConfig,
-    decode_jpeg,
     downscale,
-    encode_jpeg,
-    pack_frame,
-    unpack_frame,
 )
 from gridwatch.pipeline.sources.rtsp_server import check_available, serve
 

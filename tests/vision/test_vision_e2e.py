@@ -38,6 +38,7 @@ from gridwatch.models.detectors.base import Detection
 from gridwatch.pipeline.outputs.evidence import MemoryEvidenceStore
 from gridwatch.pipeline.schemas.codec import SchemaError
 from gridwatch.pipeline.schemas.events import GridEvent, event_id
+from gridwatch.pipeline.schemas.frame_wire import Frame
 from gridwatch.pipeline.schemas.frames import CameraStatusRecord, FrameRecord, decode, encode_frame
 from gridwatch.pipeline.sources.camera_service import (
     CameraConfigError,
@@ -46,7 +47,6 @@ from gridwatch.pipeline.sources.camera_service import (
     redact,
     resolve_sites,
 )
-from gridwatch.pipeline.sources.capture import Frame
 from gridwatch.pipeline.sources.rtsp_server import check_available, serve
 from tests.harness import ARTIFACTS, MqttWatcher, read_topic, wait_for
 from tests.vision.conftest import SHIPPED_DETECTOR
