@@ -21,11 +21,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from gridwatch.bench.results_io import bench_parser, write_results
 from gridwatch.bench.telemetry import AlertClock, client, percentile, reading
+from gridwatch.compat import fetch_highwaters
 from gridwatch.core.procs import Pipeline, rss_mb
 from gridwatch.core.settings import STATE_DIR
 from gridwatch.devices.registry import load_city
 from gridwatch.devices.simulator import build_messages, device_topic
-from gridwatch.kafka_compat import fetch_highwaters
 from gridwatch.stack import EmbeddedStack
 
 

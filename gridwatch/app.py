@@ -53,7 +53,7 @@ def resolve_agents(spec: str | tuple[str, ...] | None) -> tuple[str, ...]:
 def create_app(settings: Settings, *, city: Any = None, agents: str | tuple[str, ...] | None = None) -> faust.App:
     quirks = settings.kafka.quirks_enabled()
     if quirks:
-        from gridwatch.kafka_compat import install_tansu_shims
+        from gridwatch.compat import install_tansu_shims
 
         install_tansu_shims()
     install_faust_seek_fix()  # any broker: records of never-committed partitions survive a rebalance

@@ -38,7 +38,7 @@ async def assign_from_start(consumer: Any, topic: str) -> list[Any]:
 
 async def fetch_highwaters(consumer: Any, tps: list[Any], timeout: float) -> dict[Any, int]:
     """Each assigned partition's high watermark as fetch responses report it (right on every broker; the
-    embedded broker's ListOffsets answer is not trusted, see kafka_compat). Polls one record at a
+    embedded broker's ListOffsets answer is not trusted, see gridwatch.compat). Polls one record at a
     time, so the positions move: seek afterwards if they matter. 0 for a partition that never said."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

@@ -245,7 +245,7 @@ def write_events(records: list[dict[str, Any]], path: str | Path) -> int:
 
 async def high_watermarks(settings: Settings, topic: str, timeout: float = 30.0) -> dict[int, int]:
     """Next offset per partition of a topic, from fetch responses (the embedded broker's ListOffsets
-    answer is not trusted; see kafka_compat)."""
+    answer is not trusted; see gridwatch.compat)."""
     c = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap(), enable_auto_commit=False, group_id=None)
     await c.start()
     try:

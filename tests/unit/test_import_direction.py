@@ -3,8 +3,8 @@
 The layers, lowest first (a module belongs to the longest prefix that names it):
 
 core        settings, options, YAML files, process helpers — imports nothing else of gridwatch
-contracts   record schemas, frame wire format, third-party compat patches
-transport   the Kafka and MQTT plumbing every process shares
+contracts   record schemas, frame wire format
+transport   the Kafka and MQTT plumbing every process shares, and the patches to third-party code
 domain      the city (devices, grid map, simulator) and the vision models
 pipeline    sources, outputs, record/replay
 agents      the Faust agents (telemetry rules, vision, fusion, incidents, channels, sinks)
@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("gridwatch.core",)),
-    ("contracts", ("gridwatch.pipeline.schemas", "gridwatch.compat")),
-    ("transport", ("gridwatch.pipeline.kafka_io", "gridwatch.pipeline.mqtt_client")),
+    ("contracts", ("gridwatch.pipeline.schemas",)),
+    ("transport", ("gridwatch.pipeline.kafka_io", "gridwatch.pipeline.mqtt_client", "gridwatch.compat")),
     ("domain", ("gridwatch.devices", "gridwatch.models")),
     ("pipeline", ("gridwatch.pipeline.sources", "gridwatch.pipeline.outputs", "gridwatch.pipeline.recordreplay")),
     ("agents", ("gridwatch.agents",)),
