@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from gridwatch.bench.results_io import bench_parser, write_results
 from gridwatch.bench.telemetry import AlertClock, client, percentile, reading
-from gridwatch.compat import fetch_highwaters
+from gridwatch.compat import true_highwaters
 from gridwatch.core.procs import Pipeline, rss_mb
 from gridwatch.core.settings import STATE_DIR
 from gridwatch.devices.registry import load_city
@@ -38,7 +38,7 @@ def consumer_lag(kafka_url: str, group: str, topic: str, partitions: int = 8) ->
         await c.start()
         try:
             tps = [TopicPartition(topic, p) for p in range(partitions)]
-            ends = await fetch_highwaters(boot, await c.end_offsets(tps))
+            ends = await true_highwaters(boot, await c.end_offsets(tps))
             lag = 0
             for tp in tps:
                 committed = await c.committed(tp) or 0
