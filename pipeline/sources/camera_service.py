@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 
 from gridwatch.core.settings import STATE_DIR, Settings
-from gridwatch.pipeline.schemas.events import LEVELS, GridEvent, TierRef, event_id
+from gridwatch.pipeline.schemas.events import LEVELS, GridEvent, TierRef, event_id, tier_refs
 from gridwatch.pipeline.schemas.frames import CameraStatusRecord, encode_frame
 from gridwatch.pipeline.sources.capture import CameraCapture, CameraStatus, CaptureConfig, is_live_source
 
@@ -252,13 +252,6 @@ class CameraSite:
     tz: str = "UTC"
 
 
-def tier_chain(gridmap: Any, grid_code: str) -> tuple[TierRef, ...]:
-    try:
-        return tuple(TierRef(a.tier, a.code, a.name) for a in gridmap.chain(grid_code))
-    except (KeyError, ValueError, AttributeError):
-        return (TierRef("grid", grid_code, grid_code),)
-
-
 def resolve_sites(config: CameraConfig, registry: Any, gridmap: Any, tz: str = "UTC") -> dict[str, CameraSite]:
     """Each configured camera's grid code, position and tier chain: from the device registry (kind
     ``camera``), or from ``grid_code``/``lat``/``lon`` in cameras.yaml (which win over the registry)."""
@@ -281,7 +274,7 @@ def resolve_sites(config: CameraConfig, registry: Any, gridmap: Any, tz: str = "
         if lat is None or lon is None:
             raise CameraConfigError(f"{config.path}:cameras.{cam_id}: lat and lon are needed (not in the registry)")
         name = str(site.get("name") or (dev.name if dev else cam_id))
-        out[cam_id] = CameraSite(cam_id, name, grid, float(lat), float(lon), tier_chain(gridmap, grid),
+        out[cam_id] = CameraSite(cam_id, name, grid, float(lat), float(lon), tier_refs(gridmap, grid),
                                  str(spec.scene.get("tz", tz)))
     return out
 
