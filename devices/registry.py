@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
+from gridwatch.pipeline.schemas.mqtt_topics import device_topic, gateway_topic
+
 from . import codes
 from .gridmap import GridMap
 
@@ -97,9 +99,7 @@ class Device:
     @property
     def topic(self) -> str:
         """MQTT topic this device's telemetry arrives on (its own, or its gateway's)."""
-        if self.gateway:
-            return f"v1/gateway/{self.gateway}/telemetry"
-        return f"v1/devices/{self.id}/telemetry"
+        return gateway_topic(self.gateway) if self.gateway else device_topic(self.id)
 
 
 class Registry:

@@ -43,6 +43,7 @@ from typing import Any
 from gridwatch.core.settings import Settings
 from gridwatch.pipeline.kafka_io import ensure_topics, start_producer
 from gridwatch.pipeline.recordreplay.recording import RecordedFrame, RecordedMessage, RecordingReader, scan
+from gridwatch.pipeline.schemas.mqtt_topics import ALERT_PREFIX, STATS_PREFIX, replay_prefix
 from gridwatch.pipeline.sources.ingest import Routed, Router, kafka_records
 
 log = logging.getLogger("gridwatch.replay")
@@ -404,8 +405,8 @@ async def wait_events_merged(settings: Settings, idle_s: float, timeout: float =
 def worker_env(ns: str, settings: Settings | None = None) -> dict[str, str]:
     """A replay's worker: alert/stats MQTT topics under replay/<ns>/, no InfluxDB writes into live data,
     vision snapshots in ``<evidence>/replay/<ns>/`` (not over the live run's pictures of the same ids)."""
-    env = {"GRIDWATCH_MQTT_ALERT_PREFIX": f"replay/{ns}/gridwatch/alerts",
-           "GRIDWATCH_MQTT_STATS_PREFIX": f"replay/{ns}/gridwatch/stats",
+    env = {"GRIDWATCH_MQTT_ALERT_PREFIX": replay_prefix(ns, ALERT_PREFIX),
+           "GRIDWATCH_MQTT_STATS_PREFIX": replay_prefix(ns, STATS_PREFIX),
            "GRIDWATCH_INFLUX_ENABLED": "false",
            "GRIDWATCH_WORKER_WALL_CLOCK_ADVANCE_SLACK_S": "0"}  # order by the data alone, never by speed
     if settings is not None:
