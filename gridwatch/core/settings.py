@@ -184,11 +184,7 @@ class Settings:
         return p
 
     def rules_path(self) -> Path:
-        p = Path(self.worker.rules)
-        if not p.is_absolute():
-            base = Path(self.source).parent
-            p = base / p if (base / p).exists() else CONFIG_DIR / p
-        return p
+        return self.config_path(self.worker.rules)
 
 
 def parse_mqtt_url(url: str) -> tuple[str, int, str | None, str | None]:

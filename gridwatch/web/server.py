@@ -82,11 +82,11 @@ def build_context(settings: Settings, city: Any = None) -> WebContext:
 
 def category_groups(settings: Settings) -> list[str]:
     """Incident category groups of the backend's incidents.yaml (the console's category filter)."""
-    import os
-
     import yaml
 
-    path = os.environ.get("GRIDWATCH_INCIDENTS_CONFIG") or settings.config_path("incidents.yaml")
+    from gridwatch.agents.routing import config_path
+
+    path = config_path(settings)
     try:
         groups = (yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}).get("groups") or {}
     except (OSError, yaml.YAMLError, AttributeError):
