@@ -12,15 +12,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 from gridwatch.core.settings import Settings
+from gridwatch.pipeline.schemas.topics import TOPIC_CONFIGS, TOPICS
 
 log = logging.getLogger("gridwatch.kafka")
 
-# Topic families and whether they are partitioned like readings (by device shard).
-TOPICS = ("readings", "events", "deadletter", "reports", "actions", "incidents", "frames")
-# Topic configs per family at creation. Camera frames are bulky (~50 KB each) and only useful live:
-# keep an hour (real Kafka; the embedded Tansu broker keeps everything in memory regardless).
-TOPIC_CONFIGS: dict[str, dict[str, str]] = {"frames": {"retention.ms": "3600000", "segment.ms": "600000",
-                                                       "max.message.bytes": "4194304"}}
 
 
 async def assign_from_start(consumer: Any, topic: str) -> list[Any]:
