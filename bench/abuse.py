@@ -26,10 +26,10 @@ from typing import Any
 
 from gridwatch.bench.results_io import bench_parser, write_results
 from gridwatch.bench.telemetry import client, percentile, reading
+from gridwatch.core.procs import Pipeline, rss_mb
+from gridwatch.core.settings import STATE_DIR
 from gridwatch.devices.registry import load_city
 from gridwatch.devices.simulator import build_messages, device_topic
-from gridwatch.procs import Pipeline, rss_mb
-from gridwatch.settings import STATE_DIR
 from gridwatch.stack import EmbeddedStack
 
 JUNK = b"\x00junk" * (262_144 // 5)  # just under bridge.max_payload_bytes, not JSON

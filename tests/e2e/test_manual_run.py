@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gridwatch.procs import Proc
+from gridwatch.core.procs import Proc
 from tests.harness import ARTIFACTS, MqttWatcher, Pipeline, read_topic, wait_for
 
 SIM_WALL_S = 75

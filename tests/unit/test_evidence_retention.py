@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from gridwatch.pipeline.evidence import FileEvidenceStore
+from gridwatch.pipeline.outputs.evidence import FileEvidenceStore
 
 
 def test_old_and_excess_snapshots_are_removed(tmp_path):

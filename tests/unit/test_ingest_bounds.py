@@ -10,13 +10,18 @@ import json
 import pytest
 from aiokafka import errors
 
-from gridwatch.pipeline.deadletters import AMPLIFICATION, LetterGate, letter_budget, message_letter
-from gridwatch.pipeline.ingest import Router, cut_readings, out_records
-from gridwatch.pipeline.kafka_limits import is_retriable, is_size_error, parse_record_limit, record_budget
+from gridwatch.core.settings import load_settings
 from gridwatch.pipeline.schemas.deadletter import DeadLetter
 from gridwatch.pipeline.schemas.readings import Reading, ReadingBatch
-from gridwatch.pipeline.telemetry_parser import Rejection
-from gridwatch.settings import load_settings
+from gridwatch.pipeline.sources.deadletters import AMPLIFICATION, LetterGate, letter_budget, message_letter
+from gridwatch.pipeline.sources.ingest import Router, cut_readings, out_records
+from gridwatch.pipeline.sources.kafka_limits import (
+    is_retriable,
+    is_size_error,
+    parse_record_limit,
+    record_budget,
+)
+from gridwatch.pipeline.sources.telemetry_parser import Rejection
 
 NOW = 1_763_647_200_000
 

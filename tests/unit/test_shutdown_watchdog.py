@@ -10,7 +10,7 @@ import time
 
 STUCK = """
 import asyncio, time
-from gridwatch.cli import run_async
+from gridwatch.core.procs import run_async
 
 async def stuck(stop):
     print("running", flush=True)

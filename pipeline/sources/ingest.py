@@ -18,15 +18,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gridwatch.settings import BridgeSettings, Settings
-
-from .deadletters import LetterGate, message_letter, sender_of
-from .kafka_io import partition_for
-from .kafka_limits import DEFAULT_RECORD_LIMIT, RECORD_OVERHEAD
-from .schemas.codec import dumps
-from .schemas.deadletter import DeadLetter
-from .schemas.readings import Reading, ReadingBatch
-from .telemetry_parser import Rejection, parse_message
+from gridwatch.core.settings import BridgeSettings, Settings
+from gridwatch.pipeline.kafka_io import partition_for
+from gridwatch.pipeline.schemas.codec import dumps
+from gridwatch.pipeline.schemas.deadletter import DeadLetter
+from gridwatch.pipeline.schemas.readings import Reading, ReadingBatch
+from gridwatch.pipeline.sources.deadletters import LetterGate, message_letter, sender_of
+from gridwatch.pipeline.sources.kafka_limits import DEFAULT_RECORD_LIMIT, RECORD_OVERHEAD
+from gridwatch.pipeline.sources.telemetry_parser import Rejection, parse_message
 
 MAX_READINGS_PER_RECORD = 2000
 DEFAULT_RECORD_BYTES = DEFAULT_RECORD_LIMIT - RECORD_OVERHEAD

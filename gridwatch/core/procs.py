@@ -1,11 +1,13 @@
 """Child processes of the pipeline (`python -m gridwatch <command>`), for the demo, benchmarks and tests.
 
 One place that starts a component the way an operator would, captures its log to a file, waits for
-a log line, and stops it with SIGTERM (or kills it, to test crash recovery).
+a log line, and stops it with SIGTERM (or kills it, to test crash recovery); and the one way a
+long-running command runs its coroutine until Ctrl-C / SIGTERM (:func:`run_async`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -132,3 +134,16 @@ class Pipeline:
 
     def topic(self, family: str) -> str:
         return f"{self.prefix}.{family}"
+
+
+def run_async(main: Callable[[asyncio.Event], Any], limit_s: float = 10.0, what: str = "gridwatch") -> None:
+    """Run a coroutine until it finishes or Ctrl-C / SIGTERM asks it to stop cleanly (bounded: ``limit_s``
+    after the signal the process exits anyway, see gridwatch/core/shutdown.py)."""
+    from gridwatch.core.shutdown import install_stop_signals
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        install_stop_signals(asyncio.get_running_loop(), stop, limit_s, what)
+        await main(stop)
+
+    asyncio.run(runner())

@@ -29,19 +29,24 @@ from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
 
-from gridwatch.settings import Settings
-
-from .deadletters import message_letter
-from .ingest import OutRecord, Routed, Router, letter_record, out_records
-from .kafka_io import ensure_topics, start_producer
-from .kafka_limits import is_retriable, is_size_error, record_budget, topic_record_limit
-from .mqtt_client import connect, make_client
-from .schemas.readings import ReadingBatch
-from .telemetry_parser import Rejection
+from gridwatch.core.settings import Settings
+from gridwatch.pipeline.kafka_io import ensure_topics, start_producer
+from gridwatch.pipeline.mqtt_client import connect, make_client
+from gridwatch.pipeline.schemas.mqtt_topics import TELEMETRY_PATTERNS
+from gridwatch.pipeline.schemas.readings import ReadingBatch
+from gridwatch.pipeline.sources.deadletters import message_letter
+from gridwatch.pipeline.sources.ingest import OutRecord, Routed, Router, letter_record, out_records
+from gridwatch.pipeline.sources.kafka_limits import (
+    is_retriable,
+    is_size_error,
+    record_budget,
+    topic_record_limit,
+)
+from gridwatch.pipeline.sources.telemetry_parser import Rejection
 
 log = logging.getLogger("gridwatch.bridge")
 
-SUBSCRIPTIONS = ("v1/devices/+/telemetry", "v1/gateway/+/telemetry")
+SUBSCRIPTIONS = TELEMETRY_PATTERNS
 PRODUCER_MAX_REQUEST = 4 << 20
 STALL_WARN_S = 3.0  # a flush Kafka has not confirmed for this long is logged (and again every ALARM_EVERY_S)
 ALARM_WINDOW_S = 10.0  # dead-letter share measured over this long

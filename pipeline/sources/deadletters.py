@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .schemas.codec import dumps
-from .schemas.deadletter import DeadLetter
+from gridwatch.pipeline.schemas.codec import dumps
+from gridwatch.pipeline.schemas.deadletter import DeadLetter
 
 AMPLIFICATION = 1.2  # a letter's bytes / its message's bytes, at most (above MIN_LETTER_BYTES)
 MIN_LETTER_BYTES = 2048  # the budget of a letter for a message smaller than this / AMPLIFICATION
