@@ -306,7 +306,6 @@ class Replayer:
                 if loop.time() >= next_progress:
                     next_progress = loop.time() + 0.5
                     self._report(lo, hi, loop.time() - t0)
-            router.summaries(routed, st.last_ns // 1_000_000, force=True)  # what the dead-letter quota held back
             if routed:
                 await send(routed)
             for p in pending:

@@ -108,18 +108,19 @@ class LetterGate:
         self._senders: OrderedDict[str, _Bucket] = OrderedDict()
         self._total: _Bucket | None = None
         self._suppressed: dict[str, _Suppressed] = {}
+        self._next_due_ms = 0  # no summary is due before this receive time
         self.suppressed_messages = 0
 
     def letters(self, sender: str, source: str, payload: bytes, received_ms: int,
                 rejections: Sequence[Any]) -> list[DeadLetter]:
-        """The letters for one bad message: its own (unless over quota) and any summary now due."""
+        """The letters for one bad message: its own (unless over quota) and a summary of its sender."""
         bucket = self._senders.pop(sender, None) or _Bucket(self.burst, received_ms)
         self._senders[sender] = bucket
         if len(self._senders) > MAX_SENDERS:
             self._senders.popitem(last=False)
         if self._total is None:
             self._total = _Bucket(self.total_burst, received_ms)
-        out = self.due(received_ms)
+        out: list[DeadLetter] = []
         own = bucket.take(received_ms, self.rate, self.burst)
         if own and self._total.take(received_ms, self.total_rate, self.total_burst):
             if sender in self._suppressed:
@@ -131,6 +132,8 @@ class LetterGate:
         s = self._suppressed.get(key)
         if s is None:
             s = self._suppressed[key] = _Suppressed(source if key != "*" else "*", received_ms)
+            if len(self._suppressed) == 1:
+                self._next_due_ms = received_ms + SUMMARY_INTERVAL_MS
         s.last_ms = received_ms
         s.messages += 1
         s.bytes += len(payload)
@@ -140,8 +143,12 @@ class LetterGate:
 
     def due(self, now_ms: int, force: bool = False) -> list[DeadLetter]:
         """Summaries of senders whose suppressed messages waited ``SUMMARY_INTERVAL_MS`` (all: ``force``)."""
+        if not self._suppressed or (not force and now_ms < self._next_due_ms):
+            return []
         ready = [k for k, s in self._suppressed.items() if force or now_ms - s.first_ms >= SUMMARY_INTERVAL_MS]
-        return [self._summary(self._suppressed.pop(k)) for k in ready]
+        out = [self._summary(self._suppressed.pop(k)) for k in ready]
+        self._next_due_ms = min((s.first_ms for s in self._suppressed.values()), default=0) + SUMMARY_INTERVAL_MS
+        return out
 
     def _summary(self, s: _Suppressed) -> DeadLetter:
         who = "all senders together" if s.source == "*" else s.source

@@ -67,6 +67,9 @@ class Router:
             r.recv_ms = recv_ms
             shard = self.registry.get(r.device_id).shard_key
             out.by_partition[partition_for(shard, self.partitions)].append(r)
+        # Summaries fall due on receive time at every message, so the live bridge and a replay of its
+        # recording cut them at the same messages.
+        out.dead.extend(self.gate.due(recv_ms))
         if res.rejections:
             out.reasons.update(rej.reason for rej in res.rejections)
             out.bad_messages += 1

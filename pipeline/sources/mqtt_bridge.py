@@ -182,7 +182,6 @@ class MqttBridge:
 
     def _route(self, batch: list[Incoming]) -> tuple[Routed, list[OutRecord]]:
         routed = self.router.route((item.topic, item.payload, item.recv_ms) for item in batch)
-        self.router.summaries(routed, int(time.time() * 1000))
         records = out_records(self.settings, routed, self.record_limit)  # may add record_too_large letters
         st = self.stats
         st.dead_letters.update(routed.reasons)
