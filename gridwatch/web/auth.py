@@ -132,7 +132,9 @@ class TokenSigner:
         return f"{payload}.{self._sign(payload)}"
 
     def verify(self, token: str, now: float | None = None) -> str | None:
-        """The user name of a valid, unexpired token; None otherwise."""
+        """The user name of a valid, unexpired token; None otherwise (also for any non-ASCII junk)."""
+        if not token.isascii() or len(token) > 2048:
+            return None
         payload, _, sig = token.partition(".")
         if not payload or not sig or not hmac.compare_digest(sig, self._sign(payload)):
             return None

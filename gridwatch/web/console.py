@@ -24,6 +24,7 @@ from gridwatch.settings import STATE_DIR
 
 from .auth import Operator
 from .context import WebContext, ctx
+from .inputs import BadInput, check_unicode, parse_json
 from .open311 import Open311Error, build_report, produce_action, produce_report
 from .ratelimit import TokenBucket
 from .views import CLOSED_STATUSES, public_incident, stats, summary
@@ -36,10 +37,14 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif")
 
 def api_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.HTTPException:
     """A JSON error the console shows as is."""
+    kw: dict[str, Any] = {"text": json.dumps({"error": message}),
+                          "content_type": "application/json", "headers": headers}
+    if status == 413:  # its constructor wants the sizes first (a TypeError, i.e. a 500, without them)
+        return web.HTTPRequestEntityTooLarge(0, **kw)
     cls = {400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 403: web.HTTPForbidden, 404: web.HTTPNotFound,
-           409: web.HTTPConflict, 413: web.HTTPRequestEntityTooLarge, 415: web.HTTPUnsupportedMediaType,
+           409: web.HTTPConflict, 415: web.HTTPUnsupportedMediaType, 422: web.HTTPUnprocessableEntity,
            429: web.HTTPTooManyRequests, 503: web.HTTPServiceUnavailable}[status]
-    return cls(text=json.dumps({"error": message}), content_type="application/json", headers=headers)
+    return cls(**kw)
 
 
 # ---------------------------------------------------------------------------------------- auth
@@ -73,10 +78,13 @@ async def json_body(request: web.Request, *, limit: int = 65536) -> Any:
         raise api_error(415, "send JSON (Content-Type: application/json)")
     if request.content_length and request.content_length > limit:
         raise api_error(413, f"body over {limit} bytes")
+    raw = await request.read()
+    if len(raw) > limit:  # chunked bodies carry no Content-Length
+        raise api_error(413, f"body over {limit} bytes")
     try:
-        return json.loads(await request.read() or b"null")
-    except (ValueError, UnicodeDecodeError) as e:
-        raise api_error(400, f"body is not valid JSON: {e}") from None
+        return parse_json(raw)
+    except BadInput as e:
+        raise api_error(400, str(e)) from None
 
 
 async def login(request: web.Request) -> web.Response:
@@ -90,6 +98,9 @@ async def login(request: web.Request) -> web.Response:
     elif request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
         try:
             body = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+            check_unicode(body)
+        except BadInput as e:
+            raise api_error(400, str(e)) from None
         except (ValueError, AssertionError, UnicodeDecodeError) as e:  # e.g. multipart without a boundary
             raise api_error(400, f"cannot read the form: {e}") from None
     else:

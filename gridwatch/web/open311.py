@@ -27,6 +27,7 @@ from gridwatch.pipeline.schemas.incidents import OperatorAction
 from gridwatch.pipeline.schemas.reports import ResidentReport, report_id
 
 from .context import WebContext, ctx
+from .inputs import BadInput, check_unicode, parse_json
 from .views import CLOSED_STATUSES
 
 log = logging.getLogger("gridwatch.web.open311")
@@ -249,9 +250,9 @@ async def read_params(request: web.Request, c: WebContext) -> dict[str, Any]:
                 params[k] = v
     elif ctype == "application/json":
         try:
-            body = json.loads(await request.read() or b"{}")
-        except (ValueError, UnicodeDecodeError) as e:
-            raise Open311Error(400, f"body is not valid JSON: {e}") from None
+            body = parse_json(await request.read(), {})
+        except BadInput as e:
+            raise Open311Error(400, str(e)) from None
         if not isinstance(body, dict):
             raise Open311Error(400, "JSON body must be an object of request parameters")
         attrs = body.pop("attribute", None)
@@ -267,6 +268,10 @@ async def read_params(request: web.Request, c: WebContext) -> dict[str, Any]:
             params[str(k)] = v if isinstance(v, str) else json.dumps(v)
     elif await request.read():
         raise Open311Error(415, "send the request as application/x-www-form-urlencoded (or JSON)")
+    try:
+        check_unicode(params)  # form fields and the query string too
+    except BadInput as e:
+        raise Open311Error(400, str(e)) from None
     return params
 
 

@@ -25,6 +25,7 @@ from .auth import Accounts, TokenSigner
 from .catalog import Catalog
 from .context import CTX, WebContext
 from .geocode import Geocoder
+from .inputs import is_clean_text
 from .ratelimit import TokenBucket
 from .views import IncidentView, consume
 
@@ -34,10 +35,30 @@ CSP = ("default-src 'self'; img-src 'self' data: http: https:; style-src 'self' 
        "script-src 'self'; connect-src 'self'; frame-ancestors 'none'")
 
 
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp answers a request it cannot parse (control bytes in a header, a bad request line) with
+    400 itself, then logs a full traceback at ERROR. That is a client's mistake, not ours: keep one
+    warning line so an operator's log is not flooded by any scanner on the internet."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg, record.args = "malformed request answered %s: %s", (exc.code, exc.message.split("\n")[0])
+            record.levelno, record.levelname, record.exc_info, record.exc_text = logging.WARNING, "WARNING", None, None
+        return True
+
+
+logging.getLogger("aiohttp.server").addFilter(MalformedRequestFilter())
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     is_311 = request.path.startswith("/open311")
     try:
+        if not is_clean_url(request):
+            raise web.HTTPBadRequest(text="the URL is not valid UTF-8 text")
         resp = await handler(request)
     except open311.Open311Error as e:
         if is_311:
@@ -63,6 +84,12 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
             resp.headers.setdefault("Content-Security-Policy", CSP)
             resp.headers.setdefault("Referrer-Policy", "same-origin")
     return resp
+
+
+def is_clean_url(request: web.Request) -> bool:
+    """Whether the decoded path and query hold only real Unicode (no lone surrogates from bad %-escapes)."""
+    return is_clean_text(request.path) and all(is_clean_text(k) and is_clean_text(v)
+                                                for k, v in request.query.items())
 
 
 def build_context(settings: Settings, city: Any = None) -> WebContext:
