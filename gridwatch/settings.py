@@ -111,10 +111,18 @@ class WebSettings:
     api_keys: str = ""  # comma-separated keys accepted on POST requests when require_api_key is true
     rate_per_min: float = 30.0  # public POST token bucket per api_key / client IP
     rate_burst: int = 10
-    trust_forwarded_for: bool = False  # take the client IP from X-Forwarded-For (behind a proxy only)
+    # Reverse proxies (addresses / CIDRs, comma-separated) whose X-Forwarded-For is believed; "" = none
+    trusted_proxies: str = ""
     session_secret: str = ""  # HMAC key of console tokens; "" = random per process
     session_ttl_s: int = 43200
-    dedupe_window_s: int = 600  # an identical POST within this window returns the same request id
+    # Failed console logins: a bucket per client address and one per account name
+    login_rate_per_min: float = 20.0
+    login_burst: int = 10
+    login_account_rate_per_min: float = 30.0
+    login_account_burst: int = 30
+    audit_log: str = ""  # JSON lines of logins and operator actions ("" = <state dir>/audit.log)
+    ready_timeout_s: float = 2.0  # readiness: Kafka metadata / MQTT CONNACK round trip
+    dedupe_window_s: int = 600  # an identical POST (or the same Idempotency-Key) within this window: same id
     max_body_bytes: int = 1048576
     chat_import_max: int = 500  # records per chat import call
     evidence_dir: str = ""  # snapshot pictures of vision events ("" = <state dir>/evidence)
@@ -261,6 +269,9 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "bridge.max_batch_messages": (1, 10_000_000, False), "bridge.max_payload_bytes": (1, 1 << 31, False),
     "bridge.stats_interval_s": (0, math.inf, True), "web.port": (0, 65_535, False),
     "web.rate_per_min": (0, math.inf, True), "web.rate_burst": (1, 10_000_000, False),
+    "web.login_rate_per_min": (0, math.inf, True), "web.login_burst": (1, 1_000_000, False),
+    "web.login_account_rate_per_min": (0, math.inf, True), "web.login_account_burst": (1, 1_000_000, False),
+    "web.ready_timeout_s": (0, 60, True),
     "web.session_ttl_s": (1, 366 * 86_400, False), "web.max_body_bytes": (1, 1 << 31, False),
     "web.chat_import_max": (1, 1_000_000, False), "worker.offline_scan_s": (0, math.inf, True),
     "worker.presence_checkpoint_s": (0, math.inf, True), "worker.watermark_interval_s": (0, math.inf, True),

@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, settings
 from gridwatch.stack import EmbeddedStack
 
 os.environ.setdefault("GRIDWATCH_KAFKA_TANSU_QUIRKS", "on")
+os.environ.setdefault("GRIDWATCH_DEMO_CREDENTIALS", "allow")  # the shipped operator accounts (demo_guard.py)
 
 # Property tests: "ci" (the default) is deterministic (derandomized, no example database) and bounded,
 # so a fresh clone's `./run test` cannot fail on an example no earlier run saw. "explore" searches

@@ -56,6 +56,13 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(dk.hex(), digest)
 
 
+def _iterations(stored: str) -> int:
+    try:
+        return int(stored.split("$")[1])
+    except (IndexError, ValueError):
+        return PBKDF2_ITERATIONS
+
+
 @dataclass(frozen=True, slots=True)
 class Operator:
     user: str
@@ -80,6 +87,10 @@ class Accounts:
 
     def __init__(self, operators: list[Operator]) -> None:
         self._by_user = {o.user: o for o in operators}
+        # An unknown user costs one PBKDF2 run like a known one (same iteration count), so the answer's
+        # timing does not tell which account names exist.
+        iters = max((_iterations(o.password_hash) for o in operators), default=PBKDF2_ITERATIONS)
+        self._dummy = hash_password(secrets.token_hex(8), iterations=iters)
 
     def get(self, user: str) -> Operator | None:
         return self._by_user.get(user)
@@ -88,11 +99,13 @@ class Accounts:
         return len(self._by_user)
 
     def login(self, user: str, password: str) -> Operator | None:
+        """The operator when ``password`` is right; CPU-heavy (PBKDF2): call it off the event loop."""
         op = self._by_user.get(user)
-        if op is None:
-            verify_password(password, hash_password("x", salt="timing"))  # same work for unknown users
-            return None
-        return op if verify_password(password, op.password_hash) else None
+        ok = verify_password(password, op.password_hash if op is not None else self._dummy)
+        return op if ok and op is not None else None
+
+    def __iter__(self) -> Any:
+        return iter(self._by_user.values())
 
     @classmethod
     def load(cls, path: str | Path, gridmap: Any) -> Accounts:
@@ -133,6 +146,11 @@ class TokenSigner:
 
     def verify(self, token: str, now: float | None = None) -> str | None:
         """The user name of a valid, unexpired token; None otherwise (also for any non-ASCII junk)."""
+        claims = self.claims(token, now)
+        return claims[0] if claims else None
+
+    def claims(self, token: str, now: float | None = None) -> tuple[str, int] | None:
+        """(user, expiry epoch s) of a valid, unexpired token; None otherwise."""
         if not token.isascii() or len(token) > 2048:
             return None
         payload, _, sig = token.partition(".")
@@ -146,7 +164,7 @@ class TokenSigner:
             return None
         if body["exp"] < (now or time.time()):
             return None
-        return body["u"]
+        return body["u"], body["exp"]
 
     def _sign(self, payload: str) -> str:
         return hmac.new(self.key, payload.encode(), hashlib.sha256).hexdigest()

@@ -9,6 +9,7 @@ backend applies them and the resulting ``IncidentChange`` comes back through the
 
 from __future__ import annotations
 
+import asyncio
 import json
 import mimetypes
 import time
@@ -23,15 +24,18 @@ from gridwatch.pipeline.schemas.incidents import LEVELS, OperatorAction
 from gridwatch.settings import STATE_DIR
 
 from .auth import Operator
+from .clients import real_client
 from .context import WebContext, ctx
 from .inputs import BadInput, check_unicode, parse_json
 from .open311 import Open311Error, build_report, produce_action, produce_report
 from .ratelimit import TokenBucket
+from .revocations import token_id
 from .views import CLOSED_STATUSES, public_incident, stats, summary
 
 STATIC = Path(__file__).resolve().parent / "static"
 COOKIE = "gw_session"
-LOGIN_LIMIT: web.AppKey[TokenBucket] = web.AppKey("login_limit", TokenBucket)
+LOGIN_LIMIT: web.AppKey[TokenBucket] = web.AppKey("login_limit", TokenBucket)  # failed logins per client
+LOGIN_ACCOUNT_LIMIT: web.AppKey[TokenBucket] = web.AppKey("login_account_limit", TokenBucket)  # ... per account
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif")
 
 
@@ -48,20 +52,34 @@ def api_error(status: int, message: str, headers: dict[str, str] | None = None) 
 
 
 # ---------------------------------------------------------------------------------------- auth
-def require_operator(request: web.Request) -> Operator:
-    """The logged-in operator (bearer token or session cookie), or 401."""
-    c = ctx(request)
-    token = ""
+def request_token(request: web.Request) -> str:
+    """The bearer token, else the session cookie ("" when neither)."""
     auth = request.headers.get("Authorization", "")
-    if auth.lower().startswith("bearer "):
-        token = auth[7:].strip()
-    if not token:
-        token = request.cookies.get(COOKIE, "")
-    user = c.signer.verify(token) if token else None
-    op = c.accounts.get(user) if user else None
-    if op is None:
+    token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+    return token or request.cookies.get(COOKIE, "")
+
+
+def require_operator(request: web.Request) -> Operator:
+    """The logged-in operator (bearer token or session cookie, not logged out), or 401."""
+    c = ctx(request)
+    token = request_token(request)
+    claims = c.signer.claims(token) if token else None
+    op = c.accounts.get(claims[0]) if claims else None
+    if op is None or c.revoked.is_revoked(token_id(token)):
         raise api_error(401, "log in first (POST /api/login)")
     return op
+
+
+def client_of(request: web.Request) -> str:
+    """The real client address (behind the proxies of web.trusted_proxies)."""
+    return real_client(request.remote, request.headers.get("X-Forwarded-For", ""),
+                       ctx(request).settings.web.trusted_proxies)
+
+
+def audit(request: web.Request, event: str, **fields: Any) -> None:
+    c = ctx(request)
+    if c.audit is not None:
+        c.audit.write(event, client=client_of(request), **fields)
 
 
 def visible_or_403(request: web.Request, op: Operator, incident_id: str) -> dict[str, Any]:
@@ -88,14 +106,21 @@ async def json_body(request: web.Request, *, limit: int = 65536) -> Any:
 
 
 async def login(request: web.Request) -> web.Response:
+    """Only failed attempts cost: per client address and per account name, so guessing is slowed
+    while operators behind the same proxy as an attacker still get in."""
     c = ctx(request)
-    limiter, client = request.app[LOGIN_LIMIT], request.remote or "?"
-    wait = limiter.wait(client)  # only failed attempts cost: guessing is slowed, operators are not
+    by_client, by_account = request.app[LOGIN_LIMIT], request.app[LOGIN_ACCOUNT_LIMIT]
+    client = client_of(request)
+    wait = by_client.wait(client)
     if wait > 0:
-        raise api_error(429, "too many failed logins; wait", {"Retry-After": TokenBucket.retry_after(wait)})
+        audit(request, "login_throttled", reason="client")
+        raise api_error(429, "too many failed logins from your address; wait",
+                        {"Retry-After": TokenBucket.retry_after(wait)})
     if request.content_type == "application/json":
         body = await json_body(request, limit=4096)
     elif request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        if request.content_length and request.content_length > 4096:
+            raise api_error(413, "body over 4096 bytes")
         try:
             body = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
             check_unicode(body)
@@ -107,18 +132,36 @@ async def login(request: web.Request) -> web.Response:
         raise api_error(415, "send JSON {user, password} or a form")
     if not isinstance(body, dict) or not isinstance(body.get("user"), str) or not isinstance(body.get("password"), str):
         raise api_error(400, "give user and password")
-    op = c.accounts.login(body["user"], body["password"])
+    user, password = body["user"][:128], body["password"]
+    wait = by_account.wait(user)
+    if wait > 0:
+        audit(request, "login_throttled", user=user, reason="account")
+        raise api_error(429, "too many failed logins for this account; wait",
+                        {"Retry-After": TokenBucket.retry_after(wait)})
+    loop = asyncio.get_running_loop()
+    op = await loop.run_in_executor(c.hash_pool, c.accounts.login, user, password)
     if op is None:
-        limiter.take(client)
+        by_client.take(client)
+        by_account.take(user)
+        audit(request, "login_failed", user=user)
         raise api_error(401, "wrong user or password")
     token = c.signer.issue(op.user)
+    audit(request, "login_ok", user=op.user, role=op.role, scope=op.scope, token_id=token_id(token))
     resp = web.json_response({"token": token, "operator": op.public(c.gridmap), "expires_in": c.signer.ttl_s})
     resp.set_cookie(COOKIE, token, max_age=c.signer.ttl_s, httponly=True, samesite="Strict", path="/")
     return resp
 
 
 async def logout(request: web.Request) -> web.Response:
-    resp = web.json_response({"ok": True})
+    """Ends the session: the token (bearer or cookie) is refused from now on, on this api process."""
+    c = ctx(request)
+    token = request_token(request)
+    claims = c.signer.claims(token) if token else None
+    if claims is not None:
+        tid = token_id(token)
+        c.revoked.revoke(tid, claims[1])
+        audit(request, "logout", user=claims[0], token_id=tid)
+    resp = web.json_response({"ok": True, "revoked": claims is not None})
     resp.del_cookie(COOKIE, path="/")
     return resp
 
@@ -225,6 +268,8 @@ async def post_action(request: web.Request) -> web.Response:
     except SchemaError as e:
         raise api_error(400, str(e)) from None
     await _with_api_errors(produce_action(c, act))
+    audit(request, "action", user=op.user, incident=inc["id"], action=action, action_id=act.id,
+          note=act.note[:200] or None, department=act.department or None, level=act.level or None)
     return web.json_response({"accepted": True, "action_id": act.id, "incident_id": inc["id"],
                               "version": inc.get("version")}, status=202)
 
@@ -387,14 +432,6 @@ async def root(request: web.Request) -> web.Response:
     raise web.HTTPFound("/console")
 
 
-async def health(request: web.Request) -> web.Response:
-    c = ctx(request)
-    return web.json_response({"ready": c.view.ready.is_set(), "kafka": c.producer is not None,
-                              "incidents": len(c.view.incidents), "reports": len(c.view.reports),
-                              "changes_seen": c.view.changes_seen, "streams": len(c.view.subscribers),
-                              "counters": c.stats})
-
-
 def routes() -> list[web.RouteDef]:
     return [
         web.get("/", root),
@@ -402,7 +439,6 @@ def routes() -> list[web.RouteDef]:
         web.get("/favicon.ico", favicon),
         web.get("/openapi.yaml", openapi_spec),
         web.static("/console/static", STATIC, append_version=False),
-        web.get("/api/health", health),
         web.post("/api/login", login),
         web.post("/api/logout", logout),
         web.get("/api/me", me),

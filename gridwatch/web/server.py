@@ -18,19 +18,23 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from gridwatch.settings import Settings
+from gridwatch.settings import STATE_DIR, Settings, SettingsError
 
-from . import console, open311, stream
+from . import console, open311, readiness, stream
+from .audit import AuditLog
 from .auth import Accounts, TokenSigner
 from .catalog import Catalog
+from .clients import parse_proxies
 from .context import CTX, WebContext
+from .demo_guard import refuse_demo_credentials
 from .geocode import Geocoder
+from .idempotency import RecentPosts
 from .inputs import is_clean_text
 from .ratelimit import TokenBucket
 from .views import IncidentView, consume
 
 log = logging.getLogger("gridwatch.web")
-TOPICS = ("reports", "incidents", "actions")
+TOPICS = ("reports", "incidents", "actions", "audit")
 CSP = ("default-src 'self'; img-src 'self' data: http: https:; style-src 'self' 'unsafe-inline'; "
        "script-src 'self'; connect-src 'self'; frame-ancestors 'none'")
 
@@ -97,13 +101,21 @@ def build_context(settings: Settings, city: Any = None) -> WebContext:
 
     city = city or load_city(settings)
     w = settings.web
+    try:
+        parse_proxies(w.trusted_proxies)
+    except ValueError as e:
+        raise SettingsError(str(e)) from None
+    accounts = Accounts.load(settings.config_path(w.operators), city.gridmap)
+    refuse_demo_credentials(settings, accounts)
     return WebContext(
         settings=settings, city=city,
         catalog=Catalog.load(settings.config_path(w.services)),
-        accounts=Accounts.load(settings.config_path(w.operators), city.gridmap),
+        accounts=accounts,
         signer=TokenSigner(w.session_secret or secrets.token_hex(32), w.session_ttl_s),
         view=IncidentView(), geocoder=Geocoder(city.registry, city.gridmap),
         limiter=TokenBucket(float(w.rate_per_min), w.rate_burst), tz=ZoneInfo(city.timezone),
+        posts=RecentPosts(w.dedupe_window_s),
+        audit=AuditLog(w.audit_log or STATE_DIR / "audit.log", settings.topic("audit")),
     )
 
 
@@ -128,9 +140,13 @@ def create_app(settings: Settings, *, city: Any = None, kafka: bool = True) -> w
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.web.max_body_bytes)
     app[CTX] = c
     app[stream.STREAMS] = set()
-    app[console.LOGIN_LIMIT] = TokenBucket(20, 10)
+    w = settings.web
+    app[console.LOGIN_LIMIT] = TokenBucket(w.login_rate_per_min, w.login_burst)
+    app[console.LOGIN_ACCOUNT_LIMIT] = TokenBucket(w.login_account_rate_per_min, w.login_account_burst)
     app.add_routes(open311.routes())
     app.add_routes(console.routes())
+    app.add_routes(readiness.routes())
+    app.on_cleanup.append(_stop_hash_pool)
     app.router.add_get("/api/stream", stream.stream)
     app.on_shutdown.append(stream.close_streams)
     if kafka:
@@ -138,6 +154,10 @@ def create_app(settings: Settings, *, city: Any = None, kafka: bool = True) -> w
     else:
         c.view.ready.set()
     return app
+
+
+async def _stop_hash_pool(app: web.Application) -> None:
+    app[CTX].hash_pool.shutdown(wait=False, cancel_futures=True)
 
 
 async def _kafka(app: web.Application) -> AsyncIterator[None]:
@@ -148,6 +168,8 @@ async def _kafka(app: web.Application) -> AsyncIterator[None]:
     s = c.settings
     await ensure_topics(s, TOPICS)
     c.producer = await start_producer(s, linger_ms=0)
+    if c.audit is not None:
+        c.audit.producer = c.producer
     stop = asyncio.Event()
     task = asyncio.create_task(_consume_forever(c, stop), name="incident-view")
     try:
@@ -157,6 +179,8 @@ async def _kafka(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
             await asyncio.wait_for(task, 5)
         producer, c.producer = c.producer, None
+        if c.audit is not None:
+            c.audit.producer = None
         await producer.stop()
 
 

@@ -78,7 +78,7 @@ def test_non_ascii_cookie_is_401(api: Api, value: bytes) -> None:
 def test_lone_surrogate_in_an_open311_json_body_is_400(api: Api) -> None:
     fields = json.dumps({"service_code": "manhole_cover", "lat": MANHOLE.lat, "long": MANHOLE.lon,
                          "attribute": {"asset_id": MANHOLE.id}})
-    body = (fields[:-1] + ', "description": "\\ud800 broken"}').encode()  # json.dumps cannot write one
+    body = (fields[:-1] + ', "description": "\\ud800 broken"}').encode()
     r = raw(api, "POST", "/open311/v2/requests.json", [("Content-Type", "application/json")], body)
     assert r.status == 400 and "surrogate" in r.json()[0]["description"], r.text
     r = raw(api, "POST", "/open311/v2/requests.json", [("Content-Type", "application/json")],
