@@ -94,15 +94,15 @@ _cache: dict[int, tuple[float, dict[str, Any]]] = {}
 
 
 async def checks(c: WebContext) -> dict[str, Any]:
-    """Kafka, MQTT and the view, at most one round trip each per CACHE_S."""
+    """Kafka and MQTT (at most one round trip each per CACHE_S) and the view."""
     hit = _cache.get(id(c))
-    if hit is not None and hit[0] > time.monotonic():
-        return hit[1]
-    timeout = c.settings.web.ready_timeout_s
-    kafka, mqtt = await asyncio.gather(kafka_check(c, timeout), mqtt_check(c.settings, timeout))
-    out = {"kafka": kafka, "mqtt": mqtt, "view": {"ok": c.view.ready.is_set()}}
-    out["ready"] = bool(kafka["ok"] and out["view"]["ok"])
-    _cache[id(c)] = (time.monotonic() + CACHE_S, out)
+    if hit is None or hit[0] <= time.monotonic():
+        timeout = c.settings.web.ready_timeout_s
+        kafka, mqtt = await asyncio.gather(kafka_check(c, timeout), mqtt_check(c.settings, timeout))
+        hit = (time.monotonic() + CACHE_S, {"kafka": kafka, "mqtt": mqtt})
+        _cache[id(c)] = hit
+    out = {**hit[1], "view": {"ok": c.view.ready.is_set()}}
+    out["ready"] = bool(out["kafka"]["ok"] and out["view"]["ok"])
     return out
 
 
