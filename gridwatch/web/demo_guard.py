@@ -8,27 +8,18 @@ suite allow them explicitly with ``GRIDWATCH_DEMO_CREDENTIALS=allow``.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
+from gridwatch.security.placeholders import ALLOW_ENV, demo_allowed, is_placeholder
 from gridwatch.settings import CONFIG_DIR, Settings, SettingsError
 from gridwatch.yaml_files import read_yaml_list
 
-ALLOW_ENV = "GRIDWATCH_DEMO_CREDENTIALS"
+__all__ = ["ALLOW_ENV", "demo_accounts", "demo_allowed", "is_placeholder", "refuse_demo_credentials"]
+
 SHIPPED_OPERATORS = CONFIG_DIR / "operators.yaml"
 HOW_TO = ("create real accounts with `gridwatch operators add USER --role operator --scope AREA_CODE "
           "--file /etc/gridwatch/operators.yaml` (asks for the password) and point web.operators "
           "(GRIDWATCH_WEB_OPERATORS) at that file")
-
-
-def demo_allowed() -> bool:
-    return os.environ.get(ALLOW_ENV, "") == "allow"
-
-
-def is_placeholder(secret: str) -> bool:
-    """A value copied from an example file rather than made up (``change-me...``, ``changeme``, ...)."""
-    s = secret.strip().lower()
-    return s.startswith(("change-me", "changeme", "change_me", "replace-me", "example")) or s in ("secret", "password")
 
 
 def shipped_hashes() -> dict[str, str]:

@@ -137,3 +137,17 @@ def test_demo_credentials_are_refused_outside_the_demo(monkeypatch, tmp_path) ->
         demo_guard.refuse_demo_credentials(load_settings(), real)
     monkeypatch.setenv(demo_guard.ALLOW_ENV, "allow")
     demo_guard.refuse_demo_credentials(load_settings(), shipped)
+
+
+def test_gridwatch_api_refuses_to_start_with_the_shipped_accounts(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != demo_guard.ALLOW_ENV}
+    env["GRIDWATCH_STATE_DIR"] = str(tmp_path)
+    p = subprocess.run([sys.executable, "-m", "gridwatch", "api", "--kafka", "kafka://127.0.0.1:9", "--port", "0"],
+                       env=env, capture_output=True, text=True, timeout=120)
+    out = p.stdout + p.stderr
+    assert p.returncode == 2, out
+    assert "demo accounts" in out and "gridwatch operators add" in out and "api listening" not in out
