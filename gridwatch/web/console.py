@@ -153,14 +153,15 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def logout(request: web.Request) -> web.Response:
-    """Ends the session: the token (bearer or cookie) is refused from now on, on this api process."""
+    """Ends the session: the token (bearer or cookie) is refused from now on, here at once and on the
+    other api instances once they read the logout from ``<prefix>.audit`` (revocation_feed.py)."""
     c = ctx(request)
     token = request_token(request)
     claims = c.signer.claims(token) if token else None
     if claims is not None:
         tid = token_id(token)
         c.revoked.revoke(tid, claims[1])
-        audit(request, "logout", user=claims[0], token_id=tid)
+        audit(request, "logout", user=claims[0], token_id=tid, expires=claims[1])  # other instances revoke it too
     resp = web.json_response({"ok": True, "revoked": claims is not None})
     resp.del_cookie(COOKIE, path="/")
     return resp
@@ -370,6 +371,8 @@ async def chat_import(request: web.Request) -> web.Response:
                 raise api_error(503, msg, e.headers) from None
             results.append({"index": n, "error": msg})
     ok = sum(1 for r in results if "error" not in r)
+    audit(request, "chat_import", user=op.user, accepted=ok, rejected=len(results) - ok,
+          ids=[r["service_request_id"] for r in results if "service_request_id" in r][:50])
     return web.json_response({"accepted": ok, "rejected": len(results) - ok, "results": results})
 
 

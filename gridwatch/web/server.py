@@ -31,6 +31,7 @@ from .geocode import Geocoder
 from .idempotency import RecentPosts
 from .inputs import is_clean_text
 from .ratelimit import TokenBucket
+from .revocation_feed import follow
 from .views import IncidentView, consume
 
 log = logging.getLogger("gridwatch.web")
@@ -172,12 +173,14 @@ async def _kafka(app: web.Application) -> AsyncIterator[None]:
         c.audit.producer = c.producer
     stop = asyncio.Event()
     task = asyncio.create_task(_consume_forever(c, stop), name="incident-view")
+    logouts = asyncio.create_task(follow(c.revoked, s.kafka_bootstrap(), c.topic("audit"), stop), name="logouts")
     try:
         yield
     finally:
         stop.set()
-        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-            await asyncio.wait_for(task, 5)
+        for t in (task, logouts):
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(t, 5)
         producer, c.producer = c.producer, None
         if c.audit is not None:
             c.audit.producer = None

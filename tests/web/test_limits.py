@@ -26,9 +26,12 @@ def audit_file(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("audit") / "audit.log"
 
 
+SECRET = f"test-{uuid.uuid4().hex}"  # one session key for the instances behind one load balancer
+
+
 @pytest.fixture(scope="module")
 def lapi(stack, audit_file: Path) -> Iterator[Api]:
-    env = {"GRIDWATCH_WEB_RATE_PER_MIN": "0.5", "GRIDWATCH_WEB_RATE_BURST": "3",
+    env = {"GRIDWATCH_WEB_SESSION_SECRET": SECRET, "GRIDWATCH_WEB_RATE_PER_MIN": "0.5", "GRIDWATCH_WEB_RATE_BURST": "3",
            "GRIDWATCH_WEB_TRUSTED_PROXIES": "127.0.0.1,::1", "GRIDWATCH_WEB_TRUST_FORWARDED_FOR": "true",
            "GRIDWATCH_WEB_API_KEYS": "city-crm-key",
            "GRIDWATCH_WEB_LOGIN_RATE_PER_MIN": "0.5", "GRIDWATCH_WEB_LOGIN_BURST": "3",
@@ -115,3 +118,19 @@ def test_liveness_and_readiness(lapi: Api) -> None:
     r = lapi.get("/api/health/ready")
     assert r.status == 200 and r.json()["kafka"]["ok"] is True and r.json()["view"]["ok"] is True, r.text
     assert lapi.get("/api/health").json()["kafka"] is True
+
+
+def test_a_logout_on_one_instance_revokes_the_token_on_the_others(stack, lapi: Api, tmp_path) -> None:
+    other = start_api(stack.kafka_url, lapi.prefix, {"GRIDWATCH_WEB_SESSION_SECRET": SECRET,
+                                                     "GRIDWATCH_WEB_AUDIT_LOG": str(tmp_path / "audit2.log")}, "api2")
+    try:
+        r = lapi.post("/api/login", json_body={"user": "meiqiao", "password": "meiqiao-demo"},
+                      headers=via_proxy("198.51.100.30"))
+        assert r.status == 200, r.text
+        token = r.json()["token"]
+        assert other.get("/api/me", token=token).status == 200  # the premise: one token, both instances
+        assert lapi.post("/api/logout", token=token).json()["revoked"] is True
+        wait_for(lambda: other.get("/api/me", token=token).status == 401, 30, "the other instance to revoke it")
+        assert lapi.get("/api/me", token=token).status == 401
+    finally:
+        other.proc.stop()
