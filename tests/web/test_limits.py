@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from gridwatch.web.audit import read_entries
 from tests.harness import read_topic, wait_for
 from tests.web.conftest import Api, start_api
 from tests.web.samples import CITY, change, incident
@@ -31,11 +30,11 @@ SECRET = f"test-{uuid.uuid4().hex}"  # one session key for the instances behind 
 
 @pytest.fixture(scope="module")
 def lapi(stack, audit_file: Path) -> Iterator[Api]:
-    env = {"GRIDWATCH_WEB_SESSION_SECRET": SECRET, "GRIDWATCH_WEB_RATE_PER_MIN": "0.5", "GRIDWATCH_WEB_RATE_BURST": "3",
+    env = {"GRIDWATCH_WEB_SESSION_SECRET": SECRET, "GRIDWATCH_WEB_RATE_PER_MIN": "1", "GRIDWATCH_WEB_RATE_BURST": "3",
            "GRIDWATCH_WEB_TRUSTED_PROXIES": "127.0.0.1,::1", "GRIDWATCH_WEB_TRUST_FORWARDED_FOR": "true",
            "GRIDWATCH_WEB_API_KEYS": "city-crm-key",
-           "GRIDWATCH_WEB_LOGIN_RATE_PER_MIN": "0.5", "GRIDWATCH_WEB_LOGIN_BURST": "3",
-           "GRIDWATCH_WEB_LOGIN_ACCOUNT_RATE_PER_MIN": "0.5", "GRIDWATCH_WEB_LOGIN_ACCOUNT_BURST": "6",
+           "GRIDWATCH_WEB_LOGIN_RATE_PER_MIN": "1", "GRIDWATCH_WEB_LOGIN_BURST": "3",
+           "GRIDWATCH_WEB_LOGIN_ACCOUNT_RATE_PER_MIN": "1", "GRIDWATCH_WEB_LOGIN_ACCOUNT_BURST": "6",
            "GRIDWATCH_WEB_AUDIT_LOG": str(audit_file)}
     a = start_api(stack.kafka_url, f"l{uuid.uuid4().hex[:8]}", env)
     yield a
@@ -87,6 +86,8 @@ def test_guessing_one_account_from_many_addresses_is_throttled_per_account(lapi:
 
 
 def test_logout_revokes_the_token_and_everything_is_audited(lapi: Api, audit_file: Path) -> None:
+    from gridwatch.web.audit import read_entries
+
     inc = incident(GRID, ts=int(time.time() * 1000) - 60_000, level="yellow", status="dispatched")
     lapi.produce("incidents", inc.grid_code, change(inc))
     desk = via_proxy("198.51.100.20")
