@@ -36,7 +36,7 @@ class InlineExecutor(Executor):
 async def one_run(logins: int, inline: bool) -> list[float]:
     from aiohttp.test_utils import TestClient, TestServer
 
-    from gridwatch.settings import load_settings
+    from gridwatch.core.settings import load_settings
     from gridwatch.web.context import CTX
     from gridwatch.web.server import create_app
 

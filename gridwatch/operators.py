@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from gridwatch.settings import Settings, SettingsError
+from gridwatch.core.settings import Settings, SettingsError
 
 HEADER = """# Operator accounts of the console (/console) and its API (/api/...).
 # Fields: user, name, role (viewer | operator | supervisor), scope (an area code of any tier: the account
@@ -47,14 +47,14 @@ def read_password() -> str:
 
 
 def add(settings: Settings, args: argparse.Namespace) -> int:
-    from gridwatch.app import load_city
-    from gridwatch.settings import CONFIG_DIR
+    from gridwatch.core.settings import CONFIG_DIR
+    from gridwatch.devices.registry import city_of
     from gridwatch.web.auth import ROLE_ACTIONS, Accounts, AuthError, hash_password
 
     path = Path(args.file)
     if path.resolve().parent == CONFIG_DIR.resolve():
         raise SettingsError(f"{path} is the shipped demo file; give --file a path of your own")
-    gridmap = load_city(settings).gridmap
+    gridmap = city_of(settings).gridmap
     if args.scope not in gridmap:
         raise SettingsError(f"--scope {args.scope!r} is not an area code of the city's grid map")
     assert args.role in ROLE_ACTIONS

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from gridwatch.settings import Settings
+from gridwatch.core.settings import Settings
 
 from .audit import AuditLog
 from .auth import Accounts, TokenSigner

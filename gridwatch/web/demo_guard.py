@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from gridwatch.core.settings import CONFIG_DIR, Settings, SettingsError
+from gridwatch.core.yaml_files import read_yaml_list
 from gridwatch.security.placeholders import ALLOW_ENV, demo_allowed, is_placeholder
-from gridwatch.settings import CONFIG_DIR, Settings, SettingsError
-from gridwatch.yaml_files import read_yaml_list
 
 __all__ = ["ALLOW_ENV", "demo_accounts", "demo_allowed", "is_placeholder", "refuse_demo_credentials"]
 

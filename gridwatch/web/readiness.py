@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gridwatch.settings import Settings, SettingsError
+from gridwatch.core.settings import Settings, SettingsError
 
 from .context import WebContext, ctx
 

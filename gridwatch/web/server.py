@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from gridwatch.settings import STATE_DIR, Settings, SettingsError
+from gridwatch.core.settings import STATE_DIR, Settings, SettingsError
 
 from . import console, open311, readiness, stream
 from .audit import AuditLog
@@ -98,9 +98,9 @@ def is_clean_url(request: web.Request) -> bool:
 
 
 def build_context(settings: Settings, city: Any = None) -> WebContext:
-    from gridwatch.app import load_city
+    from gridwatch.devices.registry import city_of
 
-    city = city or load_city(settings)
+    city = city or city_of(settings)
     w = settings.web
     try:
         parse_proxies(w.trusted_proxies)
@@ -122,11 +122,11 @@ def build_context(settings: Settings, city: Any = None) -> WebContext:
 
 def category_groups(settings: Settings) -> list[str]:
     """Incident category groups of the backend's incidents.yaml (the console's category filter)."""
-    import os
-
     import yaml
 
-    path = os.environ.get("GRIDWATCH_INCIDENTS_CONFIG") or settings.config_path("incidents.yaml")
+    from gridwatch.agents.routing import config_path
+
+    path = config_path(settings)
     try:
         groups = (yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}).get("groups") or {}
     except (OSError, yaml.YAMLError, AttributeError):

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from gridwatch.cli import build_parser
-from gridwatch.settings import Settings
+from gridwatch.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -272,7 +272,7 @@ def test_dashboards_are_generated_from_the_code_and_query_what_the_sink_writes(t
 
 
 def test_sink_measurement_names_match_the_dashboards():
-    from gridwatch.pipeline.sinks import influx
+    from gridwatch.pipeline.outputs import influx
 
     src = Path(influx.__file__).read_text()
     for m in SINK_MEASUREMENTS:
@@ -325,7 +325,7 @@ def test_the_api_never_loads_the_shipped_demo_accounts(compose, k8s):
 
 def test_example_secrets_are_refused_at_start_up(monkeypatch):
     """A deployment that copied deploy/.env.example (or secrets.example.yaml) unchanged does not start."""
-    from gridwatch.settings import SettingsError, load_settings
+    from gridwatch.core.settings import SettingsError, load_settings
     from gridwatch.web import demo_guard
 
     env_example = dict(line.split("=", 1) for line in (DEPLOY / ".env.example").read_text().splitlines()

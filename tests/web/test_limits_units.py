@@ -12,7 +12,7 @@ import time
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from gridwatch.settings import CONFIG_DIR, SettingsError, load_settings
+from gridwatch.core.settings import CONFIG_DIR, SettingsError, load_settings
 from gridwatch.web import auth, demo_guard
 from gridwatch.web.audit import AuditLog, read_entries
 from gridwatch.web.auth import Accounts, hash_password
