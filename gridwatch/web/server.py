@@ -18,9 +18,9 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from gridwatch.settings import Settings
+from gridwatch.settings import Settings, SettingsError
 
-from . import console, open311, stream
+from . import console, hotline, open311, stream
 from .auth import Accounts, TokenSigner
 from .catalog import Catalog
 from .context import CTX, WebContext
@@ -68,6 +68,9 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
 def build_context(settings: Settings, city: Any = None) -> WebContext:
     from gridwatch.app import load_city
 
+    if not 1 <= settings.stats.satisfied_min_rating <= 5:
+        raise SettingsError(f"stats.satisfied_min_rating must be 1-5 (ratings are 1-5), got "
+                            f"{settings.stats.satisfied_min_rating}")
     city = city or load_city(settings)
     w = settings.web
     return WebContext(
@@ -104,6 +107,7 @@ def create_app(settings: Settings, *, city: Any = None, kafka: bool = True) -> w
     app[console.LOGIN_LIMIT] = TokenBucket(20, 10)
     app.add_routes(open311.routes())
     app.add_routes(console.routes())
+    app.add_routes(hotline.routes())
     app.router.add_get("/api/stream", stream.stream)
     app.on_shutdown.append(stream.close_streams)
     if kafka:
