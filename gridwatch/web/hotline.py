@@ -38,13 +38,13 @@ def hotline_tokens(c: WebContext) -> list[str]:
     h = c.settings.hotline
     tokens = [t.strip() for t in os.environ.get(h.token_env, "").split(",") if t.strip()]
     if h.token_file:
-        with contextlib.suppress(OSError):  # a missing file: no tokens from it (503 if none at all)
+        with contextlib.suppress(OSError):  # a missing file: no tokens from it (404 if none at all)
             tokens += [t.strip() for t in Path(h.token_file).read_text().splitlines() if t.strip()]
     return tokens
 
 
 def require_hotline(request: web.Request) -> None:
-    """401 unless the request carries one of the hotline tokens; 503 when none is configured."""
+    """401 unless the request carries one of the hotline tokens; 404 when none is configured (the link is off)."""
     c = ctx(request)
     limiter, client = request.app[LOGIN_LIMIT], f"hotline:{request.remote or '?'}"
     wait = limiter.wait(client)
@@ -52,8 +52,8 @@ def require_hotline(request: web.Request) -> None:
         raise api_error(429, "too many failed attempts; wait", {"Retry-After": TokenBucket.retry_after(wait)})
     tokens = hotline_tokens(c)
     if not tokens:
-        raise api_error(503, f"the hotline link has no token configured (set ${c.settings.hotline.token_env} "
-                             "or hotline.token_file)")
+        raise api_error(404, f"the hotline link is off here: no token configured (set "
+                             f"${c.settings.hotline.token_env} or hotline.token_file)")
     auth = request.headers.get("Authorization", "")
     given = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
     if not given or not any(hmac.compare_digest(given.encode(), t.encode()) for t in tokens):
@@ -124,7 +124,8 @@ async def post_order(request: web.Request) -> web.Response:
     report.service_request_id, report.external_id = rid, order_id
     await _with_api_errors(produce_report(c, report))
     return web.json_response({**answer, "grid_code": report.grid_code, "service_code": report.service_code,
-                              "status": "received", "duplicate": False}, status=201)
+                              "status": "received", "closed": False, "incident_id": None, "duplicate": False},
+                             status=201)
 
 
 def order_status(c: WebContext, order_id: str) -> dict[str, Any]:

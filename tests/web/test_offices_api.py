@@ -165,6 +165,7 @@ def test_hotline_orders_are_filed_once_as_reports_with_their_order_id(api: Api) 
     rid = hotline_report_id(order["order_id"])
     assert r.json() | {} == {"order_id": order["order_id"], "service_request_id": rid, "grid_code": ANSHA[6],
                              "service_code": "manhole_cover", "status": "received", "duplicate": False,
+                             "closed": False, "incident_id": None,
                              "status_url": f"/api/hotline/orders/{order['order_id']}"}
     again = hotline(api, {**order, "content": "再次来电催办"})
     assert again.status == 200 and again.json()["duplicate"] is True and again.json()["service_request_id"] == rid
