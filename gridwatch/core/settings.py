@@ -129,6 +129,21 @@ class WebSettings:
 
 
 @dataclass
+class StatsSettings:
+    """Statistics of the console (``GET /api/stats``), as offices count them."""
+
+    satisfied_min_rating: int = 4  # an evaluation rated at least this (of 5) counts as satisfied
+
+
+@dataclass
+class HotlineSettings:
+    """The 12345 citizen hotline link: inbound work orders (``POST /api/hotline/orders``)."""
+
+    token_env: str = "GRIDWATCH_HOTLINE_TOKENS"  # env var with the accepted bearer tokens, comma-separated
+    token_file: str = ""  # ... or a file with one token per line
+
+
+@dataclass
 class InfluxSettings:
     """Time-series sink (InfluxDB 2 write API): readings, grid events, incident changes, presence."""
 
@@ -159,6 +174,8 @@ class Settings:
     web: WebSettings = field(default_factory=WebSettings)
     vision: VisionSettings = field(default_factory=VisionSettings)
     influx: InfluxSettings = field(default_factory=InfluxSettings)
+    stats: StatsSettings = field(default_factory=StatsSettings)
+    hotline: HotlineSettings = field(default_factory=HotlineSettings)
     source: str = str(DEFAULT_CONFIG)
 
     # -- resolved endpoints -------------------------------------------------------------------

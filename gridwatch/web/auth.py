@@ -29,7 +29,10 @@ ROLE_ACTIONS: dict[str, frozenset[str]] = {
     "operator": frozenset({"ack", "dispatch", "accept", "start", "resolve", "escalate", "comment", "confirm",
                            "reopen", "chat_import"}),
     "supervisor": frozenset({"ack", "dispatch", "accept", "start", "resolve", "escalate", "comment", "confirm",
-                             "reopen", "cancel", "chat_import"}),
+                             "reopen", "cancel", "supervise", "chat_import"}),
+    # The discipline commission (纪委监委, 纪委督单): supervises any incident in its scope whatever its
+    # work-order tier (a notice with a deadline) and comments; it does not handle the work itself.
+    "discipline": frozenset({"supervise", "comment"}),
 }
 PBKDF2_ITERATIONS = 120_000
 

@@ -30,7 +30,8 @@ from .inputs import BadInput, check_unicode, parse_json
 from .open311 import Open311Error, build_report, produce_action, produce_report
 from .ratelimit import TokenBucket
 from .revocations import token_id
-from .views import CLOSED_STATUSES, public_incident, stats, summary
+from .statistics import stats
+from .views import CLOSED_STATUSES, public_incident, summary
 
 STATIC = Path(__file__).resolve().parent / "static"
 COOKIE = "gw_session"
@@ -193,12 +194,27 @@ def _filtered(request: web.Request, op: Operator) -> list[dict[str, Any]]:
         incs = [i for i in incs if i.get("category_group") in cats or cats & {s.get("type") for s in i["sources"]}]
     if q.get("level"):
         incs = [i for i in incs if i.get("level") in q["level"].split(",")]
+    if q.get("supervised"):
+        if q["supervised"] not in SUPERVISED_FILTERS:
+            raise api_error(400, "supervised must be 1, 0 or overdue")
+        incs = [i for i in incs if supervised_matches(i, q["supervised"])]
     if q.get("status"):
         want = set(q["status"].split(","))
         incs = [i for i in incs if i["status"] in want
                 or ("open" in want and i["status"] not in CLOSED_STATUSES)
                 or ("closed" in want and i["status"] in CLOSED_STATUSES)]
     return incs
+
+
+SUPERVISED_FILTERS = ("1", "true", "0", "false", "overdue")
+
+
+def supervised_matches(inc: dict[str, Any], want: str) -> bool:
+    """``supervised=1``: under a supervision notice; ``0``: not; ``overdue``: its notice's deadline passed."""
+    sv = inc.get("supervision")
+    if want == "overdue":
+        return bool(sv and sv.get("overdue"))
+    return (sv is not None) == (want in ("1", "true"))
 
 
 async def list_incidents(request: web.Request) -> web.Response:
@@ -260,10 +276,16 @@ async def post_action(request: web.Request) -> web.Response:
     note, department, level = body.get("note", ""), body.get("department", ""), body.get("level", "")
     if not all(isinstance(x, str) for x in (note, department, level)) or len(note) > 2000 or len(department) > 100:
         raise api_error(400, "note (<= 2000 chars), department and level must be strings")
-    if action == "comment" and not note.strip():
-        raise api_error(400, "a comment needs a note")
-    act = OperatorAction(inc["id"], inc["grid_code"], action, op.user, int(time.time() * 1000),
-                         actor_tier_code=op.scope, note=note.strip(), department=department.strip(), level=level)
+    if action in ("comment", "supervise") and not note.strip():
+        raise api_error(400, f"a {action} needs a note")
+    now = int(time.time() * 1000)
+    assist = body.get("assist")
+    if assist is not None and (action != "dispatch" or not isinstance(assist, list)):
+        raise api_error(400, "assist (assisting departments, 吹哨报到) is a list of department names given with dispatch")
+    deadline = supervision_deadline(body, now, c) if action == "supervise" else None
+    act = OperatorAction(inc["id"], inc["grid_code"], action, op.user, now, actor_tier_code=op.scope,
+                         note=note.strip(), department=department.strip(), level=level, assist=assist,
+                         deadline=deadline)
     try:
         act.validate()
     except SchemaError as e:
@@ -273,6 +295,34 @@ async def post_action(request: web.Request) -> web.Response:
           note=act.note[:200] or None, department=act.department or None, level=act.level or None)
     return web.json_response({"accepted": True, "action_id": act.id, "incident_id": inc["id"],
                               "version": inc.get("version")}, status=202)
+
+
+MAX_SUPERVISION_H = 24 * 90
+
+
+def supervision_deadline(body: dict[str, Any], now_ms: int, c: WebContext) -> int:
+    """The deadline of a supervision notice: ``deadline_h`` hours from now, or ``deadline`` as epoch ms
+    or an ISO date-time (city time zone without an offset); in the future, within 90 days."""
+    hours, at = body.get("deadline_h"), body.get("deadline")
+    if (hours is None) == (at is None):
+        raise api_error(400, "a supervision notice needs deadline_h (hours from now) or deadline (a date-time)")
+    if hours is not None:
+        if isinstance(hours, bool) or not isinstance(hours, int | float) or not 0 < hours <= MAX_SUPERVISION_H:
+            raise api_error(400, f"deadline_h must be a number of hours, more than 0 and at most {MAX_SUPERVISION_H}")
+        return now_ms + int(hours * 3_600_000)
+    if isinstance(at, int) and not isinstance(at, bool):
+        ms = at
+    elif isinstance(at, str):
+        try:
+            d = datetime.fromisoformat(at.strip())
+        except ValueError:
+            raise api_error(400, f"deadline {at!r} is not a date-time such as 2026-11-21T18:00:00+08:00") from None
+        ms = int((d if d.tzinfo else d.replace(tzinfo=c.tz)).timestamp() * 1000)
+    else:
+        raise api_error(400, "deadline must be epoch milliseconds or an ISO 8601 date-time")
+    if not now_ms < ms <= now_ms + MAX_SUPERVISION_H * 3_600_000:
+        raise api_error(400, "deadline must be in the future, at most 90 days ahead")
+    return ms
 
 
 async def _with_api_errors(coro: Any) -> Any:
@@ -318,7 +368,7 @@ async def get_stats(request: web.Request) -> web.Response:
         except ValueError:
             raise api_error(400, "month must look like 2026-11") from None
     incs = _filtered(request, op)
-    return web.json_response(stats(incs, c.gridmap, c.tz, month))
+    return web.json_response(stats(incs, c.gridmap, c.tz, month, satisfied_min=c.settings.stats.satisfied_min_rating))
 
 
 # ---------------------------------------------------------------------------------------- chat import

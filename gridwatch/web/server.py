@@ -20,7 +20,7 @@ from aiohttp import web
 
 from gridwatch.core.settings import STATE_DIR, Settings, SettingsError
 
-from . import console, open311, readiness, stream
+from . import console, hotline, open311, readiness, stream
 from .audit import AuditLog
 from .auth import Accounts, TokenSigner
 from .catalog import Catalog
@@ -100,6 +100,9 @@ def is_clean_url(request: web.Request) -> bool:
 def build_context(settings: Settings, city: Any = None) -> WebContext:
     from gridwatch.devices.registry import city_of
 
+    if not 1 <= settings.stats.satisfied_min_rating <= 5:
+        raise SettingsError(f"stats.satisfied_min_rating must be 1-5 (ratings are 1-5), got "
+                            f"{settings.stats.satisfied_min_rating}")
     city = city or city_of(settings)
     w = settings.web
     try:
@@ -148,6 +151,7 @@ def create_app(settings: Settings, *, city: Any = None, kafka: bool = True) -> w
     app.add_routes(console.routes())
     app.add_routes(readiness.routes())
     app.on_cleanup.append(_stop_hash_pool)
+    app.add_routes(hotline.routes())
     app.router.add_get("/api/stream", stream.stream)
     app.on_shutdown.append(stream.close_streams)
     if kafka:
