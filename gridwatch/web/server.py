@@ -25,6 +25,7 @@ from .auth import Accounts, TokenSigner
 from .catalog import Catalog
 from .context import CTX, WebContext
 from .geocode import Geocoder
+from .prefs import Preferences
 from .ratelimit import TokenBucket
 from .views import IncidentView, consume
 
@@ -102,6 +103,7 @@ def create_app(settings: Settings, *, city: Any = None, kafka: bool = True) -> w
     app[CTX] = c
     app[stream.STREAMS] = set()
     app[console.LOGIN_LIMIT] = TokenBucket(20, 10)
+    app[console.PREFS] = Preferences()
     app.add_routes(open311.routes())
     app.add_routes(console.routes())
     app.router.add_get("/api/stream", stream.stream)
