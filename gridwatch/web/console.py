@@ -18,8 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
-from gridwatch.pipeline.schemas.codec import SchemaError
 from gridwatch.agents.lifecycle import TRANSITIONS, LifecycleError, check_action
+from gridwatch.pipeline.schemas.codec import SchemaError
 from gridwatch.pipeline.schemas.incidents import LEVELS, Incident, OperatorAction
 from gridwatch.settings import STATE_DIR
 
@@ -174,7 +174,7 @@ async def list_incidents(request: web.Request) -> web.Response:
     except ValueError:
         raise api_error(400, "limit must be a number") from None
     return web.json_response({"total": len(incs), "ready": ctx(request).view.ready.is_set(),
-                              "incidents": [summary(i) for i in incs[:limit]]})
+                              "incidents": [summary(i, ctx(request).view.reports) for i in incs[:limit]]})
 
 
 def evidence_refs(inc: dict[str, Any]) -> list[dict[str, str]]:

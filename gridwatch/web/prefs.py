@@ -35,6 +35,8 @@ def pick_language(accept: str) -> str:
                 q = float(params.strip()[2:])
             except ValueError:
                 q = 0.0
+        if q <= 0:
+            continue  # q=0 (or unreadable): not acceptable
         q -= n * 1e-6  # equal weights: the earlier one wins
         lang = "en" if tag.startswith("en") else "zh-CN" if tag.startswith("zh") else None
         if lang and q > best_q:
