@@ -38,12 +38,12 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif")
 
 
 def api_error(status: int, message: str, headers: dict[str, str] | None = None,
-              **extra: Any) -> web.HTTPException:
-    """A JSON error the console shows (``extra``: machine-readable fields it can translate from)."""
+              fields: dict[str, Any] | None = None) -> web.HTTPException:
+    """A JSON error the console shows (``fields``: machine-readable details it can translate from)."""
     cls = {400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 403: web.HTTPForbidden, 404: web.HTTPNotFound,
            409: web.HTTPConflict, 413: web.HTTPRequestEntityTooLarge, 415: web.HTTPUnsupportedMediaType,
            429: web.HTTPTooManyRequests, 503: web.HTTPServiceUnavailable}[status]
-    return cls(text=json.dumps({"error": message, **extra}), content_type="application/json", headers=headers)
+    return cls(text=json.dumps({"error": message, **(fields or {})}), content_type="application/json", headers=headers)
 
 
 # ---------------------------------------------------------------------------------------- auth
@@ -250,8 +250,8 @@ def refuse_now(inc: dict[str, Any], act: OperatorAction) -> None:
     except SchemaError:
         return  # a snapshot of another schema version: let the backend decide
     except LifecycleError as e:
-        raise api_error(409, str(e), reason=e.reason, action=act.action, status=inc["status"],
-                        allowed_from=list(TRANSITIONS[act.action][0])) from None
+        raise api_error(409, str(e), fields={"reason": e.reason, "action": act.action, "status": inc["status"],
+                                             "allowed_from": list(TRANSITIONS[act.action][0])}) from None
 
 
 async def _with_api_errors(coro: Any) -> Any:

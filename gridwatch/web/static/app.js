@@ -187,7 +187,7 @@ const MESSAGES = [
   [/^crowd of (\d+) in (\S+)/, (m) => t("msg.crowd", { n: m[1], zone: m[2] })],
 ];
 // a system message (rule or vision text) in the chosen language; unknown ones fall back to the event
-// type's label so no untranslated sentence reaches the page (the original stays in the tooltip)
+// type's label so no untranslated sentence reaches the page (the original stays in data-original)
 function messageText(msg, type, kind) {
   if (!msg) return "";
   if (kind === "report") return msg; // a resident's own words
@@ -219,7 +219,11 @@ function noteText(entry) {
   for (const [re, fn] of NOTES) { const m = entry.note.match(re); if (m) { const out = fn(m); if (out !== null) return out; } }
   return entry.note;
 }
-function actorLabel(a) { return a ? tc("actor", a) : ""; }
+function actorLabel(a) {
+  if (!a) return "";
+  const [kind, id] = a.split(/:(.*)/s); // "sensor:<device id>", "resident:<request id>", or a user name
+  return id !== undefined && `actor.${kind}` in I18N.table ? `${t(`actor.${kind}`)} ${id}` : tc("actor", a);
+}
 function deptLabel(d) { return tc("dept", d); }
 function supervisionState(i) {
   const sv = i.supervision;
@@ -307,10 +311,16 @@ function filters() {
     tier: $("f-tier").value, levels: new Set(levels), supervised: $("f-supervised").checked,
     q: $("f-search").value.trim().toLowerCase() };
 }
-async function loadIncidents() {
+async function loadIncidents({ alertNew = false } = {}) {
   const body = await api("/api/incidents?status=&limit=5000");
-  S.incidents.clear();
-  for (const i of body.incidents) S.incidents.set(i.id, i);
+  const before = S.incidents;
+  S.incidents = new Map();
+  for (const i of body.incidents) {
+    S.incidents.set(i.id, i);
+    // a reload after the stream broke off: red incidents that arrived meanwhile still alert, once
+    const old = before.get(i.id);
+    if (alertNew && i.level === "red" && !CLOSED.has(i.status) && (!old || old.level !== "red")) alertRed(i);
+  }
   fillCategories();
   scheduleRender();
 }
@@ -323,7 +333,7 @@ function connectStream() {
   es.addEventListener("hello", () => {
     setLive(true);
     // after a reconnect, changes made while we were away were not streamed to us: reload the list
-    if (S.streamedOnce) loadIncidents().catch(() => null);
+    if (S.streamedOnce) loadIncidents({ alertNew: true }).catch(() => null);
     S.streamedOnce = true;
   });
   es.addEventListener("incident", (ev) => {
@@ -380,6 +390,10 @@ function beep() {
 function alertRed(i) {
   S.alerts += 1;
   document.body.dataset.redAlerts = String(S.alerts);
+  // a burst (a storm, a reconnect) makes one sound and one notification, not hundreds
+  const now = Date.now();
+  if (now - (S.lastAlert || 0) < 3000) return;
+  S.lastAlert = now;
   if (beep()) document.body.dataset.beeps = String(Number(document.body.dataset.beeps || 0) + 1);
   if ("Notification" in window && Notification.permission === "granted") {
     try {
@@ -465,7 +479,7 @@ function renderList(rows) {
     dataset: { incidentId: i.id, level: i.level, status: i.status, supervised: i.supervision ? "1" : "0" },
     onclick: () => openIncident(i.id), onkeydown: onRowKey,
   },
-  h("div", { class: "t", title: i.title }, incidentTitle(i)),
+  h("div", { class: "t" }, incidentTitle(i)),
   h("div", { class: "m" }, badges(i),
     i.acked ? h("span", { class: "badge" }, t("badge.acked")) : null,
     h("span", {}, placeOf(i)),
@@ -564,6 +578,8 @@ async function openIncident(id, focus = true) {
     $("detail").replaceChildren(h("p", { class: "error", role: "alert" }, errorText(e))); return;
   }
   if (S.selected !== id) return;
+  const row = S.incidents.get(id);
+  if (row) row.addresses = Object.values(inc.reports || {}).map((r) => r && r.address).filter(Boolean); // for search
   const keep = { note: $("action-note") && $("action-note").value, msg: $("action-msg") };
   renderDetail(inc, keep);
   if (!focus) scheduleRender();
@@ -584,7 +600,7 @@ function renderSource(inc, src) {
     src.level ? [" ", h("span", { class: `badge ${src.level}` }, levelLabel(src.level))] : null,
     src.kind === "event" ? [" ", h("span", { class: "badge" }, src.active ? t("detail.active") : t("detail.cleared"))] : null),
     h("div", { class: "muted small" }, [tc("origin", src.origin), src.subject, fmtTime(src.ts)].filter(Boolean).join(" · ")),
-    src.message ? h("div", { title: src.message }, messageText(src.message, src.type, src.kind)) : null,
+    src.message ? h("div", { dataset: { original: src.message } }, messageText(src.message, src.type, src.kind)) : null,
     rep && rep.address ? h("div", { class: "small" }, t("detail.address", { address: rep.address })) : null,
     ev.length && cols.length ? h("table", { class: "evidence" },
       h("tr", {}, cols.map((c) => h("th", { scope: "col" }, tc("field", c)))),
@@ -597,7 +613,7 @@ function renderTimeline(inc) {
       h("div", {}, ticket ? [h("span", { class: "badge ticket" }, t(`ticket.${ticket}`)), " "] : null,
         h("b", {}, tc("history", x.action)), " ", x.actor ? t("detail.by", { actor: actorLabel(x.actor) }) : "",
         x.to_status && x.to_status !== x.from_status ? ` → ${statusLabel(x.to_status)}` : ""),
-      x.note ? h("div", { class: "note", title: x.note }, noteText(x)) : null,
+      x.note ? h("div", { class: "note", dataset: { original: x.note } }, noteText(x)) : null,
       h("div", { class: "when" }, [fmtTime(x.ts), x.level && levelLabel(x.level), x.tier && tc("tier", x.tier),
         x.department && deptLabel(x.department)].filter(Boolean).join(" · ")));
   });
@@ -620,7 +636,7 @@ function renderDetail(inc, keep = {}) {
     onclick: () => act(inc, a, fields) }, tc("action", a)));
   const assisting = inc.assisting_departments || inc.assisting || [];
   fill($("detail"),
-    h("h2", { id: "detail-title", dataset: { incidentId: inc.id }, title: inc.title, tabindex: "-1" }, incidentTitle(inc)),
+    h("h2", { id: "detail-title", dataset: { incidentId: inc.id }, tabindex: "-1" }, incidentTitle(inc)),
     h("div", { class: "m" }, badges(inc), " ",
       inc.acked ? h("span", { class: "badge", id: "detail-acked" }, t("detail.acked")) : null, " ",
       inc.pending_confirmation ? h("span", { class: "badge" }, t("detail.pending")) : null),
@@ -696,7 +712,7 @@ async function act(inc, action, { note, dept, assist, deadline, msg }) {
     msg.className = "msg error";
     msg.setAttribute("role", "alert");
     msg.textContent = t("act.refused", { reason: errorText(e) });
-    msg.title = e.message;
+    msg.dataset.detail = e.message; // the server's own words, for support
   }
 }
 function settlePending(applied) {
@@ -723,7 +739,7 @@ function renderStats(st) {
   const handling = o.avg_handling_h === null ? "—" : o.avg_handling_h < 1 ? t("stats.minutes", { n: Math.round(o.avg_handling_h * 60) })
     : t("stats.hours", { n: fmtNum(o.avg_handling_h, 1) });
   const supervised = o.supervised !== undefined;
-  $("kpis").replaceChildren(
+  fill($("kpis"),
     kpi("k-closure", pct(o.closure_rate), t("stats.closure", { closed: o.closed, n: o.incidents })),
     kpi("k-handling", handling, t("stats.handling")),
     kpi("k-overdue", `${o.overdue}`, t("stats.overdue", { open: o.open_overdue })),
@@ -773,9 +789,10 @@ function rankTable(tbl, rows, what) {
 }
 // --- charts: hand-written SVG with axes, gridlines, keyboard-focusable marks and a shared tooltip
 function niceTicks(max) {
+  // counts: whole-number steps of 1, 2 or 5 × 10^k, about four of them
   const raw = Math.max(1, max) / 4;
   const mag = 10 ** Math.floor(Math.log10(raw));
-  const step = [1, 2, 5, 10].map((k) => k * mag).find((x) => x >= raw) || raw;
+  const step = Math.max(1, [1, 2, 5, 10].map((k) => k * mag).find((x) => x >= raw) || raw);
   const top = Math.ceil(Math.max(1, max) / step) * step;
   const ticks = [];
   for (let v = 0; v <= top + 1e-9; v += step) ticks.push(+v.toFixed(6));
