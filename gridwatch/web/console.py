@@ -276,6 +276,8 @@ async def city_map(request: web.Request) -> web.Response:
                for g in grids for d in c.registry.by_grid(g)]
     return web.json_response({
         "scope": op.scope, "bbox": gm.bbox(op.scope), "centre": c.city.centre,
+        "chain": [{"code": a.code, "name": a.name, "name_zh": a.name_zh, "tier": a.tier, "parent": a.parent}
+                  for a in gm.chain(op.scope)],  # the scope and the areas above it, for names
         "areas": areas, "grids": [{"code": g, "name": gm.area(g).name, "name_zh": gm.area(g).name_zh,
                                    "rings": [[[round(x, 6), round(y, 6)] for x, y in r] for r in gm.polygon(g)]}
                                   for g in grids],

@@ -166,7 +166,7 @@ function levelLabel(lv) { return tc("level", lv); }
 function statusLabel(st) { return tc("status", st); }
 function typeLabel(type) { return `type.${type}` in I18N.table ? t(`type.${type}`) : tc("service", type); }
 function incidentTitle(i) {
-  const types = (i.types || []).filter((x) => `type.${x}` in I18N.table);
+  const types = (i.types || [...new Set((i.sources || []).map((x) => x.type))].sort()).filter((x) => `type.${x}` in I18N.table);
   const reports = i.report_count !== undefined ? i.report_count
     : (i.sources || []).filter((x) => x.kind === "report").length;
   const parts = types.length ? [types.map(typeLabel).join(t("title.join"))] : [];
@@ -270,7 +270,7 @@ async function start() {
   $("login").classList.add("hidden");
   $("app").classList.remove("hidden");
   S.map = await api("/api/map");
-  S.areas = new Map(S.map.areas.map((a) => [a.code, a]));
+  S.areas = new Map([...(S.map.chain || []), ...S.map.areas].map((a) => [a.code, a]));
   for (const g of S.map.grids) S.areas.set(g.code, { ...g, tier: "grid" });
   fillWho();
   fillFilters();
@@ -580,7 +580,8 @@ async function openIncident(id, focus = true) {
   if (S.selected !== id) return;
   const row = S.incidents.get(id);
   if (row) row.addresses = Object.values(inc.reports || {}).map((r) => r && r.address).filter(Boolean); // for search
-  const keep = { note: $("action-note") && $("action-note").value, msg: $("action-msg") };
+  const same = $("detail-title") && $("detail-title").dataset.incidentId === id; // a refresh of the open incident
+  const keep = same ? { note: $("action-note") && $("action-note").value, msg: $("action-msg") } : {};
   renderDetail(inc, keep);
   if (!focus) scheduleRender();
 }
@@ -622,7 +623,7 @@ function renderDetail(inc, keep = {}) {
   const grid = (inc.tiers || []).find((x) => x.tier === "grid");
   const chain = (inc.tiers || []).map((x) => areaName(x.code)).join(" › ");
   const sv = supervisionState(inc);
-  const msg = keep.msg && S.pending && S.pending.id === inc.id ? keep.msg : h("div", { class: "msg", id: "action-msg", role: "status", "aria-live": "polite" });
+  const msg = keep.msg ? keep.msg : h("div", { class: "msg", id: "action-msg", role: "status", "aria-live": "polite" });
   const note = h("textarea", { id: "action-note", placeholder: t("detail.note_ph"), "aria-label": t("detail.note_ph") });
   if (keep.note) note.value = keep.note;
   const dept = h("input", { id: "action-dept", placeholder: t("detail.dept_ph"), "aria-label": t("detail.dept_ph"), list: "dept-list" });
@@ -704,6 +705,11 @@ async function act(inc, action, { note, dept, assist, deadline, msg }) {
     msg.textContent = t("act.sent", { action: tc("action", action) });
     note.value = "";
     settlePending(false);
+    const now = S.incidents.get(inc.id);
+    if (r && now && r.version !== null && r.version !== undefined && (now.version || 0) > r.version) {
+      msg.textContent = t("act.applied", { action: tc("action", action) }); // the change beat the answer here
+      return;
+    }
     S.pending = { id: inc.id, version: r && r.version !== undefined && r.version !== null ? r.version : inc.version, action, msg,
       timer: setTimeout(() => {
         if (S.pending && S.pending.msg === msg && msg.isConnected) msg.textContent = t("act.slow", { action: tc("action", action), s: 15 });
