@@ -185,19 +185,27 @@ def test_zh_operator_sees_red_alert_live_and_works_it(live: tuple[Pipeline, Api]
     ansha.wait_for_selector("#detail-acked", timeout=30_000)
     assert ansha.inner_text("#detail-acked") == "已签收"
 
-    # supervise (督办) and dispatch with assisting departments (吹哨报到), where the API offers them
-    me = api.get("/api/me", token=token).json()
-    covered = {"supervise": "supervise" in me["actions"]}
+    # the discipline commission supervises it (督办, 纪委督单) where the API has that action and account:
+    # its notice shows on the town's desk live, as a badge and through the 督办 filter
+    covered = {"supervise": api.post("/api/login", json_body={"user": "jiwei", "password": "jiwei-demo"}).status == 200}
     if covered["supervise"]:
-        ansha.fill("#action-note", "请两小时内处置到位")
-        ansha.fill("#action-deadline", time.strftime("%Y-%m-%dT%H:%M", time.localtime(time.time() + 7200)))
-        ansha.click("#act-supervise")
-        ansha.wait_for_selector("#detail-supervision", timeout=30_000)
+        jiwei = login(browser, api, "jiwei", "zh-CN")
+        jiwei.click(f".incident[data-incident-id='{iid}']")
+        jiwei.wait_for_selector(f"#detail-title[data-incident-id='{iid}']")
+        jiwei.fill("#action-note", "请两小时内处置到位")  # the deadline field starts a day ahead
+        jiwei.click("#act-supervise")
+        jiwei.wait_for_selector("#detail-supervision", timeout=30_000)
+        ansha.wait_for_selector(f".incident[data-incident-id='{iid}'] .badge.supervised", timeout=30_000)
         assert "督办" in ansha.inner_text(f".incident[data-incident-id='{iid}']")
         ansha.check("#f-supervised")
         assert ansha.locator(".incident").count() == 1
         ansha.uncheck("#f-supervised")
-        ansha.screenshot(path=str(ZH_SHOTS / "04a-supervised.png"))
+        assert "督办通知" in ansha.inner_text("#detail-supervision") and "请两小时内处置到位" in ansha.inner_text("#detail")
+        assert "纪委督单" in ansha.inner_text("#timeline")
+        jiwei.screenshot(path=str(ZH_SHOTS / "04a-supervision-notice.png"))
+        ansha.screenshot(path=str(ZH_SHOTS / "04b-supervised-on-the-town-desk.png"))
+        assert not jiwei.errors, jiwei.errors
+    # dispatch to a lead department with assisting departments (吹哨报到)
     ansha.fill("#action-dept", "drainage")
     ansha.fill("#action-assist", "roads，sanitation")
     ansha.click("#act-dispatch")
@@ -205,9 +213,10 @@ def test_zh_operator_sees_red_alert_live_and_works_it(live: tuple[Pipeline, Api]
     inc = api.get(f"/api/incidents/{iid}", token=token).json()
     assert inc["department"] == "drainage"
     assert "排水管理处" in ansha.inner_text("#detail")
-    covered["assisting"] = bool(inc.get("assisting_departments") or inc.get("assisting"))
+    covered["assisting"] = bool(inc.get("assist"))
     if covered["assisting"]:
-        assert "道路养护中心" in ansha.inner_text("#detail")
+        assert inc["assist"] == ["roads", "sanitation"]
+        assert "协办部门" in ansha.inner_text("#detail") and "道路养护中心、环卫处" in ansha.inner_text("#detail")
     ansha.screenshot(path=str(ZH_SHOTS / "04-signed-dispatched.png"))
 
     # a second desk of the same town that stopped hearing changes opens the incident before it is resolved

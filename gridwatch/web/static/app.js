@@ -197,6 +197,7 @@ function messageText(msg, type, kind) {
 const LT = "(\\w+)/(\\w+)";
 const NOTES = [
   [/^routing table$/, () => t("note.routing")],
+  [/^supervision deadline passed \(notice by (.+)\)$/, (m) => t("note.supervision_overdue", { by: actorLabel(m[1]) })],
   [/^a sensor event and a resident report agree$/, () => t("note.agree")],
   [/^every sensor event ended; an operator should confirm$/, () => t("note.auto_resolve")],
   [/^not evaluated within the evaluation window$/, () => t("note.auto_close")],
@@ -213,7 +214,8 @@ function lt(m) {
 }
 function noteText(entry) {
   if (!entry.note) return "";
-  if (entry.actor && entry.actor !== "system" && !["created", "merged", "confirmed", "overdue", "auto_resolve", "auto_close"].includes(entry.action)) {
+  if (entry.actor && entry.actor !== "system" && !["created", "merged", "confirmed", "overdue", "auto_resolve", "auto_close",
+    "supervision_overdue"].includes(entry.action)) {
     return entry.note; // an operator's own words
   }
   for (const [re, fn] of NOTES) { const m = entry.note.match(re); if (m) { const out = fn(m); if (out !== null) return out; } }
@@ -228,8 +230,9 @@ function deptLabel(d) { return tc("dept", d); }
 function supervisionState(i) {
   const sv = i.supervision;
   if (!sv) return null;
-  const deadline = sv.deadline_ts || sv.deadline;
-  const late = !CLOSED.has(i.status) && deadline && Number(deadline) < Date.now();
+  const deadline = sv.deadline;
+  // the workflow judges lateness in event time (sv.overdue); the clock is only a fallback
+  const late = sv.overdue !== undefined ? !!sv.overdue : !CLOSED.has(i.status) && deadline && Number(deadline) < Date.now();
   return { ...sv, deadline, late };
 }
 
@@ -616,7 +619,9 @@ function renderTimeline(inc) {
         x.to_status && x.to_status !== x.from_status ? ` → ${statusLabel(x.to_status)}` : ""),
       x.note ? h("div", { class: "note", dataset: { original: x.note } }, noteText(x)) : null,
       h("div", { class: "when" }, [fmtTime(x.ts), x.level && levelLabel(x.level), x.tier && tc("tier", x.tier),
-        x.department && deptLabel(x.department)].filter(Boolean).join(" · ")));
+        x.department && deptLabel(x.department),
+        (x.assist || []).length && t("timeline.assist", { depts: x.assist.map(deptLabel).join(t("title.join")) }),
+        x.deadline && t("timeline.deadline", { deadline: fmtTime(x.deadline) })].filter(Boolean).join(" · ")));
   });
 }
 function renderDetail(inc, keep = {}) {
@@ -628,14 +633,15 @@ function renderDetail(inc, keep = {}) {
   if (keep.note) note.value = keep.note;
   const dept = h("input", { id: "action-dept", placeholder: t("detail.dept_ph"), "aria-label": t("detail.dept_ph"), list: "dept-list" });
   const assist = h("input", { id: "action-assist", placeholder: t("detail.assist_ph"), "aria-label": t("detail.assist_ph") });
-  const deadline = h("input", { id: "action-deadline", type: "datetime-local", "aria-label": t("detail.deadline"), title: t("detail.deadline") });
+  const deadline = h("input", { id: "action-deadline", type: "datetime-local", "aria-label": t("detail.deadline"), title: t("detail.deadline"),
+    value: localInput(Date.now() + 24 * 3600 * 1000) }); // a day by default; the operator sets it
   const allowed = S.me.actions || [];
   const order = [...ACTION_ORDER.filter((a) => allowed.includes(a)), ...allowed.filter((a) => !ACTION_ORDER.includes(a))];
   const fields = { note, dept, assist, deadline, msg };
   const buttons = order.map((a) => h("button", { id: `act-${a}`, dataset: { action: a },
     disabled: !actionEnabled(inc, a), title: actionEnabled(inc, a) ? null : t("detail.not_possible", { status: statusLabel(inc.status) }),
     onclick: () => act(inc, a, fields) }, tc("action", a)));
-  const assisting = inc.assisting_departments || inc.assisting || [];
+  const assisting = inc.assist || [];
   fill($("detail"),
     h("h2", { id: "detail-title", dataset: { incidentId: inc.id }, tabindex: "-1" }, incidentTitle(inc)),
     h("div", { class: "m" }, badges(inc), " ",
@@ -664,6 +670,11 @@ function renderDetail(inc, keep = {}) {
       h("img", { class: "snap", src: im.url, alt: t("detail.snapshot_alt", { ref: im.ref }) })))] : null,
     h("h3", {}, t("detail.timeline")), h("ol", { class: "timeline", id: "timeline" }, renderTimeline(inc)));
 }
+function localInput(ms) {
+  // "YYYY-MM-DDTHH:MM" in the browser's zone, what <input type=datetime-local> takes
+  const d = new Date(ms - new Date(ms).getTimezoneOffset() * 60000);
+  return d.toISOString().slice(0, 16);
+}
 function confirmDialog(text) {
   const dlg = $("confirm");
   $("confirm-text").textContent = text;
@@ -686,6 +697,8 @@ function errorText(e) {
   }
   if (e.status === 403) return I18N.lang === "en" ? e.message : t("refuse.forbidden");
   if (e.status === 400 && /comment needs a note/.test(e.message)) return t("refuse.comment_note");
+  if (e.status === 400 && /supervise needs a note/.test(e.message)) return t("refuse.supervise_note");
+  if (e.status === 400 && /deadline/.test(e.message)) return t("refuse.deadline");
   if (e.status && e.status >= 400) return I18N.lang === "en" ? e.message : t("err.http", { status: e.status, detail: e.message });
   return e.message;
 }
@@ -698,8 +711,8 @@ async function act(inc, action, { note, dept, assist, deadline, msg }) {
   const body = { action, note: note.value.trim() };
   if (action === "dispatch" && dept.value.trim()) body.department = dept.value.trim();
   const helpers = assist.value.split(/[,，、\s]+/).map((x) => x.trim()).filter(Boolean);
-  if (action === "dispatch" && helpers.length) body.assisting_departments = helpers;
-  if (action === "supervise" && deadline.value) body.deadline_ts = new Date(deadline.value).getTime();
+  if (action === "dispatch" && helpers.length) body.assist = helpers; // 吹哨报到: assisting departments
+  if (action === "supervise" && deadline.value) body.deadline = new Date(deadline.value).getTime();
   try {
     const r = await api(`/api/incidents/${encodeURIComponent(inc.id)}/actions`, { json: body });
     msg.textContent = t("act.sent", { action: tc("action", action) });
@@ -771,11 +784,19 @@ function renderStats(st) {
     t("stats.col_overdue"), t("stats.col_satisfaction")];
   csvButton("card-towns", `towns-${st.month}`, rankHead(t("stats.col_town")), rankRows(st.ranking.towns));
   csvButton("card-grids", `grids-${st.month}`, rankHead(t("stats.col_grid")), rankRows(st.ranking.grids));
-  const defs = st.definitions || {};
-  const threshold = defs.satisfied_min_rating;
-  $("defs").replaceChildren(...["def.scope", "def.closure", "def.handling", "def.overdue",
-    threshold !== undefined ? "def.satisfaction" : "def.satisfaction_mean", supervised ? "def.supervised" : null, "def.index"]
-    .filter(Boolean).map((k) => h("li", {}, t(k, { threshold }))));
+  if (st.ranking.districts) {
+    rankTable($("t-districts"), st.ranking.districts, t("stats.col_district"));
+    csvButton("card-districts", `districts-${st.month}`, rankHead(t("stats.col_district")), rankRows(st.ranking.districts));
+  }
+  $("card-districts").classList.toggle("hidden", !st.ranking.districts);
+  // the definitions travel with the figures when the API sends them (one text for the figures and the
+  // page); the string table's own ones describe the figures of an API that does not
+  const fromApi = Object.values(st.definitions || {}).filter((d) => d && typeof d === "object" && d[I18N.lang]);
+  const threshold = st.satisfaction_threshold ? st.satisfaction_threshold.min_rating : undefined;
+  $("defs").replaceChildren(...(fromApi.length ? fromApi.map((d) => h("li", {}, d[I18N.lang]))
+    : ["def.scope", "def.closure", "def.handling", "def.overdue",
+      threshold !== undefined ? "def.satisfaction" : "def.satisfaction_mean", supervised ? "def.supervised" : null, "def.index"]
+      .filter(Boolean).map((k) => h("li", {}, t(k, { threshold })))));
 }
 function monthLabel(m) {
   const [y, mo] = m.split("-").map(Number);
