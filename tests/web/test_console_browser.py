@@ -67,10 +67,12 @@ def browser() -> Iterator[object]:
         b.close()
 
 
-def login(browser: object, api: Api, user: str, lang: str | None = None, *, live_stream: bool = True) -> object:
-    """A fresh desk (browser context) where ``user`` logs in, picking ``lang`` on the login page if given."""
+def login(browser: object, api: Api, user: str, lang: str | None = None, *, live_stream: bool = True,
+          notify: bool = False) -> object:
+    """A fresh desk (browser context) where ``user`` logs in, picking ``lang`` on the login page if given
+    (``notify``: the operator has allowed desktop notifications)."""
     ctx = browser.new_context(viewport={"width": 1500, "height": 920}, timezone_id="Asia/Shanghai",  # type: ignore[attr-defined]
-                              accept_downloads=True)
+                              accept_downloads=True, permissions=["notifications"] if notify else [])
     page = ctx.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
@@ -330,7 +332,7 @@ def test_thousands_of_incidents_render_in_batches(stack, browser: object, tmp_pa
     prefix = f"m{uuid.uuid4().hex[:8]}"
     api = start_api(stack.kafka_url, prefix, {"GRIDWATCH_CONSOLE_PREFS": str(tmp_path / "prefs.json")})
     try:
-        page = login(browser, api, "city")
+        page = login(browser, api, "city", notify=True)
         grids = CITY.gridmap.grid_codes
         now = int(time.time() * 1000)
         records = [change(incident(grids[n % len(grids)], ts=now - n * 1000, level=("red", "yellow", "blue")[n % 3]))
@@ -355,11 +357,13 @@ def test_thousands_of_incidents_render_in_batches(stack, browser: object, tmp_pa
         assert page.locator(".incident").count() == 300  # the DOM holds one page of rows; filters reach the rest
         assert 1 <= renders < 3000 // 5, renders  # batched per frame, not once per change
         assert red_alerts == 1000  # every new red incident alerted once (live, or on the reload after a stalled stream)
+        notified = int(page.get_attribute("body", "data-notified") or 0)
+        assert 1 <= notified <= 20, notified  # desktop notifications: one per burst (3 s), not one per incident
         page.fill("#f-search", records[1234]["incident"]["id"])
         page.wait_for_selector(f".incident[data-incident-id='{records[1234]['incident']['id']}']")
         assert page.locator(".incident").count() == 1
         page.screenshot(path=str(ZH_SHOTS / "09-three-thousand-incidents.png"))
         assert not page.errors, page.errors
-        print(f"3,000 incident changes rendered in {renders} frames")
+        print(f"3,000 incident changes rendered in {renders} frames, {notified} desktop notification(s)")
     finally:
         api.proc.stop()
