@@ -121,6 +121,17 @@ def publish_open_cover(pipe: Pipeline, device_id: str) -> None:
 def test_zh_operator_sees_red_alert_live_and_works_it(live: tuple[Pipeline, Api], browser: object) -> None:
     pipe, api = live
     ZH_SHOTS.mkdir(parents=True, exist_ok=True)
+    # the login page is Chinese before anyone chose, and says so when the password is wrong
+    door = browser.new_context(timezone_id="Asia/Shanghai").new_page()  # type: ignore[attr-defined]
+    door.goto(api.url + "/console")
+    door.wait_for_selector("#login-form")
+    assert html_lang(door) == "zh-CN" and door.title() == "网格化治理指挥台" and english_left(door) == set()
+    door.fill("#login-user", "ansha")
+    door.fill("#login-password", "wrong")
+    door.click("#login-submit")
+    door.wait_for_selector("#login-error >> text=账号或密码错误。")
+    door.screenshot(path=str(ZH_SHOTS / "00-login.png"))
+    door.context.close()
     ansha = login(browser, api, "ansha", "zh-CN")
     other = login(browser, api, "chunyuan")
     assert html_lang(ansha) == "zh-CN" and html_lang(other) == "zh-CN"  # Chinese is the default, chosen or not
