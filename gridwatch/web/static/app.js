@@ -294,7 +294,7 @@ function fillFilters() {
   const indent = { district: "", street: "  ", community: "    ", grid: "      " };
   for (const a of S.map.areas) {
     if (a.code === S.me.scope) continue;
-    sel.append(h("option", { value: a.code }, `${indent[a.tier] || ""}${areaName(a.code)}（${tc("tier", a.tier)}）`));
+    sel.append(h("option", { value: a.code }, `${indent[a.tier] || ""}${areaName(a.code)}${t("fmt.paren", { x: tc("tier", a.tier) })}`));
   }
   sel.value = keep;
   fillCategories();
@@ -653,7 +653,7 @@ function renderDetail(inc, keep = {}) {
       sv.deadline ? t("supervision.deadline", { deadline: fmtTime(Number(sv.deadline)) }) : "",
       sv.note ? h("div", {}, sv.note) : null) : null,
     kvList([[t("detail.incident"), inc.id], [t("detail.category"), tc("cat", inc.category_group)], [t("detail.priority"), inc.priority],
-      [t("detail.grid"), grid ? `${areaName(grid.code)}（${grid.code}）` : inc.grid_code],
+      [t("detail.grid"), grid ? areaName(grid.code) + t("fmt.paren", { x: grid.code }) : inc.grid_code],
       [t("detail.where"), chain], [t("detail.tier"), `${tc("tier", inc.tier)} ${areaName(inc.tier_code)}`],
       [t("detail.department"), inc.department ? deptLabel(inc.department) : "—"],
       [t("detail.assisting"), assisting.length ? assisting.map(deptLabel).join(t("title.join")) : null],
