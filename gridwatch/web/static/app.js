@@ -843,6 +843,16 @@ function tipOn(el, text) {
   el.addEventListener("mouseleave", hide); el.addEventListener("blur", hide);
   return el;
 }
+// a label cut to about ``width`` SVG units at the charts' 11 px font (CJK characters count double)
+function fitText(text, width) {
+  let w = 0, out = "";
+  for (const ch of text) {
+    w += ch.codePointAt(0) > 0x2e80 ? 11 : 6.2;
+    if (w > width) return out + "…";
+    out += ch;
+  }
+  return out;
+}
 function columnChart(svg, rows, { xTitle, yTitle, line = false }) {
   const W = 600, H = 240, L = 46, R = 10, T = 14, B = 44;
   svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
@@ -863,7 +873,7 @@ function columnChart(svg, rows, { xTitle, yTitle, line = false }) {
       kids.push(tipOn(s("rect", { x: x + bw * 0.15, y: y(r.value), width: Math.max(2, bw * 0.7), height: H - B - y(r.value), class: `bar mark ${r.cls}` }),
         t("stats.tip", { label: r.label, value: fmtNum(r.value) })));
     }
-    if (k % every === 0) kids.push(s("text", { x: x + bw / 2, y: H - B + 14, "text-anchor": "middle" }, r.label.length > 8 ? r.label.slice(0, 7) + "…" : r.label));
+    if (k % every === 0) kids.push(s("text", { x: x + bw / 2, y: H - B + 14, "text-anchor": "middle" }, fitText(r.label, bw * every - 4)));
   });
   if (line && n) kids.unshift(s("polyline", { points: rows.map((r, k) => `${L + k * bw + bw / 2},${y(r.value)}`).join(" "), class: "line" }));
   if (!n) kids.push(s("text", { x: W / 2, y: H / 2, "text-anchor": "middle" }, t("stats.no_data")));
