@@ -17,13 +17,18 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
 
+from gridwatch.pipeline.schemas.mqtt_topics import device_topic, gateway_topic
+
 from . import codes
 from .gridmap import GridMap
+
+if TYPE_CHECKING:
+    from gridwatch.core.settings import Settings
 
 __all__ = [
     "KINDS",
@@ -96,9 +101,7 @@ class Device:
     @property
     def topic(self) -> str:
         """MQTT topic this device's telemetry arrives on (its own, or its gateway's)."""
-        if self.gateway:
-            return f"v1/gateway/{self.gateway}/telemetry"
-        return f"v1/devices/{self.id}/telemetry"
+        return gateway_topic(self.gateway) if self.gateway else device_topic(self.id)
 
 
 class Registry:
@@ -375,6 +378,16 @@ class City:
     centre: tuple[float, float]  # (lat, lon)
     timezone: str = "Asia/Shanghai"
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+def city_at(path: str | None) -> City:
+    """The city a ``city.path`` setting names: a folder, a shipped city's name, or "" / "sample"."""
+    return load_city(None if path in (None, "", "sample") else path)
+
+
+def city_of(settings: Settings) -> City:
+    """The city of these settings (``city.path``)."""
+    return city_at(settings.city.path)
 
 
 def load_city(path_or_name: str | PathLike[str] | None = None, *, strict_ids: bool = True) -> City:

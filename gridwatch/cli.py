@@ -17,17 +17,15 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import gc
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
-from typing import Any
 
-from gridwatch.settings import STACK_FILE, Settings, SettingsError, load_settings
+from gridwatch.core.procs import run_async
+from gridwatch.core.settings import STACK_FILE, Settings, SettingsError, load_settings
 
 log = logging.getLogger("gridwatch")
 
@@ -59,19 +57,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
     })
 
 
-def run_async(main: Callable[[asyncio.Event], Any]) -> None:
-    """Run a coroutine until it finishes or Ctrl-C / SIGTERM asks it to stop cleanly."""
-
-    async def runner() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await main(stop)
-
-    asyncio.run(runner())
-
-
 # -- sub-commands ---------------------------------------------------------------------------------
 def cmd_stack(args: argparse.Namespace) -> int:
     import time
@@ -98,13 +83,13 @@ def cmd_stack(args: argparse.Namespace) -> int:
 
 
 def cmd_bridge(args: argparse.Namespace) -> int:
-    from gridwatch.app import load_city
-    from gridwatch.pipeline.mqtt_bridge import MqttBridge
+    from gridwatch.devices.registry import city_of
+    from gridwatch.pipeline.sources.mqtt_bridge import MqttBridge
 
     settings = settings_from(args)
     if args.client_id:
         settings.bridge.client_id = args.client_id
-    city = load_city(settings)
+    city = city_of(settings)
     gc.collect()
     gc.freeze()  # the registry lives as long as the bridge: keep it out of GC passes
     log.info("city %s: %d devices, %d grids", city.name, len(city.registry), len(city.gridmap.areas("grid")))
@@ -132,7 +117,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_cameras(args: argparse.Namespace) -> int:
-    from gridwatch.pipeline.camera_service import camera_config_path, load_camera_config, run_service
+    from gridwatch.pipeline.sources.camera_service import camera_config_path, load_camera_config, run_service
 
     settings = settings_from(args)
     if args.cameras:
@@ -141,7 +126,7 @@ def cmd_cameras(args: argparse.Namespace) -> int:
 
 
 def cmd_camera(args: argparse.Namespace) -> int:
-    from gridwatch.pipeline.rtsp_server import check_available, serve
+    from gridwatch.pipeline.sources.rtsp_server import check_available, serve
 
     reason = check_available()
     if reason:
@@ -210,9 +195,9 @@ def cmd_city(args: argparse.Namespace) -> int:
 
         argv = [args.out, "--devices", str(args.devices), "--seed", str(args.seed)]
         return citygen.main(argv) or 0
-    from gridwatch.app import load_city
+    from gridwatch.devices.registry import city_of
 
-    city = load_city(settings_from(args))
+    city = city_of(settings_from(args))
     reg, gm = city.registry, city.gridmap
     print(f"{city.name} ({city.code}) from {city.path}")
     for tier in ("city", "district", "street", "community", "grid"):
@@ -228,7 +213,7 @@ def cmd_city(args: argparse.Namespace) -> int:
 def cmd_mqtt_credentials(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from gridwatch.app import load_city
+    from gridwatch.devices.registry import city_of
     from gridwatch.security.mqtt_auth import (
         device_password,
         load_secret,
@@ -241,7 +226,7 @@ def cmd_mqtt_credentials(args: argparse.Namespace) -> int:
     if args.show:
         print(device_password(secret, args.show))
         return 0
-    reg = load_city(settings).registry
+    reg = city_of(settings).registry
     clients = [d.id for d in reg] + reg.gateways()
     passwd, acl = write_broker_files(Path(args.out), secret, clients, alert_prefix=settings.mqtt.alert_prefix,
                                      stats_prefix=settings.mqtt.stats_prefix)

@@ -118,7 +118,7 @@ class ManagedProcess:
 
     def start(self, timeout: float = 15.0) -> None:
         logf = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
-        from gridwatch.procs import die_with_parent
+        from gridwatch.core.procs import die_with_parent
 
         self.proc = subprocess.Popen(
             self.argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,

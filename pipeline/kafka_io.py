@@ -5,23 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
-from gridwatch.settings import Settings
+from gridwatch.core.settings import Settings
+from gridwatch.pipeline.schemas.topics import TOPIC_CONFIGS, TOPICS
 
 log = logging.getLogger("gridwatch.kafka")
 
-# Topic families and whether they are partitioned like readings (by device shard).
-TOPICS = ("readings", "events", "deadletter", "reports", "actions", "incidents", "frames")
-# Topic configs per family at creation. Camera frames are bulky (~50 KB each) and only useful live:
-# keep an hour (real Kafka; the embedded Tansu broker keeps everything in memory regardless).
-TOPIC_CONFIGS: dict[str, dict[str, str]] = {"frames": {"retention.ms": "3600000", "segment.ms": "600000",
-                                                       "max.message.bytes": "4194304"}}
 
 
 async def assign_from_start(consumer: Any, topic: str) -> list[Any]:
@@ -38,8 +32,9 @@ async def assign_from_start(consumer: Any, topic: str) -> list[Any]:
 
 async def fetch_highwaters(consumer: Any, tps: list[Any], timeout: float) -> dict[Any, int]:
     """Each assigned partition's high watermark as fetch responses report it (right on every broker; the
-    embedded broker's ListOffsets answer is not trusted, see kafka_compat). Polls one record at a
-    time, so the positions move: seek afterwards if they matter. 0 for a partition that never said."""
+    embedded broker's ListOffsets answer is not trusted, see :func:`gridwatch.compat.true_highwaters`).
+    Polls one record at a time, so the positions move: seek afterwards if they matter. 0 for a
+    partition that never said."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while loop.time() < deadline and any(consumer.highwater(tp) is None for tp in tps):
@@ -99,71 +94,3 @@ async def start_producer(settings: Settings, timeout: float = 30.0, **kwargs: ob
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap(), **opts)
     await _retry(producer.start, f"Kafka at {settings.kafka_bootstrap()}", timeout)
     return producer
-
-
-_seek_fix_installed = False
-
-
-def install_faust_seek_fix() -> None:
-    """Make Faust lose no stream record when it resumes partitions after a rebalance. Idempotent.
-
-    Once table recovery is done, Faust (``Recovery.on_recovery_completed``, or ``_resume_streams``
-    without tables) resumes the stream partitions, seeks them to their committed offsets, then resumes
-    flow control, which clears every stream buffer. The consumer's flow is already active then (it
-    was resumed to read the changelogs), so the fetcher hands records to the streams throughout:
-
-    * records handed over *before* the seek are cleared, and read again only if the seek moves the
-      partition back: aiokafka's ``seek_to_committed`` leaves a partition without a committed offset
-      (never consumed, e.g. operator actions produced while every worker was down) where the fetch
-      left it, past them. Fix 1: seek such partitions to the beginning (``auto_offset_reset=earliest``).
-    * records handed over *after* the seek and still queued when the buffers are cleared are lost on
-      every partition: the position is already past them. Seen as a survivor of a two-worker fail-over
-      that never handles 1-4 records of the dead worker's partitions, and as an operator action sent
-      during a restart that is never applied (logged: ``perform_seek end`` then ``clear drops 3:
-      readings[6]@1, readings[4]@1, readings[5]@1``, none of them fetched again). Fix 2: stop the
-      consumer's flow for the whole resume, so nothing is handed over until the seek and the clear are
-      done; the original resumes the flow at its end.
-
-    Downstream dedupes what is read twice.
-    """
-    global _seek_fix_installed
-    if _seek_fix_installed:
-        return
-    from faust.tables.recovery import Recovery
-    from faust.transport.drivers import aiokafka as driver
-
-    original = driver.AIOKafkaConsumerThread.seek_to_committed
-
-    async def seek_to_committed(self):  # type: ignore[no-untyped-def]
-        committed = await original(self)
-        fresh = [tp for tp, offset in committed.items()
-                 if not offset and not tp.topic.endswith("-changelog") and "__assignor" not in tp.topic]
-        if fresh:
-            await self.call_thread(self._ensure_consumer().seek_to_beginning, *fresh)
-        return committed
-
-    driver.AIOKafkaConsumerThread.seek_to_committed = seek_to_committed
-    Recovery.on_recovery_completed = _flow_held(Recovery.on_recovery_completed)
-    Recovery._resume_streams = _flow_held(Recovery._resume_streams)
-    _seek_fix_installed = True
-
-
-def _flow_held(resume: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
-    """Wrap a Faust ``Recovery`` resume step so that the consumer hands no record over while it runs.
-
-    ``stop_flow`` (as Faust's own revoke does) also cancels a hand-over in progress, so no stale read
-    offset lands after the seek; the seek rewinds whatever was handed over before.
-    """
-
-    async def held(self: Any, generation_id: int = 0) -> None:
-        consumer = self.app.consumer
-        consumer.stop_flow()
-        try:
-            await resume(self, generation_id)
-        finally:
-            # The original resumes the flow unless a newer rebalance overtook it; that one's recovery
-            # resumes it then. On an error in this generation, leave the flow as the original would.
-            if not consumer.flow_active and self.app.consumer_generation_id == generation_id:
-                consumer.resume_flow()
-
-    return held

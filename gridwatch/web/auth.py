@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gridwatch.yaml_files import read_yaml_list
+from gridwatch.core.yaml_files import read_yaml_list
 
 # Which console actions each role may send (OperatorAction.action values).
 ROLE_ACTIONS: dict[str, frozenset[str]] = {

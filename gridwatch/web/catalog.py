@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gridwatch.yaml_files import read_yaml, yaml_list
+from gridwatch.core.yaml_files import read_yaml, yaml_list
 
 CODE_RE = re.compile(r"^[a-z0-9_]{1,64}$")
 DATATYPES = ("string", "number", "datetime", "text", "singlevaluelist", "multivaluelist")

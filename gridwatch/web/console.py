@@ -19,9 +19,9 @@ from typing import Any
 from aiohttp import web
 
 from gridwatch.agents.lifecycle import TRANSITIONS, LifecycleError, check_action
+from gridwatch.core.settings import STATE_DIR
 from gridwatch.pipeline.schemas.codec import SchemaError
 from gridwatch.pipeline.schemas.incidents import LEVELS, Incident, OperatorAction
-from gridwatch.settings import STATE_DIR
 
 from .auth import Operator
 from .context import WebContext, ctx

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from gridwatch.settings import Settings
+from gridwatch.core.settings import Settings
 
 from .auth import Accounts, TokenSigner
 from .catalog import Catalog

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from gridwatch.settings import STATE_DIR
+from gridwatch.core.settings import STATE_DIR
 
 LANGUAGES = ("zh-CN", "en")  # the string tables in gridwatch/web/i18n/; the first is the default
 DEFAULT_LANGUAGE = LANGUAGES[0]

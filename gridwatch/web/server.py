@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from gridwatch.settings import Settings
+from gridwatch.core.settings import Settings
 
 from . import console, open311, stream
 from .auth import Accounts, TokenSigner
@@ -67,9 +67,9 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
 
 
 def build_context(settings: Settings, city: Any = None) -> WebContext:
-    from gridwatch.app import load_city
+    from gridwatch.devices.registry import city_of
 
-    city = city or load_city(settings)
+    city = city or city_of(settings)
     w = settings.web
     return WebContext(
         settings=settings, city=city,
@@ -83,11 +83,11 @@ def build_context(settings: Settings, city: Any = None) -> WebContext:
 
 def category_groups(settings: Settings) -> list[str]:
     """Incident category groups of the backend's incidents.yaml (the console's category filter)."""
-    import os
-
     import yaml
 
-    path = os.environ.get("GRIDWATCH_INCIDENTS_CONFIG") or settings.config_path("incidents.yaml")
+    from gridwatch.agents.routing import config_path
+
+    path = config_path(settings)
     try:
         groups = (yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}).get("groups") or {}
     except (OSError, yaml.YAMLError, AttributeError):

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from gridwatch.cli import build_parser
-from gridwatch.settings import Settings
+from gridwatch.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -272,7 +272,7 @@ def test_dashboards_are_generated_from_the_code_and_query_what_the_sink_writes(t
 
 
 def test_sink_measurement_names_match_the_dashboards():
-    from gridwatch.pipeline.sinks import influx
+    from gridwatch.pipeline.outputs import influx
 
     src = Path(influx.__file__).read_text()
     for m in SINK_MEASUREMENTS:

@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gridwatch.agents.rules.base import RuleConfigError, load_rules
+from gridwatch.core.settings import SettingsError, load_settings
 from gridwatch.devices.gridmap import GridMap, GridMapError
-from gridwatch.settings import SettingsError, load_settings
 
 scalars = st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False) | st.text(max_size=12)
 docs = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),

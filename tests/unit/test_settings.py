@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from gridwatch.settings import SettingsError, load_settings, parse_mqtt_url
+from gridwatch.core.settings import SettingsError, load_settings, parse_mqtt_url
 
 
 def test_defaults_env_and_overrides(monkeypatch, tmp_path):
@@ -33,7 +33,7 @@ def test_bad_config_names_the_key(tmp_path):
 
 
 def test_embedded_without_a_running_stack_says_what_to_do(monkeypatch, tmp_path):
-    import gridwatch.settings as gs
+    import gridwatch.core.settings as gs
 
     monkeypatch.setattr(gs, "STACK_FILE", tmp_path / "none.json")
     with pytest.raises(SettingsError, match="gridwatch stack"):

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from gridwatch.procs import Proc
+from gridwatch.core.procs import Proc
 from tests.harness import ARTIFACTS, wait_for
 
 

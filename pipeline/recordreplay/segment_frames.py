@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .recording import RecordedFrame
+from gridwatch.pipeline.recordreplay.recording import RecordedFrame
 
 
 class SegmentError(ValueError):
@@ -39,8 +39,8 @@ def match_cameras(segments: list[dict[str, Any]], config: Any) -> dict[str, str]
 
 
 def _camera_frames(root: Path, cam: str, spec: Any, segs: list[dict[str, Any]], quality: int) -> Iterator[RecordedFrame]:
-    from .capture import CameraCapture
-    from .schemas.frames import encode_frame
+    from gridwatch.pipeline.schemas.frames import encode_frame
+    from gridwatch.pipeline.sources.capture import CameraCapture
 
     seq = 0
     gate = None  # one motion gate across the segments: a cut between files is not a scene change

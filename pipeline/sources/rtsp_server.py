@@ -1,6 +1,6 @@
 """Serve video files as looping RTSP streams (GStreamer RTSP server) for demos and tests.
 
-    from gridwatch.pipeline.rtsp_server import serve
+    from gridwatch.pipeline.sources.rtsp_server import serve
     with serve(["vtest.avi", "street.mp4"], port=8554) as srv:
         print(srv.urls)   # {"cam1": "rtsp://127.0.0.1:8554/cam1", "cam2": "rtsp://127.0.0.1:8554/cam2"}
 
@@ -143,7 +143,7 @@ def serve(files: Sequence[str | os.PathLike[str]], port: int = DEFAULT_PORT, *, 
     for name, path in zip(mount_names, paths, strict=True):
         cmd += ["--mount", f"{name}={path}"]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    from gridwatch.procs import die_with_parent  # here, not at the top: /usr/bin/python3 runs this file
+    from gridwatch.core.procs import die_with_parent  # here, not at the top: /usr/bin/python3 runs this file
 
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None if not quiet else subprocess.DEVNULL,
                             text=True, env=env, start_new_session=True, preexec_fn=die_with_parent)

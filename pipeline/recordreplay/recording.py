@@ -43,6 +43,8 @@ from mcap.records import Chunk, Footer, Header, Message, Metadata, Schema
 from mcap.stream_reader import StreamReader, breakup_chunk
 from mcap.writer import CompressionType, Writer
 
+from gridwatch.pipeline.schemas.mqtt_topics import TELEMETRY_PATTERNS
+
 PROFILE = "gridwatch.mqtt"
 LIBRARY = "gridwatch record"
 MQTT_SCHEMA_NAME = "gridwatch.MqttMessage"
@@ -51,7 +53,7 @@ FRAME_SCHEMA_NAME = "gridwatch.FrameRecord"
 FRAME_ENCODING = "gridwatch.frame"
 DEFAULT_FILTERS = ("v1/#",)
 # Channels for the device API's patterns; anything else lands on the channel of the filter it matched.
-KNOWN_PATTERNS = ("v1/devices/+/telemetry", "v1/gateway/+/telemetry")
+KNOWN_PATTERNS = TELEMETRY_PATTERNS
 
 MQTT_MESSAGE_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",

@@ -8,7 +8,7 @@ the same input and get the same vision events, at any speed.
 
 The tap is a plain consumer without a group (it must not steal partitions from the workers).  It
 starts at each partition's high watermark as a *fetch* reports it (right on every broker; the embedded
-broker's ListOffsets answer is not trusted, see :mod:`gridwatch.kafka_compat`), so it records what is
+broker's ListOffsets answer is not trusted, see :func:`gridwatch.compat.true_highwaters`), so it records what is
 produced after the recording started.  If the topic does not exist yet it waits for it and then reads
 it from the beginning (everything in it is new).  It runs its own event loop in a thread: the recorder
 is synchronous.
@@ -22,9 +22,8 @@ import queue
 import threading
 from typing import Any
 
-from gridwatch.settings import Settings
-
-from .kafka_io import assign_from_start, fetch_highwaters
+from gridwatch.core.settings import Settings
+from gridwatch.pipeline.kafka_io import assign_from_start, fetch_highwaters
 
 log = logging.getLogger("gridwatch.record")
 

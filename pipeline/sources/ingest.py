@@ -14,12 +14,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gridwatch.settings import BridgeSettings, Settings
-
-from .kafka_io import partition_for
-from .schemas.deadletter import DeadLetter
-from .schemas.readings import Reading, ReadingBatch
-from .telemetry_parser import parse_message
+from gridwatch.core.settings import BridgeSettings, Settings
+from gridwatch.pipeline.kafka_io import partition_for
+from gridwatch.pipeline.schemas.deadletter import DeadLetter
+from gridwatch.pipeline.schemas.readings import Reading, ReadingBatch
+from gridwatch.pipeline.sources.telemetry_parser import parse_message
 
 MAX_READINGS_PER_RECORD = 2000
 

@@ -35,10 +35,10 @@ from typing import Any
 
 import yaml
 
-from gridwatch.pipeline.capture import CameraCapture, CameraStatus, CaptureConfig, is_live_source
-from gridwatch.pipeline.schemas.events import LEVELS, GridEvent, TierRef, event_id
+from gridwatch.core.settings import STATE_DIR, Settings
+from gridwatch.pipeline.schemas.events import LEVELS, GridEvent, TierRef, event_id, tier_refs
 from gridwatch.pipeline.schemas.frames import CameraStatusRecord, encode_frame
-from gridwatch.settings import STATE_DIR, Settings
+from gridwatch.pipeline.sources.capture import CameraCapture, CameraStatus, CaptureConfig, is_live_source
 
 log = logging.getLogger("gridwatch.cameras")
 
@@ -252,13 +252,6 @@ class CameraSite:
     tz: str = "UTC"
 
 
-def tier_chain(gridmap: Any, grid_code: str) -> tuple[TierRef, ...]:
-    try:
-        return tuple(TierRef(a.tier, a.code, a.name) for a in gridmap.chain(grid_code))
-    except (KeyError, ValueError, AttributeError):
-        return (TierRef("grid", grid_code, grid_code),)
-
-
 def resolve_sites(config: CameraConfig, registry: Any, gridmap: Any, tz: str = "UTC") -> dict[str, CameraSite]:
     """Each configured camera's grid code, position and tier chain: from the device registry (kind
     ``camera``), or from ``grid_code``/``lat``/``lon`` in cameras.yaml (which win over the registry)."""
@@ -281,7 +274,7 @@ def resolve_sites(config: CameraConfig, registry: Any, gridmap: Any, tz: str = "
         if lat is None or lon is None:
             raise CameraConfigError(f"{config.path}:cameras.{cam_id}: lat and lon are needed (not in the registry)")
         name = str(site.get("name") or (dev.name if dev else cam_id))
-        out[cam_id] = CameraSite(cam_id, name, grid, float(lat), float(lon), tier_chain(gridmap, grid),
+        out[cam_id] = CameraSite(cam_id, name, grid, float(lat), float(lon), tier_refs(gridmap, grid),
                                  str(spec.scene.get("tz", tz)))
     return out
 
@@ -525,10 +518,10 @@ def select_cameras(config: CameraConfig, only: list[str] | None) -> list[CameraS
 
 def run_service(settings: Settings, config: CameraConfig, only: list[str] | None = None) -> int:
     """`gridwatch cameras`: run until Ctrl-C / SIGTERM."""
-    from gridwatch.app import load_city
-    from gridwatch.cli import run_async
+    from gridwatch.core.procs import run_async
+    from gridwatch.devices.registry import city_of
 
-    city = load_city(settings)
+    city = city_of(settings)
     sites = resolve_sites(config, city.registry, city.gridmap, city.timezone)
     specs = select_cameras(config, only)
     if not specs:

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .schemas.readings import Reading
+from gridwatch.pipeline.schemas.mqtt_topics import DEVICE, telemetry_source
+from gridwatch.pipeline.schemas.readings import Reading
 
 MIN_TS_MS = 946_684_800_000  # 2000-01-01: anything earlier is a broken clock or seconds-not-ms
 
@@ -113,8 +114,8 @@ def parse_message(
     rejections: list[Rejection] = []
     if len(payload) > max_payload_bytes:
         return ParseResult([], [Rejection("oversized", f"payload of {len(payload)} bytes exceeds {max_payload_bytes}")])
-    parts = topic.split("/")
-    if len(parts) != 4 or parts[0] != "v1" or parts[3] != "telemetry" or parts[1] not in ("devices", "gateway"):
+    source = telemetry_source(topic)
+    if source is None:
         return ParseResult([], [Rejection("bad_topic", f"topic {topic!r} is not v1/devices/ID/telemetry or v1/gateway/ID/telemetry")])
     try:
         doc = loads(payload)
@@ -141,8 +142,8 @@ def parse_message(
             return
         readings.append(Reading(device_id, ts, values, topic, now_ms))  # type: ignore[arg-type]
 
-    ident = parts[2]
-    if parts[1] == "devices":
+    kind, ident = source
+    if kind == DEVICE:
         entries = _entries(doc)
         if not entries:
             rejections.append(Rejection("bad_structure", "empty list of readings", ident))

@@ -21,15 +21,15 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from gridwatch.settings import Settings
-
-from .ingest import Routed, Router, kafka_records
-from .kafka_io import ensure_topics, start_producer
-from .mqtt_client import connect, make_client
+from gridwatch.core.settings import Settings
+from gridwatch.pipeline.kafka_io import ensure_topics, start_producer
+from gridwatch.pipeline.mqtt_client import connect, make_client
+from gridwatch.pipeline.schemas.mqtt_topics import TELEMETRY_PATTERNS
+from gridwatch.pipeline.sources.ingest import Routed, Router, kafka_records
 
 log = logging.getLogger("gridwatch.bridge")
 
-SUBSCRIPTIONS = ("v1/devices/+/telemetry", "v1/gateway/+/telemetry")
+SUBSCRIPTIONS = TELEMETRY_PATTERNS
 
 
 @dataclass(slots=True)

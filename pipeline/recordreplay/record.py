@@ -4,7 +4,7 @@ The MQTT side is a plain subscriber (clean session, QoS 1, by default ``v1/#``):
 queues what arrives with its receive time, the calling thread writes it to the MCAP file in arrival
 order and closes a chunk at least every second, so a killed recorder leaves a readable file and a
 stopped one (Ctrl-C, SIGTERM, ``--duration``) leaves a complete, indexed one.
-Cameras are recorded beside the file by :mod:`gridwatch.pipeline.camera_record` (no re-encoding); each
+Cameras are recorded beside the file by :mod:`gridwatch.pipeline.recordreplay.camera_record` (no re-encoding); each
 finished segment is indexed in the recording with its wall-clock span.  With ``frames`` the recorder also
 keeps every record of the live ``<prefix>.frames`` topic produced while it runs (:mod:`.frame_tap`): the
 frames the vision agent analysed, which a replay feeds back so vision events come out the same.
@@ -25,10 +25,9 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from gridwatch.settings import Settings
-
-from .mqtt_client import connect, make_client
-from .recording import DEFAULT_FILTERS, RecordingWriter
+from gridwatch.core.settings import Settings
+from gridwatch.pipeline.mqtt_client import connect, make_client
+from gridwatch.pipeline.recordreplay.recording import DEFAULT_FILTERS, RecordingWriter
 
 log = logging.getLogger("gridwatch.record")
 
@@ -117,14 +116,14 @@ class Recorder:
                 raise ConnectionError(f"MQTT broker {host}:{port} did not confirm the subscription to "
                                       f"{', '.join(self.filters)}")
             if self.frames:
-                from .frame_tap import FrameTap
+                from gridwatch.pipeline.recordreplay.frame_tap import FrameTap
 
                 tap = FrameTap(self.settings)
                 tap.start()
             log.info("recorder subscribed to %s", ", ".join(self.filters)
                      + (f" and Kafka {self.settings.topic('frames')}" if tap else ""))
             if self.cameras:
-                from .camera_record import CameraRecorder
+                from gridwatch.pipeline.recordreplay.camera_record import CameraRecorder
 
                 cams = CameraRecorder(self.cameras, self.out, segment_s=self.segment_s)
                 cams.start()

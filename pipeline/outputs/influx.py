@@ -39,8 +39,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gridwatch.core.settings import InfluxSettings
 from gridwatch.pipeline.schemas.codec import SchemaError
-from gridwatch.settings import InfluxSettings
 
 log = logging.getLogger("gridwatch.influx")
 

@@ -20,10 +20,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
+from gridwatch.core.settings import Settings, with_prefix
+from gridwatch.pipeline.kafka_io import assign_from_start, fetch_highwaters
 from gridwatch.pipeline.schemas.events import is_control
-from gridwatch.settings import Settings, with_prefix
-
-from .kafka_io import assign_from_start, fetch_highwaters
 
 PHASE_ORDER = {"new": 0, "update": 1, "end": 2}
 
@@ -246,7 +245,7 @@ def write_events(records: list[dict[str, Any]], path: str | Path) -> int:
 
 async def high_watermarks(settings: Settings, topic: str, timeout: float = 30.0) -> dict[int, int]:
     """Next offset per partition of a topic, from fetch responses (the embedded broker's ListOffsets
-    answer is not trusted; see kafka_compat)."""
+    answer is not trusted; see gridwatch.compat)."""
     c = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap(), enable_auto_commit=False, group_id=None)
     await c.start()
     try:

@@ -1,11 +1,13 @@
 """Child processes of the pipeline (`python -m gridwatch <command>`), for the demo, benchmarks and tests.
 
 One place that starts a component the way an operator would, captures its log to a file, waits for
-a log line, and stops it with SIGTERM (or kills it, to test crash recovery).
+a log line, and stops it with SIGTERM (or kills it, to test crash recovery); and the one way a
+long-running command runs its coroutine until Ctrl-C / SIGTERM (:func:`run_async`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -132,3 +134,16 @@ class Pipeline:
 
     def topic(self, family: str) -> str:
         return f"{self.prefix}.{family}"
+
+
+def run_async(main: Callable[[asyncio.Event], Any]) -> None:
+    """Run a coroutine until it finishes or Ctrl-C / SIGTERM asks it to stop cleanly."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    asyncio.run(runner())

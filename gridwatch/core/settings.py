@@ -12,11 +12,11 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gridwatch.yaml_files import read_yaml
+from gridwatch.core.yaml_files import read_yaml
 
-CONFIG_DIR = Path(__file__).resolve().parent / "config"
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 DEFAULT_CONFIG = CONFIG_DIR / "gridwatch.yaml"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 STATE_DIR = Path(os.environ.get("GRIDWATCH_STATE_DIR", PROJECT_ROOT / "var"))
 STACK_FILE = STATE_DIR / "stack.json"
 
@@ -184,11 +184,7 @@ class Settings:
         return p
 
     def rules_path(self) -> Path:
-        p = Path(self.worker.rules)
-        if not p.is_absolute():
-            base = Path(self.source).parent
-            p = base / p if (base / p).exists() else CONFIG_DIR / p
-        return p
+        return self.config_path(self.worker.rules)
 
 
 def parse_mqtt_url(url: str) -> tuple[str, int, str | None, str | None]:

@@ -8,7 +8,7 @@ Design (why a direct Kafka path and not a second MQTT round trip):
   Nothing is published on the live MQTT broker, so live devices, the live bridge and live operators
   never see replayed traffic; the worker ``gridwatch replay`` starts for the namespace also gets its
   alert and stats topics moved under ``replay/<ns>/`` and the InfluxDB sink off.
-* Each recorded message goes through :class:`gridwatch.pipeline.ingest.Router`, the code the live bridge
+* Each recorded message goes through :class:`gridwatch.pipeline.sources.ingest.Router`, the code the live bridge
   runs, judged against its recorded receive time: the same readings land on the same partitions in
   the same order, and bad input becomes the same dead letters.
 * Pacing follows the recorded receive times at ``speed`` x real time, or none at all (``max``). The
@@ -40,11 +40,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from gridwatch.settings import Settings
-
-from .ingest import Routed, Router, kafka_records
-from .kafka_io import ensure_topics, start_producer
-from .recording import RecordedFrame, RecordedMessage, RecordingReader, scan
+from gridwatch.core.settings import Settings
+from gridwatch.pipeline.kafka_io import ensure_topics, start_producer
+from gridwatch.pipeline.recordreplay.recording import RecordedFrame, RecordedMessage, RecordingReader, scan
+from gridwatch.pipeline.schemas.mqtt_topics import ALERT_PREFIX, STATS_PREFIX, replay_prefix
+from gridwatch.pipeline.sources.ingest import Routed, Router, kafka_records
 
 log = logging.getLogger("gridwatch.replay")
 
@@ -116,8 +116,8 @@ def filter_devices(msg: RecordedMessage, devices: set[str]) -> RecordedMessage |
 def mark_replayed(value: bytes) -> bytes:
     """A recorded frame record with ``"replayed": true`` in its header (JPEG bytes untouched); any other
     record (a camera_status, something malformed the live agent dead-lettered) is returned as it is."""
-    from .capture import with_header
-    from .schemas.frames import peek_header
+    from gridwatch.pipeline.schemas.frame_wire import with_header
+    from gridwatch.pipeline.schemas.frames import peek_header
 
     head = peek_header(value)
     return value if head is None else with_header(value, {**head, "replayed": True})
@@ -175,7 +175,7 @@ def recording_span(path: str | Path) -> tuple[int, int, int]:
 
 def recording_frames(path: str | Path) -> int:
     """How many frames-topic records a recording holds (summary statistics, else by reading it)."""
-    from .recording import FRAME_ENCODING
+    from gridwatch.pipeline.recordreplay.recording import FRAME_ENCODING
 
     with contextlib.suppress(Exception):
         from mcap.reader import make_reader
@@ -395,9 +395,22 @@ async def wait_events_merged(settings: Settings, idle_s: float, timeout: float =
     agents/event_order.py), so a replay that stopped its worker right after the readings would lose
     the run's last incidents.
     """
-    from .compare import high_watermarks
+    from gridwatch.pipeline.recordreplay.compare import high_watermarks
 
     await asyncio.sleep(idle_s + 1.0)  # the idle markers are out by then
     end = await high_watermarks(settings, settings.topic("events"))
     return await wait_processed(settings, {p: o for p, o in end.items() if o > 0}, timeout, family="events")
 
+
+def worker_env(ns: str, settings: Settings | None = None) -> dict[str, str]:
+    """A replay's worker: alert/stats MQTT topics under replay/<ns>/, no InfluxDB writes into live data,
+    vision snapshots in ``<evidence>/replay/<ns>/`` (not over the live run's pictures of the same ids)."""
+    env = {"GRIDWATCH_MQTT_ALERT_PREFIX": replay_prefix(ns, ALERT_PREFIX),
+           "GRIDWATCH_MQTT_STATS_PREFIX": replay_prefix(ns, STATS_PREFIX),
+           "GRIDWATCH_INFLUX_ENABLED": "false",
+           "GRIDWATCH_WORKER_WALL_CLOCK_ADVANCE_SLACK_S": "0"}  # order by the data alone, never by speed
+    if settings is not None:
+        from gridwatch.pipeline.sources.camera_service import evidence_root
+
+        env["GRIDWATCH_WEB_EVIDENCE_DIR"] = str(evidence_root(settings) / "replay" / ns)
+    return env

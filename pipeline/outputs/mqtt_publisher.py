@@ -12,9 +12,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from gridwatch.settings import Settings
-
-from .mqtt_client import connect, make_client
+from gridwatch.core.settings import Settings
+from gridwatch.pipeline.mqtt_client import connect, make_client
 
 log = logging.getLogger("gridwatch.mqtt")
 
