@@ -92,31 +92,39 @@ def _word_zh(word: str) -> str:
     return _WORD_ZH[base] + n
 
 
+_ROAD_RULES = [(re.compile(rf"^{_W} Road$"), "{0}路"), (re.compile(rf"^{_W} Avenue$"), "{0}大道"),
+               (re.compile(rf"^{_W} Lane (\d+)$"), "{0}{1}巷")]
+
+
 def _road_zh(road: str) -> str:
-    for pattern, fmt in ((rf"^{_W} Road$", "{0}路"), (rf"^{_W} Avenue$", "{0}大道"), (rf"^{_W} Lane (\d+)$", "{0}{1}巷")):
-        m = re.match(pattern, road)
+    for pattern, fmt in _ROAD_RULES:
+        m = pattern.match(road)
         if m:
             return fmt.format(_word_zh(m.group(1)), *m.groups()[1:])
     raise ValueError(f"no Chinese name for road {road!r}")
+
+
+# (pattern, maker) per kind of generated name, most frequent first (lamps, manholes)
+_NAME_RULES: list[tuple[re.Pattern[str], Any]] = [
+    (re.compile(r"^Streetlight (.+) #(\d+)$"), lambda m: f"{_road_zh(m[1])}路灯{m[2]}号"),
+    (re.compile(r"^(Water-supply|Sewage|Rain-water) manhole (.+)$"), lambda m: f"{_road_zh(m[2])}{_NET_ZH[m[1]]}井盖"),
+    (re.compile(r"^Water gauge (.+) \((underpass|low-lying road)\)$"),
+     lambda m: f"{_road_zh(m[1])}水位计（{_SITE_ZH[m[2]]}）"),
+    (re.compile(r"^Camera (.+) mid-block$"), lambda m: f"{_road_zh(m[1])}路段摄像机"),
+    (re.compile(r"^Camera (.+) x (.+)$"), lambda m: f"{_road_zh(m[1])}与{_road_zh(m[2])}交叉口摄像机"),
+    (re.compile(rf"^{_W} District$"), lambda m: _word_zh(m[1]) + "区"),
+    (re.compile(rf"^{_W} Subdistrict$"), lambda m: _word_zh(m[1]) + "街道"),
+    (re.compile(rf"^{_W} Community$"), lambda m: _word_zh(m[1]) + "社区"),
+    (re.compile(rf"^{_W} Community Grid (\d+)$"), lambda m: f"{_word_zh(m[1])}社区第{int(m[2])}网格"),
+]
 
 
 def zh_name(name: str) -> str:
     """The Chinese twin of a name this generator wrote (areas, roads, devices); ValueError if it did not."""
     if name == CITY_NAME:
         return CITY_NAME_ZH
-    rules: list[tuple[str, Any]] = [
-        (rf"^{_W} District$", lambda m: _word_zh(m[1]) + "区"),
-        (rf"^{_W} Subdistrict$", lambda m: _word_zh(m[1]) + "街道"),
-        (rf"^{_W} Community$", lambda m: _word_zh(m[1]) + "社区"),
-        (rf"^{_W} Community Grid (\d+)$", lambda m: f"{_word_zh(m[1])}社区第{int(m[2])}网格"),
-        (r"^Streetlight (.+) #(\d+)$", lambda m: f"{_road_zh(m[1])}路灯{m[2]}号"),
-        (r"^(Water-supply|Sewage|Rain-water) manhole (.+)$", lambda m: f"{_road_zh(m[2])}{_NET_ZH[m[1]]}井盖"),
-        (r"^Water gauge (.+) \((underpass|low-lying road)\)$", lambda m: f"{_road_zh(m[1])}水位计（{_SITE_ZH[m[2]]}）"),
-        (r"^Camera (.+) mid-block$", lambda m: f"{_road_zh(m[1])}路段摄像机"),
-        (r"^Camera (.+) x (.+)$", lambda m: f"{_road_zh(m[1])}与{_road_zh(m[2])}交叉口摄像机"),
-    ]
-    for pattern, make in rules:
-        m = re.match(pattern, name)
+    for pattern, make in _NAME_RULES:
+        m = pattern.match(name)
         if m:
             return make(m)
     raise ValueError(f"no Chinese name for {name!r}")
