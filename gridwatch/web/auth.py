@@ -73,13 +73,15 @@ class Operator:
     role: str
     scope: str  # area code of any tier: city, district, street (town), community (village) or grid
     password_hash: str
+    name_zh: str = ""  # Chinese display name ("" = name)
 
     def may(self, action: str) -> bool:
         return action in ROLE_ACTIONS.get(self.role, frozenset())
 
     def public(self, gridmap: Any) -> dict[str, Any]:
         area = gridmap.area(self.scope)
-        return {"user": self.user, "name": self.name, "role": self.role, "scope": self.scope,
+        return {"user": self.user, "name": self.name, "name_zh": self.name_zh or self.name, "role": self.role,
+                "scope": self.scope,
                 "scope_name": area.name, "scope_tier": area.tier,
                 "actions": sorted(a for a in ROLE_ACTIONS.get(self.role, ()) if a != "chat_import"),
                 "chat_import": self.may("chat_import")}
@@ -131,7 +133,7 @@ class Accounts:
                                 f"(make one with `gridwatch api --hash-password`)")
             if any(o.user == user for o in ops):
                 raise AuthError(f"{where}: duplicate user")
-            ops.append(Operator(user, str(raw.get("name", user)), role, scope, pw))
+            ops.append(Operator(user, str(raw.get("name", user)), role, scope, pw, str(raw.get("name_zh") or "")))
         return cls(ops)
 
 

@@ -19,15 +19,17 @@ from typing import Any
 
 from aiohttp import web
 
+from gridwatch.agents.lifecycle import TRANSITIONS, LifecycleError, check_action
 from gridwatch.core.settings import STATE_DIR
 from gridwatch.pipeline.schemas.codec import SchemaError
-from gridwatch.pipeline.schemas.incidents import LEVELS, OperatorAction
+from gridwatch.pipeline.schemas.incidents import LEVELS, Incident, OperatorAction
 
 from .auth import Operator
 from .clients import real_client
 from .context import WebContext, ctx
 from .inputs import BadInput, check_unicode, parse_json
 from .open311 import Open311Error, build_report, produce_action, produce_report
+from .prefs import I18N_DIR, LANGUAGES, Preferences
 from .ratelimit import TokenBucket
 from .revocations import token_id
 from .statistics import stats
@@ -37,12 +39,14 @@ STATIC = Path(__file__).resolve().parent / "static"
 COOKIE = "gw_session"
 LOGIN_LIMIT: web.AppKey[TokenBucket] = web.AppKey("login_limit", TokenBucket)  # failed logins per client
 LOGIN_ACCOUNT_LIMIT: web.AppKey[TokenBucket] = web.AppKey("login_account_limit", TokenBucket)  # ... per account
+PREFS: web.AppKey[Preferences] = web.AppKey("console_prefs", Preferences)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif")
 
 
-def api_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.HTTPException:
-    """A JSON error the console shows as is."""
-    kw: dict[str, Any] = {"text": json.dumps({"error": message}),
+def api_error(status: int, message: str, headers: dict[str, str] | None = None,
+              fields: dict[str, Any] | None = None) -> web.HTTPException:
+    """A JSON error the console shows (``fields``: machine-readable details it can translate from)."""
+    kw: dict[str, Any] = {"text": json.dumps({"error": message, **(fields or {})}),
                           "content_type": "application/json", "headers": headers}
     if status == 413:  # its constructor wants the sizes first (a TypeError, i.e. a 500, without them)
         return web.HTTPRequestEntityTooLarge(0, **kw)
@@ -172,7 +176,21 @@ async def me(request: web.Request) -> web.Response:
     op = require_operator(request)
     c = ctx(request)
     return web.json_response({**op.public(c.gridmap), "timezone": c.city.timezone, "city": c.city.name,
-                              "categories": c.categories})
+                              "city_zh": c.gridmap.area(c.city.code).name_zh if c.city.code in c.gridmap else "",
+                              "categories": c.categories, "lang": request.app[PREFS].get(op.user).get("lang"),
+                              "languages": list(LANGUAGES)})
+
+
+async def put_preferences(request: web.Request) -> web.Response:
+    """PUT {"lang": "zh-CN" | "en"}: remembered for the operator on every desk."""
+    op = require_operator(request)
+    body = await json_body(request, limit=4096)
+    if not isinstance(body, dict) or not body:
+        raise api_error(400, "send a JSON object, e.g. {\"lang\": \"zh-CN\"}")
+    try:
+        return web.json_response(request.app[PREFS].update(op.user, body))
+    except ValueError as e:
+        raise api_error(400, str(e)) from None
 
 
 # ---------------------------------------------------------------------------------------- incidents
@@ -227,7 +245,7 @@ async def list_incidents(request: web.Request) -> web.Response:
     except ValueError:
         raise api_error(400, "limit must be a number") from None
     return web.json_response({"total": len(incs), "ready": ctx(request).view.ready.is_set(),
-                              "incidents": [summary(i) for i in incs[:limit]]})
+                              "incidents": [summary(i, ctx(request).view.reports) for i in incs[:limit]]})
 
 
 def evidence_refs(inc: dict[str, Any]) -> list[dict[str, str]]:
@@ -290,6 +308,7 @@ async def post_action(request: web.Request) -> web.Response:
         act.validate()
     except SchemaError as e:
         raise api_error(400, str(e)) from None
+    refuse_now(inc, act)
     await _with_api_errors(produce_action(c, act))
     audit(request, "action", user=op.user, incident=inc["id"], action=action, action_id=act.id,
           note=act.note[:200] or None, department=act.department or None, level=act.level or None)
@@ -325,6 +344,23 @@ def supervision_deadline(body: dict[str, Any], now_ms: int, c: WebContext) -> in
     return ms
 
 
+def refuse_now(inc: dict[str, Any], act: OperatorAction) -> None:
+    """409 with the workflow's own reason when the incident's current state does not allow ``act``.
+
+    The same check the backend runs (agents.lifecycle.check_action), so the console shows why at once
+    instead of waiting for a change that never comes. Actions the lifecycle does not know are left to it.
+    """
+    if act.action not in TRANSITIONS:
+        return
+    try:
+        check_action(Incident.from_dict(public_incident(inc)), act)
+    except SchemaError:
+        return  # a snapshot of another schema version: let the backend decide
+    except LifecycleError as e:
+        raise api_error(409, str(e), fields={"reason": e.reason, "action": act.action, "status": inc["status"],
+                                             "allowed_from": list(TRANSITIONS[act.action][0])}) from None
+
+
 async def _with_api_errors(coro: Any) -> Any:
     try:
         return await coro
@@ -340,14 +376,16 @@ async def city_map(request: web.Request) -> web.Response:
     gm = c.gridmap
     grids = gm.grids_under(op.scope)
     gset = set(grids)
-    areas = [{"code": a.code, "name": a.name, "tier": a.tier, "parent": a.parent}
+    areas = [{"code": a.code, "name": a.name, "name_zh": a.name_zh, "tier": a.tier, "parent": a.parent}
              for a in gm.areas() if a.code in gset or (a.tier != "grid" and _under(gm, a.code, op.scope))]
     kinds = sorted({d.kind for d in c.registry})
     devices = [[d.id, kinds.index(d.kind), round(d.lat, 6), round(d.lon, 6), d.grid_code]
                for g in grids for d in c.registry.by_grid(g)]
     return web.json_response({
         "scope": op.scope, "bbox": gm.bbox(op.scope), "centre": c.city.centre,
-        "areas": areas, "grids": [{"code": g, "name": gm.area(g).name,
+        "chain": [{"code": a.code, "name": a.name, "name_zh": a.name_zh, "tier": a.tier, "parent": a.parent}
+                  for a in gm.chain(op.scope)],  # the scope and the areas above it, for names
+        "areas": areas, "grids": [{"code": g, "name": gm.area(g).name, "name_zh": gm.area(g).name_zh,
                                    "rings": [[[round(x, 6), round(y, 6)] for x, y in r] for r in gm.polygon(g)]}
                                   for g in grids],
         "device_kinds": kinds, "devices": devices,
@@ -492,9 +530,11 @@ def routes() -> list[web.RouteDef]:
         web.get("/favicon.ico", favicon),
         web.get("/openapi.yaml", openapi_spec),
         web.static("/console/static", STATIC, append_version=False),
+        web.static("/console/i18n", I18N_DIR, append_version=False),
         web.post("/api/login", login),
         web.post("/api/logout", logout),
         web.get("/api/me", me),
+        web.put("/api/me/preferences", put_preferences),
         web.get("/api/incidents", list_incidents),
         web.get("/api/incidents/{id}", get_incident),
         web.post("/api/incidents/{id}/actions", post_action),

@@ -30,6 +30,7 @@ from .clients import real_client
 from .context import WebContext, ctx
 from .idempotency import check_key, rid_for_key
 from .inputs import BadInput, check_unicode, parse_json
+from .prefs import pick_language
 from .views import CLOSED_STATUSES
 
 log = logging.getLogger("gridwatch.web.open311")
@@ -121,7 +122,9 @@ def parse_date(text: str, c: WebContext, name: str) -> datetime:
 async def services(request: web.Request) -> web.Response:
     c = ctx(request)
     check_jurisdiction(request, c, request.query)
-    return render(fmt_of(request), "services", [s.to_open311() for s in c.catalog.services])
+    lang = language_of(request)
+    return render(fmt_of(request), "services", [s.to_open311(lang) for s in c.catalog.services], 200,
+                  {"Content-Language": lang, "Vary": "Accept-Language"})
 
 
 async def service_definition(request: web.Request) -> web.Response:
@@ -130,7 +133,14 @@ async def service_definition(request: web.Request) -> web.Response:
     svc = c.catalog.get(request.match_info["code"])
     if svc is None:
         raise Open311Error(404, f"service_code {request.match_info['code']!r} not found")
-    return render(fmt_of(request), "service_definition", svc.definition())
+    lang = language_of(request)
+    return render(fmt_of(request), "service_definition", svc.definition(lang), 200,
+                  {"Content-Language": lang, "Vary": "Accept-Language"})
+
+
+def language_of(request: web.Request) -> str:
+    """``locale`` (query or form, as some Open311 clients send it) wins over ``Accept-Language``; zh-CN by default."""
+    return pick_language(request.query.get("locale") or request.headers.get("Accept-Language", ""))
 
 
 async def get_requests(request: web.Request) -> web.Response:

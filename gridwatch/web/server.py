@@ -30,6 +30,7 @@ from .demo_guard import refuse_demo_credentials
 from .geocode import Geocoder
 from .idempotency import RecentPosts
 from .inputs import is_clean_text
+from .prefs import Preferences
 from .ratelimit import TokenBucket
 from .revocation_feed import follow
 from .views import IncidentView, consume
@@ -147,6 +148,7 @@ def create_app(settings: Settings, *, city: Any = None, kafka: bool = True) -> w
     w = settings.web
     app[console.LOGIN_LIMIT] = TokenBucket(w.login_rate_per_min, w.login_burst)
     app[console.LOGIN_ACCOUNT_LIMIT] = TokenBucket(w.login_account_rate_per_min, w.login_account_burst)
+    app[console.PREFS] = Preferences()
     app.add_routes(open311.routes())
     app.add_routes(console.routes())
     app.add_routes(readiness.routes())

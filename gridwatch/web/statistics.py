@@ -52,7 +52,7 @@ def definitions(satisfied_min: int, scale: int = 5) -> dict[str, dict[str, str]]
         "index": {
             "zh-CN": f"网格治理指数 = 100 ×（{w['closure']} × 办结率 + {w['ontime']} × 按期率 + "
                      f"{w['satisfaction']} × 满意率 + {w['speed']} × 时效分）；按期率 = 1 − 超时占比，"
-                     f"时效分 = max(0, 1 − 平均处置小时 ÷ {SPEED_H})。无评价时不计满意率，其余三项按权重等比放大。"
+                     f"时效分 = 1 − 平均处置小时 ÷ {SPEED_H}（最低为 0）。无评价时不计满意率，其余三项按权重等比放大。"
                      "当月无事件的地区不参与排名。",
             "en": f"Grid-governance index = 100 × ({w['closure']} × closure rate + {w['ontime']} × on-time rate + "
                   f"{w['satisfaction']} × satisfaction + {w['speed']} × speed); on-time rate = 1 − overdue share, "

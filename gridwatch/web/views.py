@@ -124,7 +124,7 @@ def public_incident(inc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def summary(inc: dict[str, Any]) -> dict[str, Any]:
+def summary(inc: dict[str, Any], reports: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """A list row: enough for the list, the map and the filters, without history and evidence."""
     keys = ("id", "category_group", "title", "level", "priority", "status", "tier", "tier_code", "department",
             "grid_code", "lat", "lon", "created_ts", "updated_ts", "sla_deadline_ts", "overdue", "escalations",
@@ -135,6 +135,13 @@ def summary(inc: dict[str, Any]) -> dict[str, Any]:
     out["source_count"] = len(inc.get("sources", []))
     out["source_kinds"] = sorted({s.get("kind", "") for s in inc.get("sources", [])})
     out["types"] = sorted({s.get("type", "") for s in inc.get("sources", [])})
+    out["report_count"] = sum(1 for s in inc.get("sources", []) if s.get("kind") == "report")
+    out["supervision"] = inc.get("supervision")  # the 督办 notice, when the workflow has issued one
+    # what the console's search looks through besides id, title and place names
+    out["texts"] = [s.get("message", "")[:200] for s in inc.get("sources", [])][:10]
+    out["subjects"] = sorted({s.get("subject", "") for s in inc.get("sources", []) if s.get("subject")})
+    out["addresses"] = sorted({r["address"] for s in inc.get("sources", []) if s.get("kind") == "report"
+                               for r in [reports.get(s["id"]) or {}] if r.get("address")}) if reports else []
     return out
 
 
