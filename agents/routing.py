@@ -48,6 +48,7 @@ class PriorityConfig:
     per_extra_source: int = 5
     sensor_confirmed: int = 15
     per_escalation: int = 10
+    supervised: int = 20  # an incident under a supervision notice (督办)
     confirmation_raises_level: bool = True
 
 

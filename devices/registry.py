@@ -54,6 +54,7 @@ DEFAULT_WATER_ALARM_CM: dict[str, float] = {"manhole": 150.0, "water_gauge": 20.
 
 CSV_COLUMNS: tuple[str, ...] = (
     "id", "kind", "name", "lat", "lon", "grid_code", "circuit", "pipe_network", "gateway", "report_interval_s", "attrs",
+    "name_zh",
 )
 REQUIRED_COLUMNS = ("id", "kind", "lat", "lon")
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -85,6 +86,7 @@ class Device:
     gateway: str | None = None  # edge gateway that publishes for it; None = publishes on its own topic
     report_interval_s: int = 60
     attrs: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    name_zh: str = field(default="", compare=False, hash=False)  # Chinese display name ("" = same as name)
 
     @property
     def shard_key(self) -> str:
@@ -346,6 +348,7 @@ def _parse_row(
     return {
         "id": dev_id, "kind": kind, "name": get("name") or dev_id, "lat": lat, "lon": lon, "grid_code": grid,
         "circuit": circuit, "pipe_network": pipe, "gateway": gateway, "report_interval_s": interval, "attrs": attrs,
+        "name_zh": get("name_zh") or get("name") or dev_id,
     }
 
 
@@ -358,7 +361,7 @@ def write_devices_csv(devices: Iterable[Device], path: str | PathLike[str]) -> N
             w.writerow((
                 d.id, d.kind, d.name, f"{d.lat:.6f}", f"{d.lon:.6f}", d.grid_code, d.circuit or "", d.pipe_network or "",
                 d.gateway or "", d.report_interval_s,
-                json.dumps(d.attrs, separators=(",", ":"), ensure_ascii=False) if d.attrs else "",
+                json.dumps(d.attrs, separators=(",", ":"), ensure_ascii=False) if d.attrs else "", d.name_zh,
             ))
 
 

@@ -177,6 +177,12 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_operators(args: argparse.Namespace) -> int:
+    from gridwatch.operators import add
+
+    return add(settings_from(args), args)
+
+
 def cmd_record(args: argparse.Namespace) -> int:
     from gridwatch.recordreplay import run_record
 
@@ -299,6 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hash-password", action="store_true",
                    help="read a password (prompt or stdin) and print its hash for operators.yaml, then exit")
     p.set_defaults(func=cmd_api)
+
+    p = sub.add_parser("operators", help="console accounts: `operators add USER --role --scope --file`",
+                       description="Create real operator accounts (the shipped ones are refused outside the demo).")
+    common(p)
+    from gridwatch.operators import add_arguments as operators_args
+
+    operators_args(p)
+    p.set_defaults(func=cmd_operators)
 
     p = sub.add_parser("tail", help="print records of a Kafka topic as JSON lines")
     common(p)

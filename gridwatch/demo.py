@@ -175,6 +175,7 @@ def run_demo(args: argparse.Namespace) -> int:
         # The demo's simulated clock runs ahead of the wall clock on purpose (--speed), so the bridge
         # must not reject its readings as "from the future".
         env.setdefault("GRIDWATCH_BRIDGE_MAX_FUTURE_SKEW_S", str(30 * 86400))
+        env["GRIDWATCH_DEMO_CREDENTIALS"] = "allow"  # the shipped demo logins (web/demo_guard.py)
         if stack is not None:
             env["GRIDWATCH_KAFKA_TANSU_QUIRKS"] = "on"
         sim_args = ["--speed", str(args.speed), "--start", str(args.start or default_start(args.city)),

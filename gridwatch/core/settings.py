@@ -7,8 +7,9 @@ error messages can name the exact YAML key or env var an operator has to change.
 from __future__ import annotations
 
 import json
+import math
 import os
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -119,13 +120,36 @@ class WebSettings:
     api_keys: str = ""  # comma-separated keys accepted on POST requests when require_api_key is true
     rate_per_min: float = 30.0  # public POST token bucket per api_key / client IP
     rate_burst: int = 10
-    trust_forwarded_for: bool = False  # take the client IP from X-Forwarded-For (behind a proxy only)
+    # Reverse proxies (addresses / CIDRs, comma-separated) whose X-Forwarded-For is believed; "" = none
+    trusted_proxies: str = ""
     session_secret: str = ""  # HMAC key of console tokens; "" = random per process
     session_ttl_s: int = 43200
-    dedupe_window_s: int = 600  # an identical POST within this window returns the same request id
+    # Failed console logins: a bucket per client address and one per account name
+    login_rate_per_min: float = 20.0
+    login_burst: int = 10
+    login_account_rate_per_min: float = 30.0
+    login_account_burst: int = 30
+    audit_log: str = ""  # JSON lines of logins and operator actions ("" = <state dir>/audit.log)
+    ready_timeout_s: float = 2.0  # readiness: Kafka metadata / MQTT CONNACK round trip
+    dedupe_window_s: int = 600  # an identical POST (or the same Idempotency-Key) within this window: same id
     max_body_bytes: int = 1048576
     chat_import_max: int = 500  # records per chat import call
     evidence_dir: str = ""  # snapshot pictures of vision events ("" = <state dir>/evidence)
+
+
+@dataclass
+class StatsSettings:
+    """Statistics of the console (``GET /api/stats``), as offices count them."""
+
+    satisfied_min_rating: int = 4  # an evaluation rated at least this (of 5) counts as satisfied
+
+
+@dataclass
+class HotlineSettings:
+    """The 12345 citizen hotline link: inbound work orders (``POST /api/hotline/orders``)."""
+
+    token_env: str = "GRIDWATCH_HOTLINE_TOKENS"  # env var with the accepted bearer tokens, comma-separated
+    token_file: str = ""  # ... or a file with one token per line
 
 
 @dataclass
@@ -159,6 +183,8 @@ class Settings:
     web: WebSettings = field(default_factory=WebSettings)
     vision: VisionSettings = field(default_factory=VisionSettings)
     influx: InfluxSettings = field(default_factory=InfluxSettings)
+    stats: StatsSettings = field(default_factory=StatsSettings)
+    hotline: HotlineSettings = field(default_factory=HotlineSettings)
     source: str = str(DEFAULT_CONFIG)
 
     # -- resolved endpoints -------------------------------------------------------------------
@@ -237,11 +263,70 @@ def _apply(section_obj: Any, data: dict[str, Any], where: str) -> None:
         if key not in known:
             raise SettingsError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
         current = getattr(section_obj, key)
-        if value is not None and not isinstance(value, type(current)) and not (
-            isinstance(current, float) and isinstance(value, int)
-        ):
-            raise SettingsError(f"{where}.{key}: expected {type(current).__name__}, got {value!r}")
-        setattr(section_obj, key, value)
+        setattr(section_obj, key, _checked(value, current, f"{where}.{key}"))
+
+
+def _checked(value: Any, like: Any, name: str) -> Any:
+    """``value`` if it has the type of the default ``like`` (an int is a fine float); else SettingsError.
+
+    Why strict: YAML turns ``partitions:`` into None and ``port: yes`` into True; either would only
+    fail later, far from the file, as a TypeError. bool is not accepted as a number.
+    """
+    kind = type(like).__name__
+    example = f" (e.g. {like!r})" if like not in ("", None) else ""
+    if value is None:
+        raise SettingsError(f"{name}: empty value; give a {kind}{example} or remove the key for the default")
+    ok = isinstance(value, type(like)) and not (isinstance(value, bool) and not isinstance(like, bool))
+    if isinstance(like, float) and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise SettingsError(f"{name}: expected {kind}{example}, got {value!r}")
+    return value
+
+
+# Allowed ranges of numeric settings, (low, high, low_is_exclusive); a number not named here must be
+# finite and >= 0. The check runs after the files, the environment and the flags are merged.
+RANGES: dict[str, tuple[float, float, bool]] = {
+    "kafka.partitions": (1, 10_000, False), "kafka.replication_factor": (1, 100, False),
+    "bridge.max_batch_messages": (1, 10_000_000, False), "bridge.max_payload_bytes": (1, 1 << 31, False),
+    "bridge.stats_interval_s": (0, math.inf, True), "web.port": (0, 65_535, False),
+    "web.rate_per_min": (0, math.inf, True), "web.rate_burst": (1, 10_000_000, False),
+    "web.login_rate_per_min": (0, math.inf, True), "web.login_burst": (1, 1_000_000, False),
+    "web.login_account_rate_per_min": (0, math.inf, True), "web.login_account_burst": (1, 1_000_000, False),
+    "web.ready_timeout_s": (0, 60, True),
+    "web.session_ttl_s": (1, 366 * 86_400, False), "web.max_body_bytes": (1, 1 << 31, False),
+    "web.chat_import_max": (1, 1_000_000, False), "worker.offline_scan_s": (0, math.inf, True),
+    "worker.presence_checkpoint_s": (0, math.inf, True), "worker.watermark_interval_s": (0, math.inf, True),
+    "worker.upstream_idle_s": (0, math.inf, True), "influx.batch_size": (1, 10_000_000, False),
+    "influx.flush_interval_ms": (1, math.inf, False), "influx.max_pending_points": (1, 1 << 40, False),
+    "influx.writers": (1, 1_000, False), "influx.timeout_s": (0, math.inf, True),
+    "influx.presence_interval_s": (1, math.inf, False),
+}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "kafka.tansu_quirks": ("auto", "on", "off", "true", "false", "1", "0"),
+    "worker.log_level": ("debug", "info", "warning", "error", "critical"),
+}
+
+
+def validate(s: Settings) -> None:
+    """Every setting has its type and lies in its range; a SettingsError names the first key that does not."""
+    for sect in fields(s):
+        obj = getattr(s, sect.name)
+        if not is_dataclass(obj):
+            continue
+        for fl in fields(obj):
+            key = f"{sect.name}.{fl.name}"
+            default = fl.default if fl.default is not MISSING else fl.default_factory()  # type: ignore[misc]
+            value = _checked(getattr(obj, fl.name), default, key)
+            setattr(obj, fl.name, value)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                lo, hi, strict = RANGES.get(key, (0, math.inf, False))
+                if not math.isfinite(value) or value < lo or (strict and value == lo) or value > hi:
+                    bound = f"> {lo:g}" if strict else f">= {lo:g}"
+                    bound += f" and <= {hi:g}" if math.isfinite(hi) else ""
+                    raise SettingsError(f"{key} must be {bound}, got {value!r}")
+            if key in CHOICES and value.lower() not in CHOICES[key]:
+                raise SettingsError(f"{key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
 
 
 def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
@@ -276,17 +361,11 @@ def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | No
         if value is None:
             continue
         sect_name, _, key = dotted.partition(".")
-        obj = getattr(s, sect_name)
-        if not hasattr(obj, key):
+        obj = getattr(s, sect_name, None)
+        if not is_dataclass(obj) or not hasattr(obj, key):
             raise SettingsError(f"unknown setting {dotted}")
         setattr(obj, key, value)
-    if s.kafka.partitions < 1:
-        raise SettingsError("kafka.partitions must be >= 1")
-    for key in ("watermark_interval_s", "upstream_idle_s"):
-        if not getattr(s.worker, key) > 0:
-            raise SettingsError(f"worker.{key} must be > 0")
-    if s.worker.wall_clock_advance_slack_s < 0:
-        raise SettingsError("worker.wall_clock_advance_slack_s must be >= 0 (0 = off)")
+    validate(s)
     return s
 
 

@@ -29,6 +29,8 @@ from gridwatch.pipeline.schemas.mqtt_topics import (
     replay_prefix,
 )
 
+from .placeholders import demo_allowed, is_placeholder
+
 SECRET_ENV = "GRIDWATCH_MQTT_SECRET"
 SECRET_FILE_ENV = "GRIDWATCH_MQTT_SECRET_FILE"
 ITERATIONS = 101  # what mosquitto_passwd 2.0 uses for $7$ (PBKDF2-SHA512)
@@ -41,6 +43,9 @@ class CredentialError(ValueError):
 def load_secret() -> bytes:
     """The master secret from GRIDWATCH_MQTT_SECRET or the file named by GRIDWATCH_MQTT_SECRET_FILE."""
     if os.environ.get(SECRET_ENV):
+        if is_placeholder(os.environ[SECRET_ENV]) and not demo_allowed():
+            raise CredentialError(f"{SECRET_ENV} is the placeholder of an example file; set 16+ random bytes, "
+                                  f"e.g. `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`")
         return os.environ[SECRET_ENV].encode()
     path = os.environ.get(SECRET_FILE_ENV)
     if path:

@@ -6,8 +6,8 @@
 | `readings`   | device shard        | `readings.ReadingBatch`                         | bridge, replay                |
 | `events`     | grid code           | `events.GridEvent`, `events.Watermarks`         | telemetry and vision agents   |
 | `deadletter` | —                   | `deadletter.DeadLetter`                         | every stage, with the reason  |
-| `reports`    | grid code           | `reports.ResidentReport`                        | Open311 API, chat import      |
-| `actions`    | grid code           | `incidents.OperatorAction`                      | operator console              |
+| `reports`    | grid code           | `reports.ResidentReport`                        | Open311 API, chat import, 12345 hotline |
+| `actions`    | grid code           | `incidents.OperatorAction`                      | operator console, residents (evaluate) |
 | `incidents`  | grid code           | `incidents.IncidentChange`                      | incidents agent               |
 | `frames`     | camera id           | `frames` (GWF1 frames, camera status)           | camera service, replay        |
 """
