@@ -21,6 +21,26 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 log = logging.getLogger("gridwatch.kafka_compat")
 _installed = False
 FETCH_MAX_WAIT_MS = 20
+# What Tansu answers in DescribeCluster unless started with another --cluster-id.
+TANSU_CLUSTER_ID = "tansu_cluster"
+
+
+async def detect_tansu(bootstrap: str) -> bool:
+    """Whether the broker at ``bootstrap`` is Tansu (its default cluster id); False if it cannot tell.
+
+    A Tansu started with another cluster id is not recognised: set kafka.tansu_quirks: on for it.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    try:
+        await admin.start()
+        return (await admin.describe_cluster()).get("cluster_id") == TANSU_CLUSTER_ID
+    except Exception as e:  # noqa: BLE001 - an unreachable broker is reported by the worker itself
+        log.warning("could not ask %s which broker it is (%s): Tansu work-arounds stay off", bootstrap, e)
+        return False
+    finally:
+        await admin.close()
 
 
 async def fetch_highwaters(bootstrap: str | list[str], ends: Mapping[TopicPartition, int]) -> dict:
