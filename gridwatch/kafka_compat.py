@@ -73,10 +73,14 @@ async def fetch_highwaters(bootstrap: str | list[str], ends: Mapping[TopicPartit
 
 
 def install_tansu_shims() -> None:
-    """Patch Faust's aiokafka driver to use fetch high watermarks (idempotent)."""
+    """Patch Faust's aiokafka driver to use fetch high watermarks (idempotent). Checked on the versions
+    in gridwatch.patch_versions; refuses others."""
     global _installed
     if _installed:
         return
+    from gridwatch.patch_versions import require_checked
+
+    require_checked("Tansu high watermark and fetch wait (gridwatch.kafka_compat)")
     from faust.transport.drivers import aiokafka as driver
 
     original = driver.AIOKafkaConsumerThread._highwaters

@@ -204,21 +204,44 @@ def _port_open(bootstrap: str) -> bool:
 
 
 async def _registered(bootstrap: str, node_ids: set[int], timeout_s: float) -> bool:
+    """The nodes are unfenced brokers, and every partition already on disk answers as led (after a
+    restart a broker is listed a moment before it has taken the leadership of its partitions back:
+    a read then gets NotLeaderForPartition)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient
 
     if not _port_open(bootstrap):  # (and spares the log aiokafka's connection errors)
         return False
-
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    consumer = None
+    quiet = logging.getLogger("aiokafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # "Failed fetch offsets ... NotLeaderForPartition" is the point here
     try:
         await asyncio.wait_for(admin.start(), timeout_s)
         info = await asyncio.wait_for(admin.describe_cluster(), timeout_s)
-        return node_ids <= {b["node_id"] for b in info.get("brokers", [])}
+        if not node_ids <= {b["node_id"] for b in info.get("brokers", [])}:
+            return False
+        topics = await asyncio.wait_for(admin.describe_topics(), timeout_s)
+        parts = [(t["topic"], p) for t in topics for p in t.get("partitions") or []]
+        if any(p.get("leader", -1) < 0 for _, p in parts):
+            return False
+        if parts:
+            consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                        request_timeout_ms=int(timeout_s * 1000))
+            await asyncio.wait_for(consumer.start(), timeout_s)
+            tps = [TopicPartition(t, p["partition"]) for t, p in parts]
+            await asyncio.wait_for(consumer.end_offsets(tps), timeout_s)
+        return True
     except Exception:  # noqa: BLE001 - not ready yet, whatever the reason
         return False
     finally:
         with contextlib.suppress(Exception):
             await admin.close()
+        if consumer is not None:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+        quiet.setLevel(level)
 
 
 def wait_brokers(bootstrap: str, node_ids: set[int], timeout: float, alive=None) -> None:  # type: ignore[no-untyped-def]
@@ -228,7 +251,7 @@ def wait_brokers(bootstrap: str, node_ids: set[int], timeout: float, alive=None)
     while time.monotonic() < deadline:
         if alive is not None and not alive():
             raise KafkaServerError("the Kafka node exited while starting")
-        if asyncio.run(_registered(bootstrap, node_ids, 2.0)):
+        if asyncio.run(_registered(bootstrap, node_ids, 5.0)):
             return
         time.sleep(0.25)
     raise KafkaServerError(f"Kafka brokers {sorted(node_ids)} not ready at {bootstrap} within {timeout:.0f}s")

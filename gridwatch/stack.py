@@ -250,7 +250,7 @@ class EmbeddedStack:
         controller = _reuse_port(self._saved_ports(), "controller")
         node = single_node(home, self.kafka_port, controller, heap=os.environ.get("GRIDWATCH_KAFKA_HEAP", "512m"))
         try:
-            node.start(timeout=float(os.environ.get("GRIDWATCH_KAFKA_START_TIMEOUT", "90")))
+            node.start(timeout=float(os.environ.get("GRIDWATCH_KAFKA_START_TIMEOUT", "180")))
         except KafkaServerError as e:
             raise StackError(str(e)) from None
         self._save_ports(kafka=self.kafka_port, controller=controller)

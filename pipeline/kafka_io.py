@@ -43,12 +43,38 @@ TOPIC_CONFIGS: dict[str, dict[str, str]] = {
 }
 
 
+async def topic_partitions(bootstrap: str, topics: list[str], wait_s: float = 0.0) -> dict[str, list[int]]:
+    """Partition numbers of each topic (``[]`` for one that does not exist), from the admin client's
+    DescribeTopics; with ``wait_s``, waits that long for missing topics to appear.
+
+    Why not ``consumer.partitions_for_topic``: on Apache Kafka it stays None for a consumer without a
+    subscription, even after ``consumer.topics()`` (Tansu's metadata answer hid this).
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    await admin.start()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    try:
+        while True:
+            found: dict[str, list[int]] = {}
+            for t in await admin.describe_topics(topics):
+                if t.get("error_code", 0) == 0:  # else: unknown topic (or not ready yet)
+                    found[t["topic"]] = sorted(p["partition"] for p in t.get("partitions") or [])
+            result = {t: found.get(t, []) for t in topics}
+            if all(result.values()) or loop.time() >= deadline:
+                return result
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+
+
 async def assign_from_start(consumer: Any, topic: str) -> list[Any]:
     """Assign every partition of ``topic`` to a group-less consumer, positioned at the beginning
-    (none when the consumer's metadata knows no partitions of it)."""
+    (none when the topic does not exist)."""
     from aiokafka import TopicPartition
 
-    tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+    parts = (await topic_partitions(consumer._client._bootstrap_servers, [topic]))[topic]
+    tps = [TopicPartition(topic, p) for p in parts]
     if tps:
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
@@ -143,11 +169,15 @@ def install_faust_seek_fix() -> None:
       consumer's flow for the whole resume, so nothing is handed over until the seek and the clear are
       done; the original resumes the flow at its end.
 
-    Downstream dedupes what is read twice.
+    Downstream dedupes what is read twice. Checked on the versions in gridwatch.patch_versions (on
+    Tansu and on Apache Kafka); refuses others.
     """
     global _seek_fix_installed
     if _seek_fix_installed:
         return
+    from gridwatch.patch_versions import require_checked
+
+    require_checked("seek after a rebalance (pipeline.kafka_io.install_faust_seek_fix)")
     from faust.tables.recovery import Recovery
     from faust.transport.drivers import aiokafka as driver
 
