@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     from gridwatch.stack import add_engine_argument
 
     p = sub.add_parser("stack", help="run the embedded broker stack (Kafka broker + Mosquitto) in the foreground")
-    add_engine_argument(p)
+    add_engine_argument(p, durable=True)
     p.add_argument("--kafka-port", type=int, default=0,
                    help="port for Kafka (default: a free one; the kafka engine reuses its last port when free)")
     p.add_argument("--mqtt-port", type=int, default=0, help="port for MQTT (default: a free one)")

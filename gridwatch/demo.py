@@ -33,7 +33,7 @@ LEVEL_STYLE = {"red": "bold red", "yellow": "yellow", "blue": "cyan"}
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from gridwatch.stack import add_engine_argument
 
-    add_engine_argument(p)
+    add_engine_argument(p, durable=False)
     p.add_argument("--devices", type=int, default=0, help="simulate only the first N devices (default: the whole city)")
     p.add_argument("--speed", type=float, default=30.0,
                    help="simulated time speed-up (default 30: an evening passes in minutes)")
@@ -154,7 +154,7 @@ def console_port(wanted: int) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from gridwatch.stack import EmbeddedStack, stack_workdir
+    from gridwatch.stack import EmbeddedStack
 
     stack = None
     rtsp = None
@@ -170,7 +170,9 @@ def run_demo(args: argparse.Namespace) -> int:
             kafka, mqtt_url = args.kafka, args.mqtt
         else:
             print(f"starting the embedded stack ({args.engine} + Mosquitto) ...", flush=True)
-            stack = EmbeddedStack(workdir=stack_workdir(args.engine), engine=args.engine).start()
+            # A fresh folder each run, whatever the engine: the demo replays a new simulated evening, which a
+            # log kept from an earlier run (its watermarks, open incidents) would only confuse.
+            stack = EmbeddedStack(engine=args.engine).start()
             stack.write_state(STACK_FILE)
             kafka, mqtt_url = args.kafka or stack.kafka_url, args.mqtt or stack.mqtt_url
         common += ["--kafka", kafka, "--mqtt", mqtt_url]

@@ -8,16 +8,17 @@ import pytest
 from gridwatch.stack import ENGINES, EmbeddedStack
 
 # Test folders whose tests run once per engine chosen with --kafka-engine (the rest use Tansu only):
-# the end-to-end pipeline, including worker restarts and fail-over, must hold on real Apache Kafka.
-BOTH_ENGINE_DIRS = ("e2e",)
+# the end-to-end pipeline, including worker restarts and fail-over, and the fault tests of the telemetry
+# path must hold on real Apache Kafka.
+BOTH_ENGINE_DIRS = ("e2e", "faults")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--kafka-engine", choices=(*ENGINES, "both"), default=os.environ.get("GRIDWATCH_TEST_KAFKA_ENGINE", "tansu"),
-        help="broker of the `stack` fixture for the end-to-end tests: tansu (embedded, fast), kafka (Apache "
-             "Kafka from build/kafka/libs) or both (what ./run test and CI use). Default: tansu, or "
-             "$GRIDWATCH_TEST_KAFKA_ENGINE.")
+        help="Kafka broker of the end-to-end and fault tests (tests/e2e, tests/faults): tansu (embedded, "
+             "fast), kafka (Apache Kafka from build/kafka/libs) or both (what ./run test and CI use). Default: "
+             "tansu, or $GRIDWATCH_TEST_KAFKA_ENGINE. Other tests always use Tansu.")
 
 
 def engines(config: pytest.Config) -> list[str]:
@@ -27,13 +28,19 @@ def engines(config: pytest.Config) -> list[str]:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     in_both = any(d in metafunc.definition.path.parts for d in BOTH_ENGINE_DIRS)
-    if "stack" in metafunc.fixturenames and in_both:
-        metafunc.parametrize("stack", engines(metafunc.config), indirect=True, scope="session")
+    if in_both and "kafka_engine" in metafunc.fixturenames:
+        metafunc.parametrize("kafka_engine", engines(metafunc.config), scope="session")
 
 
 @pytest.fixture(scope="session")
-def stack(request: pytest.FixtureRequest) -> Iterator[EmbeddedStack]:
+def kafka_engine() -> str:
+    """The Kafka engine of this test's stack; tests in BOTH_ENGINE_DIRS get each chosen engine in turn."""
+    return "tansu"
+
+
+@pytest.fixture(scope="session")
+def stack(kafka_engine: str) -> Iterator[EmbeddedStack]:
     """One real broker (Tansu, or Apache Kafka for the kafka leg) and one real Mosquitto per engine for the
     whole session; tests isolate by topic prefix."""
-    with EmbeddedStack(engine=getattr(request, "param", "tansu")) as s:
+    with EmbeddedStack(engine=kafka_engine) as s:
         yield s
