@@ -7,18 +7,19 @@ import pytest
 
 from gridwatch.stack import ENGINES, EmbeddedStack
 
-# Test folders whose tests run once per engine chosen with --kafka-engine (the rest use Tansu only):
-# the end-to-end pipeline, including worker restarts and fail-over, and the fault tests of the telemetry
-# path must hold on real Apache Kafka.
-BOTH_ENGINE_DIRS = ("e2e", "faults")
+# Test folders and files whose tests run once per engine chosen with --kafka-engine (the rest use Tansu
+# only): the end-to-end pipeline, including worker restarts and fail-over, the fault tests of the
+# telemetry path, and the Open311 API with its incident view must hold on real Apache Kafka.
+BOTH_ENGINE_PATHS = ("e2e", "faults", "test_open311.py")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--kafka-engine", choices=(*ENGINES, "both"), default=os.environ.get("GRIDWATCH_TEST_KAFKA_ENGINE", "tansu"),
-        help="Kafka broker of the end-to-end and fault tests (tests/e2e, tests/faults): tansu (embedded, "
-             "fast), kafka (Apache Kafka from build/kafka/libs) or both (what ./run test and CI use). Default: "
-             "tansu, or $GRIDWATCH_TEST_KAFKA_ENGINE. Other tests always use Tansu.")
+        help="Kafka broker of the tests in BOTH_ENGINE_PATHS (tests/e2e, tests/faults, "
+             "tests/web/test_open311.py): tansu (embedded, fast), kafka (Apache Kafka from build/kafka/libs) or "
+             "both (what ./run test and CI use). Default: tansu, or $GRIDWATCH_TEST_KAFKA_ENGINE. Other tests "
+             "always use Tansu.")
 
 
 def engines(config: pytest.Config) -> list[str]:
@@ -27,14 +28,14 @@ def engines(config: pytest.Config) -> list[str]:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    in_both = any(d in metafunc.definition.path.parts for d in BOTH_ENGINE_DIRS)
+    in_both = any(d in metafunc.definition.path.parts for d in BOTH_ENGINE_PATHS)
     if in_both and "kafka_engine" in metafunc.fixturenames:
         metafunc.parametrize("kafka_engine", engines(metafunc.config), scope="session")
 
 
 @pytest.fixture(scope="session")
 def kafka_engine() -> str:
-    """The Kafka engine of this test's stack; tests in BOTH_ENGINE_DIRS get each chosen engine in turn."""
+    """The Kafka engine of this test's stack; tests in BOTH_ENGINE_PATHS get each chosen engine in turn."""
     return "tansu"
 
 
