@@ -18,6 +18,7 @@ import os
 import statistics
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,21 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def broker_cpu_s(stack: Proc) -> float:
+    """CPU seconds (user + system) the broker process used so far: a start cost that, unlike the wall
+    time, hardly depends on what else the machine is doing."""
+    tick = os.sysconf("SC_CLK_TCK")
+    for p in children(stack.pid):
+        try:
+            if b"kafka.Kafka" in Path(f"/proc/{p}/cmdline").read_bytes() or b"tansu" in Path(
+                    f"/proc/{p}/cmdline").read_bytes():
+                fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+                return round((int(fields[11]) + int(fields[12])) / tick, 2)
+        except (OSError, IndexError, ValueError):
+            continue
+    return 0.0
+
+
 def memory(stack: Proc) -> dict[str, float]:
     """RSS in MiB of the broker process and of the whole stack (command + broker + Mosquitto)."""
     pids = [stack.pid, *children(stack.pid)]
@@ -66,7 +82,7 @@ def memory(stack: Proc) -> dict[str, float]:
 
 def start(engine: str, state: Path, logs: Path) -> tuple[Proc, float, str]:
     t0 = time.monotonic()
-    proc = Proc(f"bench-stack-{engine}", ["stack", "--engine", engine], logs, {"GRIDWATCH_STATE_DIR": str(state)})
+    proc = Proc(f"bench-stack-{engine}-{uuid.uuid4().hex[:8]}", ["stack", "--engine", engine], logs, {"GRIDWATCH_STATE_DIR": str(state)})
     proc.start()
     proc.wait_log("embedded stack running", 180)
     seconds = time.monotonic() - t0
@@ -118,6 +134,7 @@ def one_run(engine: str, records: int, logs: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"bench-stack-{engine}-") as tmp:
         state = Path(tmp)
         stack, cold_s, bootstrap = start(engine, state, logs)
+        cold_cpu = broker_cpu_s(stack)
         try:
             time.sleep(2)  # settle (JIT, first GC) before reading the idle figure
             idle = memory(stack)
@@ -127,11 +144,13 @@ def one_run(engine: str, records: int, logs: Path) -> dict[str, Any]:
         finally:
             stack.stop(timeout=60)
         stack, warm_s, bootstrap = start(engine, state, logs)
+        warm_cpu = broker_cpu_s(stack)
         try:
             kept = asyncio.run(count(bootstrap))
         finally:
             stack.stop(timeout=60)
-    return {"cold_start_s": round(cold_s, 2), "warm_start_s": round(warm_s, 2), "idle": idle,
+    return {"cold_start_s": round(cold_s, 2), "warm_start_s": round(warm_s, 2), "cold_start_broker_cpu_s": cold_cpu,
+            "warm_start_broker_cpu_s": warm_cpu, "load_avg_1m": os.getloadavg()[0], "idle": idle,
             "after_load": loaded, "records_written": records, "records_after_restart": kept}
 
 
@@ -148,7 +167,9 @@ def run(out: Path | None, runs: int, engines: list[str], mb: int) -> dict[str, A
         for engine in engines:
             r = one_run(engine, records, logs)
             per[engine].append(r)
-            print(f"{engine:6s} run {i + 1}: cold start {r['cold_start_s']:.2f}s, warm start {r['warm_start_s']:.2f}s, "
+            print(f"{engine:6s} run {i + 1}: cold start {r['cold_start_s']:.2f}s ({r['cold_start_broker_cpu_s']:.1f} CPU s), "
+                  f"warm start {r['warm_start_s']:.2f}s ({r['warm_start_broker_cpu_s']:.1f} CPU s), "
+                  f"load {r['load_avg_1m']:.1f}, "
                   f"broker RSS idle {r['idle']['broker_rss_mb']:.0f} MB -> {r['after_load']['broker_rss_mb']:.0f} MB "
                   f"after {mb} MB, stack RSS idle {r['idle']['stack_rss_mb']:.0f} MB, "
                   f"records after restart {r['records_after_restart']}/{records}", flush=True)
@@ -156,6 +177,8 @@ def run(out: Path | None, runs: int, engines: list[str], mb: int) -> dict[str, A
         results["engines"][engine] = {
             "cold_start_s": spread([r["cold_start_s"] for r in rs]),
             "warm_start_s": spread([r["warm_start_s"] for r in rs]),
+            "cold_start_broker_cpu_s": spread([r["cold_start_broker_cpu_s"] for r in rs]),
+            "warm_start_broker_cpu_s": spread([r["warm_start_broker_cpu_s"] for r in rs]),
             "broker_rss_idle_mb": spread([r["idle"]["broker_rss_mb"] for r in rs]),
             "broker_rss_after_load_mb": spread([r["after_load"]["broker_rss_mb"] for r in rs]),
             "stack_rss_idle_mb": spread([r["idle"]["stack_rss_mb"] for r in rs]),

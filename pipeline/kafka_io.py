@@ -216,3 +216,39 @@ def _flow_held(resume: Callable[..., Awaitable[None]]) -> Callable[..., Awaitabl
                 consumer.resume_flow()
 
     return held
+
+
+_event_path_fix_installed = False
+
+
+def install_faust_event_path_fix() -> None:
+    """Keep Faust's livelock check from crashing the worker on a partition that has no position yet.
+
+    faust-streaming 0.15.3's commit-time check (``AIOKafkaConsumerThread.verify_event_path``) reads
+    aiokafka's ``TopicPartitionState.position`` and tests it for None; aiokafka 0.14 asserts a position
+    instead. When the check runs in the moment after a rebalance before a new partition's position is
+    reset, the worker crashes ("Crashed reason=AssertionError", then "We experienced a crash"). Seen on
+    Apache Kafka: the survivor of a two-worker fail-over died that way. Such a partition has nothing to
+    verify yet, so the check skips it. Idempotent; checked on the versions in gridwatch.patch_versions.
+    """
+    global _event_path_fix_installed
+    if _event_path_fix_installed:
+        return
+    from gridwatch.patch_versions import require_checked
+
+    require_checked("livelock check without a position (pipeline.kafka_io.install_faust_event_path_fix)")
+    from aiokafka import TopicPartition
+    from faust.transport.drivers import aiokafka as driver
+
+    original = driver.AIOKafkaConsumerThread.verify_event_path
+
+    def verify_event_path(self, now, tp):  # type: ignore[no-untyped-def]
+        subscription = self._ensure_consumer()._fetcher._subscriptions.subscription
+        assignment = subscription.assignment if subscription is not None else None
+        state = assignment.state_value(TopicPartition(tp.topic, tp.partition)) if assignment is not None else None
+        if state is None or not state.has_valid_position:
+            return None
+        return original(self, now, tp)
+
+    driver.AIOKafkaConsumerThread.verify_event_path = verify_event_path
+    _event_path_fix_installed = True
