@@ -1,7 +1,7 @@
 """Version guard for gridwatch's patches of Faust and aiokafka internals.
 
 The patches (gridwatch.kafka_compat: Tansu's high watermark and fetch wait; pipeline.kafka_io: the
-seek fix after a rebalance) replace private methods, whose names and behaviour change between
+seek fix after a rebalance and the livelock check without a position) replace private methods, whose names and behaviour change between
 releases without notice. Each was checked on exactly the versions below, against Tansu 0.6 and Apache
 Kafka 4.1.1 (tests/e2e on both engines); constraints.txt pins them and ./run installs with it. On any
 other version a patch refuses to install rather than silently patch code it was never checked on.
