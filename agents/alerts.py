@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from gridwatch.pipeline.mqtt_publisher import AsyncMqttPublisher
+from gridwatch.pipeline.outputs.mqtt_publisher import AsyncMqttPublisher
 from gridwatch.pipeline.schemas.codec import SchemaError
 from gridwatch.pipeline.schemas.events import GridEvent, is_control
 

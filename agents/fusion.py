@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gridwatch.pipeline.schemas.codec import dumps, loads
-from gridwatch.pipeline.schemas.events import GridEvent, TierRef, Watermarks
+from gridwatch.pipeline.schemas.events import GridEvent, TierRef, Watermarks, tier_refs
 from gridwatch.pipeline.schemas.incidents import (
     VERSION,
     Incident,
@@ -254,10 +254,11 @@ class IncidentProcessor:
             out.rejected.append(Rejected("outside_grid", f"report {rep.service_request_id} at {rep.lat},{rep.lon} "
                                                          f"(grid {rep.grid_code!r}) is in no grid of the city"))
             return
-        tiers = [TierRef(a.tier, a.code, a.name) for a in self.gridmap.chain(grid)]
+        tiers = list(tier_refs(self.gridmap, grid))
         src = IncidentSource(kind="report", id=rep.service_request_id, type=rep.service_code, ts=rep.requested_ms,
                              last_ts=rep.requested_ms, subject=rep.device_id, lat=rep.lat, lon=rep.lon,
-                             message=rep.description, media_url=rep.media_url, origin=rep.source)
+                             message=rep.description, media_url=rep.media_url, origin=rep.source,
+                             external_id=rep.external_id)
         self._add_source(ps, out, group, src, grid, tiers, self.cfg.report_level(group),
                          f"resident:{rep.service_request_id}")
 
@@ -278,7 +279,7 @@ class IncidentProcessor:
         except lc.LifecycleError as e:
             out.rejected.append(Rejected(e.reason, str(e)))
             return
-        change = {"escalate": "escalated", "reopen": "reopened"}.get(act.action, "action")
+        change = {"escalate": "escalated", "reopen": "reopened", "supervise": "supervised"}.get(act.action, "action")
         self._emit(ps, out, inc, change, act.ts, t, act.id)
 
     # -- fusion ---------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from gridwatch.pipeline.schemas.reports import ResidentReport
 from .fusion import IncidentProcessor, Outcome
 from .routing import load_incident_config
 from .runtime import AgentContext
-from .tables import delete, put
+from .tables import TableStore, delete, put
 
 log = logging.getLogger("gridwatch.incidents")
 INPUTS = ("events", "reports", "actions")
@@ -42,19 +42,6 @@ def family_topic(ctx: AgentContext, *families: str) -> Any:
     s = ctx.settings
     return ctx.app.topic(*(s.topic(f) for f in families), key_serializer="raw", value_serializer="raw",
                          partitions=s.kafka.partitions, internal=True)
-
-
-class TableStore:
-    """StateStore over a Faust table: ``get`` and a scan of every key (recovery of a partition)."""
-
-    def __init__(self, table: Any) -> None:
-        self.table = table
-
-    def get(self, key: str) -> Any:
-        return self.table.get(key)
-
-    def items(self) -> Any:
-        return self.table.data.items()
 
 
 def install(ctx: AgentContext) -> Any:

@@ -1,4 +1,4 @@
-"""InfluxDB sink agents: readings, grid events and incident changes -> InfluxDB 2 (pipeline/sinks/influx.py).
+"""InfluxDB sink agents: readings, grid events and incident changes -> InfluxDB 2 (pipeline/outputs/influx.py).
 
 Off unless ``influx.enabled``. Each agent takes what is buffered (up to a second's worth), writes it
 and waits for InfluxDB to confirm before the records count as done, so a crash re-writes points
@@ -14,9 +14,9 @@ from collections.abc import Callable
 from typing import Any
 
 from gridwatch.pipeline.kafka_io import partition_for
+from gridwatch.pipeline.outputs.influx import InfluxSink, PointBuilder, Presence
 from gridwatch.pipeline.schemas.codec import SchemaError
 from gridwatch.pipeline.schemas.events import GridEvent, is_control
-from gridwatch.pipeline.sinks.influx import InfluxSink, PointBuilder, Presence
 
 from .runtime import AgentContext
 

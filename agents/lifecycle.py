@@ -19,6 +19,7 @@ from gridwatch.pipeline.schemas.incidents import (
     WORK_TIERS,
     Incident,
     OperatorAction,
+    Supervision,
     Transition,
 )
 
@@ -46,6 +47,7 @@ TRANSITIONS: dict[str, tuple[tuple[str, ...], str | None]] = {
     "confirm": (("resolved",), None),
     "reopen": (("resolved", "closed"), None),  # back to the status it was resolved from
     "cancel": (OPEN_STATUSES, "cancelled"),
+    "supervise": (OPEN_STATUSES, None),  # 督办: a notice with a deadline, by any tier's supervisor
 }
 
 
@@ -63,10 +65,17 @@ def fusable(inc: Incident) -> bool:
     return inc.open or (inc.status == "resolved" and inc.pending_confirmation)
 
 
+def supervision_deadline(inc: Incident) -> int | None:
+    """The deadline of a supervision notice still running (open incident, not yet overdue)."""
+    sv = inc.supervision
+    return sv.deadline if inc.open and sv is not None and not sv.overdue else None
+
+
 def next_deadline(inc: Incident, cfg: IncidentConfig) -> int | None:
     """The next event time at which supervision has something to do with this incident."""
     if inc.open:
-        return inc.sla_deadline_ts
+        due = [d for d in (inc.sla_deadline_ts, supervision_deadline(inc)) if d is not None]
+        return min(due) if due else None
     if inc.status == "resolved" and inc.resolved_ts is not None:
         return inc.resolved_ts + int(cfg.lifecycle.evaluation_window_s * 1000)
     if inc.status in TERMINAL_STATUSES and inc.closed_ts is not None:
@@ -75,22 +84,25 @@ def next_deadline(inc: Incident, cfg: IncidentConfig) -> int | None:
 
 
 def record(inc: Incident, ts: int, action: str, actor: str, *, note: str = "", from_status: str | None = None,
-           ref: str = "") -> Transition:
+           ref: str = "", deadline: int | None = None) -> Transition:
     """Append a history entry describing the incident as it is now (after the change)."""
     t = Transition(ts=ts, action=action, actor=actor, note=note,
                    from_status=inc.status if from_status is None else from_status, to_status=inc.status,
-                   level=inc.level, tier=inc.tier, department=inc.department, ref=ref)
+                   level=inc.level, tier=inc.tier, department=inc.department, ref=ref, assist=list(inc.assist),
+                   deadline=deadline)
     inc.history.append(t)
     inc.updated_ts = max(inc.updated_ts, ts)
     return t
 
 
 def priority(inc: Incident, cfg: IncidentConfig) -> int:
-    """Level weight + extra sources + sensor confirmation + escalations (see incidents.yaml)."""
+    """Level weight + extra sources + sensor confirmation + escalations + supervised (see incidents.yaml)."""
     p = cfg.priority
     kinds = {s.kind for s in inc.sources}
+    sv = inc.supervision
     return (p.level[inc.level] + p.per_extra_source * max(0, len(inc.sources) - 1)
-            + (p.sensor_confirmed if kinds >= {"event", "report"} else 0) + p.per_escalation * inc.escalations)
+            + (p.sensor_confirmed if kinds >= {"event", "report"} else 0) + p.per_escalation * inc.escalations
+            + (p.supervised if sv is not None else 0))
 
 
 def set_level(inc: Incident, level: str, ts: int, cfg: IncidentConfig) -> bool:
@@ -118,8 +130,12 @@ def check_action(inc: Incident, action: OperatorAction) -> None:
         raise LifecycleError("invalid_transition", f"incident {inc.id} has no auto-resolve to confirm")
     if action.action == "evaluate" and not (isinstance(action.rating, int) and 1 <= action.rating <= 5):
         raise LifecycleError("bad_action", "evaluate needs a rating 1-5")
-    if action.action == "comment" and not action.note.strip():
-        raise LifecycleError("bad_action", "a comment needs a note")
+    if action.action in ("comment", "supervise") and not action.note.strip():
+        raise LifecycleError("bad_action", f"a {action.action} needs a note")
+    if action.action == "supervise" and not (isinstance(action.deadline, int) and action.deadline > action.ts):
+        raise LifecycleError("bad_action", "a supervision notice needs a deadline after its time")
+    if action.assist and action.action != "dispatch":
+        raise LifecycleError("bad_action", "assisting departments are given with dispatch")
     if action.action == "escalate":
         if action.level and level_rank(action.level) < level_rank(inc.level):
             raise LifecycleError("bad_action", f"escalate cannot lower the level {inc.level} to {action.level}")
@@ -137,6 +153,10 @@ def apply_action(inc: Incident, action: OperatorAction, cfg: IncidentConfig) -> 
         inc.acked = True
     elif a == "dispatch":
         inc.department = action.department or inc.department or cfg.department(inc.category_group)
+        if action.assist is not None:  # 吹哨报到: a lead department plus assisting ones
+            inc.assist = [d for d in dict.fromkeys(x.strip() for x in action.assist) if d and d != inc.department]
+        elif inc.department in inc.assist:
+            inc.assist = [d for d in inc.assist if d != inc.department]
         if action.level and action.level != inc.level:
             inc.level = action.level  # the dispatcher grades the incident (may lower a resident's guess)
             if inc.sla_deadline_ts is not None:
@@ -156,6 +176,13 @@ def apply_action(inc: Incident, action: OperatorAction, cfg: IncidentConfig) -> 
     elif a == "cancel":
         inc.sla_deadline_ts = None
         inc.closed_ts = ts
+    elif a == "supervise":
+        assert action.deadline is not None  # check_action
+        prev = inc.supervision
+        inc.supervision = Supervision(by=action.actor, note=note, deadline=action.deadline, ts=ts,
+                                      by_scope=action.actor_tier_code, notices=prev.notices + 1 if prev else 1)
+        inc.priority = priority(inc, cfg)
+        return record(inc, ts, a, action.actor, note=note, ref=action.id, deadline=action.deadline)
     if to_status:
         inc.status = to_status
     inc.priority = priority(inc, cfg)
@@ -227,11 +254,23 @@ def supervise(inc: Incident, cfg: IncidentConfig, watermark: int) -> Iterator[tu
     """What supervision does to one incident once the watermark reached ``watermark``.
 
     Yields (change kind, transition) one step at a time (the caller snapshots the incident between
-    steps): an escalation for every SLA deadline passed (several if the watermark jumped), or
-    "closed" for a resolved incident nobody evaluated in time.
+    steps), in deadline order: an escalation for every SLA deadline passed (several if the watermark
+    jumped), "supervision_overdue" when a supervision notice's deadline passed with the incident still
+    open (recorded at that deadline), or "closed" for a resolved incident nobody evaluated in time.
     """
-    while inc.open and inc.sla_deadline_ts is not None and inc.sla_deadline_ts < watermark:
-        yield "escalated", escalate(inc, cfg, inc.sla_deadline_ts, "supervision")
+    while inc.open:
+        sla = inc.sla_deadline_ts if inc.sla_deadline_ts is not None and inc.sla_deadline_ts < watermark else None
+        sv = supervision_deadline(inc)
+        sv = sv if sv is not None and sv < watermark else None
+        if sv is not None and (sla is None or sv <= sla):
+            assert inc.supervision is not None
+            inc.supervision.overdue = True
+            yield "supervision_overdue", record(inc, sv, "supervision_overdue", "supervision", deadline=sv,
+                                                note=f"supervision deadline passed (notice by {inc.supervision.by})")
+        elif sla is not None:
+            yield "escalated", escalate(inc, cfg, sla, "supervision")
+        else:
+            break
     if inc.status == "resolved" and inc.resolved_ts is not None:
         close_at = inc.resolved_ts + int(cfg.lifecycle.evaluation_window_s * 1000)
         if close_at < watermark:

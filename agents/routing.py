@@ -11,11 +11,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from gridwatch.core.settings import CONFIG_DIR
+from gridwatch.core.yaml_files import read_yaml
 from gridwatch.pipeline.schemas.events import LEVELS
 from gridwatch.pipeline.schemas.incidents import WORK_TIERS
-from gridwatch.yaml_files import read_yaml
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "gridwatch" / "config"
 DEFAULT_PATH = CONFIG_DIR / "incidents.yaml"
 ENV_PATH = "GRIDWATCH_INCIDENTS_CONFIG"
 
@@ -48,6 +48,7 @@ class PriorityConfig:
     per_extra_source: int = 5
     sensor_confirmed: int = 15
     per_escalation: int = 10
+    supervised: int = 20  # an incident under a supervision notice (督办)
     confirmation_raises_level: bool = True
 
 
@@ -222,11 +223,7 @@ def config_path(settings: Any = None) -> Path:
     env = os.environ.get(ENV_PATH)
     if env:
         return Path(env)
-    if settings is not None:
-        beside = Path(settings.source).parent / "incidents.yaml"
-        if beside.exists():
-            return beside
-    return DEFAULT_PATH
+    return settings.config_path(DEFAULT_PATH.name) if settings is not None else DEFAULT_PATH
 
 
 def load_incident_config(path: str | Path | None = None, settings: Any = None) -> IncidentConfig:

@@ -11,8 +11,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from gridwatch.core.settings import Settings
 from gridwatch.pipeline.schemas.deadletter import DeadLetter
-from gridwatch.settings import Settings
 
 log = logging.getLogger("gridwatch.agents")
 

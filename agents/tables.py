@@ -1,8 +1,22 @@
-"""Faust table helpers shared by agents."""
+"""Faust table helpers shared by agents: the state store the processors read, and changelog writes to
+an explicit partition."""
 
 from __future__ import annotations
 
 from typing import Any
+
+
+class TableStore:
+    """StateStore over a Faust table: ``get`` and a scan of every key (recovery of a partition)."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def get(self, key: str) -> Any:
+        return self.table.get(key)
+
+    def items(self) -> Any:
+        return self.table.data.items()
 
 
 def put(table: Any, key: Any, value: Any, partition: int) -> None:

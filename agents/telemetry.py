@@ -26,20 +26,10 @@ from .partition_state import TelemetryProcessor
 from .rules.base import load_rules
 from .rules.engine import RuleEngine
 from .runtime import AgentContext
-from .tables import put
+from .tables import TableStore, put
 from .watermarks import WatermarkSender
 
 log = logging.getLogger("gridwatch.telemetry")
-
-
-class TableStore:
-    """StateStore over a Faust table (JSON values)."""
-
-    def __init__(self, table: Any) -> None:
-        self.table = table
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        return self.table.get(key)
 
 
 def install(ctx: AgentContext) -> Any:

@@ -449,7 +449,7 @@ class VisionProcessor:
         import cv2
 
         from gridwatch.models.scene_rules import LineCrossingRule
-        from gridwatch.pipeline.evidence import render_evidence
+        from gridwatch.pipeline.outputs.evidence import render_evidence
 
         rule = next((r for r in engine.rules if r.rule_id == ev.rule_id), None)
         line = None
@@ -535,13 +535,13 @@ class VisionProcessor:
 
 
 def install(ctx: AgentContext) -> Any:
-    from gridwatch.pipeline.camera_service import (
+    from gridwatch.pipeline.outputs.evidence import FileEvidenceStore
+    from gridwatch.pipeline.sources.camera_service import (
         camera_config_path,
         evidence_root,
         load_camera_config,
         resolve_sites,
     )
-    from gridwatch.pipeline.evidence import FileEvidenceStore
 
     app, settings = ctx.app, ctx.settings
     config = load_camera_config(camera_config_path(settings))
@@ -604,7 +604,7 @@ def install(ctx: AgentContext) -> Any:
             log.info("vision stats: %s", snap)
         try:
             if not publisher:
-                from gridwatch.pipeline.mqtt_publisher import AsyncMqttPublisher
+                from gridwatch.pipeline.outputs.mqtt_publisher import AsyncMqttPublisher
 
                 pub = AsyncMqttPublisher(settings, client_id="")
                 await pub.start()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = ("telemetry", "vision", "console", "soak", "replay", "incidents", "stack")
+BENCHES = ("telemetry", "vision", "console", "soak", "replay", "incidents", "login_stall", "stack")
 
 
 def main(argv: list[str]) -> int:

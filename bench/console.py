@@ -20,9 +20,9 @@ from typing import Any
 
 from gridwatch.bench.results_io import bench_parser, write_results
 from gridwatch.bench.telemetry import AlertClock, client, percentile
+from gridwatch.core.procs import Pipeline, Proc, wait_for
+from gridwatch.core.settings import STATE_DIR
 from gridwatch.devices.registry import load_city
-from gridwatch.procs import Pipeline, Proc, wait_for
-from gridwatch.settings import STATE_DIR
 from gridwatch.stack import EmbeddedStack
 
 

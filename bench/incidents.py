@@ -28,13 +28,13 @@ from gridwatch.agents.fusion import IncidentProcessor, Outcome
 from gridwatch.agents.routing import load_incident_config
 from gridwatch.bench.results_io import bench_parser, write_results
 from gridwatch.bench.telemetry import AlertClock, client, percentile, publish_all, reading
+from gridwatch.core.procs import Pipeline, rss_mb, wait_for
+from gridwatch.core.settings import STATE_DIR
 from gridwatch.devices.registry import load_city
 from gridwatch.devices.simulator import build_messages, device_topic
 from gridwatch.pipeline.kafka_io import partition_for
 from gridwatch.pipeline.schemas.events import GridEvent, TierRef, event_id
 from gridwatch.pipeline.schemas.reports import ResidentReport, report_id
-from gridwatch.procs import Pipeline, rss_mb, wait_for
-from gridwatch.settings import STATE_DIR
 from gridwatch.stack import EmbeddedStack
 
 BASE_TS = 1_763_600_000_000

@@ -30,16 +30,16 @@ from pathlib import Path
 from typing import Any
 
 from gridwatch.bench.results_io import bench_parser, write_results
+from gridwatch.core.procs import Proc, rss_mb
+from gridwatch.core.settings import STATE_DIR, InfluxSettings, load_settings, with_prefix
 from gridwatch.devices.citygen import generate
 from gridwatch.devices.registry import load_city
 from gridwatch.devices.simulator import Fleet, Publisher
 from gridwatch.pipeline.kafka_io import partition_for
-from gridwatch.pipeline.recording import RecordingWriter
-from gridwatch.pipeline.replay import Replayer, wait_processed
+from gridwatch.pipeline.outputs.influx import InfluxSink, PointBuilder, Presence
+from gridwatch.pipeline.recordreplay.recording import RecordingWriter
+from gridwatch.pipeline.recordreplay.replay import Replayer, wait_processed
 from gridwatch.pipeline.schemas.readings import ReadingBatch
-from gridwatch.pipeline.sinks.influx import InfluxSink, PointBuilder, Presence
-from gridwatch.procs import Proc, rss_mb
-from gridwatch.settings import STATE_DIR, InfluxSettings, load_settings, with_prefix
 from gridwatch.stack import EmbeddedStack, free_port, wait_port
 
 START_S = 1_763_636_400  # 2025-11-20 19:00 at UTC+8: dusk inside the hour, so lamp rules work too
@@ -92,7 +92,7 @@ def bench_replay(path: Path, city_dir: Path, rec: dict[str, Any], logs: Path) ->
                 return st, t_feed, time.perf_counter() - t0, ok
 
             st, t_feed, t_all, ok = asyncio.run(main())
-            from gridwatch.pipeline.compare import read_events
+            from gridwatch.pipeline.recordreplay.compare import read_events
 
             events = asyncio.run(read_events(s, ns))
             cur, peak = rss_mb(worker.pid)
@@ -136,7 +136,7 @@ def bench_sink(city_dir: Path, n_readings: int = 300_000) -> dict[str, Any]:
     batches: list[bytes] = []
     readings = 0
     s = START_S
-    from gridwatch.pipeline.ingest import Routed, Router
+    from gridwatch.pipeline.sources.ingest import Routed, Router
 
     router = Router(city.registry, parts, load_settings().bridge)
     while readings < n_readings:  # the records the sink consumes: ReadingBatch per partition

@@ -21,11 +21,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from gridwatch.bench.results_io import bench_parser, write_results
 from gridwatch.bench.telemetry import AlertClock, client, percentile, reading
+from gridwatch.compat import true_highwaters
+from gridwatch.core.procs import Pipeline, rss_mb
+from gridwatch.core.settings import STATE_DIR
 from gridwatch.devices.registry import load_city
 from gridwatch.devices.simulator import build_messages, device_topic
-from gridwatch.kafka_compat import fetch_highwaters
-from gridwatch.procs import Pipeline, rss_mb
-from gridwatch.settings import STATE_DIR
 from gridwatch.stack import EmbeddedStack
 
 
@@ -38,7 +38,7 @@ def consumer_lag(kafka_url: str, group: str, topic: str, partitions: int = 8) ->
         await c.start()
         try:
             tps = [TopicPartition(topic, p) for p in range(partitions)]
-            ends = await fetch_highwaters(boot, await c.end_offsets(tps))
+            ends = await true_highwaters(boot, await c.end_offsets(tps))
             lag = 0
             for tp in tps:
                 committed = await c.committed(tp) or 0

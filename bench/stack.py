@@ -25,8 +25,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from gridwatch.bench.results_io import bench_parser, write_results
-from gridwatch.procs import Proc, rss_mb
-from gridwatch.settings import STATE_DIR
+from gridwatch.core.procs import Proc, rss_mb
+from gridwatch.core.settings import STATE_DIR
 from gridwatch.stack import ENGINES
 
 TOPIC = "bench-stack-frames"

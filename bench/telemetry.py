@@ -24,13 +24,13 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from gridwatch.bench.results_io import bench_parser, write_results
+from gridwatch.core.procs import Pipeline, rss_mb, wait_for
+from gridwatch.core.settings import STATE_DIR
 from gridwatch.devices.citygen import generate
 from gridwatch.devices.registry import load_city
 from gridwatch.devices.simulator import build_messages, device_topic
 from gridwatch.pipeline.kafka_io import partition_for
 from gridwatch.pipeline.mqtt_client import MAX_OUTSTANDING, check_queued
-from gridwatch.procs import Pipeline, rss_mb, wait_for
-from gridwatch.settings import STATE_DIR
 from gridwatch.stack import EmbeddedStack
 
 BASE_TS = 1_763_600_000_000  # an afternoon in Nov 2025 (UTC+8): daytime, so lamp rules stay quiet
@@ -161,8 +161,8 @@ def rules_only(city: Any, rounds: int = 3) -> dict[str, float]:
     from gridwatch.agents.partition_state import TelemetryProcessor
     from gridwatch.agents.rules.base import load_rules
     from gridwatch.agents.rules.engine import RuleEngine
+    from gridwatch.core.settings import CONFIG_DIR
     from gridwatch.pipeline.schemas.readings import Reading, ReadingBatch
-    from gridwatch.settings import CONFIG_DIR
 
     engine = RuleEngine(load_rules(CONFIG_DIR / "rules.yaml"), city.registry, city.gridmap)
     store: dict[str, dict] = {}

@@ -72,8 +72,9 @@ from gridwatch.models.detectors import create_detector
 from gridwatch.models.detectors.onnx_yolo import stride_size
 from gridwatch.models.regions import RegionConfig, RegionPlanner, detect_frames
 from gridwatch.models.scene_rules import SceneEngine
-from gridwatch.pipeline.capture import CameraCapture, MotionGate, downscale, pack_frame, unpack_frame
+from gridwatch.pipeline.schemas.frame_wire import pack_frame, unpack_frame
 from gridwatch.pipeline.schemas.frames import decode_all
+from gridwatch.pipeline.sources.capture import CameraCapture, MotionGate, downscale
 
 DETECT_FPS = 5.0
 TARGET_UTILISATION = 0.85
@@ -472,10 +473,10 @@ def bench_e2e(sources: list[Path], n_cameras: int, seconds: float, variant: str 
     import paho.mqtt.client as mqtt
     import yaml
 
+    from gridwatch.core.procs import Proc
+    from gridwatch.core.procs import rss_mb as proc_rss
     from gridwatch.devices.registry import load_city
-    from gridwatch.pipeline.rtsp_server import check_available, serve
-    from gridwatch.procs import Proc
-    from gridwatch.procs import rss_mb as proc_rss
+    from gridwatch.pipeline.sources.rtsp_server import check_available, serve
     from gridwatch.stack import EmbeddedStack, free_port
 
     reason = check_available()

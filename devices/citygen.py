@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -57,6 +58,15 @@ _SYL_A = (
     "Cui", "Liu", "Yang", "Xin", "Chun", "Qiu", "Dong", "Nan", "Bei", "Hua", "Long", "Fu", "An", "Kang", "Ping",
 )
 _SYL_B = ("xi", "yun", "sha", "qiao", "lin", "yuan", "tang", "shan", "ting", "wan", "he", "hu", "ning", "ping", "feng", "quan")
+# the characters the syllables stand for: every generated name has a Chinese twin (no extra random draws,
+# so adding the Chinese names changed no code, position or English name of the sample city)
+_HAN_A = "兰青白金云梅桃松竹和石枫湖景文翠柳阳新春秋东南北华龙福安康平"
+_HAN_B = "溪韵沙桥林苑塘山亭湾河湖宁坪峰泉"
+_WORD_ZH = {a + b: ha + hb for a, ha in zip(_SYL_A, _HAN_A, strict=True) for b, hb in zip(_SYL_B, _HAN_B, strict=True)}
+CITY_NAME_ZH = "兰溪新城"
+_W = r"([A-Z][a-z]+(?: \d+)?)"  # one generated word, e.g. "Ansha" (or "Ansha 2" in a huge city)
+_NET_ZH = {"Water-supply": "供水", "Sewage": "污水", "Rain-water": "雨水"}
+_SITE_ZH = {"underpass": "下穿通道", "low-lying road": "低洼路段"}
 
 
 @dataclass(slots=True)
@@ -75,6 +85,49 @@ def _names(rng: np.random.Generator, n: int) -> list[str]:
         pool += [f"{p} {k}" for k in range(2, 2 + n // len(pool) + 1) for p in pool]
     idx = rng.permutation(len(pool))[:n]
     return [pool[i] for i in idx]
+
+
+def _word_zh(word: str) -> str:
+    base, _, n = word.partition(" ")
+    return _WORD_ZH[base] + n
+
+
+_ROAD_RULES = [(re.compile(rf"^{_W} Road$"), "{0}路"), (re.compile(rf"^{_W} Avenue$"), "{0}大道"),
+               (re.compile(rf"^{_W} Lane (\d+)$"), "{0}{1}巷")]
+
+
+def _road_zh(road: str) -> str:
+    for pattern, fmt in _ROAD_RULES:
+        m = pattern.match(road)
+        if m:
+            return fmt.format(_word_zh(m.group(1)), *m.groups()[1:])
+    raise ValueError(f"no Chinese name for road {road!r}")
+
+
+# (pattern, maker) per kind of generated name, most frequent first (lamps, manholes)
+_NAME_RULES: list[tuple[re.Pattern[str], Any]] = [
+    (re.compile(r"^Streetlight (.+) #(\d+)$"), lambda m: f"{_road_zh(m[1])}路灯{m[2]}号"),
+    (re.compile(r"^(Water-supply|Sewage|Rain-water) manhole (.+)$"), lambda m: f"{_road_zh(m[2])}{_NET_ZH[m[1]]}井盖"),
+    (re.compile(r"^Water gauge (.+) \((underpass|low-lying road)\)$"),
+     lambda m: f"{_road_zh(m[1])}水位计（{_SITE_ZH[m[2]]}）"),
+    (re.compile(r"^Camera (.+) mid-block$"), lambda m: f"{_road_zh(m[1])}路段摄像机"),
+    (re.compile(r"^Camera (.+) x (.+)$"), lambda m: f"{_road_zh(m[1])}与{_road_zh(m[2])}交叉口摄像机"),
+    (re.compile(rf"^{_W} District$"), lambda m: _word_zh(m[1]) + "区"),
+    (re.compile(rf"^{_W} Subdistrict$"), lambda m: _word_zh(m[1]) + "街道"),
+    (re.compile(rf"^{_W} Community$"), lambda m: _word_zh(m[1]) + "社区"),
+    (re.compile(rf"^{_W} Community Grid (\d+)$"), lambda m: f"{_word_zh(m[1])}社区第{int(m[2])}网格"),
+]
+
+
+def zh_name(name: str) -> str:
+    """The Chinese twin of a name this generator wrote (areas, roads, devices); ValueError if it did not."""
+    if name == CITY_NAME:
+        return CITY_NAME_ZH
+    for pattern, make in _NAME_RULES:
+        m = pattern.match(name)
+        if m:
+            return make(m)
+    raise ValueError(f"no Chinese name for {name!r}")
 
 
 def _to_lonlat(xy: np.ndarray) -> np.ndarray:
@@ -182,14 +235,15 @@ def generate(
 
     grid_codes = sorted(grid_rings)
     grid_polys = {g: Polygon(grid_rings[g]) for g in grid_codes}
-    features.append(_feature(CITY_CODE, name, "city", None, shapely.union_all(list(grid_polys.values()))))
+    city_zh = CITY_NAME_ZH if name == CITY_NAME else name
+    features.append(_feature(CITY_CODE, name, "city", None, shapely.union_all(list(grid_polys.values())), city_zh))
     for code in sorted(tier_members):
         tier = codes.tier_of(code)
         nm = {"district": district_names, "street": street_names, "community": comm_names}[tier][code]
         geom = shapely.union_all([grid_polys[g] for g in tier_members[code]])
-        features.append(_feature(code, nm, tier, codes.parent_code(code), geom))
+        features.append(_feature(code, nm, tier, codes.parent_code(code), geom, zh_name(nm)))
     for g in grid_codes:
-        features.append(_feature(g, grid_name[g], "grid", g[:12], grid_polys[g]))
+        features.append(_feature(g, grid_name[g], "grid", g[:12], grid_polys[g], zh_name(grid_name[g])))
 
     # ---------------------------------------------------------------------------- roads
     ew_names = [f"{next(area_names)} Road" for _ in range(NY + 1)]
@@ -333,7 +387,7 @@ def generate(
         Device(
             id=r["id"], kind=r["kind"], name=r["name"], lat=r["lat"], lon=r["lon"], grid_code=r["grid"],
             circuit=r.get("circuit"), pipe_network=r.get("pipe_network"), gateway=r.get("gateway"),
-            report_interval_s=DEFAULT_INTERVAL_S[r["kind"]], attrs=r["attrs"],
+            report_interval_s=DEFAULT_INTERVAL_S[r["kind"]], attrs=r["attrs"], name_zh=zh_name(r["name"]),
         )
         for r in recs
     ]
@@ -359,6 +413,7 @@ def generate(
     city_yaml = (
         "# Generated by gridwatch.devices.citygen - fictional city for tests, demos and benchmarks.\n"
         f"name: {name}\n"
+        f"name_zh: {city_zh}\n"
         f"code: '{CITY_CODE}'\n"
         f"centre: {{lat: {centre_ll[1]:.5f}, lon: {centre_ll[0]:.5f}}}\n"
         "timezone: Asia/Shanghai\n"
@@ -418,10 +473,10 @@ def _ring(group: list[tuple[int, int]], V_ll: np.ndarray) -> list[tuple[float, f
     return [*ring, ring[0]]
 
 
-def _feature(code: str, name: str, tier: str, parent: str | None, geom: Any) -> dict[str, Any]:
+def _feature(code: str, name: str, tier: str, parent: str | None, geom: Any, name_zh: str) -> dict[str, Any]:
     return {
         "type": "Feature",
-        "properties": {"code": code, "name": name, "tier": tier, "parent": parent},
+        "properties": {"code": code, "name": name, "name_zh": name_zh, "tier": tier, "parent": parent},
         "geometry": _round_geom(mapping(geom)),
     }
 

@@ -14,7 +14,7 @@ import bisect
 import json
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,11 @@ class Area:
     name: str
     tier: str  # one of codes.TIERS
     parent: str | None  # parent area code; None for the city
+    name_zh: str = field(default="", compare=False)  # Chinese name for the console ("" = same as name)
+
+    def __post_init__(self) -> None:
+        if not self.name_zh:
+            object.__setattr__(self, "name_zh", self.name)
 
 
 class GridMap:
@@ -137,7 +142,10 @@ class GridMap:
                     raise GridMapError(f"{where}: a grid needs a Polygon or MultiPolygon geometry")
             else:
                 geoms[code] = _parse_geometry(geom_doc, where)
-            areas.append(Area(code, name.strip(), tier, parent))
+            name_zh = props.get("name_zh")
+            if name_zh is not None and (not isinstance(name_zh, str) or not name_zh.strip()):
+                raise GridMapError(f"{where}: property 'name_zh' must be a non-empty string when given")
+            areas.append(Area(code, name.strip(), tier, parent, (name_zh or "").strip()))
 
         if not areas:
             raise GridMapError(f"{source}: no features")
@@ -287,7 +295,7 @@ class GridMap:
             g = self._geoms.get(a.code)
             feats.append({
                 "type": "Feature",
-                "properties": {"code": a.code, "name": a.name, "tier": a.tier, "parent": a.parent},
+                "properties": {"code": a.code, "name": a.name, "name_zh": a.name_zh, "tier": a.tier, "parent": a.parent},
                 "geometry": mapping(g) if g is not None else None,
             })
         return feats

@@ -17,13 +17,18 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
 
+from gridwatch.pipeline.schemas.mqtt_topics import device_topic, gateway_topic
+
 from . import codes
 from .gridmap import GridMap
+
+if TYPE_CHECKING:
+    from gridwatch.core.settings import Settings
 
 __all__ = [
     "KINDS",
@@ -49,6 +54,7 @@ DEFAULT_WATER_ALARM_CM: dict[str, float] = {"manhole": 150.0, "water_gauge": 20.
 
 CSV_COLUMNS: tuple[str, ...] = (
     "id", "kind", "name", "lat", "lon", "grid_code", "circuit", "pipe_network", "gateway", "report_interval_s", "attrs",
+    "name_zh",
 )
 REQUIRED_COLUMNS = ("id", "kind", "lat", "lon")
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -80,6 +86,7 @@ class Device:
     gateway: str | None = None  # edge gateway that publishes for it; None = publishes on its own topic
     report_interval_s: int = 60
     attrs: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    name_zh: str = field(default="", compare=False, hash=False)  # Chinese display name ("" = same as name)
 
     @property
     def shard_key(self) -> str:
@@ -94,9 +101,7 @@ class Device:
     @property
     def topic(self) -> str:
         """MQTT topic this device's telemetry arrives on (its own, or its gateway's)."""
-        if self.gateway:
-            return f"v1/gateway/{self.gateway}/telemetry"
-        return f"v1/devices/{self.id}/telemetry"
+        return gateway_topic(self.gateway) if self.gateway else device_topic(self.id)
 
 
 class Registry:
@@ -343,6 +348,7 @@ def _parse_row(
     return {
         "id": dev_id, "kind": kind, "name": get("name") or dev_id, "lat": lat, "lon": lon, "grid_code": grid,
         "circuit": circuit, "pipe_network": pipe, "gateway": gateway, "report_interval_s": interval, "attrs": attrs,
+        "name_zh": get("name_zh") or get("name") or dev_id,
     }
 
 
@@ -355,7 +361,7 @@ def write_devices_csv(devices: Iterable[Device], path: str | PathLike[str]) -> N
             w.writerow((
                 d.id, d.kind, d.name, f"{d.lat:.6f}", f"{d.lon:.6f}", d.grid_code, d.circuit or "", d.pipe_network or "",
                 d.gateway or "", d.report_interval_s,
-                json.dumps(d.attrs, separators=(",", ":"), ensure_ascii=False) if d.attrs else "",
+                json.dumps(d.attrs, separators=(",", ":"), ensure_ascii=False) if d.attrs else "", d.name_zh,
             ))
 
 
@@ -372,6 +378,16 @@ class City:
     centre: tuple[float, float]  # (lat, lon)
     timezone: str = "Asia/Shanghai"
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+def city_at(path: str | None) -> City:
+    """The city a ``city.path`` setting names: a folder, a shipped city's name, or "" / "sample"."""
+    return load_city(None if path in (None, "", "sample") else path)
+
+
+def city_of(settings: Settings) -> City:
+    """The city of these settings (``city.path``)."""
+    return city_at(settings.city.path)
 
 
 def load_city(path_or_name: str | PathLike[str] | None = None, *, strict_ids: bool = True) -> City:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from gridwatch.pipeline.mqtt_client import MAX_OUTSTANDING, check_queued
+from gridwatch.pipeline.schemas.mqtt_topics import device_topic, gateway_topic
 
 from .registry import Device, Registry
 from .solar import NIGHT_ELEVATION_DEG, ambient_lux, solar_elevation_many
@@ -409,14 +410,6 @@ class Fleet:
 
 
 # ------------------------------------------------------------------------------------------ payloads
-def device_topic(device_id: str) -> str:
-    return f"v1/devices/{device_id}/telemetry"
-
-
-def gateway_topic(gateway_id: str) -> str:
-    return f"v1/gateway/{gateway_id}/telemetry"
-
-
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 

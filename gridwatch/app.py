@@ -15,8 +15,9 @@ import faust
 from gridwatch.agents import alerts, incidents, influx_sink, telemetry, vision
 from gridwatch.agents.channels import agent as incident_channels
 from gridwatch.agents.runtime import AgentContext
-from gridwatch.pipeline.kafka_io import install_faust_event_path_fix, install_faust_seek_fix
-from gridwatch.settings import STATE_DIR, Settings
+from gridwatch.compat import install_faust_event_path_fix, install_faust_seek_fix, install_tansu_shims
+from gridwatch.core.settings import STATE_DIR, Settings
+from gridwatch.devices.registry import city_of
 
 log = logging.getLogger("gridwatch.app")
 
@@ -49,21 +50,13 @@ def resolve_agents(spec: str | tuple[str, ...] | None) -> tuple[str, ...]:
     return tuple(names)
 
 
-def load_city(settings: Settings) -> Any:
-    from gridwatch.devices.registry import load_city as _load
-
-    return _load(None if settings.city.path in ("", "sample") else settings.city.path)
-
-
 def create_app(settings: Settings, *, city: Any = None, agents: str | tuple[str, ...] | None = None) -> faust.App:
     quirks = settings.kafka.quirks_enabled()
     if quirks:
-        from gridwatch.kafka_compat import install_tansu_shims
-
         install_tansu_shims()
     install_faust_seek_fix()  # any broker: records of never-committed partitions survive a rebalance
     install_faust_event_path_fix()  # any broker: the livelock check must not crash on a partition without a position
-    city = city or load_city(settings)
+    city = city or city_of(settings)
     # The city (100k devices, thousands of polygons) lives as long as the process: moving it out of
     # the garbage collector's generations keeps full collections short (tail latency).
     gc.collect()
@@ -100,7 +93,6 @@ def create_app(settings: Settings, *, city: Any = None, agents: str | tuple[str,
     }
     ctx = AgentContext(app, settings, city.registry, city.gridmap, topics["readings"], topics["events"],
                        topics["deadletter"])
-    app.gridwatch = ctx  # type: ignore[attr-defined]
 
     @app.on_rebalance_complete.connect
     async def _ready(app_: Any, **kwargs: Any) -> None:

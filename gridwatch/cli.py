@@ -17,17 +17,15 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import gc
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
-from typing import Any
 
-from gridwatch.settings import STACK_FILE, Settings, SettingsError, load_settings
+from gridwatch.core.procs import run_async
+from gridwatch.core.settings import STACK_FILE, Settings, SettingsError, load_settings
 
 log = logging.getLogger("gridwatch")
 
@@ -57,19 +55,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return load_settings(args.config, {
         "kafka.url": args.kafka, "mqtt.url": args.mqtt, "kafka.topic_prefix": args.prefix, "city.path": args.city,
     })
-
-
-def run_async(main: Callable[[asyncio.Event], Any]) -> None:
-    """Run a coroutine until it finishes or Ctrl-C / SIGTERM asks it to stop cleanly."""
-
-    async def runner() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await main(stop)
-
-    asyncio.run(runner())
 
 
 # -- sub-commands ---------------------------------------------------------------------------------
@@ -103,13 +88,13 @@ def cmd_stack(args: argparse.Namespace) -> int:
 
 
 def cmd_bridge(args: argparse.Namespace) -> int:
-    from gridwatch.app import load_city
-    from gridwatch.pipeline.mqtt_bridge import MqttBridge
+    from gridwatch.devices.registry import city_of
+    from gridwatch.pipeline.sources.mqtt_bridge import MqttBridge
 
     settings = settings_from(args)
     if args.client_id:
         settings.bridge.client_id = args.client_id
-    city = load_city(settings)
+    city = city_of(settings)
     gc.collect()
     gc.freeze()  # the registry lives as long as the bridge: keep it out of GC passes
     log.info("city %s: %d devices, %d grids", city.name, len(city.registry), len(city.gridmap.areas("grid")))
@@ -122,9 +107,10 @@ def prepare_broker(settings: Settings) -> None:
     """Before a worker starts: create the project's topics (partitions, retention) so no agent's source
     topic is auto-created with one partition and no send waits on a missing topic; and, for a broker
     given by URL, find out whether it is Tansu (its work-arounds then switch on)."""
+    import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
-    from gridwatch.kafka_compat import detect_tansu
+    from gridwatch.compat import detect_tansu
     from gridwatch.pipeline.kafka_io import ensure_topics
 
     async def prepare() -> None:
@@ -159,7 +145,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_cameras(args: argparse.Namespace) -> int:
-    from gridwatch.pipeline.camera_service import camera_config_path, load_camera_config, run_service
+    from gridwatch.pipeline.sources.camera_service import camera_config_path, load_camera_config, run_service
 
     settings = settings_from(args)
     if args.cameras:
@@ -168,7 +154,7 @@ def cmd_cameras(args: argparse.Namespace) -> int:
 
 
 def cmd_camera(args: argparse.Namespace) -> int:
-    from gridwatch.pipeline.rtsp_server import check_available, serve
+    from gridwatch.pipeline.sources.rtsp_server import check_available, serve
 
     reason = check_available()
     if reason:
@@ -219,6 +205,12 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_operators(args: argparse.Namespace) -> int:
+    from gridwatch.operators import add
+
+    return add(settings_from(args), args)
+
+
 def cmd_record(args: argparse.Namespace) -> int:
     from gridwatch.recordreplay import run_record
 
@@ -237,9 +229,9 @@ def cmd_city(args: argparse.Namespace) -> int:
 
         argv = [args.out, "--devices", str(args.devices), "--seed", str(args.seed)]
         return citygen.main(argv) or 0
-    from gridwatch.app import load_city
+    from gridwatch.devices.registry import city_of
 
-    city = load_city(settings_from(args))
+    city = city_of(settings_from(args))
     reg, gm = city.registry, city.gridmap
     print(f"{city.name} ({city.code}) from {city.path}")
     for tier in ("city", "district", "street", "community", "grid"):
@@ -255,7 +247,7 @@ def cmd_city(args: argparse.Namespace) -> int:
 def cmd_mqtt_credentials(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from gridwatch.app import load_city
+    from gridwatch.devices.registry import city_of
     from gridwatch.security.mqtt_auth import (
         device_password,
         load_secret,
@@ -268,7 +260,7 @@ def cmd_mqtt_credentials(args: argparse.Namespace) -> int:
     if args.show:
         print(device_password(secret, args.show))
         return 0
-    reg = load_city(settings).registry
+    reg = city_of(settings).registry
     clients = [d.id for d in reg] + reg.gateways()
     passwd, acl = write_broker_files(Path(args.out), secret, clients, alert_prefix=settings.mqtt.alert_prefix,
                                      stats_prefix=settings.mqtt.stats_prefix)
@@ -345,6 +337,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hash-password", action="store_true",
                    help="read a password (prompt or stdin) and print its hash for operators.yaml, then exit")
     p.set_defaults(func=cmd_api)
+
+    p = sub.add_parser("operators", help="console accounts: `operators add USER --role --scope --file`",
+                       description="Create real operator accounts (the shipped ones are refused outside the demo).")
+    common(p)
+    from gridwatch.operators import add_arguments as operators_args
+
+    operators_args(p)
+    p.set_defaults(func=cmd_operators)
 
     p = sub.add_parser("tail", help="print records of a Kafka topic as JSON lines")
     common(p)

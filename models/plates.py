@@ -29,6 +29,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from gridwatch.compat import limit_plate_sessions
+
 log = logging.getLogger(__name__)
 REQUIRED = ("agentclpr", "agentocr", "pyclipper", "wget", "PIL", "six", "shapely")
 _PAD = 24
@@ -62,23 +64,11 @@ class PlateReader:
         reason = unavailable_reason()
         if reason:
             raise RuntimeError(f"licence-plate reading unavailable: {reason}")
-        import onnxruntime as ort
-
         self.min_score = min_score
         self.margin = margin
-        original = ort.InferenceSession
-
-        def limited(path, sess_options=None, providers=None, **kw):  # agentclpr gives no thread setting
-            so = sess_options or ort.SessionOptions()
-            so.intra_op_num_threads = threads
-            so.inter_op_num_threads = 1
-            so.log_severity_level = 3
-            return original(path, sess_options=so, providers=providers or ["CPUExecutionProvider"], **kw)
-
         root = logging.getLogger()
         saved = (list(root.handlers), root.level)
-        with _lock:  # the patch is process-wide for the few milliseconds the sessions take to build
-            ort.InferenceSession = limited
+        with _lock:  # one thread count per CLPSystem: the sessions built next take it
             try:
                 with warnings.catch_warnings():  # it imports imghdr (deprecated in 3.11) for a path we never use
                     warnings.filterwarnings("ignore", "'imghdr' is deprecated", DeprecationWarning)
@@ -90,11 +80,12 @@ class PlateReader:
                     root.addFilter(_QuietAgentOCR())  # it logs its INFO chatter on the root logger itself
                 from agentclpr import CLPSystem
 
+                limit_plate_sessions(threads)  # agentclpr gives no thread setting
+
                 with warnings.catch_warnings(), np.errstate(all="ignore"):
                     warnings.simplefilter("ignore", RuntimeWarning)  # its warm-up averages an empty list
                     self._clp = CLPSystem(providers="cpu")
             finally:
-                ort.InferenceSession = original
                 root.handlers[:] = saved[0]  # undo agentocr's logging set-up
                 root.setLevel(saved[1])
 

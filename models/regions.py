@@ -33,7 +33,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from gridwatch.options import from_mapping
+from gridwatch.core.options import from_mapping
 
 Box = tuple[float, float, float, float]
 

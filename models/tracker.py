@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from gridwatch.core.options import from_mapping
 from gridwatch.models.detectors.base import Detection
-from gridwatch.options import from_mapping
 
 DEFAULT_CLASS_GROUPS: tuple[tuple[str, ...], ...] = (("car", "truck", "bus"), ("bicycle", "motorcycle"))
 

@@ -7,7 +7,7 @@ import time
 
 import paho.mqtt.client as mqtt
 
-from gridwatch.settings import Settings
+from gridwatch.core.settings import Settings
 
 log = logging.getLogger("gridwatch.mqtt")
 

@@ -17,9 +17,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from aiokafka import AIOKafkaConsumer
 
+from gridwatch.core.procs import Pipeline as _Pipeline
+from gridwatch.core.procs import wait_for as _wait_for
 from gridwatch.pipeline.schemas.events import is_control
-from gridwatch.procs import Pipeline as _Pipeline
-from gridwatch.procs import wait_for as _wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import importlib
 import logging
+import pkgutil
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from gridwatch.pipeline.schemas.codec import SchemaError, loads
 from gridwatch.pipeline.schemas.events import LEVELS
-from gridwatch.pipeline.schemas.incidents import CHANGES, VERSION
+from gridwatch.pipeline.schemas.incidents import CHANGES, READABLE_VERSIONS
 
 log = logging.getLogger("gridwatch.channels")
 REGISTRY: dict[str, type[Channel]] = {}
-BUILTIN = ("mqtt", "webhook")
 
 
 class ChannelConfigError(ValueError):
@@ -48,7 +48,7 @@ class ChangeInfo:
     def parse(cls, raw: bytes) -> ChangeInfo:
         d = loads(raw)
         try:
-            if d.get("v") != VERSION:
+            if d.get("v") not in READABLE_VERSIONS:
                 raise SchemaError("incident change: unsupported or missing schema version")
             inc = d["incident"]
             return cls(d["change"], inc["id"], int(inc["version"]), inc["level"], inc["status"], inc["grid_code"],
@@ -112,8 +112,9 @@ class Channel:
 
 def build_channels(entries: list[dict[str, Any]], settings: Any = None) -> list[Channel]:
     """Channels from incidents.yaml's ``channels:`` list (disabled ones left out)."""
-    for mod in BUILTIN:
-        importlib.import_module(f"{__package__}.{mod}")
+    package = importlib.import_module(__package__ or "gridwatch.agents.channels")
+    for mod in pkgutil.iter_modules(package.__path__):  # every plug-in file registers itself: no list to edit
+        importlib.import_module(f"{package.__name__}.{mod.name}")
     out = []
     for entry in entries:
         name = str(entry.get("name"))

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gridwatch.pipeline.mqtt_publisher import AsyncMqttPublisher
+from gridwatch.pipeline.outputs.mqtt_publisher import AsyncMqttPublisher
+from gridwatch.pipeline.schemas.mqtt_topics import INCIDENTS_PREFIX
 
 from ..alerts import tier_path
 from .base import ChangeInfo, Channel, ChannelConfigError, DeliveryError, register
@@ -24,7 +25,7 @@ class MqttChannel(Channel):
     keys = frozenset({"topic_prefix", "qos", "timeout_s"})
 
     def configure(self, cfg: dict[str, Any]) -> None:
-        self.topic_prefix = str(cfg.get("topic_prefix", "gridwatch/incidents")).rstrip("/")
+        self.topic_prefix = str(cfg.get("topic_prefix", INCIDENTS_PREFIX)).rstrip("/")
         self.qos = cfg.get("qos", 1)
         if self.qos not in (0, 1, 2):
             raise ChannelConfigError(f"channel {self.name!r}.qos: 0, 1 or 2")

@@ -1,7 +1,10 @@
 """Webhook channel: HTTP POST of each incident change, signed, retried, dead-lettered.
 
-Headers (GitHub-style, so receivers can reuse their verification code):
-  X-Gridwatch-Signature: sha256=<hex HMAC-SHA256 of the exact body with the shared secret>
+Headers:
+  X-Gridwatch-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>." + the exact body, shared secret>
+                         (Stripe-style: the timestamp is signed too, so a receiver refuses a captured
+                         request replayed later; ``verify`` below is what a receiver does. Each attempt
+                         is signed afresh.)
   X-Gridwatch-Delivery:  <incident id>:<version>   (the same on a retry or a re-delivery: dedupe on it)
   X-Gridwatch-Change:    created / source_added / escalated / ...
 Retried with exponential back-off on connection errors, timeouts, 5xx, 408 and 429; other 4xx mean
@@ -15,6 +18,7 @@ import hashlib
 import hmac
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +30,36 @@ log = logging.getLogger("gridwatch.channels.webhook")
 RETRY_STATUS = frozenset({408, 429})
 
 
-def sign(secret: bytes, body: bytes) -> str:
-    """The X-Gridwatch-Signature value of a body."""
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+SIGNATURE_TOLERANCE_S = 300  # what `verify` accepts by default: 5 minutes of clock difference and delay
+
+
+def _mac(secret: bytes, ts: int, body: bytes) -> str:
+    return hmac.new(secret, f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+def sign(secret: bytes, body: bytes, ts: float | None = None) -> str:
+    """The X-Gridwatch-Signature value of a body sent at ``ts`` (now by default)."""
+    t = int(time.time() if ts is None else ts)
+    return f"t={t},v1={_mac(secret, t, body)}"
+
+
+def verify(secret: bytes, header: str, body: bytes, *, tolerance_s: float = SIGNATURE_TOLERANCE_S,
+           now: float | None = None) -> bool:
+    """A receiver's check: the signature matches and its timestamp is within ``tolerance_s`` of now.
+
+    Receivers should also drop a repeated X-Gridwatch-Delivery (a retry of a delivered change)."""
+    parts: dict[str, list[str]] = {}
+    for item in header.split(","):
+        k, _, v = item.strip().partition("=")
+        parts.setdefault(k, []).append(v)
+    try:
+        t = int(parts["t"][0])
+    except (KeyError, ValueError):
+        return False
+    if abs((time.time() if now is None else now) - t) > tolerance_s:
+        return False
+    expected = _mac(secret, t, body)
+    return any(hmac.compare_digest(expected, v) for v in parts.get("v1", []))
 
 
 def backoff_delays(attempts: int, base_s: float, max_s: float) -> list[float]:
@@ -80,12 +111,12 @@ class WebhookChannel(Channel):
     async def deliver(self, change: ChangeInfo, body: bytes) -> None:
         assert self.session is not None, "start() first"
         headers = {**self.extra_headers, "Content-Type": "application/json", "User-Agent": "gridwatch-webhook",
-                   "X-Gridwatch-Signature": sign(self.secret, body),
                    "X-Gridwatch-Delivery": f"{change.incident_id}:{change.version}",
                    "X-Gridwatch-Change": change.change}
         waits = backoff_delays(self.max_attempts, self.backoff_s, self.max_backoff_s)
         last = ""
         for attempt in range(self.max_attempts):
+            headers["X-Gridwatch-Signature"] = sign(self.secret, body)  # fresh timestamp per attempt
             try:
                 async with self.session.post(self.url, data=body, headers=headers) as resp:
                     if 200 <= resp.status < 300:

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from gridwatch.core.yaml_files import read_yaml_list
 from gridwatch.pipeline.schemas.events import LEVELS
-from gridwatch.yaml_files import read_yaml_list
 
 
 class RuleConfigError(ValueError):

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from gridwatch.pipeline.schemas.events import GridEvent, TierRef, event_id
+from gridwatch.pipeline.schemas.events import GridEvent, TierRef, event_id, tier_refs
 from gridwatch.pipeline.schemas.readings import Reading
 
 from .base import Rule, RuleContext, Verdict
@@ -43,10 +43,7 @@ class RuleEngine:
 
     # -- helpers ------------------------------------------------------------------------------
     def _tier_chain(self, grid_code: str) -> tuple[TierRef, ...]:
-        try:
-            return tuple(TierRef(a.tier, a.code, a.name) for a in self.gridmap.chain(grid_code))
-        except (KeyError, ValueError):
-            return (TierRef("grid", grid_code, grid_code),)
+        return tier_refs(self.gridmap, grid_code)
 
     def group_size(self, group_by: str, key: str) -> int:
         if group_by == "circuit":

@@ -1,7 +1,7 @@
 """Generate deploy/grafana/dashboards/*.json (dashboards as code): `python deploy/grafana/build_dashboards.py`.
 
 Why a generator: the Flux queries are the part worth reviewing; the JSON around them is boilerplate.
-Measurements, tags and fields are the InfluxDB sink's (pipeline/sinks/influx.py); tests/deploy checks
+Measurements, tags and fields are the InfluxDB sink's (pipeline/outputs/influx.py); tests/deploy checks
 the generated files are up to date and only name measurements the sink writes.
 """
 

@@ -20,6 +20,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gridwatch.pipeline.schemas.mqtt_topics import (
+    ALERT_PREFIX,
+    INCIDENTS_PREFIX,
+    STATS_PREFIX,
+    TELEMETRY_ACL_PATTERNS,
+    TELEMETRY_PATTERNS,
+    replay_prefix,
+)
+
+from .placeholders import demo_allowed, is_placeholder
+
 SECRET_ENV = "GRIDWATCH_MQTT_SECRET"
 SECRET_FILE_ENV = "GRIDWATCH_MQTT_SECRET_FILE"
 ITERATIONS = 101  # what mosquitto_passwd 2.0 uses for $7$ (PBKDF2-SHA512)
@@ -32,6 +43,9 @@ class CredentialError(ValueError):
 def load_secret() -> bytes:
     """The master secret from GRIDWATCH_MQTT_SECRET or the file named by GRIDWATCH_MQTT_SECRET_FILE."""
     if os.environ.get(SECRET_ENV):
+        if is_placeholder(os.environ[SECRET_ENV]) and not demo_allowed():
+            raise CredentialError(f"{SECRET_ENV} is the placeholder of an example file; set 16+ random bytes, "
+                                  f"e.g. `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`")
         return os.environ[SECRET_ENV].encode()
     path = os.environ.get(SECRET_FILE_ENV)
     if path:
@@ -63,32 +77,29 @@ class ServiceAccount:
     acl: tuple[str, ...]  # Mosquitto ACL lines for this user ("topic read x", "topic write y")
 
 
-def service_accounts(secret: bytes, alert_prefix: str = "gridwatch/alerts",
-                     stats_prefix: str = "gridwatch/stats",
-                     incidents_prefix: str = "gridwatch/incidents") -> list[ServiceAccount]:
+def service_accounts(secret: bytes, alert_prefix: str = ALERT_PREFIX, stats_prefix: str = STATS_PREFIX,
+                     incidents_prefix: str = INCIDENTS_PREFIX) -> list[ServiceAccount]:
     """The pipeline's own MQTT users, each allowed exactly the topics its service uses.
 
     bridge (also ``gridwatch record``): reads device telemetry, publishes ``<stats>/bridge/<client id>``.
     worker: publishes alerts, incident changes (the MQTT channel's ``topic_prefix``) and the vision
     agent's ``<stats>/vision/<worker>``; a replay's worker (``gridwatch replay``) publishes the same under
-    ``replay/<ns>/`` (see :func:`gridwatch.recordreplay.worker_env`). operator: reads all of it.
+    ``replay/<ns>/`` (:func:`gridwatch.pipeline.schemas.mqtt_topics.replay_prefix`). operator: reads all of it.
     simulator: publishes any device's telemetry and ``<stats>/simulator``.
     """
-    from gridwatch.recordreplay import worker_env
-
     pw = lambda name: device_password(secret, "service:" + name)  # noqa: E731
-    replay = worker_env("+")  # the replay namespace as a single-level wildcard
+    # a replay's worker: the replay namespace as a single-level wildcard
     worker_writes = (f"{alert_prefix}/#", f"{incidents_prefix}/#", f"{stats_prefix}/vision/#",
-                     f"{replay['GRIDWATCH_MQTT_ALERT_PREFIX']}/#", f"{replay['GRIDWATCH_MQTT_STATS_PREFIX']}/vision/#")
+                     f"{replay_prefix('+', ALERT_PREFIX)}/#", f"{replay_prefix('+', STATS_PREFIX)}/vision/#")
     return [
         ServiceAccount("gridwatch-bridge", pw("gridwatch-bridge"),
-                       ("topic read v1/devices/+/telemetry", "topic read v1/gateway/+/telemetry",
+                       (*(f"topic read {t}" for t in TELEMETRY_PATTERNS),
                         f"topic write {stats_prefix}/bridge/#")),
         ServiceAccount("gridwatch-worker", pw("gridwatch-worker"), tuple(f"topic write {t}" for t in worker_writes)),
         ServiceAccount("gridwatch-operator", pw("gridwatch-operator"),
                        (f"topic read {alert_prefix}/#", f"topic read {incidents_prefix}/#", f"topic read {stats_prefix}/#")),
         ServiceAccount("gridwatch-simulator", pw("gridwatch-simulator"),
-                       ("topic write v1/devices/+/telemetry", "topic write v1/gateway/+/telemetry",
+                       (*(f"topic write {t}" for t in TELEMETRY_PATTERNS),
                         f"topic write {stats_prefix}/simulator")),
     ]
 
@@ -105,7 +116,7 @@ def write_broker_files(out: Path, secret: bytes, clients: Iterable[str], **prefi
     for client in clients:
         lines.append(passwd_line(client, device_password(secret, client)))
     acl += ["# every device and gateway: only its own telemetry topic (%u = the username)",
-            "pattern write v1/devices/%u/telemetry", "pattern write v1/gateway/%u/telemetry", ""]
+            *(f"pattern write {t}" for t in TELEMETRY_ACL_PATTERNS), ""]
     passwd = out / "passwd"
     passwd.write_text("\n".join(lines) + "\n")
     passwd.chmod(0o600)

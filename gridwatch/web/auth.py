@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gridwatch.yaml_files import read_yaml_list
+from gridwatch.core.yaml_files import read_yaml_list
 
 # Which console actions each role may send (OperatorAction.action values).
 ROLE_ACTIONS: dict[str, frozenset[str]] = {
@@ -29,7 +29,10 @@ ROLE_ACTIONS: dict[str, frozenset[str]] = {
     "operator": frozenset({"ack", "dispatch", "accept", "start", "resolve", "escalate", "comment", "confirm",
                            "reopen", "chat_import"}),
     "supervisor": frozenset({"ack", "dispatch", "accept", "start", "resolve", "escalate", "comment", "confirm",
-                             "reopen", "cancel", "chat_import"}),
+                             "reopen", "cancel", "supervise", "chat_import"}),
+    # The discipline commission (纪委监委, 纪委督单): supervises any incident in its scope whatever its
+    # work-order tier (a notice with a deadline) and comments; it does not handle the work itself.
+    "discipline": frozenset({"supervise", "comment"}),
 }
 PBKDF2_ITERATIONS = 120_000
 
@@ -56,6 +59,13 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(dk.hex(), digest)
 
 
+def _iterations(stored: str) -> int:
+    try:
+        return int(stored.split("$")[1])
+    except (IndexError, ValueError):
+        return PBKDF2_ITERATIONS
+
+
 @dataclass(frozen=True, slots=True)
 class Operator:
     user: str
@@ -63,13 +73,15 @@ class Operator:
     role: str
     scope: str  # area code of any tier: city, district, street (town), community (village) or grid
     password_hash: str
+    name_zh: str = ""  # Chinese display name ("" = name)
 
     def may(self, action: str) -> bool:
         return action in ROLE_ACTIONS.get(self.role, frozenset())
 
     def public(self, gridmap: Any) -> dict[str, Any]:
         area = gridmap.area(self.scope)
-        return {"user": self.user, "name": self.name, "role": self.role, "scope": self.scope,
+        return {"user": self.user, "name": self.name, "name_zh": self.name_zh or self.name, "role": self.role,
+                "scope": self.scope,
                 "scope_name": area.name, "scope_tier": area.tier,
                 "actions": sorted(a for a in ROLE_ACTIONS.get(self.role, ()) if a != "chat_import"),
                 "chat_import": self.may("chat_import")}
@@ -80,6 +92,10 @@ class Accounts:
 
     def __init__(self, operators: list[Operator]) -> None:
         self._by_user = {o.user: o for o in operators}
+        # An unknown user costs one PBKDF2 run like a known one (same iteration count), so the answer's
+        # timing does not tell which account names exist.
+        iters = max((_iterations(o.password_hash) for o in operators), default=PBKDF2_ITERATIONS)
+        self._dummy = hash_password(secrets.token_hex(8), iterations=iters)
 
     def get(self, user: str) -> Operator | None:
         return self._by_user.get(user)
@@ -88,11 +104,13 @@ class Accounts:
         return len(self._by_user)
 
     def login(self, user: str, password: str) -> Operator | None:
+        """The operator when ``password`` is right; CPU-heavy (PBKDF2): call it off the event loop."""
         op = self._by_user.get(user)
-        if op is None:
-            verify_password(password, hash_password("x", salt="timing"))  # same work for unknown users
-            return None
-        return op if verify_password(password, op.password_hash) else None
+        ok = verify_password(password, op.password_hash if op is not None else self._dummy)
+        return op if ok and op is not None else None
+
+    def __iter__(self) -> Any:
+        return iter(self._by_user.values())
 
     @classmethod
     def load(cls, path: str | Path, gridmap: Any) -> Accounts:
@@ -115,7 +133,7 @@ class Accounts:
                                 f"(make one with `gridwatch api --hash-password`)")
             if any(o.user == user for o in ops):
                 raise AuthError(f"{where}: duplicate user")
-            ops.append(Operator(user, str(raw.get("name", user)), role, scope, pw))
+            ops.append(Operator(user, str(raw.get("name", user)), role, scope, pw, str(raw.get("name_zh") or "")))
         return cls(ops)
 
 
@@ -132,7 +150,14 @@ class TokenSigner:
         return f"{payload}.{self._sign(payload)}"
 
     def verify(self, token: str, now: float | None = None) -> str | None:
-        """The user name of a valid, unexpired token; None otherwise."""
+        """The user name of a valid, unexpired token; None otherwise (also for any non-ASCII junk)."""
+        claims = self.claims(token, now)
+        return claims[0] if claims else None
+
+    def claims(self, token: str, now: float | None = None) -> tuple[str, int] | None:
+        """(user, expiry epoch s) of a valid, unexpired token; None otherwise."""
+        if not token.isascii() or len(token) > 2048:
+            return None
         payload, _, sig = token.partition(".")
         if not payload or not sig or not hmac.compare_digest(sig, self._sign(payload)):
             return None
@@ -144,7 +169,7 @@ class TokenSigner:
             return None
         if body["exp"] < (now or time.time()):
             return None
-        return body["u"]
+        return body["u"], body["exp"]
 
     def _sign(self, payload: str) -> str:
         return hmac.new(self.key, payload.encode(), hashlib.sha256).hexdigest()

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gridwatch.yaml_files import read_yaml, yaml_list
+from gridwatch.core.yaml_files import read_yaml, yaml_list
 
 CODE_RE = re.compile(r"^[a-z0-9_]{1,64}$")
 DATATYPES = ("string", "number", "datetime", "text", "singlevaluelist", "multivaluelist")
@@ -30,14 +30,20 @@ class Attribute:
     description: str
     values: tuple[tuple[str, str], ...] = ()  # (key, name) for list datatypes
     variable: bool = True
+    description_zh: str = ""  # Chinese twins ("" = the English text)
+    value_names_zh: tuple[str, ...] = ()
 
-    def to_open311(self) -> dict[str, Any]:
+    def to_open311(self, lang: str = "en") -> dict[str, Any]:
+        zh = lang == "zh-CN"
         d: dict[str, Any] = {
             "variable": self.variable, "code": self.code, "datatype": self.datatype, "required": self.required,
-            "datatype_description": "", "order": self.order, "description": self.description,
+            "datatype_description": "", "order": self.order,
+            "description": (self.description_zh if zh else "") or self.description,
         }
         if self.values:
-            d["values"] = [{"key": k, "name": n} for k, n in self.values]
+            names_zh = self.value_names_zh or ("",) * len(self.values)
+            d["values"] = [{"key": k, "name": (nz if zh else "") or n} for (k, n), nz in zip(self.values, names_zh,
+                                                                                             strict=True)]
         return d
 
 
@@ -50,17 +56,20 @@ class Service:
     type: str
     keywords: tuple[str, ...]
     attributes: tuple[Attribute, ...] = field(default=())
+    zh: dict[str, str] = field(default_factory=dict, compare=False)  # service_name / description / group in Chinese
 
-    def to_open311(self) -> dict[str, Any]:
+    def to_open311(self, lang: str = "en") -> dict[str, Any]:
+        """The Open311 service entry in ``lang`` ("zh-CN" or "en"; a missing Chinese text falls back to English)."""
+        zh = self.zh if lang == "zh-CN" else {}
         return {
-            "service_code": self.service_code, "service_name": self.service_name,
-            "description": self.description, "metadata": bool(self.attributes), "type": self.type,
-            "keywords": ", ".join(self.keywords), "group": self.group,
+            "service_code": self.service_code, "service_name": zh.get("service_name") or self.service_name,
+            "description": zh.get("description") or self.description, "metadata": bool(self.attributes),
+            "type": self.type, "keywords": ", ".join(self.keywords), "group": zh.get("group") or self.group,
         }
 
-    def definition(self) -> dict[str, Any]:
+    def definition(self, lang: str = "en") -> dict[str, Any]:
         return {"service_code": self.service_code,
-                "attributes": [a.to_open311() for a in sorted(self.attributes, key=lambda a: a.order)]}
+                "attributes": [a.to_open311(lang) for a in sorted(self.attributes, key=lambda a: a.order)]}
 
 
 class Catalog:
@@ -114,8 +123,15 @@ class Catalog:
             stype = raw.get("type", "realtime")
             if stype not in ("realtime", "batch", "blackbox"):
                 raise CatalogError(f"{where}: type must be realtime, batch or blackbox")
+            zh = {}
+            for key in ("service_name", "description", "group"):
+                v = raw.get(f"{key}_zh")
+                if v is not None and (not isinstance(v, str) or not v.strip()):
+                    raise CatalogError(f"{where}: {key}_zh must be a non-empty string when given")
+                if v:
+                    zh[key] = v.strip()
             services.append(Service(code, raw["service_name"].strip(), raw["description"].strip(),
-                                    str(raw.get("group", "")), stype, tuple(k.strip() for k in kws), attrs))
+                                    str(raw.get("group", "")), stype, tuple(k.strip() for k in kws), attrs, zh))
         if not services:
             raise CatalogError(f"{p}: no services")
         return cls(services, str(doc.get("fallback", services[-1].service_code)))
@@ -128,7 +144,9 @@ def _attribute(raw: Any, where: str) -> Attribute:
     if dt not in DATATYPES:
         raise CatalogError(f"{where}: datatype must be one of {', '.join(DATATYPES)}")
     values = tuple((str(v["key"]), str(v["name"])) for v in raw.get("values") or [])
+    names_zh = tuple(str(v.get("name_zh") or "") for v in raw.get("values") or [])
     if dt.endswith("valuelist") and not values:
         raise CatalogError(f"{where}: a {dt} needs values")
     return Attribute(raw["code"], dt, bool(raw.get("required", False)), int(raw.get("order", 0)),
-                     str(raw.get("description", "")), values)
+                     str(raw.get("description", "")), values, description_zh=str(raw.get("description_zh") or ""),
+                     value_names_zh=names_zh if any(names_zh) else ())

@@ -9,6 +9,7 @@ backend applies them and the resulting ``IncidentChange`` comes back through the
 
 from __future__ import annotations
 
+import asyncio
 import json
 import mimetypes
 import time
@@ -18,45 +19,72 @@ from typing import Any
 
 from aiohttp import web
 
+from gridwatch.agents.lifecycle import TRANSITIONS, LifecycleError, check_action
+from gridwatch.core.settings import STATE_DIR
 from gridwatch.pipeline.schemas.codec import SchemaError
-from gridwatch.pipeline.schemas.incidents import LEVELS, OperatorAction
-from gridwatch.settings import STATE_DIR
+from gridwatch.pipeline.schemas.incidents import LEVELS, Incident, OperatorAction
 
 from .auth import Operator
+from .clients import real_client
 from .context import WebContext, ctx
+from .inputs import BadInput, check_unicode, parse_json
 from .open311 import Open311Error, build_report, produce_action, produce_report
+from .prefs import I18N_DIR, LANGUAGES, Preferences
 from .ratelimit import TokenBucket
-from .views import CLOSED_STATUSES, public_incident, stats, summary
+from .revocations import token_id
+from .statistics import stats
+from .views import CLOSED_STATUSES, public_incident, summary
 
 STATIC = Path(__file__).resolve().parent / "static"
 COOKIE = "gw_session"
-LOGIN_LIMIT: web.AppKey[TokenBucket] = web.AppKey("login_limit", TokenBucket)
+LOGIN_LIMIT: web.AppKey[TokenBucket] = web.AppKey("login_limit", TokenBucket)  # failed logins per client
+LOGIN_ACCOUNT_LIMIT: web.AppKey[TokenBucket] = web.AppKey("login_account_limit", TokenBucket)  # ... per account
+PREFS: web.AppKey[Preferences] = web.AppKey("console_prefs", Preferences)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif")
 
 
-def api_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.HTTPException:
-    """A JSON error the console shows as is."""
+def api_error(status: int, message: str, headers: dict[str, str] | None = None,
+              fields: dict[str, Any] | None = None) -> web.HTTPException:
+    """A JSON error the console shows (``fields``: machine-readable details it can translate from)."""
+    kw: dict[str, Any] = {"text": json.dumps({"error": message, **(fields or {})}),
+                          "content_type": "application/json", "headers": headers}
+    if status == 413:  # its constructor wants the sizes first (a TypeError, i.e. a 500, without them)
+        return web.HTTPRequestEntityTooLarge(0, **kw)
     cls = {400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 403: web.HTTPForbidden, 404: web.HTTPNotFound,
-           409: web.HTTPConflict, 413: web.HTTPRequestEntityTooLarge, 415: web.HTTPUnsupportedMediaType,
+           409: web.HTTPConflict, 415: web.HTTPUnsupportedMediaType, 422: web.HTTPUnprocessableEntity,
            429: web.HTTPTooManyRequests, 503: web.HTTPServiceUnavailable}[status]
-    return cls(text=json.dumps({"error": message}), content_type="application/json", headers=headers)
+    return cls(**kw)
 
 
 # ---------------------------------------------------------------------------------------- auth
-def require_operator(request: web.Request) -> Operator:
-    """The logged-in operator (bearer token or session cookie), or 401."""
-    c = ctx(request)
-    token = ""
+def request_token(request: web.Request) -> str:
+    """The bearer token, else the session cookie ("" when neither)."""
     auth = request.headers.get("Authorization", "")
-    if auth.lower().startswith("bearer "):
-        token = auth[7:].strip()
-    if not token:
-        token = request.cookies.get(COOKIE, "")
-    user = c.signer.verify(token) if token else None
-    op = c.accounts.get(user) if user else None
-    if op is None:
+    token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+    return token or request.cookies.get(COOKIE, "")
+
+
+def require_operator(request: web.Request) -> Operator:
+    """The logged-in operator (bearer token or session cookie, not logged out), or 401."""
+    c = ctx(request)
+    token = request_token(request)
+    claims = c.signer.claims(token) if token else None
+    op = c.accounts.get(claims[0]) if claims else None
+    if op is None or c.revoked.is_revoked(token_id(token)):
         raise api_error(401, "log in first (POST /api/login)")
     return op
+
+
+def client_of(request: web.Request) -> str:
+    """The real client address (behind the proxies of web.trusted_proxies)."""
+    return real_client(request.remote, request.headers.get("X-Forwarded-For", ""),
+                       ctx(request).settings.web.trusted_proxies)
+
+
+def audit(request: web.Request, event: str, **fields: Any) -> None:
+    c = ctx(request)
+    if c.audit is not None:
+        c.audit.write(event, client=client_of(request), **fields)
 
 
 def visible_or_403(request: web.Request, op: Operator, incident_id: str) -> dict[str, Any]:
@@ -73,41 +101,73 @@ async def json_body(request: web.Request, *, limit: int = 65536) -> Any:
         raise api_error(415, "send JSON (Content-Type: application/json)")
     if request.content_length and request.content_length > limit:
         raise api_error(413, f"body over {limit} bytes")
+    raw = await request.read()
+    if len(raw) > limit:  # chunked bodies carry no Content-Length
+        raise api_error(413, f"body over {limit} bytes")
     try:
-        return json.loads(await request.read() or b"null")
-    except (ValueError, UnicodeDecodeError) as e:
-        raise api_error(400, f"body is not valid JSON: {e}") from None
+        return parse_json(raw)
+    except BadInput as e:
+        raise api_error(400, str(e)) from None
 
 
 async def login(request: web.Request) -> web.Response:
+    """Only failed attempts cost: per client address and per account name, so guessing is slowed
+    while operators behind the same proxy as an attacker still get in."""
     c = ctx(request)
-    limiter, client = request.app[LOGIN_LIMIT], request.remote or "?"
-    wait = limiter.wait(client)  # only failed attempts cost: guessing is slowed, operators are not
+    by_client, by_account = request.app[LOGIN_LIMIT], request.app[LOGIN_ACCOUNT_LIMIT]
+    client = client_of(request)
+    wait = by_client.wait(client)
     if wait > 0:
-        raise api_error(429, "too many failed logins; wait", {"Retry-After": TokenBucket.retry_after(wait)})
+        audit(request, "login_throttled", reason="client")
+        raise api_error(429, "too many failed logins from your address; wait",
+                        {"Retry-After": TokenBucket.retry_after(wait)})
     if request.content_type == "application/json":
         body = await json_body(request, limit=4096)
     elif request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        if request.content_length and request.content_length > 4096:
+            raise api_error(413, "body over 4096 bytes")
         try:
             body = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+            check_unicode(body)
+        except BadInput as e:
+            raise api_error(400, str(e)) from None
         except (ValueError, AssertionError, UnicodeDecodeError) as e:  # e.g. multipart without a boundary
             raise api_error(400, f"cannot read the form: {e}") from None
     else:
         raise api_error(415, "send JSON {user, password} or a form")
     if not isinstance(body, dict) or not isinstance(body.get("user"), str) or not isinstance(body.get("password"), str):
         raise api_error(400, "give user and password")
-    op = c.accounts.login(body["user"], body["password"])
+    user, password = body["user"][:128], body["password"]
+    wait = by_account.wait(user)
+    if wait > 0:
+        audit(request, "login_throttled", user=user, reason="account")
+        raise api_error(429, "too many failed logins for this account; wait",
+                        {"Retry-After": TokenBucket.retry_after(wait)})
+    loop = asyncio.get_running_loop()
+    op = await loop.run_in_executor(c.hash_pool, c.accounts.login, user, password)
     if op is None:
-        limiter.take(client)
+        by_client.take(client)
+        by_account.take(user)
+        audit(request, "login_failed", user=user)
         raise api_error(401, "wrong user or password")
     token = c.signer.issue(op.user)
+    audit(request, "login_ok", user=op.user, role=op.role, scope=op.scope, token_id=token_id(token))
     resp = web.json_response({"token": token, "operator": op.public(c.gridmap), "expires_in": c.signer.ttl_s})
     resp.set_cookie(COOKIE, token, max_age=c.signer.ttl_s, httponly=True, samesite="Strict", path="/")
     return resp
 
 
 async def logout(request: web.Request) -> web.Response:
-    resp = web.json_response({"ok": True})
+    """Ends the session: the token (bearer or cookie) is refused from now on, here at once and on the
+    other api instances once they read the logout from ``<prefix>.audit`` (revocation_feed.py)."""
+    c = ctx(request)
+    token = request_token(request)
+    claims = c.signer.claims(token) if token else None
+    if claims is not None:
+        tid = token_id(token)
+        c.revoked.revoke(tid, claims[1])
+        audit(request, "logout", user=claims[0], token_id=tid, expires=claims[1])  # other instances revoke it too
+    resp = web.json_response({"ok": True, "revoked": claims is not None})
     resp.del_cookie(COOKIE, path="/")
     return resp
 
@@ -116,7 +176,21 @@ async def me(request: web.Request) -> web.Response:
     op = require_operator(request)
     c = ctx(request)
     return web.json_response({**op.public(c.gridmap), "timezone": c.city.timezone, "city": c.city.name,
-                              "categories": c.categories})
+                              "city_zh": c.gridmap.area(c.city.code).name_zh if c.city.code in c.gridmap else "",
+                              "categories": c.categories, "lang": request.app[PREFS].get(op.user).get("lang"),
+                              "languages": list(LANGUAGES)})
+
+
+async def put_preferences(request: web.Request) -> web.Response:
+    """PUT {"lang": "zh-CN" | "en"}: remembered for the operator on every desk."""
+    op = require_operator(request)
+    body = await json_body(request, limit=4096)
+    if not isinstance(body, dict) or not body:
+        raise api_error(400, "send a JSON object, e.g. {\"lang\": \"zh-CN\"}")
+    try:
+        return web.json_response(request.app[PREFS].update(op.user, body))
+    except ValueError as e:
+        raise api_error(400, str(e)) from None
 
 
 # ---------------------------------------------------------------------------------------- incidents
@@ -138,12 +212,27 @@ def _filtered(request: web.Request, op: Operator) -> list[dict[str, Any]]:
         incs = [i for i in incs if i.get("category_group") in cats or cats & {s.get("type") for s in i["sources"]}]
     if q.get("level"):
         incs = [i for i in incs if i.get("level") in q["level"].split(",")]
+    if q.get("supervised"):
+        if q["supervised"] not in SUPERVISED_FILTERS:
+            raise api_error(400, "supervised must be 1, 0 or overdue")
+        incs = [i for i in incs if supervised_matches(i, q["supervised"])]
     if q.get("status"):
         want = set(q["status"].split(","))
         incs = [i for i in incs if i["status"] in want
                 or ("open" in want and i["status"] not in CLOSED_STATUSES)
                 or ("closed" in want and i["status"] in CLOSED_STATUSES)]
     return incs
+
+
+SUPERVISED_FILTERS = ("1", "true", "0", "false", "overdue")
+
+
+def supervised_matches(inc: dict[str, Any], want: str) -> bool:
+    """``supervised=1``: under a supervision notice; ``0``: not; ``overdue``: its notice's deadline passed."""
+    sv = inc.get("supervision")
+    if want == "overdue":
+        return bool(sv and sv.get("overdue"))
+    return (sv is not None) == (want in ("1", "true"))
 
 
 async def list_incidents(request: web.Request) -> web.Response:
@@ -156,7 +245,7 @@ async def list_incidents(request: web.Request) -> web.Response:
     except ValueError:
         raise api_error(400, "limit must be a number") from None
     return web.json_response({"total": len(incs), "ready": ctx(request).view.ready.is_set(),
-                              "incidents": [summary(i) for i in incs[:limit]]})
+                              "incidents": [summary(i, ctx(request).view.reports) for i in incs[:limit]]})
 
 
 def evidence_refs(inc: dict[str, Any]) -> list[dict[str, str]]:
@@ -205,17 +294,71 @@ async def post_action(request: web.Request) -> web.Response:
     note, department, level = body.get("note", ""), body.get("department", ""), body.get("level", "")
     if not all(isinstance(x, str) for x in (note, department, level)) or len(note) > 2000 or len(department) > 100:
         raise api_error(400, "note (<= 2000 chars), department and level must be strings")
-    if action == "comment" and not note.strip():
-        raise api_error(400, "a comment needs a note")
-    act = OperatorAction(inc["id"], inc["grid_code"], action, op.user, int(time.time() * 1000),
-                         actor_tier_code=op.scope, note=note.strip(), department=department.strip(), level=level)
+    if action in ("comment", "supervise") and not note.strip():
+        raise api_error(400, f"a {action} needs a note")
+    now = int(time.time() * 1000)
+    assist = body.get("assist")
+    if assist is not None and (action != "dispatch" or not isinstance(assist, list)):
+        raise api_error(400, "assist (assisting departments, 吹哨报到) is a list of department names given with dispatch")
+    deadline = supervision_deadline(body, now, c) if action == "supervise" else None
+    act = OperatorAction(inc["id"], inc["grid_code"], action, op.user, now, actor_tier_code=op.scope,
+                         note=note.strip(), department=department.strip(), level=level, assist=assist,
+                         deadline=deadline)
     try:
         act.validate()
     except SchemaError as e:
         raise api_error(400, str(e)) from None
+    refuse_now(inc, act)
     await _with_api_errors(produce_action(c, act))
+    audit(request, "action", user=op.user, incident=inc["id"], action=action, action_id=act.id,
+          note=act.note[:200] or None, department=act.department or None, level=act.level or None)
     return web.json_response({"accepted": True, "action_id": act.id, "incident_id": inc["id"],
                               "version": inc.get("version")}, status=202)
+
+
+MAX_SUPERVISION_H = 24 * 90
+
+
+def supervision_deadline(body: dict[str, Any], now_ms: int, c: WebContext) -> int:
+    """The deadline of a supervision notice: ``deadline_h`` hours from now, or ``deadline`` as epoch ms
+    or an ISO date-time (city time zone without an offset); in the future, within 90 days."""
+    hours, at = body.get("deadline_h"), body.get("deadline")
+    if (hours is None) == (at is None):
+        raise api_error(400, "a supervision notice needs deadline_h (hours from now) or deadline (a date-time)")
+    if hours is not None:
+        if isinstance(hours, bool) or not isinstance(hours, int | float) or not 0 < hours <= MAX_SUPERVISION_H:
+            raise api_error(400, f"deadline_h must be a number of hours, more than 0 and at most {MAX_SUPERVISION_H}")
+        return now_ms + int(hours * 3_600_000)
+    if isinstance(at, int) and not isinstance(at, bool):
+        ms = at
+    elif isinstance(at, str):
+        try:
+            d = datetime.fromisoformat(at.strip())
+        except ValueError:
+            raise api_error(400, f"deadline {at!r} is not a date-time such as 2026-11-21T18:00:00+08:00") from None
+        ms = int((d if d.tzinfo else d.replace(tzinfo=c.tz)).timestamp() * 1000)
+    else:
+        raise api_error(400, "deadline must be epoch milliseconds or an ISO 8601 date-time")
+    if not now_ms < ms <= now_ms + MAX_SUPERVISION_H * 3_600_000:
+        raise api_error(400, "deadline must be in the future, at most 90 days ahead")
+    return ms
+
+
+def refuse_now(inc: dict[str, Any], act: OperatorAction) -> None:
+    """409 with the workflow's own reason when the incident's current state does not allow ``act``.
+
+    The same check the backend runs (agents.lifecycle.check_action), so the console shows why at once
+    instead of waiting for a change that never comes. Actions the lifecycle does not know are left to it.
+    """
+    if act.action not in TRANSITIONS:
+        return
+    try:
+        check_action(Incident.from_dict(public_incident(inc)), act)
+    except SchemaError:
+        return  # a snapshot of another schema version: let the backend decide
+    except LifecycleError as e:
+        raise api_error(409, str(e), fields={"reason": e.reason, "action": act.action, "status": inc["status"],
+                                             "allowed_from": list(TRANSITIONS[act.action][0])}) from None
 
 
 async def _with_api_errors(coro: Any) -> Any:
@@ -233,14 +376,16 @@ async def city_map(request: web.Request) -> web.Response:
     gm = c.gridmap
     grids = gm.grids_under(op.scope)
     gset = set(grids)
-    areas = [{"code": a.code, "name": a.name, "tier": a.tier, "parent": a.parent}
+    areas = [{"code": a.code, "name": a.name, "name_zh": a.name_zh, "tier": a.tier, "parent": a.parent}
              for a in gm.areas() if a.code in gset or (a.tier != "grid" and _under(gm, a.code, op.scope))]
     kinds = sorted({d.kind for d in c.registry})
     devices = [[d.id, kinds.index(d.kind), round(d.lat, 6), round(d.lon, 6), d.grid_code]
                for g in grids for d in c.registry.by_grid(g)]
     return web.json_response({
         "scope": op.scope, "bbox": gm.bbox(op.scope), "centre": c.city.centre,
-        "areas": areas, "grids": [{"code": g, "name": gm.area(g).name,
+        "chain": [{"code": a.code, "name": a.name, "name_zh": a.name_zh, "tier": a.tier, "parent": a.parent}
+                  for a in gm.chain(op.scope)],  # the scope and the areas above it, for names
+        "areas": areas, "grids": [{"code": g, "name": gm.area(g).name, "name_zh": gm.area(g).name_zh,
                                    "rings": [[[round(x, 6), round(y, 6)] for x, y in r] for r in gm.polygon(g)]}
                                   for g in grids],
         "device_kinds": kinds, "devices": devices,
@@ -261,7 +406,7 @@ async def get_stats(request: web.Request) -> web.Response:
         except ValueError:
             raise api_error(400, "month must look like 2026-11") from None
     incs = _filtered(request, op)
-    return web.json_response(stats(incs, c.gridmap, c.tz, month))
+    return web.json_response(stats(incs, c.gridmap, c.tz, month, satisfied_min=c.settings.stats.satisfied_min_rating))
 
 
 # ---------------------------------------------------------------------------------------- chat import
@@ -314,6 +459,8 @@ async def chat_import(request: web.Request) -> web.Response:
                 raise api_error(503, msg, e.headers) from None
             results.append({"index": n, "error": msg})
     ok = sum(1 for r in results if "error" not in r)
+    audit(request, "chat_import", user=op.user, accepted=ok, rejected=len(results) - ok,
+          ids=[r["service_request_id"] for r in results if "service_request_id" in r][:50])
     return web.json_response({"accepted": ok, "rejected": len(results) - ok, "results": results})
 
 
@@ -376,14 +523,6 @@ async def root(request: web.Request) -> web.Response:
     raise web.HTTPFound("/console")
 
 
-async def health(request: web.Request) -> web.Response:
-    c = ctx(request)
-    return web.json_response({"ready": c.view.ready.is_set(), "kafka": c.producer is not None,
-                              "incidents": len(c.view.incidents), "reports": len(c.view.reports),
-                              "changes_seen": c.view.changes_seen, "streams": len(c.view.subscribers),
-                              "counters": c.stats})
-
-
 def routes() -> list[web.RouteDef]:
     return [
         web.get("/", root),
@@ -391,10 +530,11 @@ def routes() -> list[web.RouteDef]:
         web.get("/favicon.ico", favicon),
         web.get("/openapi.yaml", openapi_spec),
         web.static("/console/static", STATIC, append_version=False),
-        web.get("/api/health", health),
+        web.static("/console/i18n", I18N_DIR, append_version=False),
         web.post("/api/login", login),
         web.post("/api/logout", logout),
         web.get("/api/me", me),
+        web.put("/api/me/preferences", put_preferences),
         web.get("/api/incidents", list_incidents),
         web.get("/api/incidents/{id}", get_incident),
         web.post("/api/incidents/{id}/actions", post_action),

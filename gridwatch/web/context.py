@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from gridwatch.settings import Settings
+from gridwatch.core.settings import Settings
 
+from .audit import AuditLog
 from .auth import Accounts, TokenSigner
 from .catalog import Catalog
 from .geocode import Geocoder
+from .idempotency import RecentPosts
 from .ratelimit import TokenBucket
+from .revocations import Revocations
 from .views import IncidentView
 
 
@@ -31,9 +33,13 @@ class WebContext:
     limiter: TokenBucket
     tz: ZoneInfo
     producer: Any = None  # AIOKafkaProducer once started
-    recent_posts: OrderedDict[str, tuple[str, int, float]] = field(default_factory=OrderedDict)
+    posts: RecentPosts = field(default_factory=lambda: RecentPosts(600))  # Open311 POST attempts (idempotency)
     stats: dict[str, int] = field(default_factory=dict)
     categories: list[str] = field(default_factory=list)  # incident category groups (incidents.yaml), for filters
+    audit: AuditLog | None = None
+    revoked: Revocations = field(default_factory=Revocations)
+    # Password hashing runs here, off the event loop (PBKDF2 releases the GIL), two at a time at most.
+    hash_pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(2, "gw-hash"))
 
     @property
     def gridmap(self) -> Any:
@@ -48,20 +54,6 @@ class WebContext:
 
     def count(self, key: str, n: int = 1) -> None:
         self.stats[key] = self.stats.get(key, 0) + n
-
-    def remember_post(self, key: str, rid: str, requested_ms: int) -> None:
-        """Remember a produced request so a client's retry within the window gets the same id."""
-        now = time.monotonic()
-        self.recent_posts[key] = (rid, requested_ms, now + self.settings.web.dedupe_window_s)
-        self.recent_posts.move_to_end(key)
-        while self.recent_posts and (len(self.recent_posts) > 50_000 or next(iter(self.recent_posts.values()))[2] < now):
-            self.recent_posts.popitem(last=False)
-
-    def recent_post(self, key: str) -> tuple[str, int] | None:
-        hit = self.recent_posts.get(key)
-        if hit is None or hit[2] < time.monotonic():
-            return None
-        return hit[0], hit[1]
 
 
 CTX: web.AppKey[WebContext] = web.AppKey("gridwatch", WebContext)

@@ -26,7 +26,11 @@ from aiokafka.errors import KafkaError
 from gridwatch.pipeline.schemas.incidents import OperatorAction
 from gridwatch.pipeline.schemas.reports import ResidentReport, report_id
 
+from .clients import real_client
 from .context import WebContext, ctx
+from .idempotency import check_key, rid_for_key
+from .inputs import BadInput, check_unicode, parse_json
+from .prefs import pick_language
 from .views import CLOSED_STATUSES
 
 log = logging.getLogger("gridwatch.web.open311")
@@ -41,6 +45,12 @@ CONTACT_FIELDS = ("first_name", "last_name", "email", "phone", "device_id", "acc
 # XML element names of list items, by the list's element name.
 XML_ITEMS = {"services": "service", "service_requests": "request", "errors": "error", "attributes": "attribute",
              "values": "value", "endpoints": "endpoint", "formats": "format"}
+
+
+# A timed-out produce may still be written once the broker catches up: say so, and how to retry safely.
+MAY_BE_STORED = ("消息队列暂不可用：本次提交可能已保存，请用同一 Idempotency-Key 重试（不会重复立案）/ the report "
+                 "queue is unavailable: this request may have been stored; retry with the same Idempotency-Key "
+                 "(it will not be filed twice)")
 
 
 class Open311Error(Exception):
@@ -112,7 +122,9 @@ def parse_date(text: str, c: WebContext, name: str) -> datetime:
 async def services(request: web.Request) -> web.Response:
     c = ctx(request)
     check_jurisdiction(request, c, request.query)
-    return render(fmt_of(request), "services", [s.to_open311() for s in c.catalog.services])
+    lang = language_of(request)
+    return render(fmt_of(request), "services", [s.to_open311(lang) for s in c.catalog.services], 200,
+                  {"Content-Language": lang, "Vary": "Accept-Language"})
 
 
 async def service_definition(request: web.Request) -> web.Response:
@@ -121,7 +133,14 @@ async def service_definition(request: web.Request) -> web.Response:
     svc = c.catalog.get(request.match_info["code"])
     if svc is None:
         raise Open311Error(404, f"service_code {request.match_info['code']!r} not found")
-    return render(fmt_of(request), "service_definition", svc.definition())
+    lang = language_of(request)
+    return render(fmt_of(request), "service_definition", svc.definition(lang), 200,
+                  {"Content-Language": lang, "Vary": "Accept-Language"})
+
+
+def language_of(request: web.Request) -> str:
+    """``locale`` (query or form, as some Open311 clients send it) wins over ``Accept-Language``; zh-CN by default."""
+    return pick_language(request.query.get("locale") or request.headers.get("Accept-Language", ""))
 
 
 async def get_requests(request: web.Request) -> web.Response:
@@ -178,24 +197,39 @@ async def get_request(request: web.Request) -> web.Response:
 
 
 async def post_request(request: web.Request) -> web.Response:
+    """File a request; idempotent (see idempotency.py): a retry never files a second report."""
     c = ctx(request)
     fmt = fmt_of(request)
     params = await read_params(request, c)
     check_jurisdiction(request, c, params)
+    idem = request.headers.get("Idempotency-Key", "")
+    if idem and (problem := check_key(idem)):
+        raise Open311Error(400, problem)
     client = check_key_and_rate(request, c, params)
     report = build_report(c, params)
-    key = hashlib.sha1(json.dumps([report.service_code, round(report.lat, 6), round(report.lon, 6), report.description,
-                                   report.media_url, report.contact, client], sort_keys=True).encode()).hexdigest()
-    seen = c.recent_post(key)
-    if seen is not None:  # a client retrying the same POST: same request, nothing produced twice
-        report.service_request_id, report.requested_ms = seen
-    else:
+    fingerprint = hashlib.sha1(json.dumps([report.service_code, round(report.lat, 6), round(report.lon, 6),
+                                           report.description, report.media_url, report.contact],
+                                          sort_keys=True).encode()).hexdigest()
+    api_key = client.removeprefix("key:") if client.startswith("key:") else ""
+    slot = f"key:{api_key}|{idem}" if idem else f"content:{client}|{fingerprint}"
+    attempt = c.posts.get(slot)
+    if attempt is not None and attempt.fingerprint != fingerprint:
+        raise Open311Error(422, "this Idempotency-Key was used for a different request; use a new key "
+                                "for a new report (此幂等键已用于另一份报告，新报告请用新键)")
+    if attempt is None:
+        rid = rid_for_key(api_key, idem) if idem else report.service_request_id
+        attempt = c.posts.begin(slot, rid, report.requested_ms, fingerprint)
+    report.service_request_id, report.requested_ms = attempt.rid, attempt.requested_ms
+    replayed = attempt.stored or attempt.rid in c.view.reports
+    if not replayed:  # the first try, or a retry of one that may not have been stored
         await produce_report(c, report)
-        c.remember_post(key, report.service_request_id, report.requested_ms)
+        attempt.stored = True
     body = [{"service_request_id": report.service_request_id, "service_notice": service_notice(c, report),
              "account_id": report.contact.get("account_id") or None}]
-    loc = f"/open311/v2/requests/{report.service_request_id}.{fmt}"
-    return render(fmt, "service_requests", body, status=201, headers={"Location": loc})
+    headers = {"Location": f"/open311/v2/requests/{report.service_request_id}.{fmt}"}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return render(fmt, "service_requests", body, status=201, headers=headers)
 
 
 async def post_evaluation(request: web.Request) -> web.Response:
@@ -249,9 +283,9 @@ async def read_params(request: web.Request, c: WebContext) -> dict[str, Any]:
                 params[k] = v
     elif ctype == "application/json":
         try:
-            body = json.loads(await request.read() or b"{}")
-        except (ValueError, UnicodeDecodeError) as e:
-            raise Open311Error(400, f"body is not valid JSON: {e}") from None
+            body = parse_json(await request.read(), {})
+        except BadInput as e:
+            raise Open311Error(400, str(e)) from None
         if not isinstance(body, dict):
             raise Open311Error(400, "JSON body must be an object of request parameters")
         attrs = body.pop("attribute", None)
@@ -267,6 +301,10 @@ async def read_params(request: web.Request, c: WebContext) -> dict[str, Any]:
             params[str(k)] = v if isinstance(v, str) else json.dumps(v)
     elif await request.read():
         raise Open311Error(415, "send the request as application/x-www-form-urlencoded (or JSON)")
+    try:
+        check_unicode(params)  # form fields and the query string too
+    except BadInput as e:
+        raise Open311Error(400, str(e)) from None
     return params
 
 
@@ -278,16 +316,17 @@ def check_jurisdiction(request: web.Request, c: WebContext, params: Any) -> None
 
 
 def check_key_and_rate(request: web.Request, c: WebContext, params: dict[str, Any]) -> str:
-    """Reject a missing / unknown api_key (when required) and clients over their rate; returns the client key."""
+    """Refuse a missing api_key (when required) or an unknown one (whenever keys are configured), and
+    clients over their rate. Returns the rate-limit key: ``key:<api key>`` or ``ip:<real client>``;
+    an api_key that is not configured never gets a bucket of its own (a random one would reset the limit)."""
     key = str(params.get("api_key") or "")
     w = c.settings.web
-    if w.require_api_key:
-        keys = {k.strip() for k in w.api_keys.split(",") if k.strip()}
-        if not key:
-            raise Open311Error(403, "api_key is required")
-        if key not in keys:
-            raise Open311Error(403, "api_key is not valid")
-    client = f"key:{key}" if key else f"ip:{client_ip(request, c)}"
+    keys = {k.strip() for k in w.api_keys.split(",") if k.strip()}
+    if w.require_api_key and not key:
+        raise Open311Error(403, "api_key is required")
+    if key and keys and key not in keys:
+        raise Open311Error(403, "api_key is not valid")
+    client = f"key:{key}" if key and key in keys else f"ip:{client_ip(request, c)}"
     wait = c.limiter.take(client)
     if wait > 0:
         c.count("rate_limited")
@@ -297,11 +336,7 @@ def check_key_and_rate(request: web.Request, c: WebContext, params: dict[str, An
 
 
 def client_ip(request: web.Request, c: WebContext) -> str:
-    if c.settings.web.trust_forwarded_for:
-        fwd = request.headers.get("X-Forwarded-For", "")
-        if fwd:
-            return fwd.split(",")[0].strip()
-    return request.remote or "?"
+    return real_client(request.remote, request.headers.get("X-Forwarded-For", ""), c.settings.web.trusted_proxies)
 
 
 def _text(params: dict[str, Any], name: str, limit: int = MAX_FIELD) -> str:
@@ -434,12 +469,13 @@ async def produce_action(c: WebContext, action: OperatorAction) -> None:
 
 async def _produce(c: WebContext, topic: str, key: str, value: bytes) -> None:
     if c.producer is None:
-        raise Open311Error(503, "not connected to Kafka yet; retry shortly", headers={"Retry-After": "5"})
+        raise Open311Error(503, "尚未连接到消息队列，未保存，请稍后重试 / not connected to Kafka yet, nothing "
+                                "was stored; retry shortly", headers={"Retry-After": "5"})
     try:
         await c.producer.send_and_wait(topic, value, key=key.encode())
     except KafkaError as e:
         log.warning("produce to %s failed: %s", topic, e)
-        raise Open311Error(503, "the report queue is unavailable; retry shortly", headers={"Retry-After": "5"}) from None
+        raise Open311Error(503, MAY_BE_STORED, headers={"Retry-After": "5"}) from None
 
 
 # ---------------------------------------------------------------------------------------- output

@@ -18,26 +18,53 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from gridwatch.settings import Settings
+from gridwatch.core.settings import STATE_DIR, Settings, SettingsError
 
-from . import console, open311, stream
+from . import console, hotline, open311, readiness, stream
+from .audit import AuditLog
 from .auth import Accounts, TokenSigner
 from .catalog import Catalog
+from .clients import parse_proxies
 from .context import CTX, WebContext
+from .demo_guard import refuse_demo_credentials
 from .geocode import Geocoder
+from .idempotency import RecentPosts
+from .inputs import is_clean_text
+from .prefs import Preferences
 from .ratelimit import TokenBucket
+from .revocation_feed import follow
 from .views import IncidentView, consume
 
 log = logging.getLogger("gridwatch.web")
-TOPICS = ("reports", "incidents", "actions")
+TOPICS = ("reports", "incidents", "actions", "audit")
 CSP = ("default-src 'self'; img-src 'self' data: http: https:; style-src 'self' 'unsafe-inline'; "
        "script-src 'self'; connect-src 'self'; frame-ancestors 'none'")
+
+
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp answers a request it cannot parse (control bytes in a header, a bad request line) with
+    400 itself, then logs a full traceback at ERROR. That is a client's mistake, not ours: keep one
+    warning line so an operator's log is not flooded by any scanner on the internet."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg, record.args = "malformed request answered %s: %s", (exc.code, exc.message.split("\n")[0])
+            record.levelno, record.levelname, record.exc_info, record.exc_text = logging.WARNING, "WARNING", None, None
+        return True
+
+
+logging.getLogger("aiohttp.server").addFilter(MalformedRequestFilter())
 
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     is_311 = request.path.startswith("/open311")
     try:
+        if not is_clean_url(request):
+            raise web.HTTPBadRequest(text="the URL is not valid UTF-8 text")
         resp = await handler(request)
     except open311.Open311Error as e:
         if is_311:
@@ -65,28 +92,45 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     return resp
 
 
-def build_context(settings: Settings, city: Any = None) -> WebContext:
-    from gridwatch.app import load_city
+def is_clean_url(request: web.Request) -> bool:
+    """Whether the decoded path and query hold only real Unicode (no lone surrogates from bad %-escapes)."""
+    return is_clean_text(request.path) and all(is_clean_text(k) and is_clean_text(v)
+                                                for k, v in request.query.items())
 
-    city = city or load_city(settings)
+
+def build_context(settings: Settings, city: Any = None) -> WebContext:
+    from gridwatch.devices.registry import city_of
+
+    if not 1 <= settings.stats.satisfied_min_rating <= 5:
+        raise SettingsError(f"stats.satisfied_min_rating must be 1-5 (ratings are 1-5), got "
+                            f"{settings.stats.satisfied_min_rating}")
+    city = city or city_of(settings)
     w = settings.web
+    try:
+        parse_proxies(w.trusted_proxies)
+    except ValueError as e:
+        raise SettingsError(str(e)) from None
+    accounts = Accounts.load(settings.config_path(w.operators), city.gridmap)
+    refuse_demo_credentials(settings, accounts)
     return WebContext(
         settings=settings, city=city,
         catalog=Catalog.load(settings.config_path(w.services)),
-        accounts=Accounts.load(settings.config_path(w.operators), city.gridmap),
+        accounts=accounts,
         signer=TokenSigner(w.session_secret or secrets.token_hex(32), w.session_ttl_s),
         view=IncidentView(), geocoder=Geocoder(city.registry, city.gridmap),
         limiter=TokenBucket(float(w.rate_per_min), w.rate_burst), tz=ZoneInfo(city.timezone),
+        posts=RecentPosts(w.dedupe_window_s),
+        audit=AuditLog(w.audit_log or STATE_DIR / "audit.log", settings.topic("audit")),
     )
 
 
 def category_groups(settings: Settings) -> list[str]:
     """Incident category groups of the backend's incidents.yaml (the console's category filter)."""
-    import os
-
     import yaml
 
-    path = os.environ.get("GRIDWATCH_INCIDENTS_CONFIG") or settings.config_path("incidents.yaml")
+    from gridwatch.agents.routing import config_path
+
+    path = config_path(settings)
     try:
         groups = (yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}).get("groups") or {}
     except (OSError, yaml.YAMLError, AttributeError):
@@ -101,9 +145,15 @@ def create_app(settings: Settings, *, city: Any = None, kafka: bool = True) -> w
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.web.max_body_bytes)
     app[CTX] = c
     app[stream.STREAMS] = set()
-    app[console.LOGIN_LIMIT] = TokenBucket(20, 10)
+    w = settings.web
+    app[console.LOGIN_LIMIT] = TokenBucket(w.login_rate_per_min, w.login_burst)
+    app[console.LOGIN_ACCOUNT_LIMIT] = TokenBucket(w.login_account_rate_per_min, w.login_account_burst)
+    app[console.PREFS] = Preferences()
     app.add_routes(open311.routes())
     app.add_routes(console.routes())
+    app.add_routes(readiness.routes())
+    app.on_cleanup.append(_stop_hash_pool)
+    app.add_routes(hotline.routes())
     app.router.add_get("/api/stream", stream.stream)
     app.on_shutdown.append(stream.close_streams)
     if kafka:
@@ -111,6 +161,10 @@ def create_app(settings: Settings, *, city: Any = None, kafka: bool = True) -> w
     else:
         c.view.ready.set()
     return app
+
+
+async def _stop_hash_pool(app: web.Application) -> None:
+    app[CTX].hash_pool.shutdown(wait=False, cancel_futures=True)
 
 
 async def _kafka(app: web.Application) -> AsyncIterator[None]:
@@ -121,15 +175,21 @@ async def _kafka(app: web.Application) -> AsyncIterator[None]:
     s = c.settings
     await ensure_topics(s, TOPICS)
     c.producer = await start_producer(s, linger_ms=0)
+    if c.audit is not None:
+        c.audit.producer = c.producer
     stop = asyncio.Event()
     task = asyncio.create_task(_consume_forever(c, stop), name="incident-view")
+    logouts = asyncio.create_task(follow(c.revoked, s.kafka_bootstrap(), c.topic("audit"), stop), name="logouts")
     try:
         yield
     finally:
         stop.set()
-        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-            await asyncio.wait_for(task, 5)
+        for t in (task, logouts):
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(t, 5)
         producer, c.producer = c.producer, None
+        if c.audit is not None:
+            c.audit.producer = None
         await producer.stop()
 
 

@@ -125,16 +125,24 @@ def public_incident(inc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def summary(inc: dict[str, Any]) -> dict[str, Any]:
+def summary(inc: dict[str, Any], reports: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """A list row: enough for the list, the map and the filters, without history and evidence."""
     keys = ("id", "category_group", "title", "level", "priority", "status", "tier", "tier_code", "department",
             "grid_code", "lat", "lon", "created_ts", "updated_ts", "sla_deadline_ts", "overdue", "escalations",
-            "acked", "pending_confirmation", "rating", "version")
+            "acked", "pending_confirmation", "rating", "version", "supervision")
     out = {k: inc.get(k) for k in keys}
+    out["assist"] = inc.get("assist", [])
     out["tiers"] = inc.get("tiers", [])
     out["source_count"] = len(inc.get("sources", []))
     out["source_kinds"] = sorted({s.get("kind", "") for s in inc.get("sources", [])})
     out["types"] = sorted({s.get("type", "") for s in inc.get("sources", [])})
+    out["report_count"] = sum(1 for s in inc.get("sources", []) if s.get("kind") == "report")
+    out["supervision"] = inc.get("supervision")  # the 督办 notice, when the workflow has issued one
+    # what the console's search looks through besides id, title and place names
+    out["texts"] = [s.get("message", "")[:200] for s in inc.get("sources", [])][:10]
+    out["subjects"] = sorted({s.get("subject", "") for s in inc.get("sources", []) if s.get("subject")})
+    out["addresses"] = sorted({r["address"] for s in inc.get("sources", []) if s.get("kind") == "report"
+                               for r in [reports.get(s["id"]) or {}] if r.get("address")}) if reports else []
     return out
 
 
@@ -185,70 +193,6 @@ def _report_dict(r: ResidentReport) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------- statistics
+# (the figures themselves: statistics.py)
 def month_of(ts_ms: int, tz: ZoneInfo) -> str:
     return datetime.fromtimestamp(ts_ms / 1000, tz).strftime("%Y-%m")
-
-
-def stats(incidents: list[dict[str, Any]], gridmap: Any, tz: ZoneInfo, month: str | None) -> dict[str, Any]:
-    """Closure rate, handling time, overdue, satisfaction and the grid-governance index ranking.
-
-    The index of a grid (or town) for a month, over the incidents created in it that month:
-        100 x (0.4 closure rate + 0.3 on-time rate + 0.2 satisfaction + 0.1 speed)
-    closure rate = resolved or evaluated or closed / all but cancelled; on-time = 1 - overdue share;
-    satisfaction = mean rating / 5 (0.8 when nobody rated yet); speed = max(0, 1 - mean hours to
-    resolve / 72). Areas without incidents that month are not ranked.
-    """
-    months = sorted({month_of(i["created_ts"], tz) for i in incidents}, reverse=True)
-    month = month or (months[0] if months else datetime.now(tz).strftime("%Y-%m"))
-    in_month = [i for i in incidents if month_of(i["created_ts"], tz) == month]
-    overall = _figures(in_month)
-    overall["open_overdue"] = sum(1 for i in in_month if i.get("overdue") and i["status"] not in CLOSED_STATUSES)
-    by_level = {lv: sum(1 for i in in_month if i.get("level") == lv) for lv in ("red", "yellow", "blue")}
-    by_status: dict[str, int] = {}
-    by_category: dict[str, int] = {}
-    for i in in_month:
-        by_status[i["status"]] = by_status.get(i["status"], 0) + 1
-        by_category[i["category_group"]] = by_category.get(i["category_group"], 0) + 1
-    daily: dict[str, int] = {}
-    for i in in_month:
-        day = datetime.fromtimestamp(i["created_ts"] / 1000, tz).strftime("%Y-%m-%d")
-        daily[day] = daily.get(day, 0) + 1
-    rankings = {}
-    for tier in ("grid", "street"):
-        groups: dict[str, list[dict[str, Any]]] = {}
-        for i in in_month:
-            code = next((t["code"] for t in i.get("tiers", []) if t["tier"] == tier), None)
-            if code:
-                groups.setdefault(code, []).append(i)
-        rows = []
-        for code, incs in groups.items():
-            f = _figures(incs)
-            name = gridmap.area(code).name if code in gridmap else code
-            rows.append({"code": code, "name": name, "index": f["index"], "incidents": f["incidents"],
-                         "closure_rate": f["closure_rate"], "overdue": f["overdue"],
-                         "satisfaction": f["satisfaction"], "avg_handling_h": f["avg_handling_h"]})
-        rows.sort(key=lambda r: (-r["index"], r["code"]))
-        for n, r in enumerate(rows, 1):
-            r["rank"] = n
-        rankings[tier] = rows
-    return {"month": month, "months": months or [month], "overall": overall, "by_level": by_level,
-            "by_status": by_status, "by_category": by_category, "daily": dict(sorted(daily.items())),
-            "ranking": {"grids": rankings["grid"], "towns": rankings["street"]}}
-
-
-def _figures(incs: list[dict[str, Any]]) -> dict[str, Any]:
-    work = [i for i in incs if i["status"] != "cancelled"]
-    done = [i for i in work if i["status"] in DONE_STATUSES]
-    handled = [(i["resolved_ts"] - i["created_ts"]) / 3_600_000 for i in done if i.get("resolved_ts")]
-    rated = [i["rating"] for i in incs if isinstance(i.get("rating"), int)]
-    overdue = sum(1 for i in work if i.get("overdue"))
-    closure = len(done) / len(work) if work else 0.0
-    ontime = 1 - overdue / len(work) if work else 1.0
-    sat = sum(rated) / len(rated) / 5 if rated else None
-    avg_h = sum(handled) / len(handled) if handled else None
-    speed = max(0.0, 1 - avg_h / 72) if avg_h is not None else 0.0
-    index = 100 * (0.4 * closure + 0.3 * ontime + 0.2 * (sat if sat is not None else 0.8) + 0.1 * speed)
-    return {"incidents": len(incs), "closed": len(done), "closure_rate": round(closure, 4),
-            "avg_handling_h": round(avg_h, 2) if avg_h is not None else None, "overdue": overdue,
-            "satisfaction": round(sat, 4) if sat is not None else None, "ratings": len(rated),
-            "index": round(index, 1)}

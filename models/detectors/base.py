@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from gridwatch.options import check_keys
+from gridwatch.core.options import check_keys
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,15 @@ class TierRef:
     name: str
 
 
+def tier_refs(gridmap: Any, grid_code: str) -> tuple[TierRef, ...]:
+    """The tiers from the city down to a grid, as events and incidents carry them (one place for the
+    grid -> community -> street -> district -> city chain); just the grid when the map does not know it."""
+    try:
+        return tuple(TierRef(a.tier, a.code, a.name) for a in gridmap.chain(grid_code))
+    except (KeyError, ValueError, AttributeError):
+        return (TierRef("grid", grid_code, grid_code),)
+
+
 @dataclass(slots=True)
 class GridEvent:
     id: str

@@ -3,7 +3,7 @@
 Two kinds of record share the topic so that a camera's status change stays in order with its frames
 (one camera = one key = one partition):
 
-* **frame** — the binary format of :func:`gridwatch.pipeline.capture.pack_frame`::
+* **frame** — the binary format of :func:`gridwatch.pipeline.schemas.frame_wire.pack_frame`::
 
       b"GWF1" + uint32 (big endian) header length + JSON header + JPEG
 
@@ -28,12 +28,10 @@ from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from gridwatch.pipeline.capture import Frame, pack_frame, unpack_frame
-
 from .codec import SchemaError, dumps, loads, require
+from .frame_wire import FRAME_MAGIC, Frame, pack_frame, unpack_frame
 
 VERSION = 1
-FRAME_MAGIC = b"GWF1"
 STATUS_RECORD = "camera_status"
 
 

@@ -24,7 +24,11 @@ from typing import Any
 from .codec import SchemaError, dumps, loads
 from .events import LEVELS, TierRef, level_rank
 
-VERSION = 1
+# 2: supervision notices (督办: action "supervise", ``Incident.supervision``), joint handling (吹哨报到:
+# ``Incident.assist``, ``OperatorAction.assist``), ``Transition.assist`` / ``deadline``. Version 1 records
+# (written before) still read: every field added in 2 has a default.
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 # Workflow statuses, in order. ``closed``/``cancelled`` are side exits.
 STATUSES = ("reported", "dispatched", "accepted", "in_progress", "resolved", "evaluated", "closed", "cancelled")
@@ -33,14 +37,15 @@ TERMINAL_STATUSES = ("evaluated", "closed", "cancelled")
 # Work-order tiers, bottom up (village -> town -> county -> city). The grid itself is not a work tier.
 WORK_TIERS = ("community", "street", "district", "city")
 ACTIONS = ("ack", "dispatch", "accept", "start", "resolve", "escalate", "comment", "evaluate", "confirm",
-           "reopen", "cancel")
+           "reopen", "cancel", "supervise")
 SOURCE_KINDS = ("event", "report")
 # IncidentChange.change values.
 CHANGES = ("created", "source_added", "source_updated", "action", "escalated", "auto_resolved", "reopened",
-           "closed")
+           "closed", "supervised", "supervision_overdue")
 
-__all__ = ["ACTIONS", "CHANGES", "LEVELS", "OPEN_STATUSES", "STATUSES", "TERMINAL_STATUSES", "WORK_TIERS",
-           "Incident", "IncidentChange", "IncidentSource", "OperatorAction", "TierRef", "Transition",
+__all__ = ["ACTIONS", "CHANGES", "LEVELS", "OPEN_STATUSES", "READABLE_VERSIONS", "STATUSES", "TERMINAL_STATUSES",
+           "VERSION", "WORK_TIERS", "Incident", "IncidentChange", "IncidentSource", "OperatorAction", "Supervision",
+           "TierRef", "Transition",
            "action_id", "incident_id", "level_rank", "plain"]
 
 
@@ -79,7 +84,8 @@ class IncidentSource:
     message: str = ""  # event message or report description
     evidence: list[dict[str, Any]] = field(default_factory=list)  # readings / snapshot refs that raised it
     media_url: str = ""  # report photo (Open311 media_url)
-    origin: str = ""  # "telemetry" | "vision" | "open311" | "chat"
+    origin: str = ""  # "telemetry" | "vision" | "open311" | "chat" | "hotline"
+    external_id: str = ""  # hotline: the 12345 work-order id the report came with (status callbacks name it)
     seen: list[str] = field(default_factory=list)  # internal: "<phase>@<ts>" already applied (dedupe)
 
     @classmethod
@@ -101,9 +107,33 @@ class Transition:
     tier: str = ""  # work-order tier after the change
     department: str = ""  # department after the change
     ref: str = ""  # id of what caused it (action id, source id): dedupes re-delivered inputs
+    assist: list[str] = field(default_factory=list)  # assisting departments after the change (吹哨报到)
+    deadline: int | None = None  # supervise: the deadline the notice set (event time, ms)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Transition:
+        return cls(**d)
+
+
+@dataclass(slots=True)
+class Supervision:
+    """The current supervision notice (督办) on an incident: who issued it, why, and by when.
+
+    ``overdue`` is set by supervision when the partition's watermark (event time, like the SLA timers)
+    passes ``deadline`` while the incident is still open; a later notice replaces this one (the
+    history keeps every notice).
+    """
+
+    by: str  # the issuing account (e.g. the discipline commission's)
+    note: str  # the notice (督办意见)
+    deadline: int  # event time (ms) by which the incident must be resolved
+    ts: int  # event time it was issued
+    by_scope: str = ""  # area code the issuer is scoped to
+    overdue: bool = False
+    notices: int = 1  # how many notices this incident got so far
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Supervision:
         return cls(**d)
 
 
@@ -134,6 +164,8 @@ class Incident:
     acked: bool = False  # an operator acknowledged it ("ack")
     resolved_ts: int | None = None  # event time it was (last) resolved
     closed_ts: int | None = None  # event time it reached evaluated / closed / cancelled
+    supervision: Supervision | None = None  # the current supervision notice (督办), if any
+    assist: list[str] = field(default_factory=list)  # assisting departments beside ``department`` (吹哨报到)
     version: int = 0  # +1 per change; consumers keep the highest
     v: int = VERSION
 
@@ -149,6 +181,7 @@ class Incident:
         d["tiers"] = [plain(t) for t in self.tiers]
         d["sources"] = [plain(s) for s in self.sources]
         d["history"] = [plain(h) for h in self.history]
+        d["supervision"] = plain(self.supervision) if self.supervision else None
         return d
 
     def encode(self) -> bytes:
@@ -156,7 +189,7 @@ class Incident:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Incident:
-        if not isinstance(d, dict) or d.get("v") != VERSION:
+        if not isinstance(d, dict) or d.get("v") not in READABLE_VERSIONS:
             raise SchemaError(f"incident: unsupported or missing schema version "
                               f"{d.get('v') if isinstance(d, dict) else d!r}")
         try:
@@ -164,6 +197,9 @@ class Incident:
             d["tiers"] = [TierRef(**t) for t in d.get("tiers", [])]
             d["sources"] = [IncidentSource.from_dict(s) for s in d.get("sources", [])]
             d["history"] = [Transition.from_dict(h) for h in d.get("history", [])]
+            sv = d.get("supervision")
+            d["supervision"] = Supervision.from_dict(sv) if sv else None
+            d["v"] = VERSION  # an older record read now is this version (its new fields at their defaults)
             return cls(**d)
         except TypeError as e:
             raise SchemaError(f"incident: {e}") from None
@@ -195,13 +231,14 @@ class IncidentChange:
     @classmethod
     def decode(cls, raw: bytes) -> IncidentChange:
         d: Any = loads(raw)
-        if not isinstance(d, dict) or d.get("v") != VERSION:
+        if not isinstance(d, dict) or d.get("v") not in READABLE_VERSIONS:
             raise SchemaError("incident change: unsupported or missing schema version")
         try:
             d = dict(d)
             d["incident"] = Incident.from_dict(d.get("incident"))  # type: ignore[arg-type]
             t = d.get("transition")
             d["transition"] = Transition.from_dict(t) if t else None
+            d["v"] = VERSION
             return cls(**d)
         except TypeError as e:
             raise SchemaError(f"incident change: {e}") from None
@@ -225,6 +262,8 @@ class OperatorAction:
     department: str = ""  # dispatch: override the routing table
     rating: int | None = None  # evaluate: 1-5
     level: str = ""  # dispatch / escalate: set this level (must not lower it on escalate)
+    assist: list[str] | None = None  # dispatch: assisting departments (吹哨报到); None = keep, [] = none
+    deadline: int | None = None  # supervise: event time (ms) by which the incident must be resolved
     id: str = ""
     v: int = VERSION
 
@@ -248,6 +287,16 @@ class OperatorAction:
             raise SchemaError(f"{where}: evaluate needs a rating 1-5")
         if self.level and self.level not in LEVELS:
             raise SchemaError(f"{where}: unknown level {self.level!r}")
+        if self.assist is not None and (not isinstance(self.assist, list) or len(self.assist) > 20 or not all(
+                isinstance(x, str) and x.strip() and len(x) <= 100 for x in self.assist)):
+            raise SchemaError(f"{where}: assist must be a list of up to 20 department names")
+        if self.assist and self.action != "dispatch":
+            raise SchemaError(f"{where}: assist is for dispatch only")
+        if self.action == "supervise":
+            if isinstance(self.deadline, bool) or not isinstance(self.deadline, int) or self.deadline <= self.ts:
+                raise SchemaError(f"{where}: supervise needs a deadline (event time in ms) after the action's ts")
+            if not self.note.strip():
+                raise SchemaError(f"{where}: supervise needs a note (the supervision notice)")
 
     def encode(self) -> bytes:
         return dumps(asdict(self))
@@ -255,10 +304,10 @@ class OperatorAction:
     @classmethod
     def decode(cls, raw: bytes) -> OperatorAction:
         d: Any = loads(raw)
-        if not isinstance(d, dict) or d.get("v") != VERSION:
+        if not isinstance(d, dict) or d.get("v") not in READABLE_VERSIONS:
             raise SchemaError("operator action: unsupported or missing schema version")
         try:
-            a = cls(**d)
+            a = cls(**{**d, "v": VERSION})
         except TypeError as e:
             raise SchemaError(f"operator action: {e}") from None
         a.validate()

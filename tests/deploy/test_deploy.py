@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from gridwatch.cli import build_parser
-from gridwatch.settings import Settings
+from gridwatch.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -272,7 +272,7 @@ def test_dashboards_are_generated_from_the_code_and_query_what_the_sink_writes(t
 
 
 def test_sink_measurement_names_match_the_dashboards():
-    from gridwatch.pipeline.sinks import influx
+    from gridwatch.pipeline.outputs import influx
 
     src = Path(influx.__file__).read_text()
     for m in SINK_MEASUREMENTS:
@@ -301,3 +301,43 @@ def test_every_python_package_is_listed_for_a_non_editable_install():
                 continue
             name = ".".join([pkg, *rel.parts]) if rel.parts else pkg
             assert name in listed, f"{name} ({init.parent}) is missing from [tool.setuptools] packages"
+
+
+# -- no demo credentials ----------------------------------------------------------------------------
+def test_the_api_never_loads_the_shipped_demo_accounts(compose, k8s):
+    """The deployments point web.operators at the operator's own file; the shipped one is demo only."""
+    api = compose["services"]["api"]
+    path = api["environment"]["GRIDWATCH_WEB_OPERATORS"]
+    assert path.startswith("/config/") and any(v.endswith(":/config:ro") for v in api["volumes"]), api
+    [dep] = [d for d in k8s if d["kind"] == "Deployment" and d["metadata"]["name"] == "api"]
+    spec = pod_spec(dep)
+    [c] = spec["containers"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    [vol] = [n for n, m in mounts.items() if env["GRIDWATCH_WEB_OPERATORS"].startswith(m + "/")]
+    assert volumes[vol]["secret"]["secretName"] == "gridwatch-operators"  # the operator's, not the image's
+    assert c["readinessProbe"]["httpGet"]["path"] == "/api/health/ready"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/api/health/live"
+    for f in [DEPLOY / "compose.yaml", *K8S_FILES]:
+        assert "gridwatch/config/operators.yaml" not in f.read_text(), f
+
+
+def test_example_secrets_are_refused_at_start_up(monkeypatch):
+    """A deployment that copied deploy/.env.example (or secrets.example.yaml) unchanged does not start."""
+    from gridwatch.core.settings import SettingsError, load_settings
+    from gridwatch.web import demo_guard
+
+    env_example = dict(line.split("=", 1) for line in (DEPLOY / ".env.example").read_text().splitlines()
+                       if line.strip() and not line.startswith("#"))
+    secrets = yaml.safe_load((DEPLOY / "k8s" / "secrets.example.yaml").read_text())["stringData"]
+    monkeypatch.delenv(demo_guard.ALLOW_ENV, raising=False)
+    for example in (env_example, secrets):
+        monkeypatch.setenv("GRIDWATCH_WEB_SESSION_SECRET", example["GRIDWATCH_WEB_SESSION_SECRET"])
+        with pytest.raises(SettingsError, match="session_secret"):
+            demo_guard.refuse_demo_credentials(load_settings(), [])
+    monkeypatch.setenv("GRIDWATCH_MQTT_SECRET", env_example["GRIDWATCH_MQTT_SECRET"])
+    from gridwatch.security.mqtt_auth import CredentialError, load_secret
+
+    with pytest.raises(CredentialError, match="placeholder"):
+        load_secret()

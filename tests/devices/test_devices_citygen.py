@@ -71,3 +71,21 @@ def test_main_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert citygen.main([str(tmp_path / "y"), "--grids", "100"]) == 2
     doc = json.loads((tmp_path / "x" / "grids.geojson").read_text())
     assert doc["type"] == "FeatureCollection"
+
+
+def test_every_generated_name_has_a_chinese_twin(tmp_path: Path) -> None:
+    """The console is Chinese first: areas and devices carry name_zh, derived without extra random draws."""
+    from gridwatch.devices.citygen import zh_name
+    from gridwatch.devices.registry import load_city
+
+    city = load_city()  # the shipped sample city, regenerated with the Chinese names
+    names = {a.code: a for a in city.gridmap.areas()}
+    assert names["330100"].name_zh == "兰溪新城"
+    for a in names.values():
+        assert a.name_zh != a.name and zh_name(a.name) == a.name_zh
+        assert not any(c.isascii() and c.isalpha() for c in a.name_zh), a.name_zh
+    for d in city.registry:
+        assert d.name_zh == zh_name(d.name) and not any(c.isascii() and c.isalpha() for c in d.name_zh), d
+    assert zh_name("Ansha Subdistrict") == "安沙街道" and zh_name("Streetlight Nanning Road #35") == "南宁路路灯35号"
+    with pytest.raises(ValueError, match="no Chinese name"):
+        zh_name("Somewhere Else")

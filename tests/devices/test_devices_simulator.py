@@ -268,7 +268,7 @@ def test_build_messages_groups_by_gateway(fleet: Fleet, sample_city: City) -> No
 
 
 def test_messages_pass_the_bridge_parser(fleet: Fleet, sample_city: City) -> None:
-    parser = pytest.importorskip("gridwatch.pipeline.telemetry_parser")
+    parser = pytest.importorskip("gridwatch.pipeline.sources.telemetry_parser")
     ts = MIDNIGHT
     rows = [(d, int(ts * 1000), v) for d, v in fleet.readings(ts)]
     total = 0

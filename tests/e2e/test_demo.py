@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from gridwatch.procs import wait_for
+from gridwatch.core.procs import wait_for
 
 
 def test_demo_runs_end_to_end_and_stops_cleanly():

@@ -10,8 +10,6 @@ One pipeline for the whole module; the tests run in file order (the restart test
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import threading
 import time
@@ -24,6 +22,7 @@ import yaml
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
+from gridwatch.agents.channels.webhook import verify
 from gridwatch.agents.fusion import distance_m
 from gridwatch.agents.routing import DEFAULT_PATH
 from gridwatch.pipeline.schemas.incidents import OperatorAction
@@ -64,9 +63,8 @@ class WebhookReceiver:
 
     async def _ok(self, request: web.Request) -> web.Response:
         body = await request.read()
-        expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
         with self._lock:
-            if not hmac.compare_digest(expected, request.headers.get("X-Gridwatch-Signature", "")):
+            if not verify(SECRET.encode(), request.headers.get("X-Gridwatch-Signature", ""), body):
                 self.bad_signatures += 1
                 return web.Response(status=401)
             self.received.append({"headers": dict(request.headers), "body": json.loads(body)})

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
+from gridwatch.core.procs import Proc
 from gridwatch.kafka_server import stored_cluster_id
 from gridwatch.pipeline.schemas.incidents import OperatorAction
-from gridwatch.procs import Proc
 from tests.conftest import engines
 from tests.e2e.test_incidents_e2e import produce, snapshots
 from tests.e2e.test_telemetry_e2e import NIGHT, REG, send

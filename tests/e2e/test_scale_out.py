@@ -6,8 +6,8 @@ import os
 import time
 from collections import Counter
 
+from gridwatch.core.procs import Proc
 from gridwatch.pipeline.kafka_io import partition_for
-from gridwatch.procs import Proc
 from tests.e2e.test_telemetry_e2e import NIGHT, REG, send
 from tests.harness import ARTIFACTS, MqttPublisher, MqttWatcher, Pipeline, wait_for
 

@@ -6,8 +6,8 @@ import asyncio
 import json
 from typing import Any
 
-from gridwatch.pipeline.compare import read_topic_all
-from gridwatch.settings import load_settings, with_prefix
+from gridwatch.core.settings import load_settings, with_prefix
+from gridwatch.pipeline.recordreplay.compare import read_topic_all
 
 
 def settings_for(stack: Any, prefix: str = "gw") -> Any:

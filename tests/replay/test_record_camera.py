@@ -11,9 +11,9 @@ from pathlib import Path
 import cv2
 import pytest
 
-from gridwatch.pipeline.recording import scan
-from gridwatch.pipeline.rtsp_server import check_available, serve
-from gridwatch.procs import Proc
+from gridwatch.core.procs import Proc
+from gridwatch.pipeline.recordreplay.recording import scan
+from gridwatch.pipeline.sources.rtsp_server import check_available, serve
 from gridwatch.stack import free_port
 from tests.harness import ARTIFACTS
 

@@ -22,14 +22,20 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
+from gridwatch.core.procs import Proc
+from gridwatch.core.settings import CONFIG_DIR
 from gridwatch.devices.registry import load_city
 from gridwatch.devices.simulator import Fleet, Publisher
-from gridwatch.pipeline.compare import compare, high_watermarks, read_events, read_events_file, read_topic_all
-from gridwatch.pipeline.recording import scan
-from gridwatch.pipeline.replay import wait_processed
+from gridwatch.pipeline.recordreplay.compare import (
+    compare,
+    high_watermarks,
+    read_events,
+    read_events_file,
+    read_topic_all,
+)
+from gridwatch.pipeline.recordreplay.recording import scan
+from gridwatch.pipeline.recordreplay.replay import wait_processed
 from gridwatch.pipeline.schemas.events import is_control
-from gridwatch.procs import Proc
-from gridwatch.settings import CONFIG_DIR
 from tests.harness import ARTIFACTS, Pipeline
 from tests.replay.runs import incident_keys, key_set, settings_for
 

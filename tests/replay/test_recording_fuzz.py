@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from mcap.records import Chunk
 from mcap.stream_reader import StreamReader, breakup_chunk
 
-from gridwatch.pipeline.recording import (
+from gridwatch.pipeline.recordreplay.recording import (
     MQTT_SCHEMA_NAME,
     RecordingError,
     RecordingReader,

@@ -26,14 +26,14 @@ from typing import Any
 import pytest
 import yaml
 
+from gridwatch.core.procs import Proc
 from gridwatch.devices.registry import load_city
 from gridwatch.devices.simulator import Fleet, Publisher
-from gridwatch.pipeline.compare import compare, high_watermarks, read_events, read_events_file
-from gridwatch.pipeline.recording import RecordedFrame, RecordingReader, scan
-from gridwatch.pipeline.replay import wait_processed
-from gridwatch.pipeline.rtsp_server import check_available, serve
+from gridwatch.pipeline.recordreplay.compare import compare, high_watermarks, read_events, read_events_file
+from gridwatch.pipeline.recordreplay.recording import RecordedFrame, RecordingReader, scan
+from gridwatch.pipeline.recordreplay.replay import wait_processed
 from gridwatch.pipeline.schemas.frames import FrameRecord, decode
-from gridwatch.procs import Proc
+from gridwatch.pipeline.sources.rtsp_server import check_available, serve
 from gridwatch.stack import free_port
 from tests.harness import ARTIFACTS, Pipeline
 from tests.replay.runs import incident_keys, key_set, settings_for

@@ -6,9 +6,14 @@ import json
 
 import pytest
 
-from gridwatch.pipeline.compare import compare
-from gridwatch.pipeline.recording import RecordedMessage, decode_message, encode_message, topic_matches
-from gridwatch.pipeline.replay import (
+from gridwatch.pipeline.recordreplay.compare import compare
+from gridwatch.pipeline.recordreplay.recording import (
+    RecordedMessage,
+    decode_message,
+    encode_message,
+    topic_matches,
+)
+from gridwatch.pipeline.recordreplay.replay import (
     ReplayError,
     check_namespace,
     filter_devices,
@@ -92,9 +97,9 @@ def test_frames_channel_round_trip_and_replay_marker(tmp_path):
     the replay marks a frame's header and nothing else (the JPEG bytes are the live ones)."""
     import numpy as np
 
-    from gridwatch.pipeline.capture import Frame
-    from gridwatch.pipeline.recording import RecordedFrame, RecordingReader, RecordingWriter
-    from gridwatch.pipeline.replay import mark_replayed, recording_frames
+    from gridwatch.pipeline.recordreplay.recording import RecordedFrame, RecordingReader, RecordingWriter
+    from gridwatch.pipeline.recordreplay.replay import mark_replayed, recording_frames
+    from gridwatch.pipeline.schemas.frame_wire import Frame
     from gridwatch.pipeline.schemas.frames import CameraStatusRecord, FrameRecord, decode, encode_frame
 
     img = np.zeros((48, 64, 3), np.uint8)

@@ -12,13 +12,13 @@ from dataclasses import replace
 import pytest
 from aiohttp import web
 
+from gridwatch.core.settings import InfluxSettings
 from gridwatch.devices.registry import load_city
 from gridwatch.pipeline.kafka_io import partition_for
+from gridwatch.pipeline.outputs.influx import InfluxSink, PointBuilder, Presence, WriteRejected, line
 from gridwatch.pipeline.schemas.events import GridEvent, TierRef, event_id
 from gridwatch.pipeline.schemas.incidents import Incident, IncidentChange, incident_id
 from gridwatch.pipeline.schemas.readings import Reading
-from gridwatch.pipeline.sinks.influx import InfluxSink, PointBuilder, Presence, WriteRejected, line
-from gridwatch.settings import InfluxSettings
 
 CITY = load_city()
 NOW_MS = (int(time.time()) - 600) * 1000  # ten minutes ago: inside any retention

@@ -12,7 +12,7 @@ from aiokafka.consumer.subscription_state import SubscriptionState
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP
 
-from gridwatch.pipeline.kafka_io import install_faust_event_path_fix
+from gridwatch.compat import install_faust_event_path_fix
 
 
 def test_partition_without_position_is_skipped_not_an_assertion() -> None:

@@ -1,8 +1,12 @@
-"""Property-based bad input for config files and grid maps: a clear error of the documented type, never a crash."""
+"""Property-based bad input for config files and grid maps: a clear error of the documented type, never a crash.
+
+Examples per test come from the hypothesis profile (tests/conftest.py): fixed in CI, longer with
+``--hypothesis-profile explore``."""
 
 from __future__ import annotations
 
 import tempfile
+from dataclasses import fields
 from pathlib import Path
 
 import yaml
@@ -10,14 +14,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gridwatch.agents.rules.base import RuleConfigError, load_rules
+from gridwatch.core.settings import Settings, SettingsError, load_settings
 from gridwatch.devices.gridmap import GridMap, GridMapError
-from gridwatch.settings import SettingsError, load_settings
 
-scalars = st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False) | st.text(max_size=12)
+scalars = st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats() | st.text(max_size=12)
 docs = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
                     max_leaves=25)
-SECTIONS = ["kafka", "mqtt", "city", "bridge", "worker", "nope"]
-KEYS = ["url", "partitions", "topic_prefix", "linger_ms", "rules", "x", "max_batch_messages", "log_level"]
+SECTIONS = [f.name for f in fields(Settings) if f.name != "source"] + ["nope"]
+KEYS = sorted({k.name for s in SECTIONS[:-1] for k in fields(getattr(Settings(), s))}) + ["x"]
 CASES = {"settings": 0, "rules": 0, "gridmap": 0}
 
 
@@ -28,7 +32,7 @@ def _write(doc: object) -> Path:
     return Path(f.name)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(docs, st.dictionaries(st.sampled_from(SECTIONS), st.one_of(docs, st.dictionaries(st.sampled_from(KEYS), scalars)), max_size=4)))
 def test_settings_files(doc):
     CASES["settings"] += 1
@@ -47,7 +51,7 @@ rule_entry = st.fixed_dictionaries({}, optional={
     "intervals": scalars, "window_s": scalars})
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(docs, st.fixed_dictionaries({"rules": st.lists(rule_entry, max_size=4)})))
 def test_rules_files(doc):
     CASES["rules"] += 1
@@ -67,7 +71,7 @@ feature = st.fixed_dictionaries({"type": st.just("Feature")}, optional={
     "geometry": st.one_of(st.none(), docs, st.fixed_dictionaries({"type": st.just("Polygon"), "coordinates": st.lists(coords, max_size=2)}))})
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(feature, max_size=6))
 def test_grid_maps(features):
     CASES["gridmap"] += 1

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from gridwatch.agents.channels.base import ChangeInfo, ChannelConfigError, DeliveryError, build_channels
 from gridwatch.agents.channels.mqtt import incident_topic
-from gridwatch.agents.channels.webhook import backoff_delays, sign
+from gridwatch.agents.channels.webhook import backoff_delays, sign, verify
 from gridwatch.pipeline.schemas.events import TierRef
 from gridwatch.pipeline.schemas.incidents import Incident, IncidentChange
 
@@ -100,9 +100,25 @@ def test_webhook_signs_retries_with_backoff_and_gives_up(monkeypatch):
     assert len([c for c in calls if c[1] == "/reject"]) == 1
     gaps = [b[0] - a[0] for a, b in zip(flaky_calls, flaky_calls[1:], strict=False)]
     assert gaps[0] >= 0.05 and gaps[1] >= 0.1  # exponential back-off
-    for _, _, body, signature in calls:
-        assert signature == "sha256=" + hmac.new(b"top-secret", body, hashlib.sha256).hexdigest()
-        assert signature == sign(b"top-secret", body)
+    for sent, _, body, signature in calls:
+        t, v1 = (kv.split("=", 1)[1] for kv in signature.split(","))
+        assert v1 == hmac.new(b"top-secret", f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+        assert abs(int(t) - (time.time() - (time.monotonic() - sent))) <= 2  # signed when sent
+        assert verify(b"top-secret", signature, body)
+
+
+def test_webhook_signature_carries_a_timestamp_so_replays_are_refused():
+    body = b'{"change": "created"}'
+    sig = sign(b"k", body, ts=1_700_000_000)
+    assert sig.startswith("t=1700000000,v1=")
+    assert verify(b"k", sig, body, now=1_700_000_100)
+    assert not verify(b"k", sig, body, now=1_700_000_000 + 301)  # captured and replayed 5 minutes later
+    assert not verify(b"k", sig, body + b" ", now=1_700_000_000)  # body changed
+    assert not verify(b"other", sig, body, now=1_700_000_000)
+    forged = sig.replace("t=1700000000", "t=1700000500")  # a replay with a fresh timestamp: MAC breaks
+    assert not verify(b"k", forged, body, now=1_700_000_500)
+    for junk in ("", "sha256=abc", "t=x,v1=y", "v1=" + "0" * 64):
+        assert not verify(b"k", junk, body)
 
 
 def test_change_info_reads_what_channels_need_and_rejects_junk():

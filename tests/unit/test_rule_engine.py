@@ -9,9 +9,9 @@ import pytest
 from gridwatch.agents.partition_state import TelemetryProcessor
 from gridwatch.agents.rules.base import RuleConfigError, build_rule, load_rules
 from gridwatch.agents.rules.engine import RuleEngine
+from gridwatch.core.settings import CONFIG_DIR
 from gridwatch.devices.registry import load_city
 from gridwatch.pipeline.schemas.readings import Reading
-from gridwatch.settings import CONFIG_DIR
 
 CITY = load_city()
 NIGHT = 1_763_647_200_000  # 22:00 at the sample city

@@ -7,7 +7,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gridwatch.pipeline.telemetry_parser import FIELDS, parse_message
+from gridwatch.pipeline.sources.telemetry_parser import FIELDS, parse_message
 
 NOW = 1_763_647_200_000
 

@@ -14,19 +14,15 @@ import cv2
 import numpy as np
 import pytest
 
-from gridwatch.pipeline.capture import (
+from gridwatch.pipeline.schemas.frame_wire import Frame, decode_jpeg, encode_jpeg, pack_frame, unpack_frame
+from gridwatch.pipeline.sources.capture import (
     CameraCapture,
     CameraStatus,
-    Frame,
     MotionGate,
     MotionGateConfig,
-    decode_jpeg,
     downscale,
-    encode_jpeg,
-    pack_frame,
-    unpack_frame,
 )
-from gridwatch.pipeline.rtsp_server import check_available, serve
+from gridwatch.pipeline.sources.rtsp_server import check_available, serve
 
 T0 = 1_709_305_200.0
 

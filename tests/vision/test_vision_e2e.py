@@ -32,22 +32,22 @@ import yaml
 
 from gridwatch.agents.vision import VisionProcessor, describe
 from gridwatch.app import resolve_agents
+from gridwatch.core.procs import Proc
 from gridwatch.devices.registry import load_city
 from gridwatch.models.detectors.base import Detection
-from gridwatch.pipeline.camera_service import (
+from gridwatch.pipeline.outputs.evidence import MemoryEvidenceStore
+from gridwatch.pipeline.schemas.codec import SchemaError
+from gridwatch.pipeline.schemas.events import GridEvent, event_id
+from gridwatch.pipeline.schemas.frame_wire import Frame
+from gridwatch.pipeline.schemas.frames import CameraStatusRecord, FrameRecord, decode, encode_frame
+from gridwatch.pipeline.sources.camera_service import (
     CameraConfigError,
     offline_event,
     parse_camera_config,
     redact,
     resolve_sites,
 )
-from gridwatch.pipeline.capture import Frame
-from gridwatch.pipeline.evidence import MemoryEvidenceStore
-from gridwatch.pipeline.rtsp_server import check_available, serve
-from gridwatch.pipeline.schemas.codec import SchemaError
-from gridwatch.pipeline.schemas.events import GridEvent, event_id
-from gridwatch.pipeline.schemas.frames import CameraStatusRecord, FrameRecord, decode, encode_frame
-from gridwatch.procs import Proc
+from gridwatch.pipeline.sources.rtsp_server import check_available, serve
 from tests.harness import ARTIFACTS, MqttWatcher, read_topic, wait_for
 from tests.vision.conftest import SHIPPED_DETECTOR
 
@@ -204,8 +204,8 @@ def test_capture_service_files_and_offline(stack, vtest_path: Path, city, tmp_pa
     raises camera_offline with its grid code after the grace, once."""
     import threading
 
-    from gridwatch.pipeline.camera_service import CameraService
-    from gridwatch.settings import load_settings
+    from gridwatch.core.settings import load_settings
+    from gridwatch.pipeline.sources.camera_service import CameraService
 
     other = city.registry.by_kind("camera")[1].id
     cfg = parse_camera_config({"capture": {"offline_after_s": 0.5}, "cameras": {

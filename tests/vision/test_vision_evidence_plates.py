@@ -13,7 +13,7 @@ from gridwatch.models.detectors import DetectionApi
 from gridwatch.models.scene_rules import SceneEvent
 from gridwatch.models.tracker import TrackState
 from gridwatch.models.zones import Zone
-from gridwatch.pipeline.evidence import (
+from gridwatch.pipeline.outputs.evidence import (
     FileEvidenceStore,
     MemoryEvidenceStore,
     render_evidence,

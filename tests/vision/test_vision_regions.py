@@ -11,7 +11,8 @@ import pytest
 from gridwatch.agents.vision import camera_rounds
 from gridwatch.models.detectors.base import Detection
 from gridwatch.models.regions import Crop, RegionConfig, RegionPlanner, merge_detections, plan_crops
-from gridwatch.pipeline.capture import Frame, MotionGate, motion_boxes, pack_frame, unpack_frame, with_header
+from gridwatch.pipeline.schemas.frame_wire import Frame, pack_frame, unpack_frame, with_header
+from gridwatch.pipeline.sources.capture import MotionGate, motion_boxes
 
 W, H = 416, 320  # the detector's canvas for a 640×480 camera: scaled by 0.65, padded to the 32-px grid
 CFG = RegionConfig()

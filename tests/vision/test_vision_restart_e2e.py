@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from gridwatch.pipeline.rtsp_server import check_available, serve
-from gridwatch.procs import Proc
+from gridwatch.core.procs import Proc
+from gridwatch.pipeline.sources.rtsp_server import check_available, serve
 from gridwatch.stack import free_port
 from tests.harness import ARTIFACTS, read_topic, wait_for
 from tests.vision.conftest import SHIPPED_DETECTOR

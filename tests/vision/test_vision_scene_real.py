@@ -28,8 +28,8 @@ from gridwatch.models.detectors import create_detector
 from gridwatch.models.regions import RegionConfig, RegionPlanner, detect_frames
 from gridwatch.models.scene_rules import SceneEngine
 from gridwatch.models.zones import point_in_polygon
-from gridwatch.pipeline.capture import CameraCapture
-from gridwatch.pipeline.evidence import FileEvidenceStore, save_evidence
+from gridwatch.pipeline.outputs.evidence import FileEvidenceStore, save_evidence
+from gridwatch.pipeline.sources.capture import CameraCapture
 
 T0 = datetime(2024, 3, 1, 23, 0, tzinfo=ZoneInfo("Asia/Shanghai")).timestamp()
 SCENE = {

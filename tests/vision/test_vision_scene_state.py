@@ -22,10 +22,11 @@ from gridwatch.agents.vision import VisionProcessor
 from gridwatch.devices.registry import load_city
 from gridwatch.models.detectors.base import Detection
 from gridwatch.models.scene_rules import SceneEngine
-from gridwatch.pipeline.camera_service import parse_camera_config, resolve_sites
-from gridwatch.pipeline.capture import CameraCapture, Frame
-from gridwatch.pipeline.evidence import MemoryEvidenceStore
+from gridwatch.pipeline.outputs.evidence import MemoryEvidenceStore
+from gridwatch.pipeline.schemas.frame_wire import Frame
 from gridwatch.pipeline.schemas.frames import CameraStatusRecord, encode_frame
+from gridwatch.pipeline.sources.camera_service import parse_camera_config, resolve_sites
+from gridwatch.pipeline.sources.capture import CameraCapture
 
 T0 = 1_709_305_200.0  # 2024-03-01 23:00 Asia/Shanghai: the night-time rule is active
 SCENE = {

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from gridwatch.procs import Proc
+from gridwatch.core.procs import Proc
 from tests.harness import ARTIFACTS, wait_for
 
 
@@ -69,6 +69,9 @@ class Api:
     def post(self, path: str, **kw: Any) -> Reply:
         return http("POST", self.url + path, **kw)
 
+    def http_put(self, path: str, body: Any, token: str | None) -> Reply:
+        return http("PUT", self.url + path, json_body=body, token=token)
+
     def login(self, user: str) -> str:
         """A bearer token of a demo account (password "<user>-demo"), one login per account."""
         if user not in self.tokens:
@@ -97,7 +100,8 @@ class Api:
 
 def start_api(kafka_url: str, prefix: str, env: dict[str, str] | None = None, name: str = "api") -> Api:
     proc = Proc(f"{prefix}-{name}", ["api", "--kafka", kafka_url, "--prefix", prefix, "--port", "0"], ARTIFACTS,
-                {"GRIDWATCH_KAFKA_TANSU_QUIRKS": "on", **(env or {})}).start()
+                {"GRIDWATCH_KAFKA_TANSU_QUIRKS": "on",  # language choices of this api only, not var/'s
+                 "GRIDWATCH_CONSOLE_PREFS": str(ARTIFACTS / f"{prefix}-{name}-prefs.json"), **(env or {})}).start()
     proc.wait_log("api listening on", 60)
     url = re.search(r"api listening on (http://\S+)", proc.log()).group(1)  # type: ignore[union-attr]
     api = Api(url, prefix, kafka_url, proc)

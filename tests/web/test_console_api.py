@@ -201,10 +201,38 @@ def test_live_stream_carries_only_the_operators_scope(api: Api, streams: dict[st
     assert api.get(f"/api/incidents/{a.id}", token=api.login("ansha")).json()["status"] == "dispatched"
 
 
+def test_an_action_the_workflow_would_refuse_gets_409_with_its_reason(api: Api, incidents: dict) -> None:
+    done = incidents["done"]  # resolved already
+    ansha = api.login("ansha")
+    r = api.post(f"/api/incidents/{done.id}/actions", json_body={"action": "resolve", "note": "again"}, token=ansha)
+    assert r.status == 409, r.text
+    body = r.json()
+    assert body["reason"] == "invalid_transition" and body["action"] == "resolve" and body["status"] == "resolved"
+    assert "dispatched" in body["allowed_from"] and "not allowed" in body["error"]
+    r = api.post(f"/api/incidents/{done.id}/actions", json_body={"action": "comment", "note": "noted"}, token=ansha)
+    assert r.status == 202  # what the state allows still goes through
+    acts = [a for a in read_topic(api.kafka_url, api.topic("actions"), 2.0) if a["incident_id"] == done.id]
+    assert [a["action"] for a in acts] == ["comment"]  # the refused one never reached the workflow
+
+
+def test_language_preference_is_kept_per_operator(api: Api) -> None:
+    ansha, city = api.login("ansha"), api.login("city")
+    me = api.get("/api/me", token=ansha).json()
+    assert me["lang"] is None and me["languages"] == ["zh-CN", "en"] and me["name_zh"] == "安沙街道指挥中心"
+    r = api.http_put("/api/me/preferences", {"lang": "en"}, ansha)
+    assert r.status == 200 and r.json() == {"lang": "en"}
+    assert api.get("/api/me", token=ansha).json()["lang"] == "en" and api.get("/api/me", token=city).json()["lang"] is None
+    assert api.http_put("/api/me/preferences", {"lang": "fr"}, ansha).status == 400
+    assert api.http_put("/api/me/preferences", {"colour": "red"}, ansha).status == 400
+    assert api.http_put("/api/me/preferences", {"lang": "en"}, None).status == 401
+    assert api.get("/console/i18n/zh-CN.json").json()["level.red"] == "红色预警"
+
+
 def test_statistics(api: Api, incidents: dict) -> None:
     st = api.get("/api/stats", token=api.login("ansha")).json()
     o = st["overall"]
-    assert o["incidents"] >= 2 and 0 < o["closure_rate"] < 1 and o["satisfaction"] == 0.8 and o["ratings"] == 1
+    assert o["incidents"] >= 2 and 0 < o["closure_rate"] < 1 and o["ratings"] == 1
+    assert o["satisfaction"] == 1.0 and o["satisfied"] == 1  # the one rating is a 4: satisfied (>= 4 of 5)
     assert o["avg_handling_h"] == pytest.approx(1.0, abs=0.01)
     towns = st["ranking"]["towns"]
     assert [t["code"] for t in towns] == ["330102001"] and towns[0]["rank"] == 1  # only their own town

@@ -68,6 +68,18 @@ def test_service_list_and_definitions_in_json_and_xml(api: Api) -> None:
     assert x.tag == "service_definition" and x.find("attributes/attribute/code") is not None
     assert x.findtext(".//attribute/values/value/key") == "open_hole"
 
+    # Chinese by default; English for Accept-Language: en or ?locale=en (locale wins), in JSON and XML
+    assert services["manhole_cover"]["service_name"] == "井盖缺失、打开或损坏" and r.headers["Content-Language"] == "zh-CN"
+    en = api.get("/open311/v2/services.json", headers={"Accept-Language": "en-GB,en;q=0.9"})
+    assert en.headers["Content-Language"] == "en" and "Accept-Language" in en.headers["Vary"]
+    assert {s["service_code"]: s["service_name"] for s in en.json()}["manhole_cover"].startswith("Manhole cover")
+    assert api.get("/open311/v2/services.json?locale=en", headers={"Accept-Language": "zh-CN"}).json()[0][
+        "group"] == "Public facilities"
+    assert ET.fromstring(api.get("/open311/v2/services.xml?locale=zh_CN").body).findtext("service/group") == "公共设施"
+    assert hazard["description"] == "现在是否有危险？"
+    en_def = api.get("/open311/v2/services/manhole_cover.json", headers={"Accept-Language": "en"}).json()
+    assert next(a for a in en_def["attributes"] if a["code"] == "hazard")["values"][0]["name"] == "Open hole in the road"
+
     nf = api.get("/open311/v2/services/nope.json")
     assert nf.status == 404 and nf.json()[0]["code"] == 404
     nfx = ET.fromstring(api.get("/open311/v2/services/nope.xml").body)

@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from gridwatch.settings import CONFIG_DIR
+from gridwatch.core.settings import CONFIG_DIR
 from gridwatch.web.auth import Accounts, AuthError, TokenSigner, hash_password, in_scope, verify_password
 from gridwatch.web.catalog import Catalog
 from gridwatch.web.geocode import Geocoder

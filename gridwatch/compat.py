@@ -1,0 +1,295 @@
+"""Every patch gridwatch applies to third-party code, in one place, each checked on named versions.
+
+A patch reaches into another project's internals, so it is only right for the versions it was read
+against (:data:`CHECKED`, the same versions ``constraints.txt`` pins and ``./run`` installs). On any
+other version a patch refuses to install with a :class:`CompatError` that says what to do, instead of
+silently doing the wrong thing; ``GRIDWATCH_ALLOW_UNCHECKED_VERSIONS=1`` applies it anyway (logged).
+
+* :func:`install_faust_seek_fix` — Faust loses stream records when it resumes partitions after a
+  rebalance (any broker).
+* :func:`install_faust_event_path_fix` — Faust's livelock check reads a position aiokafka 0.14 asserts
+  (a worker crashed on Apache Kafka in a fail-over; any broker).
+* :func:`install_tansu_shims` — the embedded Tansu broker's ListOffsets answer and its slow waiting
+  Fetch (only with ``kafka.tansu_quirks``).
+* :func:`limit_plate_sessions` — agentclpr/agentocr build their ONNX sessions with every core and no
+  thread setting; their sessions (and no one else's) get the plate reader's thread limit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from gridwatch.pipeline.kafka_io import fetch_highwaters
+
+log = logging.getLogger("gridwatch.compat")
+
+# The distribution versions each patch was read against and tested on (keep in step with constraints.txt).
+CHECKED: dict[str, tuple[str, ...]] = {
+    "faust-streaming": ("0.15.3",),
+    "aiokafka": ("0.14.0",),
+    "agentclpr": ("1.1.0",),
+    "agentocr": ("2.0.0",),
+}
+UNCHECKED_ENV = "GRIDWATCH_ALLOW_UNCHECKED_VERSIONS"
+FETCH_MAX_WAIT_MS = 20
+_installed: set[str] = set()
+
+
+class CompatError(RuntimeError):
+    """A patch was asked to install on a version of its target it was not checked on."""
+
+
+def require_checked(patch: str, *dists: str) -> None:
+    """Refuse (``CompatError``) unless every distribution ``patch`` touches is at a checked version."""
+    for dist in dists:
+        try:
+            have = version(dist)
+        except PackageNotFoundError:
+            raise CompatError(f"{patch}: {dist} is not installed") from None
+        if have in CHECKED[dist]:
+            continue
+        msg = (f"{patch} patches {dist} internals and was checked on {dist} {', '.join(CHECKED[dist])} only; "
+               f"this environment has {have}. Install the checked versions (`pip install -c constraints.txt "
+               f"-e .`, which ./run does), or re-check the patch against {have} and add it to "
+               f"gridwatch.compat.CHECKED. {UNCHECKED_ENV}=1 applies it anyway.")
+        if os.environ.get(UNCHECKED_ENV) == "1":
+            log.warning("%s (applied anyway: %s=1)", msg, UNCHECKED_ENV)
+            continue
+        raise CompatError(msg)
+
+
+# ---------------------------------------------------------------------------------- Faust resume fix
+
+
+def install_faust_seek_fix() -> None:
+    """Make Faust lose no stream record when it resumes partitions after a rebalance. Idempotent.
+
+    Once table recovery is done, Faust (``Recovery.on_recovery_completed``, or ``_resume_streams``
+    without tables) resumes the stream partitions, seeks them to their committed offsets, then resumes
+    flow control, which clears every stream buffer. The consumer's flow is already active then (it
+    was resumed to read the changelogs), so the fetcher hands records to the streams throughout:
+
+    * records handed over *before* the seek are cleared, and read again only if the seek moves the
+      partition back: aiokafka's ``seek_to_committed`` leaves a partition without a committed offset
+      (never consumed, e.g. operator actions produced while every worker was down) where the fetch
+      left it, past them. Fix 1: seek such partitions to the beginning (``auto_offset_reset=earliest``).
+    * records handed over *after* the seek and still queued when the buffers are cleared are lost on
+      every partition: the position is already past them. Seen as a survivor of a two-worker fail-over
+      that never handles 1-4 records of the dead worker's partitions, and as an operator action sent
+      during a restart that is never applied (logged: ``perform_seek end`` then ``clear drops 3:
+      readings[6]@1, readings[4]@1, readings[5]@1``, none of them fetched again). Fix 2: stop the
+      consumer's flow for the whole resume, so nothing is handed over until the seek and the clear are
+      done; the original resumes the flow at its end.
+
+    Downstream dedupes what is read twice.
+    """
+    if "faust_seek_fix" in _installed:
+        return
+    require_checked("the Faust resume fix", "faust-streaming", "aiokafka")
+    from faust.tables.recovery import Recovery
+    from faust.transport.drivers import aiokafka as driver
+
+    original = driver.AIOKafkaConsumerThread.seek_to_committed
+
+    async def seek_to_committed(self):  # type: ignore[no-untyped-def]
+        committed = await original(self)
+        fresh = [tp for tp, offset in committed.items()
+                 if not offset and not tp.topic.endswith("-changelog") and "__assignor" not in tp.topic]
+        if fresh:
+            await self.call_thread(self._ensure_consumer().seek_to_beginning, *fresh)
+        return committed
+
+    driver.AIOKafkaConsumerThread.seek_to_committed = seek_to_committed
+    Recovery.on_recovery_completed = _flow_held(Recovery.on_recovery_completed)
+    Recovery._resume_streams = _flow_held(Recovery._resume_streams)
+    _installed.add("faust_seek_fix")
+
+
+def _flow_held(resume: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """Wrap a Faust ``Recovery`` resume step so that the consumer hands no record over while it runs.
+
+    ``stop_flow`` (as Faust's own revoke does) also cancels a hand-over in progress, so no stale read
+    offset lands after the seek; the seek rewinds whatever was handed over before.
+    """
+
+    async def held(self: Any, generation_id: int = 0) -> None:
+        consumer = self.app.consumer
+        consumer.stop_flow()
+        try:
+            await resume(self, generation_id)
+        finally:
+            # The original resumes the flow unless a newer rebalance overtook it; that one's recovery
+            # resumes it then. On an error in this generation, leave the flow as the original would.
+            if not consumer.flow_active and self.app.consumer_generation_id == generation_id:
+                consumer.resume_flow()
+
+    return held
+
+
+# ------------------------------------------------------------------------------------- Tansu shims
+
+
+async def true_highwaters(bootstrap: str | list[str], ends: Mapping[TopicPartition, int],
+                          timeout: float = 4.0) -> dict[TopicPartition, int]:
+    """High watermarks for partitions, given a ListOffsets answer that may be too low.
+
+    Tansu 0.6 (memory storage) answers ListOffsets(latest) with "base offset of the last record batch
+    + 1" instead of the log end offset once producers batch records; a Fetch response carries the true
+    high watermark, so read the last batch once (:func:`fetch_highwaters`) and take the larger.
+    """
+    result = dict(ends)
+    todo = [tp for tp, end in ends.items() if end > 0]
+    if not todo:
+        return result
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50)
+    await c.start()
+    try:
+        c.assign(todo)
+        for tp in todo:
+            c.seek(tp, max(ends[tp] - 1, 0))
+        seen = await fetch_highwaters(c, todo, timeout)
+        missing = [tp for tp in todo if c.highwater(tp) is None]
+        for tp in todo:
+            result[tp] = max(seen[tp], ends[tp])
+        if missing:
+            log.warning("could not read high watermark of %s; using ListOffsets", sorted(map(str, missing)))
+    finally:
+        await c.stop()
+    return result
+
+
+def install_tansu_shims() -> None:
+    """Patch Faust's aiokafka driver for the embedded Tansu broker (idempotent).
+
+    * Faust reads table changelogs up to the ListOffsets answer during recovery, which Tansu gives too
+      low (see :func:`true_highwaters`): a restarted worker would lose table updates.
+    * Tansu does not answer a waiting Fetch when new records arrive: the consumer sits out the whole
+      ``fetch_max_wait_ms`` (Faust hard-codes 1500 ms), measured as +0.2..0.6 s per hop. A short wait
+      (:data:`FETCH_MAX_WAIT_MS`) brings a hop back to a few ms at the cost of more idle fetches.
+
+    Real Apache Kafka needs neither; installed only when ``settings.kafka.quirks_enabled()``.
+    """
+    if "tansu_shims" in _installed:
+        return
+    require_checked("the Tansu shims", "faust-streaming", "aiokafka")
+    from faust.transport.drivers import aiokafka as driver
+
+    original = driver.AIOKafkaConsumerThread._highwaters
+
+    async def _highwaters(self, partitions):  # type: ignore[no-untyped-def]
+        if self.consumer.in_transaction:
+            return await original(self, partitions)
+        consumer = self._ensure_consumer()
+        ends = await consumer.end_offsets(partitions)
+        return await true_highwaters(consumer._client._bootstrap_servers, ends)
+
+    driver.AIOKafkaConsumerThread._highwaters = _highwaters
+
+    create = driver.AIOKafkaConsumerThread._create_worker_consumer
+
+    def _create_worker_consumer(self, transport):  # type: ignore[no-untyped-def]
+        consumer = create(self, transport)
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        return consumer
+
+    driver.AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
+    _installed.add("tansu_shims")
+    log.debug("Tansu shims installed")
+
+
+# ------------------------------------------------------------------------------ plate reader threads
+
+
+class _PlateOrt:
+    """Stands in for the ``onnxruntime`` module inside agentclpr's and agentocr's session loaders only:
+    their sessions get ``threads`` intra-op threads and the CPU provider; every other name is
+    onnxruntime's own. ``onnxruntime.InferenceSession`` itself is never touched."""
+
+    def __init__(self, ort: Any) -> None:
+        self._ort = ort
+        self.threads = 1
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ort, name)
+
+    def InferenceSession(self, path: Any, sess_options: Any = None, providers: Any = None, **kw: Any) -> Any:  # noqa: N802
+        so = sess_options or self._ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        return self._ort.InferenceSession(path, sess_options=so, providers=providers or ["CPUExecutionProvider"],
+                                          **kw)
+
+
+
+
+def install_faust_event_path_fix() -> None:
+    """Keep Faust's livelock check from crashing the worker on a partition that has no position yet.
+
+    faust-streaming 0.15.3's commit-time check (``AIOKafkaConsumerThread.verify_event_path``) reads
+    aiokafka's ``TopicPartitionState.position`` and tests it for None; aiokafka 0.14 asserts a position
+    instead. When the check runs in the moment after a rebalance before a new partition's position is
+    reset, the worker crashes ("Crashed reason=AssertionError", then "We experienced a crash"). Seen on
+    Apache Kafka: the survivor of a two-worker fail-over died that way. Such a partition has nothing to
+    verify yet, so the check skips it. Idempotent.
+    """
+    if "event_path" in _installed:
+        return
+    require_checked("the livelock check fix", "faust-streaming", "aiokafka")
+    from faust.transport.drivers import aiokafka as driver
+
+    original = driver.AIOKafkaConsumerThread.verify_event_path
+
+    def verify_event_path(self, now, tp):  # type: ignore[no-untyped-def]
+        subscription = self._ensure_consumer()._fetcher._subscriptions.subscription
+        assignment = subscription.assignment if subscription is not None else None
+        state = assignment.state_value(TopicPartition(tp.topic, tp.partition)) if assignment is not None else None
+        if state is None or not state.has_valid_position:
+            return None
+        return original(self, now, tp)
+
+    driver.AIOKafkaConsumerThread.verify_event_path = verify_event_path
+    _installed.add("event_path")
+
+
+# What Tansu answers in DescribeCluster unless started with another --cluster-id.
+TANSU_CLUSTER_ID = "tansu_cluster"
+
+
+async def detect_tansu(bootstrap: str) -> bool:
+    """Whether the broker at ``bootstrap`` is Tansu (its default cluster id); False if it cannot tell.
+
+    A Tansu started with another cluster id is not recognised: set kafka.tansu_quirks: on for it.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    try:
+        await admin.start()
+        return (await admin.describe_cluster()).get("cluster_id") == TANSU_CLUSTER_ID
+    except Exception as e:  # noqa: BLE001 - an unreachable broker is reported by the worker itself
+        log.warning("could not ask %s which broker it is (%s): Tansu work-arounds stay off", bootstrap, e)
+        return False
+    finally:
+        await admin.close()
+
+def limit_plate_sessions(threads: int) -> None:
+    """Sessions that agentclpr/agentocr build from now on use ``threads`` threads (they offer no setting).
+
+    Call it under the caller's lock, right before building ``CLPSystem``; the thread count applies to
+    the sessions built next.
+    """
+    require_checked("the plate reader's session limit", "agentclpr", "agentocr")
+    import agentclpr.infer.utility as clp_utility
+    import agentocr.infer.utility as ocr_utility
+
+    for module in (clp_utility, ocr_utility):
+        if not isinstance(module.ort, _PlateOrt):
+            module.ort = _PlateOrt(module.ort)
+        module.ort.threads = threads

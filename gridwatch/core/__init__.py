@@ -1,0 +1,1 @@
+"""Ground floor: settings, config files, paths and process helpers. Imports nothing else of gridwatch."""

@@ -1,0 +1,374 @@
+"""Settings: one commented YAML file, overridden by env vars and CLI flags.
+
+Why a flat dataclass per section: the rest of the code reads typed attributes, and ``--help`` /
+error messages can name the exact YAML key or env var an operator has to change.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from gridwatch.core.yaml_files import read_yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+DEFAULT_CONFIG = CONFIG_DIR / "gridwatch.yaml"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+STATE_DIR = Path(os.environ.get("GRIDWATCH_STATE_DIR", PROJECT_ROOT / "var"))
+STACK_FILE = STATE_DIR / "stack.json"
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the key to fix."""
+
+
+@dataclass
+class KafkaSettings:
+    url: str = "embedded"
+    topic_prefix: str = "gw"
+    partitions: int = 8
+    replication_factor: int = 1
+    tansu_quirks: str = "auto"
+
+    def quirks_enabled(self) -> bool:
+        """Work-arounds for the Tansu broker: on when forced, or (auto) when the embedded stack runs
+        Tansu. A worker given a URL detects Tansu itself (gridwatch.compat.detect_tansu)."""
+        if self.tansu_quirks in ("on", "true", "1"):
+            return True
+        if self.tansu_quirks in ("off", "false", "0"):
+            return False
+        return self.url == "embedded" and stack_engine() == "tansu"
+
+
+@dataclass
+class MqttSettings:
+    url: str = "embedded"
+    username: str = ""
+    password: str = ""  # better from the environment: GRIDWATCH_MQTT_PASSWORD
+    ca_file: str = ""  # CA certificate for mqtts:// (TLS)
+    alert_prefix: str = "gridwatch/alerts"
+    stats_prefix: str = "gridwatch/stats"
+
+
+@dataclass
+class CitySettings:
+    path: str = "sample"
+
+
+@dataclass
+class BridgeSettings:
+    client_id: str = "gridwatch-bridge-1"
+    share_group: str = ""
+    max_batch_messages: int = 2000
+    linger_ms: int = 10
+    max_payload_bytes: int = 262144
+    max_future_skew_s: int = 600
+    stats_interval_s: float = 1.0
+
+
+@dataclass
+class WorkerSettings:
+    app_id: str = "gridwatch"
+    rules: str = "rules.yaml"
+    allowed_lateness_s: float = 5
+    offline_scan_s: float = 10
+    presence_checkpoint_s: float = 30
+    # Event-time merge of grid events (agents/watermarks.py, agents/event_order.py): how often (wall
+    # clock) the telemetry agent announces its partitions' watermarks, and after how long without
+    # readings a partition is announced idle so it does not hold the incident agent back.
+    watermark_interval_s: float = 0.1
+    upstream_idle_s: float = 1.0
+    wall_clock_advance_slack_s: float = 0.2  # 0 = off (replay workers)
+    # The alerts agent forgets which (event, phase) it published once that is this much older (event
+    # time) than the newest event of its partition.
+    alert_dedupe_retention_s: float = 604800
+    log_level: str = "info"
+    # Agents this worker runs: "" = the defaults (all but opt-in ones such as vision), "+vision" = the
+    # defaults plus vision, "all", or an explicit list "vision" / "telemetry,alerts".
+    agents: str = ""
+
+
+@dataclass
+class VisionSettings:
+    """Cameras: the capture service (`gridwatch cameras`) and the vision agent."""
+
+    cameras: str = "cameras.yaml"  # camera list, zones, rules, detector (config folder or absolute path)
+
+
+@dataclass
+class WebSettings:
+    """The web side (`gridwatch api`): Open311 API, operator console, live stream."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    services: str = "services.yaml"  # Open311 service catalogue + chat keyword rules (config folder or absolute)
+    operators: str = "operators.yaml"  # console accounts with role and tier scope
+    jurisdiction_id: str = ""  # "" = accept any jurisdiction_id; else only this one
+    require_api_key: bool = False
+    api_keys: str = ""  # comma-separated keys accepted on POST requests when require_api_key is true
+    rate_per_min: float = 30.0  # public POST token bucket per api_key / client IP
+    rate_burst: int = 10
+    # Reverse proxies (addresses / CIDRs, comma-separated) whose X-Forwarded-For is believed; "" = none
+    trusted_proxies: str = ""
+    session_secret: str = ""  # HMAC key of console tokens; "" = random per process
+    session_ttl_s: int = 43200
+    # Failed console logins: a bucket per client address and one per account name
+    login_rate_per_min: float = 20.0
+    login_burst: int = 10
+    login_account_rate_per_min: float = 30.0
+    login_account_burst: int = 30
+    audit_log: str = ""  # JSON lines of logins and operator actions ("" = <state dir>/audit.log)
+    ready_timeout_s: float = 2.0  # readiness: Kafka metadata / MQTT CONNACK round trip
+    dedupe_window_s: int = 600  # an identical POST (or the same Idempotency-Key) within this window: same id
+    max_body_bytes: int = 1048576
+    chat_import_max: int = 500  # records per chat import call
+    evidence_dir: str = ""  # snapshot pictures of vision events ("" = <state dir>/evidence)
+
+
+@dataclass
+class StatsSettings:
+    """Statistics of the console (``GET /api/stats``), as offices count them."""
+
+    satisfied_min_rating: int = 4  # an evaluation rated at least this (of 5) counts as satisfied
+
+
+@dataclass
+class HotlineSettings:
+    """The 12345 citizen hotline link: inbound work orders (``POST /api/hotline/orders``)."""
+
+    token_env: str = "GRIDWATCH_HOTLINE_TOKENS"  # env var with the accepted bearer tokens, comma-separated
+    token_file: str = ""  # ... or a file with one token per line
+
+
+@dataclass
+class InfluxSettings:
+    """Time-series sink (InfluxDB 2 write API): readings, grid events, incident changes, presence."""
+
+    enabled: bool = False  # the influx_sink agent does nothing unless this is true
+    url: str = "http://127.0.0.1:8086"
+    org: str = "gridwatch"
+    bucket: str = "gridwatch"
+    token: str = ""  # better from the environment: GRIDWATCH_INFLUX_TOKEN
+    batch_size: int = 5000  # points per write request
+    flush_interval_ms: int = 1000  # a partial batch is written after this long
+    max_pending_points: int = 100000  # bounded queue: producers wait when this many are unwritten
+    writers: int = 2  # concurrent write requests
+    max_retries: int = 10  # per batch, on 429 / 5xx / connection errors (then the batch is dropped)
+    retry_base_s: float = 0.5  # back-off: base * 2^attempt, capped, with jitter
+    retry_max_s: float = 30.0
+    timeout_s: float = 10.0
+    device_tag: bool = True  # tag readings with the device id (one series per device and field)
+    presence_interval_s: int = 60  # event-time period of the device_presence points
+
+
+@dataclass
+class Settings:
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
+    city: CitySettings = field(default_factory=CitySettings)
+    bridge: BridgeSettings = field(default_factory=BridgeSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    web: WebSettings = field(default_factory=WebSettings)
+    vision: VisionSettings = field(default_factory=VisionSettings)
+    influx: InfluxSettings = field(default_factory=InfluxSettings)
+    stats: StatsSettings = field(default_factory=StatsSettings)
+    hotline: HotlineSettings = field(default_factory=HotlineSettings)
+    source: str = str(DEFAULT_CONFIG)
+
+    # -- resolved endpoints -------------------------------------------------------------------
+    def kafka_bootstrap(self) -> str:
+        """host:port[,host:port] for aiokafka, resolving "embedded" through var/stack.json."""
+        url = self.kafka.url
+        if url == "embedded":
+            url = _stack_value("kafka", "kafka.url")
+        return url.removeprefix("kafka://")
+
+    def mqtt_endpoint(self) -> tuple[str, int, str | None, str | None]:
+        """(host, port, username, password) of the MQTT broker; user/password settings win over the URL."""
+        url = self.mqtt.url
+        if url == "embedded":
+            url = _stack_value("mqtt", "mqtt.url")
+        host, port, user, password = parse_mqtt_url(url)
+        return host, port, self.mqtt.username or user, self.mqtt.password or password
+
+    def mqtt_tls(self) -> bool:
+        url = self.mqtt.url if self.mqtt.url != "embedded" else _stack_value("mqtt", "mqtt.url")
+        return url.startswith("mqtts://")
+
+    def topic(self, name: str) -> str:
+        return f"{self.kafka.topic_prefix}.{name}"
+
+    def config_path(self, name: str) -> Path:
+        """A config file named in a setting: absolute, beside the user's config file, or shipped."""
+        p = Path(name)
+        if not p.is_absolute():
+            base = Path(self.source).parent
+            p = base / p if (base / p).exists() else CONFIG_DIR / p
+        return p
+
+    def rules_path(self) -> Path:
+        return self.config_path(self.worker.rules)
+
+
+def parse_mqtt_url(url: str) -> tuple[str, int, str | None, str | None]:
+    from urllib.parse import urlparse
+
+    if "://" not in url:
+        url = "mqtt://" + url
+    u = urlparse(url)
+    if u.scheme not in ("mqtt", "tcp", "mqtts"):
+        raise SettingsError(f"mqtt url {url!r}: scheme must be mqtt:// or mqtts:// (e.g. mqtt://127.0.0.1:1883)")
+    return u.hostname or "127.0.0.1", u.port or (8883 if u.scheme == "mqtts" else 1883), u.username, u.password
+
+
+def stack_engine() -> str:
+    """The Kafka engine of the running embedded stack ("tansu" for a state file older than the engine key)."""
+    try:
+        return str(json.loads(STACK_FILE.read_text()).get("engine", "tansu"))
+    except (OSError, ValueError, AttributeError):
+        return "tansu"
+
+
+def _stack_value(key: str, setting: str) -> str:
+    try:
+        data = json.loads(STACK_FILE.read_text())
+        return str(data[key])
+    except (OSError, ValueError, KeyError):
+        raise SettingsError(
+            f"{setting} is 'embedded' but no embedded stack is running ({STACK_FILE} missing). "
+            f"Start one with `gridwatch stack`, or pass --{key} URL / set GRIDWATCH_{key.upper()}_URL."
+        ) from None
+
+
+def _coerce(value: str, like: Any, name: str) -> Any:
+    try:
+        if isinstance(like, bool):
+            return value.lower() in ("1", "true", "yes", "on")
+        if isinstance(like, int):
+            return int(value)
+        if isinstance(like, float):
+            return float(value)
+    except ValueError:
+        raise SettingsError(f"{name}={value!r} is not a valid {type(like).__name__}") from None
+    return value
+
+
+def _apply(section_obj: Any, data: dict[str, Any], where: str) -> None:
+    known = {f.name for f in fields(section_obj)}
+    for key, value in (data or {}).items():
+        if key not in known:
+            raise SettingsError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+        current = getattr(section_obj, key)
+        setattr(section_obj, key, _checked(value, current, f"{where}.{key}"))
+
+
+def _checked(value: Any, like: Any, name: str) -> Any:
+    """``value`` if it has the type of the default ``like`` (an int is a fine float); else SettingsError.
+
+    Why strict: YAML turns ``partitions:`` into None and ``port: yes`` into True; either would only
+    fail later, far from the file, as a TypeError. bool is not accepted as a number.
+    """
+    kind = type(like).__name__
+    example = f" (e.g. {like!r})" if like not in ("", None) else ""
+    if value is None:
+        raise SettingsError(f"{name}: empty value; give a {kind}{example} or remove the key for the default")
+    ok = isinstance(value, type(like)) and not (isinstance(value, bool) and not isinstance(like, bool))
+    if isinstance(like, float) and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise SettingsError(f"{name}: expected {kind}{example}, got {value!r}")
+    return value
+
+
+# Allowed ranges of numeric settings, (low, high, low_is_exclusive); a number not named here must be
+# finite and >= 0. The check runs after the files, the environment and the flags are merged.
+RANGES: dict[str, tuple[float, float, bool]] = {
+    "kafka.partitions": (1, 10_000, False), "kafka.replication_factor": (1, 100, False),
+    "bridge.max_batch_messages": (1, 10_000_000, False), "bridge.max_payload_bytes": (1, 1 << 31, False),
+    "bridge.stats_interval_s": (0, math.inf, True), "web.port": (0, 65_535, False),
+    "web.rate_per_min": (0, math.inf, True), "web.rate_burst": (1, 10_000_000, False),
+    "web.login_rate_per_min": (0, math.inf, True), "web.login_burst": (1, 1_000_000, False),
+    "web.login_account_rate_per_min": (0, math.inf, True), "web.login_account_burst": (1, 1_000_000, False),
+    "web.ready_timeout_s": (0, 60, True),
+    "web.session_ttl_s": (1, 366 * 86_400, False), "web.max_body_bytes": (1, 1 << 31, False),
+    "web.chat_import_max": (1, 1_000_000, False), "worker.offline_scan_s": (0, math.inf, True),
+    "worker.presence_checkpoint_s": (0, math.inf, True), "worker.watermark_interval_s": (0, math.inf, True),
+    "worker.upstream_idle_s": (0, math.inf, True), "influx.batch_size": (1, 10_000_000, False),
+    "influx.flush_interval_ms": (1, math.inf, False), "influx.max_pending_points": (1, 1 << 40, False),
+    "influx.writers": (1, 1_000, False), "influx.timeout_s": (0, math.inf, True),
+    "influx.presence_interval_s": (1, math.inf, False),
+}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "kafka.tansu_quirks": ("auto", "on", "off", "true", "false", "1", "0"),
+    "worker.log_level": ("debug", "info", "warning", "error", "critical"),
+}
+
+
+def validate(s: Settings) -> None:
+    """Every setting has its type and lies in its range; a SettingsError names the first key that does not."""
+    for sect in fields(s):
+        obj = getattr(s, sect.name)
+        if not is_dataclass(obj):
+            continue
+        for fl in fields(obj):
+            key = f"{sect.name}.{fl.name}"
+            default = fl.default if fl.default is not MISSING else fl.default_factory()  # type: ignore[misc]
+            value = _checked(getattr(obj, fl.name), default, key)
+            setattr(obj, fl.name, value)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                lo, hi, strict = RANGES.get(key, (0, math.inf, False))
+                if not math.isfinite(value) or value < lo or (strict and value == lo) or value > hi:
+                    bound = f"> {lo:g}" if strict else f">= {lo:g}"
+                    bound += f" and <= {hi:g}" if math.isfinite(hi) else ""
+                    raise SettingsError(f"{key} must be {bound}, got {value!r}")
+            if key in CHOICES and value.lower() not in CHOICES[key]:
+                raise SettingsError(f"{key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
+
+
+def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Build settings from the default file, an optional user file, env vars and overrides.
+
+    ``overrides`` uses dotted keys (``{"kafka.url": "kafka://h:9092"}``); None values are ignored so
+    argparse namespaces can be passed straight through.
+    """
+    s = Settings()
+    files = [DEFAULT_CONFIG] + ([Path(path)] if path else [])
+    for f in files:
+        data = read_yaml(f, SettingsError, "config file") or {}
+        if not isinstance(data, dict):
+            raise SettingsError(f"config file {f}: top level must be a mapping of sections")
+        for section, values in data.items():
+            obj = getattr(s, section, None)
+            if not is_dataclass(obj):
+                raise SettingsError(f"{f}: unknown section {section!r}")
+            if not isinstance(values, dict):
+                raise SettingsError(f"{f}: section {section!r} must be a mapping")
+            _apply(obj, values, f"{f}:{section}")
+        s.source = str(f)
+    for sect in fields(s):
+        obj = getattr(s, sect.name)
+        if not is_dataclass(obj):
+            continue
+        for fl in fields(obj):
+            env = f"GRIDWATCH_{sect.name}_{fl.name}".upper()
+            if env in os.environ:
+                setattr(obj, fl.name, _coerce(os.environ[env], getattr(obj, fl.name), env))
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        sect_name, _, key = dotted.partition(".")
+        obj = getattr(s, sect_name, None)
+        if not is_dataclass(obj) or not hasattr(obj, key):
+            raise SettingsError(f"unknown setting {dotted}")
+        setattr(obj, key, value)
+    validate(s)
+    return s
+
+
+def with_prefix(s: Settings, prefix: str) -> Settings:
+    """A copy of the settings writing to another topic namespace (replays, tests)."""
+    return replace(s, kafka=replace(s.kafka, topic_prefix=prefix))

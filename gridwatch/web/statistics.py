@@ -1,0 +1,132 @@
+"""Monthly statistics as grid-governance offices count them, with their definitions.
+
+Why definitions travel with the figures: offices compare these numbers with their own reports
+(satisfaction as the share of satisfied residents, closure rate, supervised cases), so the console
+shows each definition next to its chart, in the operator's language, from the same source as the
+numbers. Every figure is over the incidents *created* in the month (city time zone); "no ratings" is
+``None`` (shown as such), never a default value.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from .views import CLOSED_STATUSES, DONE_STATUSES, month_of
+
+# Ranked tiers: API key -> tier of the incident's tier chain.
+RANKED = {"districts": "district", "towns": "street", "grids": "grid"}
+# Index weights; without ratings satisfaction's weight is spread over the other three (see definitions).
+WEIGHTS = {"closure": 0.4, "ontime": 0.3, "satisfaction": 0.2, "speed": 0.1}
+SPEED_H = 72  # handling in this many hours or more scores 0 on speed
+
+
+def definitions(satisfied_min: int, scale: int = 5) -> dict[str, dict[str, str]]:
+    """What each figure means, in zh-CN and en (``GET /api/stats`` carries it as ``definitions``)."""
+    w = WEIGHTS
+    return {
+        "scope": {
+            "zh-CN": "统计口径：当月（按城市时区）新建的事件，限于您的管辖范围和所选筛选条件。",
+            "en": "Scope: incidents created in the month (city time zone), within your area and the filters chosen."},
+        "incidents": {"zh-CN": "事件数：当月新建的事件（传感器、视频、群众上报、12345 热线）总数。",
+                      "en": "Incidents: all incidents created in the month (sensors, cameras, residents, 12345 hotline)."},
+        "closure_rate": {
+            "zh-CN": "办结率 = 已办结（已处置、已评价、已结案）÷（事件数 − 已撤销）。",
+            "en": "Closure rate = resolved, evaluated or closed ÷ (incidents − cancelled)."},
+        "overdue": {"zh-CN": "超时：按事件时间超过处置时限（红 2 小时、黄 24 小时、蓝 72 小时，可配置）至少一次的事件数。",
+                    "en": "Overdue: incidents that passed their handling deadline (SLA by level, in event time) at least once."},
+        "supervised": {"zh-CN": "督办件：收到督办通知（纪委督单）的事件数。",
+                       "en": "Supervised: incidents that received a supervision notice (discipline commission)."},
+        "supervised_overdue": {
+            "zh-CN": "督办超期：督办期限已过（按事件时间判断，与处置时限相同）而事件仍未办结的督办件数。",
+            "en": "Supervised overdue: supervised incidents still open when their notice's deadline passed "
+                  "(judged in event time, like the SLA timers)."},
+        "satisfaction": {
+            "zh-CN": f"满意率 = 评价为满意（{scale} 分制 ≥ {satisfied_min} 分）的评价数 ÷ 评价总数；"
+                     "无评价时显示“暂无评价”，不以默认值代替。",
+            "en": f"Satisfaction = evaluations rated satisfied (≥ {satisfied_min} of {scale}) ÷ all evaluations; "
+                  "with no evaluations it is shown as “no ratings”, never a default."},
+        "avg_handling_h": {"zh-CN": "平均处置时长：从事件创建到办结的平均小时数（仅计已办结事件）。",
+                           "en": "Average handling time: mean hours from creation to resolution (resolved incidents only)."},
+        "index": {
+            "zh-CN": f"网格治理指数 = 100 ×（{w['closure']} × 办结率 + {w['ontime']} × 按期率 + "
+                     f"{w['satisfaction']} × 满意率 + {w['speed']} × 时效分）；按期率 = 1 − 超时占比，"
+                     f"时效分 = 1 − 平均处置小时 ÷ {SPEED_H}（最低为 0）。无评价时不计满意率，其余三项按权重等比放大。"
+                     "当月无事件的地区不参与排名。",
+            "en": f"Grid-governance index = 100 × ({w['closure']} × closure rate + {w['ontime']} × on-time rate + "
+                  f"{w['satisfaction']} × satisfaction + {w['speed']} × speed); on-time rate = 1 − overdue share, "
+                  f"speed = max(0, 1 − mean handling hours ÷ {SPEED_H}). Without ratings satisfaction is left out "
+                  "and the other three weights are scaled up in proportion. Areas without incidents that month "
+                  "are not ranked."},
+        "ranking": {"zh-CN": "排名：按网格治理指数从高到低，分区县、街道（乡镇）、网格三级，按月排名；指数相同按代码。",
+                    "en": "Ranking: by grid-governance index, highest first, per month, for districts (counties), "
+                          "towns (streets) and grids; ties by area code."},
+    }
+
+
+def figures(incs: list[dict[str, Any]], satisfied_min: int) -> dict[str, Any]:
+    """The figures of one set of incidents (a month, or one area's incidents of the month)."""
+    work = [i for i in incs if i["status"] != "cancelled"]
+    done = [i for i in work if i["status"] in DONE_STATUSES]
+    handled = [(i["resolved_ts"] - i["created_ts"]) / 3_600_000 for i in done if i.get("resolved_ts")]
+    rated = [i["rating"] for i in incs if isinstance(i.get("rating"), int) and not isinstance(i.get("rating"), bool)]
+    satisfied = sum(1 for r in rated if r >= satisfied_min)
+    overdue = sum(1 for i in work if i.get("overdue"))
+    supervised = [i for i in incs if i.get("supervision")]
+    closure = len(done) / len(work) if work else 0.0
+    ontime = 1 - overdue / len(work) if work else 1.0
+    sat = satisfied / len(rated) if rated else None
+    avg_h = sum(handled) / len(handled) if handled else None
+    speed = max(0.0, 1 - avg_h / SPEED_H) if avg_h is not None else 0.0
+    parts = {"closure": closure, "ontime": ontime, "satisfaction": sat, "speed": speed}
+    weight = sum(WEIGHTS[k] for k, v in parts.items() if v is not None)
+    index = 100 * sum(WEIGHTS[k] * v for k, v in parts.items() if v is not None) / weight
+    return {"incidents": len(incs), "closed": len(done), "closure_rate": round(closure, 4),
+            "avg_handling_h": round(avg_h, 2) if avg_h is not None else None, "overdue": overdue,
+            "supervised": len(supervised),
+            "supervised_overdue": sum(1 for i in supervised if i["supervision"].get("overdue")),
+            "satisfaction": round(sat, 4) if sat is not None else None, "ratings": len(rated),
+            "satisfied": satisfied, "index": round(index, 1)}
+
+
+def ranking(in_month: list[dict[str, Any]], gridmap: Any, tier: str, satisfied_min: int) -> list[dict[str, Any]]:
+    """Areas of one tier ranked by index (ties by code), each with its figures."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for i in in_month:
+        code = next((t["code"] for t in i.get("tiers", []) if t["tier"] == tier), None)
+        if code:
+            groups.setdefault(code, []).append(i)
+    rows = []
+    for code, incs in groups.items():
+        name = gridmap.area(code).name if code in gridmap else code
+        rows.append({"code": code, "name": name, **figures(incs, satisfied_min)})
+    rows.sort(key=lambda r: (-r["index"], r["code"]))
+    for n, r in enumerate(rows, 1):
+        r["rank"] = n
+    return rows
+
+
+def stats(incidents: list[dict[str, Any]], gridmap: Any, tz: ZoneInfo, month: str | None, *,
+          satisfied_min: int = 4, scale: int = 5) -> dict[str, Any]:
+    """The statistics of ``GET /api/stats``: overall figures of the month, counts by level / status /
+    category / day, rankings of districts, towns and grids, and the definitions of every figure."""
+    months = sorted({month_of(i["created_ts"], tz) for i in incidents}, reverse=True)
+    month = month or (months[0] if months else datetime.now(tz).strftime("%Y-%m"))
+    in_month = [i for i in incidents if month_of(i["created_ts"], tz) == month]
+    overall = figures(in_month, satisfied_min)
+    overall["open_overdue"] = sum(1 for i in in_month if i.get("overdue") and i["status"] not in CLOSED_STATUSES)
+    by_level = {lv: sum(1 for i in in_month if i.get("level") == lv) for lv in ("red", "yellow", "blue")}
+    by_status: dict[str, int] = {}
+    by_category: dict[str, int] = {}
+    daily: dict[str, int] = {}
+    for i in in_month:
+        by_status[i["status"]] = by_status.get(i["status"], 0) + 1
+        by_category[i["category_group"]] = by_category.get(i["category_group"], 0) + 1
+        day = datetime.fromtimestamp(i["created_ts"] / 1000, tz).strftime("%Y-%m-%d")
+        daily[day] = daily.get(day, 0) + 1
+    return {"month": month, "months": months or [month], "overall": overall, "by_level": by_level,
+            "by_status": by_status, "by_category": by_category, "daily": dict(sorted(daily.items())),
+            "ranking": {key: ranking(in_month, gridmap, tier, satisfied_min) for key, tier in RANKED.items()},
+            "satisfaction_threshold": {"min_rating": satisfied_min, "scale": scale},
+            "definitions": definitions(satisfied_min, scale)}

@@ -1,0 +1,1 @@
+"""Where data goes out: MQTT publisher, InfluxDB sink, evidence store."""

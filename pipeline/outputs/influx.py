@@ -1,0 +1,411 @@
+"""InfluxDB 2 sink: line protocol from readings, grid events, incident changes; batched async writes.
+
+Why hand-written line protocol: ``influxdb_client.Point`` costs ~10 us a point in Python; a city sends
+tens of thousands of readings a second. The writes themselves go through ``influxdb-client``'s async
+v2 write API.
+
+Delivery: :meth:`InfluxSink.put` waits while ``max_pending_points`` are unwritten (a bounded queue),
+so a slow or absent database slows the consuming agent down (and Kafka keeps the backlog) instead of
+filling memory. Failed writes are retried with exponential back-off and jitter on 429, 5xx and network
+errors; a batch the server rejects as malformed (other 4xx) is dropped and counted, since retrying
+cannot fix it. The agent flushes before it moves on, so a crash re-writes rather than loses points:
+InfluxDB keeps one value per (series, timestamp), which makes the re-write harmless.
+
+Schema (tags are what dashboards filter and group by; every point carries ``ns``, the topic namespace,
+so a replay never mixes with live data):
+
+=================  =========================================================  ==================================
+measurement        tags                                                       fields
+=================  =========================================================  ==================================
+reading            ns kind grid district street community [device]            the reading's values (bool/number)
+grid_event         ns type level phase kind source grid district street       count=1i active duration_s id
+                   community subject
+incident           ns status level category change tier grid district street  version opened closed open overdue
+                   community incident                                         escalations sources age_s
+device_presence    ns kind district partition                                 online total rate
+=================  =========================================================  ==================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gridwatch.core.settings import InfluxSettings
+from gridwatch.pipeline.schemas.codec import SchemaError
+
+log = logging.getLogger("gridwatch.influx")
+
+TIERS = ("district", "street", "community")
+
+
+# -- line protocol -----------------------------------------------------------------------------------
+def _tag(v: str) -> str:
+    return v.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ").replace("\n", "\\n")
+
+
+def _field_str(v: str) -> str:
+    return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _fields(values: dict[str, Any]) -> str:
+    parts = []
+    for k, v in values.items():
+        if v is None:
+            continue
+        if isinstance(v, bool):
+            fv = "true" if v else "false"
+        elif isinstance(v, int):
+            fv = f"{v}i"
+        elif isinstance(v, float):
+            fv = repr(v)
+        else:
+            fv = _field_str(str(v))
+        parts.append(f"{_tag(k)}={fv}")
+    return ",".join(parts)
+
+
+def line(measurement: str, tags: dict[str, str], values: dict[str, Any], ts_ms: int) -> str | None:
+    """One point in line protocol (ms precision); None when it has no field."""
+    f = _fields(values)
+    if not f:
+        return None
+    t = "".join(f",{_tag(k)}={_tag(v)}" for k, v in sorted(tags.items()) if v)
+    return f"{_tag(measurement)}{t} {f} {int(ts_ms)}"
+
+
+class PointBuilder:
+    """Turns pipeline records into line protocol; caches each device's and grid's tag string."""
+
+    def __init__(self, registry: Any, gridmap: Any, namespace: str, *, device_tag: bool = True) -> None:
+        self.registry = registry
+        self.gridmap = gridmap
+        self.ns = namespace
+        self.device_tag = device_tag
+        self._dev_tags: dict[str, str] = {}
+        self._grid_tags: dict[str, dict[str, str]] = {}
+        self._safe_keys: set[str] = set()  # field names that need no escaping
+
+    def grid_tags(self, grid_code: str) -> dict[str, str]:
+        """grid + district/street/community codes of a grid (from the grid map; code prefix otherwise)."""
+        tags = self._grid_tags.get(grid_code)
+        if tags is None:
+            tags = {"grid": grid_code}
+            try:
+                for area in self.gridmap.chain(grid_code):
+                    if area.tier in TIERS:
+                        tags[area.tier] = area.code
+            except (KeyError, AttributeError):
+                # CJ/T 213: 6 district + 3 street + 3 community + 3 sequence digits
+                if len(grid_code) == 15 and grid_code.isdigit():
+                    tags.update(district=grid_code[:6], street=grid_code[:9], community=grid_code[:12])
+            self._grid_tags[grid_code] = tags
+        return tags
+
+    def _device_tagstr(self, device_id: str) -> str | None:
+        s = self._dev_tags.get(device_id)
+        if s is None:
+            dev = self.registry.get(device_id)
+            if dev is None:
+                return None
+            tags = {"ns": self.ns, "kind": dev.kind, **self.grid_tags(dev.grid_code)}
+            if self.device_tag:
+                tags["device"] = dev.id
+            s = "".join(f",{_tag(k)}={_tag(v)}" for k, v in sorted(tags.items()) if v)
+            self._dev_tags[device_id] = s
+        return s
+
+    def readings(self, readings: Iterable[Any]) -> list[str]:
+        """Lines of Reading objects (see :meth:`batch` for the fast path over a raw Kafka record)."""
+        return self._lines(((r.device_id, r.ts, r.values) for r in readings), None)
+
+    def batch(self, raw: bytes) -> tuple[int, list[str], list[tuple[str, int]]]:
+        """(partition, lines, [(device, ts)]) of a raw ``readings`` record, decoded straight from JSON.
+
+        Why not ReadingBatch.decode: its per-field checks cost as much as building the points; the
+        bridge validated every reading already. A malformed record raises SchemaError.
+        """
+        try:
+            doc = json.loads(raw)
+            items = [(x["d"], x["ts"], x["v"]) for x in doc["readings"]]
+            partition = int(doc["p"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise SchemaError(f"readings record: {e}") from None
+        seen: list[tuple[str, int]] = []
+        return partition, self._lines(items, seen), seen
+
+    def _lines(self, items: Iterable[tuple[str, int, dict[str, Any]]], seen: list[tuple[str, int]] | None) -> list[str]:
+        out: list[str] = []
+        append = out.append
+        cache = self._dev_tags
+        safe = self._safe_keys
+        for device_id, ts, values in items:
+            tags = cache.get(device_id)
+            if tags is None:
+                tags = self._device_tagstr(device_id)
+                if tags is None:
+                    continue
+            parts = []
+            for k, v in values.items():
+                if k not in safe:
+                    if _tag(k) != k:  # a name that needs escaping: the general (slower) path
+                        f = _fields({k: v})
+                        if f:
+                            parts.append(f)
+                        continue
+                    safe.add(k)
+                if v is True:
+                    parts.append(k + "=true")
+                elif v is False:
+                    parts.append(k + "=false")
+                elif type(v) is float:
+                    parts.append(f"{k}={v!r}")
+                elif type(v) is int:
+                    parts.append(f"{k}={v}i")
+            if parts:
+                append(f"reading{tags} {','.join(parts)} {int(ts)}")
+                if seen is not None:
+                    seen.append((device_id, ts))
+        return out
+
+    def event(self, ev: Any) -> str | None:
+        tags = {"ns": self.ns, "type": ev.type, "level": ev.level, "phase": ev.phase, "kind": ev.device_kind,
+                "source": ev.source, "subject": ev.subject, **self.grid_tags(ev.grid_code)}
+        values: dict[str, Any] = {"count": 1, "active": 0 if ev.phase == "end" else 1, "id": ev.id}
+        if ev.phase == "end" and ev.end_ts:
+            values["duration_s"] = (ev.end_ts - ev.start_ts) / 1000.0
+        return line("grid_event", tags, values, ev.ts)
+
+    def incident(self, change: Any) -> str | None:
+        inc = change.incident
+        tags = {"ns": self.ns, "status": inc.status, "level": inc.level, "category": inc.category_group,
+                "change": change.change, "tier": inc.tier, "incident": inc.id, **self.grid_tags(inc.grid_code)}
+        closed = inc.closed_ts is not None and inc.closed_ts == change.ts
+        values: dict[str, Any] = {
+            "version": int(inc.version), "opened": 1 if change.change == "created" else 0, "closed": 1 if closed else 0,
+            "open": 1 if inc.open else 0, "overdue": 1 if inc.overdue else 0, "escalations": int(inc.escalations),
+            "sources": len(inc.sources), "age_s": max(0, change.ts - inc.created_ts) / 1000.0,
+        }
+        return line("incident", tags, values, change.ts)
+
+
+class Presence:
+    """Device online rate per kind and district, by event time: online = reported within its offline
+    allowance (3 report intervals, at least a minute). One point set per ``interval_ms`` of event time
+    and Kafka partition (tag ``partition``; dashboards sum over partitions, so sink workers can share them).
+    """
+
+    def __init__(self, registry: Any, builder: PointBuilder, partitions: int, interval_ms: int,
+                 partition_of: Any) -> None:
+        self.registry = registry
+        self.b = builder
+        self.interval_ms = max(1000, interval_ms)
+        self.last_seen: dict[int, dict[str, int]] = {}
+        self.next_emit: dict[int, int] = {}
+        self.partition_of = partition_of
+        self.partitions = partitions
+        self._members: dict[int, list[Any]] | None = None
+
+    def _devices_of(self, partition: int) -> list[Any]:
+        if self._members is None:
+            self._members = {}
+            for d in self.registry:
+                self._members.setdefault(self.partition_of(d.shard_key, self.partitions), []).append(d)
+        return self._members.get(partition, [])
+
+    def observe(self, partition: int, seen_pairs: Iterable[tuple[str, int]]) -> list[str]:
+        """Note (device, ts) pairs of a partition; returns presence points for every period passed."""
+        seen = self.last_seen.setdefault(partition, {})
+        max_ts = 0
+        for device_id, ts in seen_pairs:
+            if ts > seen.get(device_id, 0):
+                seen[device_id] = ts
+            if ts > max_ts:
+                max_ts = ts
+        if not max_ts:
+            return []
+        nxt = self.next_emit.get(partition)
+        if nxt is None:
+            self.next_emit[partition] = (max_ts // self.interval_ms + 1) * self.interval_ms
+            return []
+        out: list[str] = []
+        while max_ts >= nxt:
+            out += self._emit(partition, nxt)
+            nxt += self.interval_ms
+        self.next_emit[partition] = nxt
+        return out
+
+    def _emit(self, partition: int, at: int) -> list[str]:
+        seen = self.last_seen.get(partition, {})
+        online: Counter = Counter()
+        total: Counter = Counter()
+        for d in self._devices_of(partition):
+            key = (d.kind, self.b.grid_tags(d.grid_code).get("district", ""))
+            total[key] += 1
+            last = seen.get(d.id)
+            if last is not None and at - last <= max(3 * d.report_interval_s * 1000, 60_000):
+                online[key] += 1
+        out = []
+        for (kind, district), n in total.items():
+            p = line("device_presence", {"ns": self.b.ns, "kind": kind, "district": district,
+                                         "partition": str(partition)},
+                     {"online": online[(kind, district)], "total": n, "rate": online[(kind, district)] / n}, at)
+            if p:
+                out.append(p)
+        return out
+
+
+# -- the writer --------------------------------------------------------------------------------------
+class WriteRejected(Exception):
+    """The server refused a batch for what it contains (4xx other than 429): retrying cannot help."""
+
+
+@dataclass
+class SinkStats:
+    points: int = 0  # written and confirmed
+    batches: int = 0
+    retries: int = 0
+    dropped_points: int = 0  # rejected by the server, or out of retries
+    errors: Counter = field(default_factory=Counter)
+    waited_s: float = 0.0  # time producers spent blocked on the full queue (back-pressure)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"points": self.points, "batches": self.batches, "retries": self.retries,
+                "dropped_points": self.dropped_points, "errors": dict(self.errors),
+                "waited_s": round(self.waited_s, 3)}
+
+
+class InfluxSink:
+    """Batches line-protocol points and writes them with ``writers`` concurrent requests.
+
+    ``write_fn`` (tests, benchmarks) replaces the HTTP write: ``async (body: str) -> None``.
+    """
+
+    def __init__(self, cfg: InfluxSettings, write_fn: Any = None) -> None:
+        self.cfg = cfg
+        self.stats = SinkStats()
+        self._write_fn = write_fn
+        self._client: Any = None
+        self._api: Any = None
+        depth = max(1, cfg.max_pending_points // max(1, cfg.batch_size))
+        self._queue: asyncio.Queue[list[str]] = asyncio.Queue(maxsize=depth)
+        self._buf: list[str] = []
+        self._tasks: list[asyncio.Task] = []
+        self._started = False
+        self._start_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        async with self._start_lock:
+            if self._started:
+                return
+            if self._write_fn is None:
+                from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
+
+                self._client = InfluxDBClientAsync(url=self.cfg.url, token=self.cfg.token or "none", org=self.cfg.org,
+                                                   timeout=int(self.cfg.timeout_s * 1000))
+                self._api = self._client.write_api()
+            self._tasks = [asyncio.create_task(self._writer(i)) for i in range(max(1, self.cfg.writers))]
+            self._tasks.append(asyncio.create_task(self._ticker()))
+            self._started = True
+
+    async def stop(self) -> None:
+        """Write what is queued, then close."""
+        if not self._started:
+            return
+        await self.flush()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        if self._client is not None:
+            await self._client.close()
+        self._started = False
+
+    async def put(self, lines: Iterable[str]) -> None:
+        """Queue points; waits while the queue is full (back-pressure)."""
+        if not self._started:
+            await self.start()
+        size = self.cfg.batch_size
+        for ln in lines:
+            self._buf.append(ln)
+            if len(self._buf) >= size:
+                await self._enqueue()
+
+    async def _enqueue(self) -> None:
+        batch, self._buf = self._buf, []
+        if not batch:
+            return
+        if self._queue.full():
+            t0 = time.monotonic()
+            await self._queue.put(batch)
+            self.stats.waited_s += time.monotonic() - t0
+        else:
+            self._queue.put_nowait(batch)
+
+    async def flush(self) -> None:
+        """Return once every point put so far is written (or dropped after its retries)."""
+        await self._enqueue()
+        await self._queue.join()
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.flush_interval_ms / 1000)
+            if self._buf:
+                await self._enqueue()
+
+    async def _writer(self, n: int) -> None:
+        while True:
+            batch = await self._queue.get()
+            try:
+                await self._write_with_retry(batch)
+            finally:
+                self._queue.task_done()
+
+    async def _send(self, body: str) -> None:
+        if self._write_fn is not None:
+            await self._write_fn(body)
+            return
+        from influxdb_client.rest import ApiException
+
+        try:
+            await self._api.write(bucket=self.cfg.bucket, org=self.cfg.org, record=body, write_precision="ms")
+        except ApiException as e:
+            if e.status is not None and 400 <= e.status < 500 and e.status != 429:
+                raise WriteRejected(f"HTTP {e.status}: {(e.body or e.reason or '')[:300]}") from None
+            raise
+
+    async def _write_with_retry(self, batch: list[str]) -> None:
+        body = "\n".join(batch)
+        for attempt in range(self.cfg.max_retries + 1):
+            try:
+                await self._send(body)
+                self.stats.points += len(batch)
+                self.stats.batches += 1
+                return
+            except WriteRejected as e:
+                self.stats.errors["rejected"] += 1
+                self.stats.dropped_points += len(batch)
+                log.error("InfluxDB rejected %d points (%s); dropped", len(batch), e)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - network errors, 429, 5xx: retry with back-off
+                self.stats.errors[type(e).__name__] += 1
+                if attempt == self.cfg.max_retries:
+                    break
+                self.stats.retries += 1
+                delay = min(self.cfg.retry_max_s, self.cfg.retry_base_s * 2 ** attempt) * random.uniform(0.5, 1.0)
+                log.warning("InfluxDB write of %d points failed (%s: %s); retry %d in %.1fs", len(batch),
+                            type(e).__name__, str(e)[:200], attempt + 1, delay)
+                await asyncio.sleep(delay)
+        self.stats.dropped_points += len(batch)
+        log.error("InfluxDB write of %d points failed %d times; dropped", len(batch), self.cfg.max_retries + 1)

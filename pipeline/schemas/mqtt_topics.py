@@ -1,0 +1,46 @@
+"""The MQTT topics gridwatch speaks, in one place: device and gateway telemetry in (ThingsBoard's
+layout, the id in the topic), alerts, incident changes and statistics out, and the replay namespace.
+
+The bridge subscribes to, the parser accepts, the recorder files, the simulator publishes and the
+broker ACLs allow exactly these patterns.
+"""
+
+from __future__ import annotations
+
+from gridwatch.core.settings import MqttSettings
+
+DEVICE = "devices"
+GATEWAY = "gateway"
+
+
+def device_topic(device_id: str) -> str:
+    """Where a device publishes its own telemetry (``+`` for every device, ``%u`` in a Mosquitto ACL)."""
+    return f"v1/{DEVICE}/{device_id}/telemetry"
+
+
+def gateway_topic(gateway_id: str) -> str:
+    """Where an edge gateway publishes the telemetry of the devices behind it."""
+    return f"v1/{GATEWAY}/{gateway_id}/telemetry"
+
+
+# What the bridge and the recorder subscribe to.
+TELEMETRY_PATTERNS = (device_topic("+"), gateway_topic("+"))
+# Mosquitto ACL: every device and gateway may publish on its own topic only (%u = its username).
+TELEMETRY_ACL_PATTERNS = (device_topic("%u"), gateway_topic("%u"))
+
+ALERT_PREFIX = MqttSettings.alert_prefix  # grid events: <prefix>/<city>/<district>/<street>/<community>/<grid>/<type>
+STATS_PREFIX = MqttSettings.stats_prefix  # bridge, simulator and vision statistics
+INCIDENTS_PREFIX = "gridwatch/incidents"  # incident changes (the MQTT channel's default topic_prefix)
+
+
+def telemetry_source(topic: str) -> tuple[str, str] | None:
+    """``(DEVICE or GATEWAY, id)`` of a telemetry topic; None for any other topic."""
+    parts = topic.split("/")
+    if len(parts) != 4 or parts[0] != "v1" or parts[3] != "telemetry" or parts[1] not in (DEVICE, GATEWAY):
+        return None
+    return parts[1], parts[2]
+
+
+def replay_prefix(ns: str, prefix: str) -> str:
+    """A replay's outbound topics live under ``replay/<ns>/`` (``+`` for every replay, in an ACL)."""
+    return f"replay/{ns}/{prefix}"

@@ -1,1 +1,0 @@
-"""Sinks: where pipeline records go for history and dashboards (InfluxDB 2)."""
