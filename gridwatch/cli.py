@@ -61,11 +61,16 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def cmd_stack(args: argparse.Namespace) -> int:
     import time
 
-    from gridwatch.stack import EmbeddedStack
+    from gridwatch.stack import EmbeddedStack, StackError, stack_workdir
 
-    stack = EmbeddedStack(kafka_port=args.kafka_port, mqtt_port=args.mqtt_port).start()
+    try:
+        stack = EmbeddedStack(workdir=stack_workdir(args.engine), engine=args.engine, kafka_port=args.kafka_port,
+                              mqtt_port=args.mqtt_port).start()
+    except StackError as e:
+        log.error("%s", e)
+        return 2
     stack.write_state(STACK_FILE)
-    print(f"embedded stack running\n  kafka: {stack.kafka_url}\n  mqtt:  {stack.mqtt_url}\n"
+    print(f"embedded stack running ({stack.engine})\n  kafka: {stack.kafka_url}\n  mqtt:  {stack.mqtt_url}\n"
           f"  (recorded in {STACK_FILE}; other gridwatch commands find it there). Ctrl-C stops it.", flush=True)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
@@ -98,6 +103,28 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     return 0
 
 
+def prepare_broker(settings: Settings) -> None:
+    """Before a worker starts: create the project's topics (partitions, retention) so no agent's source
+    topic is auto-created with one partition and no send waits on a missing topic; and, for a broker
+    given by URL, find out whether it is Tansu (its work-arounds then switch on)."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gridwatch.compat import detect_tansu
+    from gridwatch.pipeline.kafka_io import ensure_topics
+
+    async def prepare() -> None:
+        await ensure_topics(settings)
+        auto_by_url = settings.kafka.tansu_quirks == "auto" and settings.kafka.url != "embedded"
+        if auto_by_url and await detect_tansu(settings.kafka_bootstrap()):
+            settings.kafka.tansu_quirks = "on"
+            log.info("the broker is Tansu: its work-arounds are on (kafka.tansu_quirks)")
+
+    # In a thread: asyncio.run here would leave the main thread without the event loop Faust expects.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, prepare()).result()
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from faust.worker import Worker
 
@@ -108,6 +135,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         settings.worker.app_id = args.app_id
     if args.cameras:
         settings.vision.cameras = args.cameras
+    prepare_broker(settings)
     app = create_app(settings, agents=args.agents or None)  # None: worker.agents from the settings
     log.info("worker starting: app %s, broker %s, topics %s.*", app.conf.id, settings.kafka_bootstrap(),
              settings.kafka.topic_prefix)
@@ -247,8 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gridwatch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("stack", help="run the embedded broker stack (Tansu Kafka + Mosquitto) in the foreground")
-    p.add_argument("--kafka-port", type=int, default=0, help="port for Kafka (default: a free one)")
+    from gridwatch.stack import add_engine_argument
+
+    p = sub.add_parser("stack", help="run the embedded broker stack (Kafka broker + Mosquitto) in the foreground")
+    add_engine_argument(p, durable=True)
+    p.add_argument("--kafka-port", type=int, default=0,
+                   help="port for Kafka (default: a free one; the kafka engine reuses its last port when free)")
     p.add_argument("--mqtt-port", type=int, default=0, help="port for MQTT (default: a free one)")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=cmd_stack)

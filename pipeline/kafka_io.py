@@ -16,14 +16,38 @@ from gridwatch.pipeline.schemas.topics import TOPIC_CONFIGS, TOPICS
 
 log = logging.getLogger("gridwatch.kafka")
 
+async def topic_partitions(bootstrap: str, topics: list[str], wait_s: float = 0.0) -> dict[str, list[int]]:
+    """Partition numbers of each topic (``[]`` for one that does not exist), from the admin client's
+    DescribeTopics; with ``wait_s``, waits that long for missing topics to appear.
+
+    Why not ``consumer.partitions_for_topic``: on Apache Kafka it stays None for a consumer without a
+    subscription, even after ``consumer.topics()`` (Tansu's metadata answer hid this).
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    await admin.start()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    try:
+        while True:
+            found: dict[str, list[int]] = {}
+            for t in await admin.describe_topics(topics):
+                if t.get("error_code", 0) == 0:  # else: unknown topic (or not ready yet)
+                    found[t["topic"]] = sorted(p["partition"] for p in t.get("partitions") or [])
+            result = {t: found.get(t, []) for t in topics}
+            if all(result.values()) or loop.time() >= deadline:
+                return result
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
 
 
 async def assign_from_start(consumer: Any, topic: str) -> list[Any]:
     """Assign every partition of ``topic`` to a group-less consumer, positioned at the beginning
-    (none when the consumer's metadata knows no partitions of it)."""
+    (none when the topic does not exist)."""
     from aiokafka import TopicPartition
 
-    tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+    parts = (await topic_partitions(consumer._client._bootstrap_servers, [topic]))[topic]
+    tps = [TopicPartition(topic, p) for p in parts]
     if tps:
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)

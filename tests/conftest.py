@@ -6,9 +6,8 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import HealthCheck, settings
 
-from gridwatch.stack import EmbeddedStack
+from gridwatch.stack import ENGINES, EmbeddedStack
 
-os.environ.setdefault("GRIDWATCH_KAFKA_TANSU_QUIRKS", "on")
 os.environ.setdefault("GRIDWATCH_DEMO_CREDENTIALS", "allow")  # the shipped operator accounts (demo_guard.py)
 
 # Property tests: "ci" (the default) is deterministic (derandomized, no example database) and bounded,
@@ -21,9 +20,41 @@ settings.register_profile("explore", derandomize=False, max_examples=5000, deadl
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("GRIDWATCH_HYPOTHESIS_PROFILE", "ci"))
 
+# Test folders and files whose tests run once per engine chosen with --kafka-engine (the rest use Tansu
+# only): the end-to-end pipeline, including worker restarts and fail-over, the fault tests of the
+# telemetry path, and the Open311 API with its incident view must hold on real Apache Kafka.
+BOTH_ENGINE_PATHS = ("e2e", "faults", "test_open311.py")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--kafka-engine", choices=(*ENGINES, "both"), default=os.environ.get("GRIDWATCH_TEST_KAFKA_ENGINE", "tansu"),
+        help="Kafka broker of the tests in BOTH_ENGINE_PATHS (tests/e2e, tests/faults, "
+             "tests/web/test_open311.py): tansu (embedded, fast), kafka (Apache Kafka from build/kafka/libs) or "
+             "both (what ./run test and CI use). Default: tansu, or $GRIDWATCH_TEST_KAFKA_ENGINE. Other tests "
+             "always use Tansu.")
+
+
+def engines(config: pytest.Config) -> list[str]:
+    chosen = config.getoption("--kafka-engine")
+    return list(ENGINES) if chosen == "both" else [chosen]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    in_both = any(d in metafunc.definition.path.parts for d in BOTH_ENGINE_PATHS)
+    if in_both and "kafka_engine" in metafunc.fixturenames:
+        metafunc.parametrize("kafka_engine", engines(metafunc.config), scope="session")
+
 
 @pytest.fixture(scope="session")
-def stack() -> Iterator[EmbeddedStack]:
-    """One real Tansu broker and one real Mosquitto for the whole session; tests isolate by prefix."""
-    with EmbeddedStack() as s:
+def kafka_engine() -> str:
+    """The Kafka engine of this test's stack; tests in BOTH_ENGINE_PATHS get each chosen engine in turn."""
+    return "tansu"
+
+
+@pytest.fixture(scope="session")
+def stack(kafka_engine: str) -> Iterator[EmbeddedStack]:
+    """One real broker (Tansu, or Apache Kafka for the kafka leg) and one real Mosquitto per engine for the
+    whole session; tests isolate by topic prefix."""
+    with EmbeddedStack(engine=kafka_engine) as s:
         yield s

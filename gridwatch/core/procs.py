@@ -116,7 +116,7 @@ class Pipeline:
         self.kafka_url = kafka_url
         self.mqtt_url = mqtt_url
         self.common = ["--kafka", kafka_url, "--mqtt", mqtt_url, "--prefix", self.prefix, *(extra or [])]
-        self.env = {"GRIDWATCH_KAFKA_TANSU_QUIRKS": "on", **(env or {})}
+        self.env = dict(env or {})  # Tansu's work-arounds: the worker detects that broker itself
         self.bridge = Proc(f"{self.prefix}-bridge", ["bridge", *self.common, "--client-id", f"br-{self.prefix}"],
                            log_dir, self.env)
         self.worker = Proc(f"{self.prefix}-worker", ["worker", *self.common], log_dir, self.env)

@@ -35,12 +35,13 @@ class KafkaSettings:
     tansu_quirks: str = "auto"
 
     def quirks_enabled(self) -> bool:
-        """Work-arounds for the embedded Tansu broker: on for "embedded" (auto) or when forced."""
+        """Work-arounds for the Tansu broker: on when forced, or (auto) when the embedded stack runs
+        Tansu. A worker given a URL detects Tansu itself (gridwatch.compat.detect_tansu)."""
         if self.tansu_quirks in ("on", "true", "1"):
             return True
         if self.tansu_quirks in ("off", "false", "0"):
             return False
-        return self.url == "embedded"
+        return self.url == "embedded" and stack_engine() == "tansu"
 
 
 @dataclass
@@ -231,6 +232,14 @@ def parse_mqtt_url(url: str) -> tuple[str, int, str | None, str | None]:
     if u.scheme not in ("mqtt", "tcp", "mqtts"):
         raise SettingsError(f"mqtt url {url!r}: scheme must be mqtt:// or mqtts:// (e.g. mqtt://127.0.0.1:1883)")
     return u.hostname or "127.0.0.1", u.port or (8883 if u.scheme == "mqtts" else 1883), u.username, u.password
+
+
+def stack_engine() -> str:
+    """The Kafka engine of the running embedded stack ("tansu" for a state file older than the engine key)."""
+    try:
+        return str(json.loads(STACK_FILE.read_text()).get("engine", "tansu"))
+    except (OSError, ValueError, AttributeError):
+        return "tansu"
 
 
 def _stack_value(key: str, setting: str) -> str:

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from gridwatch.pipeline.kafka_io import topic_partitions
 from gridwatch.pipeline.schemas.codec import SchemaError, loads
 from gridwatch.pipeline.schemas.incidents import IncidentChange
 from gridwatch.pipeline.schemas.reports import ResidentReport
@@ -155,17 +156,8 @@ async def consume(view: IncidentView, bootstrap: str, topics: dict[str, str], st
                                 auto_offset_reset="earliest", fetch_max_wait_ms=100)
     await consumer.start()
     try:
-        tps: list[TopicPartition] = []
-        for name in topics.values():
-            parts = consumer.partitions_for_topic(name)
-            for _ in range(50):
-                if parts:
-                    break
-                await consumer.topics()  # refreshes the cluster metadata
-                parts = consumer.partitions_for_topic(name)
-                if not parts:
-                    await asyncio.sleep(0.2)
-            tps += [TopicPartition(name, p) for p in sorted(parts or [])]
+        parts = await topic_partitions(bootstrap, list(topics.values()), wait_s=10.0)
+        tps = [TopicPartition(name, p) for name, ps in parts.items() for p in ps]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         kinds = {v: k for k, v in topics.items()}

@@ -81,8 +81,8 @@ class Feeder:
 
 
 @pytest.fixture
-def own_stack() -> Iterator[EmbeddedStack]:
-    with EmbeddedStack() as s:
+def own_stack(kafka_engine: str) -> Iterator[EmbeddedStack]:
+    with EmbeddedStack(engine=kafka_engine) as s:
         yield s
 
 
