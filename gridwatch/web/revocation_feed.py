@@ -44,12 +44,13 @@ async def follow(revoked: Revocations, bootstrap: str, topic: str, stop: asyncio
         try:
             await consumer.start()
             parts = None
-            for _ in range(50):
+            while not parts:  # the topic appears with the first audit entry of any instance: wait for it
+                if stop.is_set():
+                    return
                 await consumer.topics()
                 parts = consumer.partitions_for_topic(topic)
-                if parts:
-                    break
-                await asyncio.sleep(0.2)
+                if not parts:
+                    await asyncio.sleep(0.5)
             tps = [TopicPartition(topic, p) for p in sorted(parts or [])]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
