@@ -41,9 +41,11 @@ def engines(config: pytest.Config) -> list[str]:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    in_both = any(d in metafunc.definition.path.parts for d in BOTH_ENGINE_PATHS)
-    if in_both and "kafka_engine" in metafunc.fixturenames:
-        metafunc.parametrize("kafka_engine", engines(metafunc.config), scope="session")
+    # Every test that uses a stack gets its engine as a parameter, Tansu where it is not in BOTH_ENGINE_PATHS:
+    # an unparametrized test would otherwise reuse whichever session stack pytest set up last.
+    if "kafka_engine" in metafunc.fixturenames:
+        in_both = any(d in metafunc.definition.path.parts for d in BOTH_ENGINE_PATHS)
+        metafunc.parametrize("kafka_engine", engines(metafunc.config) if in_both else ["tansu"], scope="session")
 
 
 @pytest.fixture(scope="session")
