@@ -18,9 +18,12 @@ import logging
 import time
 from typing import Any
 
+from faust.types import TP
+
+from gridwatch.compat import fetch_position
 from gridwatch.pipeline.schemas.codec import SchemaError
 from gridwatch.pipeline.schemas.events import order_header
-from gridwatch.pipeline.schemas.readings import ReadingBatch
+from gridwatch.pipeline.schemas.readings import ReadingBatch, is_end_of_input
 
 from .partition_state import TelemetryProcessor
 from .rules.base import load_rules
@@ -49,6 +52,7 @@ def install(ctx: AgentContext) -> Any:
     async def _forget(app_: Any, revoked: Any = None, **kwargs: Any) -> None:
         processor.reset()
         marks.forget()
+        processed.clear()
 
     @app.on_partitions_assigned.connect
     async def _own(app_: Any, assigned: Any = None, **kwargs: Any) -> None:
@@ -61,10 +65,21 @@ def install(ctx: AgentContext) -> Any:
 
     sending = asyncio.Lock()  # one control record at a time: an idle marker never overtakes a newer mark
 
+    processed: dict[int, int] = {}  # readings partition -> offset of the last batch processed
+
+    def backlog(name: str) -> bool:
+        """Input of this readings partition in Kafka or fetched that the agent has not processed yet."""
+        partition = int(name.rpartition(":")[2])
+        highwater, position = fetch_position(app, TP(settings.topic("readings"), partition))
+        if highwater is None:
+            return False
+        done = processed.get(partition)
+        return (position is not None and highwater > position) or (done is not None and highwater > done + 1)
+
     async def announce() -> None:
         """Send the marks that are due as one control record to every events partition."""
         async with sending:
-            rec = marks.due(time.monotonic())
+            rec = marks.due(time.monotonic(), backlog)
             if rec is None:
                 return
             value = rec.encode()
@@ -81,6 +96,11 @@ def install(ctx: AgentContext) -> Any:
     async def telemetry(stream: Any) -> None:
         async for event in stream.events():
             partition = event.message.partition
+            processed[partition] = event.message.offset  # set before the work: an error path is processed too
+            if is_end_of_input(event.message.headers):
+                marks.ended(partition)
+                await announce()
+                continue
             try:
                 batch = ReadingBatch.decode(event.value)
             except SchemaError as e:

@@ -5,7 +5,8 @@ events of a batch are confirmed, the partition's high mark is *confirmed*: no ev
 a lower order ts. Every ``interval`` (wall clock) the marks that moved since they were last sent go out
 as one control record per events partition (see agents/telemetry.py for the sending).
 
-Idleness (Flink's ``withIdleness``): a partition without input for ``idle_s`` (wall clock) is announced
+Idleness (Flink's ``withIdleness``): a partition without input for ``idle_s`` (wall clock), and with
+nothing of it left unprocessed in Kafka (the ``backlog`` of :meth:`WatermarkSender.due`), is announced
 idle once, so it does not hold the merge back. Waking up is the delicate part: after a pause (a replay
 fed into a waiting worker, a quiet night) one partition's input may be processed entirely before another
 partition's input, which is already in Kafka, is even fetched; had that other partition stayed "idle",
@@ -22,6 +23,7 @@ No Kafka here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gridwatch.pipeline.schemas.events import UpstreamMark, Watermarks
@@ -73,13 +75,19 @@ class WatermarkSender:
         u = self.ups.setdefault(name, _Upstream(0, now))
         u.mark, u.last_input = max(u.mark, mark), now
 
-    def due(self, now: float) -> Watermarks | None:
-        """The control record to send now (new, moved, woken or newly idle marks), or None."""
+    def due(self, now: float, backlog: Callable[[str], bool] | None = None) -> Watermarks | None:
+        """The control record to send now (new, moved, woken or newly idle marks), or None.
+
+        ``backlog(name)``: whether the partition still has input in Kafka or in the consumer's buffers
+        that this worker has not processed. Such a partition is not quiet but starved (the worker was
+        busy with the others, or the machine stalled), so it is never announced idle: its input would
+        arrive late. Idleness then depends on what is in Kafka, not on how fast this machine is."""
         marks: dict[str, UpstreamMark] = {}
         for name, u in self.ups.items():
             if u.idle:
                 continue
-            if name not in self.busy and now - u.last_input >= self.idle_s:
+            quiet = name not in self.busy and now - u.last_input >= self.idle_s
+            if quiet and not (backlog is not None and backlog(name)):
                 u.idle, u.wake, u.sent = True, False, u.mark
                 marks[name] = UpstreamMark(u.mark, idle=True)
             else:
@@ -96,6 +104,13 @@ class WatermarkSender:
         if self.advance_slack_s <= 0 or u.mark <= 0 or name in self.busy:
             return u.mark
         return u.mark + max(0, int((now - u.last_input - self.advance_slack_s) * 1000))
+
+    def ended(self, partition: int) -> None:
+        """The producer of this partition's input said it has no more: idle now, at its confirmed mark
+        (announced by the next :meth:`due`); new input wakes it as after any idleness."""
+        u = self.ups.setdefault(self.name(partition), _Upstream(0, 0.0))
+        self.busy.discard(self.name(partition))
+        u.last_input = float("-inf")
 
     def forget(self) -> None:
         """After a rebalance: the partitions may belong to another worker now (it announces them)."""

@@ -229,6 +229,28 @@ class _PlateOrt:
 
 
 
+def _partition_state(consumer: AIOKafkaConsumer, tp: Any) -> Any:
+    """aiokafka's fetch state of an assigned partition (position, highwater), or None."""
+    subscription = consumer._fetcher._subscriptions.subscription
+    assignment = subscription.assignment if subscription is not None else None
+    return assignment.state_value(TopicPartition(tp.topic, tp.partition)) if assignment is not None else None
+
+
+def fetch_position(app: Any, tp: Any) -> tuple[int | None, int | None]:
+    """(highwater, fetch position) that a Faust worker's consumer knows for an assigned partition; None
+    where it does not know yet. Read from the consumer thread's state without a call into it (two ints),
+    so a timer of the agents' loop can ask cheaply. Checked on the versions of ``require_checked``."""
+    thread = getattr(app.consumer, "_thread", None)
+    consumer = getattr(thread, "_consumer", None) if thread is not None else None
+    if consumer is None:
+        return None, None
+    state = _partition_state(consumer, tp)
+    if state is None:
+        return None, None
+    position = state.position if state.has_valid_position else None
+    return state.highwater, position
+
+
 def install_faust_event_path_fix() -> None:
     """Keep Faust's livelock check from crashing the worker on a partition that has no position yet.
 
@@ -247,9 +269,7 @@ def install_faust_event_path_fix() -> None:
     original = driver.AIOKafkaConsumerThread.verify_event_path
 
     def verify_event_path(self, now, tp):  # type: ignore[no-untyped-def]
-        subscription = self._ensure_consumer()._fetcher._subscriptions.subscription
-        assignment = subscription.assignment if subscription is not None else None
-        state = assignment.state_value(TopicPartition(tp.topic, tp.partition)) if assignment is not None else None
+        state = _partition_state(self._ensure_consumer(), tp)
         if state is None or not state.has_valid_position:
             return None
         return original(self, now, tp)

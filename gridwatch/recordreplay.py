@@ -292,7 +292,8 @@ def run_replay(settings: Settings, args: argparse.Namespace) -> int:
                 done = asyncio.run(wait_processed(settings, st.frame_offsets, args.timeout, fprogress, "frames"))
             if done and "incidents" in (replay_agents(settings, bool(frames)) or "incidents").split(","):
                 line.show("worker: waiting for the incident agent's event-time merge to drain")
-                done = asyncio.run(wait_events_merged(settings, settings.worker.upstream_idle_s, args.timeout))
+                done = asyncio.run(wait_events_merged(settings, settings.worker.watermark_interval_s + 1.0,
+                                                        args.timeout))
             line.show("worker: all readings processed" if done else "worker: timed out", final=True)
             if not done:
                 code = 4

@@ -44,6 +44,7 @@ from gridwatch.core.settings import Settings
 from gridwatch.pipeline.kafka_io import ensure_topics, start_producer
 from gridwatch.pipeline.recordreplay.recording import RecordedFrame, RecordedMessage, RecordingReader, scan
 from gridwatch.pipeline.schemas.mqtt_topics import ALERT_PREFIX, STATS_PREFIX, replay_prefix
+from gridwatch.pipeline.schemas.readings import end_of_input
 from gridwatch.pipeline.sources.ingest import Routed, Router, kafka_records
 
 log = logging.getLogger("gridwatch.replay")
@@ -308,6 +309,13 @@ class Replayer:
                     self._report(lo, hi, loop.time() - t0)
             if routed:
                 await send(routed)
+            if not stop.is_set():  # the input has ended: the worker need not wait for silence
+                readings = self.settings.topic("readings")
+                futs = []
+                for partition in range(partitions):
+                    value, headers = end_of_input(partition)
+                    futs.append(await producer.send(readings, value, partition=partition, headers=headers))
+                pending.append(asyncio.ensure_future(self._confirm(futs)))
             for p in pending:
                 await p
         finally:
@@ -387,17 +395,17 @@ async def wait_processed(settings: Settings, end_offsets: dict[int, int], timeou
     return False
 
 
-async def wait_events_merged(settings: Settings, idle_s: float, timeout: float = 600.0) -> bool:
+async def wait_events_merged(settings: Settings, settle_s: float, timeout: float = 600.0) -> bool:
     """After the readings: wait until the workers consumed every ``<ns>.events`` record, idle markers included.
 
     The incident agent releases the last grid events of a readings partition only once the telemetry
-    agent has announced that partition idle (``worker.upstream_idle_s`` without readings; see
-    agents/event_order.py), so a replay that stopped its worker right after the readings would lose
-    the run's last incidents.
+    agent has announced that partition idle (here at once: the replay ends every readings partition with
+    an end-of-input marker; see agents/event_order.py), so a replay that stopped its worker right after
+    the readings would lose the run's last incidents. ``settle_s``: how long the idle markers take to go out.
     """
     from gridwatch.pipeline.recordreplay.compare import high_watermarks
 
-    await asyncio.sleep(idle_s + 1.0)  # the idle markers are out by then
+    await asyncio.sleep(settle_s)  # the idle markers are out by then
     end = await high_watermarks(settings, settings.topic("events"))
     return await wait_processed(settings, {p: o for p, o in end.items() if o > 0}, timeout, family="events")
 
@@ -408,7 +416,10 @@ def worker_env(ns: str, settings: Settings | None = None) -> dict[str, str]:
     env = {"GRIDWATCH_MQTT_ALERT_PREFIX": replay_prefix(ns, ALERT_PREFIX),
            "GRIDWATCH_MQTT_STATS_PREFIX": replay_prefix(ns, STATS_PREFIX),
            "GRIDWATCH_INFLUX_ENABLED": "false",
-           "GRIDWATCH_WORKER_WALL_CLOCK_ADVANCE_SLACK_S": "0"}  # order by the data alone, never by speed
+           # order by the data alone, never by the machine's speed: no wall-clock advance of the marks, and
+           # a partition idles at the replay's end-of-input marker (or after a day), not after a pause of this machine
+           "GRIDWATCH_WORKER_WALL_CLOCK_ADVANCE_SLACK_S": "0",
+           "GRIDWATCH_WORKER_UPSTREAM_IDLE_S": "86400"}
     if settings is not None:
         from gridwatch.pipeline.sources.camera_service import evidence_root
 

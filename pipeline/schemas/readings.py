@@ -58,3 +58,21 @@ class ReadingBatch:
             raise SchemaError(f"reading batch: unsupported schema version {v} (this worker reads {VERSION})")
         items = require(d, "readings", list, "reading batch")
         return cls(partition=require(d, "p", int, "reading batch"), readings=[Reading.from_dict(x) for x in items])
+
+
+# A producer that knows its input has ended (``gridwatch replay`` after the last recorded message) sends
+# an empty batch with this header to every readings partition: the worker announces that partition idle
+# at once instead of after ``worker.upstream_idle_s`` of silence, so a replay's event-time merge never
+# depends on a pause of the machine (see agents/watermarks.py).
+END_OF_INPUT_HEADER = "gw-end-of-input"
+
+
+def end_of_input(partition: int) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """(value, headers) of the end-of-input marker for a readings partition."""
+    return ReadingBatch(partition).encode(), [(END_OF_INPUT_HEADER, b"1")]
+
+
+def is_end_of_input(headers: Any) -> bool:
+    """Whether a readings record's headers (pairs or a mapping) mark the end of its producer's input."""
+    items = headers.items() if isinstance(headers, dict) else (headers or ())
+    return any(name == END_OF_INPUT_HEADER for name, _ in items)

@@ -29,3 +29,18 @@ def incident_keys(stack: Any, prefix: str) -> set[tuple]:
         inc = d["incident"]
         out.add((inc["id"], inc["version"], d["change"], inc["status"], inc["level"], d["ts"]))
     return out
+
+
+def late_events(stack: Any, prefix: str) -> int:
+    """The most grid events the incident agent applied late (out of event-time order) on any of its
+    partitions: the ``late`` counter of the merge state it checkpoints (agents/event_order.py)."""
+    topic = f"gridwatch-{prefix}-incidents-changelog"
+    most = 0
+    for raw in asyncio.run(read_topic_all(settings_for(stack, prefix), topic)):
+        try:
+            d = json.loads(raw) if raw else None
+        except ValueError:
+            continue
+        if isinstance(d, dict) and "ups" in d and "late" in d:
+            most = max(most, int(d["late"]))
+    return most

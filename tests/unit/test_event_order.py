@@ -350,3 +350,34 @@ def test_a_restarted_processor_releases_what_was_buffered_before_the_crash():
     restarted = IncidentProcessor(load_incident_config(), CITY.gridmap, store)
     assert [c.encode() for c in feed(rest, restarted, store)] == [c.encode() for c in whole[1:]]
     assert not any(k.startswith("q:0:") for k in store.data)
+
+
+def test_a_starved_partition_with_input_waiting_in_kafka_is_never_announced_idle():
+    """A partition the worker has not got round to (busy with the others, or the machine stalled) is not
+    quiet: announcing it idle would let the merge release past input that is already in Kafka."""
+    s = WatermarkSender("readings", idle_s=1.0)
+    s.assigned(1, now=0.0)
+    s.assigned(2, now=0.0)
+    waiting = {"readings:1": True, "readings:2": False}
+    s.due(0.0)
+    for p in (1, 2):
+        s.begin(p, now=0.1)
+        s.confirmed(p, 100, now=0.1)
+    s.due(0.2)
+    assert s.due(2.0, waiting.__getitem__) == Watermarks({"readings:2": UpstreamMark(100, idle=True)})
+    assert s.due(5.0, waiting.__getitem__) is None  # still starved, still not idle
+    waiting["readings:1"] = False  # caught up and quiet now
+    assert s.due(5.1, waiting.__getitem__) == Watermarks({"readings:1": UpstreamMark(100, idle=True)})
+
+
+def test_an_ended_partition_is_announced_idle_at_once_and_wakes_with_new_input():
+    s = WatermarkSender("readings", idle_s=86_400.0)
+    s.assigned(0, now=0.0)
+    s.begin(0, now=0.1)
+    s.confirmed(0, 300, now=0.1)
+    assert s.due(0.2) == Watermarks({"readings:0": UpstreamMark(300)})
+    assert s.due(100.0) is None  # silence alone is not the end here
+    s.ended(0)
+    assert s.due(100.1) == Watermarks({"readings:0": UpstreamMark(300, idle=True)})
+    assert s.begin(0, now=101.0) is True  # input after the end: active again, announced first
+    assert s.due(101.0) == Watermarks({"readings:0": UpstreamMark(300)})
