@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -60,3 +61,13 @@ def stack(kafka_engine: str) -> Iterator[EmbeddedStack]:
     whole session; tests isolate by topic prefix."""
     with EmbeddedStack(engine=kafka_engine) as s:
         yield s
+
+
+@pytest.fixture(scope="module")
+def receivers() -> Iterator[Any]:
+    """Local WeCom / DingTalk robots and a 12345 hotline system on real HTTP (tests/office_receivers.py)."""
+    from tests.office_receivers import OfficeReceivers
+
+    r = OfficeReceivers()
+    yield r
+    r.close()

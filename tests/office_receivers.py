@@ -17,10 +17,14 @@ import hmac
 import json
 import threading
 import time
+import uuid
+from pathlib import Path
 from typing import Any
 
+import yaml
 from aiohttp import web
 
+from gridwatch.agents.routing import DEFAULT_PATH
 from gridwatch.stack import free_port
 
 WECOM_KEY = "wecom-key-693a91f6"
@@ -180,6 +184,16 @@ class OfficeReceivers:
              "secret_env": "TEST_HOTLINE_SECRET", "max_attempts": 4, "backoff_s": 0.05},
         ]
         return [{**e, **overrides.get(e["name"], {})} for e in entries]
+
+    def worker_env(self, folder: Path) -> dict[str, str]:
+        """Env of a worker whose incident channels point here: the shipped incidents config with these
+        ``channels:`` written into ``folder``, and the secrets they name."""
+        cfg = yaml.safe_load(DEFAULT_PATH.read_text())
+        cfg["channels"] = self.channels()
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"incidents-{uuid.uuid4().hex[:8]}.yaml"
+        path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+        return {"GRIDWATCH_INCIDENTS_CONFIG": str(path), **self.env()}
 
     @staticmethod
     def env() -> dict[str, str]:

@@ -18,13 +18,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import yaml
 from aiokafka import AIOKafkaProducer
 
-from gridwatch.agents.routing import DEFAULT_PATH
 from gridwatch.pipeline.schemas.reports import ResidentReport, report_id
 from tests.e2e.test_telemetry_e2e import CITY, NIGHT, REG, send
-from tests.harness import ARTIFACTS, MqttPublisher, Pipeline, wait_for
+from tests.harness import MqttPublisher, Pipeline, wait_for
 from tests.office_receivers import OfficeReceivers
 from tests.web.conftest import Api, start_api
 
@@ -36,24 +34,11 @@ def manholes_in(town: str) -> list[Any]:
 
 
 @pytest.fixture(scope="module")
-def receivers() -> Iterator[OfficeReceivers]:
-    r = OfficeReceivers()
-    yield r
-    r.close()
-
-
-@pytest.fixture(scope="module")
-def pipe(stack, receivers) -> Iterator[Pipeline]:
-    cfg = yaml.safe_load(DEFAULT_PATH.read_text())
-    cfg["channels"] = receivers.channels()
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    path = ARTIFACTS / f"offices-e2e-{int(time.time())}.yaml"
-    path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
-    p = Pipeline(stack.kafka_url, stack.mqtt_url, env={"GRIDWATCH_INCIDENTS_CONFIG": str(path), **receivers.env()})
+def pipe(stack, receivers, tmp_path_factory) -> Iterator[Pipeline]:
+    p = Pipeline(stack.kafka_url, stack.mqtt_url, env=receivers.worker_env(tmp_path_factory.mktemp("offices")))
     p.start()
     yield p
     p.stop()
-    path.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module")

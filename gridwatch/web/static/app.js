@@ -603,7 +603,9 @@ function renderSource(inc, src) {
       : t("detail.resident_report", { type: typeLabel(src.type) })),
     src.level ? [" ", h("span", { class: `badge ${src.level}` }, levelLabel(src.level))] : null,
     src.kind === "event" ? [" ", h("span", { class: "badge" }, src.active ? t("detail.active") : t("detail.cleared"))] : null),
-    h("div", { class: "muted small" }, [tc("origin", src.origin), src.subject, fmtTime(src.ts)].filter(Boolean).join(" · ")),
+    h("div", { class: "muted small" }, [src.origin === "hotline" && src.external_id
+      ? t("origin.hotline_order", { id: src.external_id }) : tc("origin", src.origin), src.subject, fmtTime(src.ts)]
+      .filter(Boolean).join(" · ")),
     src.message ? h("div", { dataset: { original: src.message } }, messageText(src.message, src.type, src.kind)) : null,
     rep && rep.address ? h("div", { class: "small" }, t("detail.address", { address: rep.address })) : null,
     ev.length && cols.length ? h("table", { class: "evidence" },
