@@ -139,9 +139,37 @@ def cmd_worker(args: argparse.Namespace) -> int:
     app = create_app(settings, agents=args.agents or None)  # None: worker.agents from the settings
     log.info("worker starting: app %s, broker %s, topics %s.*", app.conf.id, settings.kafka_bootstrap(),
              settings.kafka.topic_prefix)
-    worker = Worker(app, loglevel=args.log_level, quiet=True, redirect_stdouts=False)
+    worker = bounded_worker(Worker, settings.worker.shutdown_s)(app, loglevel=args.log_level, quiet=True,
+                                                                 redirect_stdouts=False)
     worker.execute_from_commandline()
     return 0
+
+
+def bounded_worker(base: type, limit_s: float) -> type:
+    """Faust's Worker whose SIGTERM / SIGINT also arms the shutdown watchdog: Faust's own stop waits on
+    the broker (commits, the consumer group), so with Kafka frozen it ignored SIGTERM for minutes. What
+    was not committed is redelivered to the next worker; a second signal ends it at once."""
+    from gridwatch.core.shutdown import arm_watchdog, hard_exit
+
+    class BoundedWorker(base):  # type: ignore[misc, valid-type]
+        _stopping = False
+
+        def _arm(self, name: str) -> None:
+            if self._stopping:
+                hard_exit("worker", f"second {name}")
+            self._stopping = True
+            log.info("worker: %s received, stopping (at most %.0fs)", name, limit_s)
+            arm_watchdog(limit_s, "worker", name)
+
+        def _on_sigint(self) -> None:
+            self._arm("SIGINT")
+            super()._on_sigint()
+
+        def _on_sigterm(self) -> None:
+            self._arm("SIGTERM")
+            super()._on_sigterm()
+
+    return BoundedWorker
 
 
 def cmd_cameras(args: argparse.Namespace) -> int:

@@ -96,6 +96,7 @@ class WorkerSettings:
     # time) than the newest event of its partition.
     alert_dedupe_retention_s: float = 604800
     log_level: str = "info"
+    shutdown_s: float = 10.0  # SIGTERM/SIGINT: exit at most this long after (uncommitted input is redelivered)
     # Agents this worker runs: "" = the defaults (all but opt-in ones such as vision), "+vision" = the
     # defaults plus vision, "all", or an explicit list "vision" / "telemetry,alerts".
     agents: str = ""
@@ -306,7 +307,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "web.session_ttl_s": (1, 366 * 86_400, False), "web.max_body_bytes": (1, 1 << 31, False),
     "web.chat_import_max": (1, 1_000_000, False), "worker.offline_scan_s": (0, math.inf, True),
     "worker.presence_checkpoint_s": (0, math.inf, True), "worker.watermark_interval_s": (0, math.inf, True),
-    "worker.upstream_idle_s": (0, math.inf, True), "influx.batch_size": (1, 10_000_000, False),
+    "worker.upstream_idle_s": (0, math.inf, True), "worker.shutdown_s": (0, 3600, True), "influx.batch_size": (1, 10_000_000, False),
     "influx.flush_interval_ms": (1, math.inf, False), "influx.max_pending_points": (1, 1 << 40, False),
     "influx.writers": (1, 1_000, False), "influx.timeout_s": (0, math.inf, True),
     "influx.presence_interval_s": (1, math.inf, False),

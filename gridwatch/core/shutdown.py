@@ -21,25 +21,32 @@ log = logging.getLogger("gridwatch")
 EXIT_WATCHDOG = 3
 
 
+def hard_exit(what: str, reason: str) -> None:
+    msg = f"{what}: {reason}; exiting without waiting any longer (nothing unconfirmed was acknowledged)"
+    log.error(msg)
+    print(msg, file=sys.stderr, flush=True)
+    os._exit(EXIT_WATCHDOG)
+
+
+def arm_watchdog(limit_s: float, what: str, signame: str) -> None:
+    """End the process ``limit_s`` from now, whatever it is doing (a daemon thread: a blocked event loop
+    or a broker that never answers cannot hold it)."""
+    timer = threading.Timer(limit_s, hard_exit, args=(what, f"still running {limit_s:.0f}s after {signame}"))
+    timer.daemon = True
+    timer.start()
+
+
 def install_stop_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event, limit_s: float, what: str) -> None:
     """SIGINT/SIGTERM set ``stop``; ``limit_s`` later (or on a second signal) the process exits."""
-
-    def hard_exit(reason: str) -> None:
-        msg = f"{what}: {reason}; exiting without waiting any longer (nothing unconfirmed was acknowledged)"
-        log.error(msg)
-        print(msg, file=sys.stderr, flush=True)
-        os._exit(EXIT_WATCHDOG)
 
     def on_signal(signum: int, frame: object) -> None:
         # A plain signal handler (not the loop's): it runs even while the event loop is blocked.
         name = signal.Signals(signum).name
         if stop.is_set():
-            hard_exit(f"second {name}")
+            hard_exit(what, f"second {name}")
         log.info("%s: %s received, stopping (at most %.0fs)", what, name, limit_s)
         loop.call_soon_threadsafe(stop.set)
-        timer = threading.Timer(limit_s, hard_exit, args=(f"still running {limit_s:.0f}s after {name}",))
-        timer.daemon = True
-        timer.start()
+        arm_watchdog(limit_s, what, name)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
