@@ -36,6 +36,10 @@ def store_url(settings: Settings) -> str:
 
 
 def make_engine(url: str) -> Engine:
+    if url in ("sqlite://", "sqlite:///:memory:"):  # one shared in-memory database (unit tests)
+        from sqlalchemy.pool import StaticPool
+
+        return create_engine("sqlite://", connect_args={"check_same_thread": False}, poolclass=StaticPool)
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -228,3 +232,21 @@ class Store:
         with self.engine.connect() as conn:
             raw = conn.execute(q).scalar()
         return _doc(raw) if raw else None
+
+    # ------------------------------------------------------------------------------ retention
+    def purge(self, years: int, now_ms: int | None = None) -> int:
+        """Delete case files closed more than ``years`` ago (incident, versions, areas, report joins),
+        and reports, actions and grid events older than that. Open cases are kept whatever their age."""
+        import time
+
+        cutoff = (now_ms if now_ms is not None else int(time.time() * 1000)) - int(years * 365.25 * 86_400_000)
+        i = t.incidents
+        with self.engine.begin() as conn:
+            old = select(i.c.id).where(i.c.closed_ts.is_not(None), i.c.closed_ts < cutoff)
+            for table, col in ((t.incident_versions, "id"), (t.incident_areas, "incident_id"),
+                               (t.report_incident, "incident_id"), (t.actions, "incident_id")):
+                conn.execute(table.delete().where(table.c[col].in_(old)))
+            n = conn.execute(i.delete().where(i.c.id.in_(old.scalar_subquery()))).rowcount
+            conn.execute(t.reports.delete().where(t.reports.c.requested_ms < cutoff))
+            conn.execute(t.grid_events.delete().where(t.grid_events.c.ts < cutoff))
+        return n or 0

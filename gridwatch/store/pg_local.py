@@ -8,11 +8,12 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from gridwatch.stack import free_port
 
 
 def pg_bindir() -> Path:
@@ -24,12 +25,6 @@ def pg_bindir() -> Path:
         return Path(shutil.which("initdb") or "").parent
     raise RuntimeError("PostgreSQL is not installed (initdb not found): run `./run setup` "
                        "(apt package postgresql)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
