@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -68,7 +69,7 @@ async def _live_records(bootstrap: str, topics: list[str]) -> int:
         await c.seek_to_beginning(*tps)
         ends = await c.end_offsets(tps)
         n = 0
-        while any(await c.position(tp) < ends[tp] for tp in tps):
+        while [tp for tp in tps if await c.position(tp) < ends[tp]]:
             got = await c.getmany(timeout_ms=500)
             n += sum(1 for rs in got.values() for r in rs if r.value is not None)
             if not got:
@@ -107,7 +108,7 @@ def test_a_restarted_api_serves_incidents_kafka_no_longer_holds(kafka: str, stor
         records.append((f"{prefix}.reports", grid, ResidentReport(rid, "manhole_cover", "cover gone", inc.lat, inc.lon,
                                                                   inc.created_ts, grid).encode()))
         records.append((f"{prefix}.incidents", grid, _encode(change(inc))))
-        inc.version, inc.status = 2, "dispatched"
+        inc = incident(grid, ts=ts0 + n * 60_000, report_ids=(rid,), status="dispatched", version=2)
         records.append((f"{prefix}.incidents", grid, _encode(change(inc, "action"))))
         made.append((inc, rid))
     env = {"GRIDWATCH_STORE_URL": store_url, "GRIDWATCH_KAFKA_TANSU_QUIRKS": "off",
@@ -141,8 +142,9 @@ def test_a_restarted_api_serves_incidents_kafka_no_longer_holds(kafka: str, stor
         stats = api.get(f"/api/stats?month={month}", token=token).json()
         assert stats["month"] == month and stats["overall"]["incidents"] == len(made)
         assert month in stats["months"]
-        start = (last_month - timedelta(days=2)).isoformat()
+        start = urllib.parse.quote((last_month - timedelta(days=2)).isoformat())
         rows = api.get(f"/open311/v2/requests.json?start_date={start}").json()
+        assert isinstance(rows, list), rows
         assert {rid for _, rid in made} <= {r["service_request_id"] for r in rows}
     finally:
         api.proc.stop()
