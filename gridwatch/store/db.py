@@ -122,7 +122,7 @@ class Store:
         with self.engine.begin() as conn:
             self._upsert(conn, t.incident_versions, batch.versions, ("id", "version"))
             self._upsert(conn, t.incidents, batch.latest, ("id",), newer="version")
-            self._upsert(conn, t.incident_areas, batch.areas, ("code", "incident_id"), newer="updated_ts")
+            self._upsert(conn, t.incident_areas, batch.areas, ("code", "incident_id"), newer="version")
             self._upsert(conn, t.report_incident, batch.joins, ("report_id",), update=("incident_id",))
             self._upsert(conn, t.reports, batch.reports, ("service_request_id",))
             self._upsert(conn, t.actions, batch.actions, ("id",))
@@ -172,6 +172,26 @@ class Store:
             q = q.where(i.c.tier == tier)
         with self.engine.connect() as conn:
             return [_doc(raw) for raw in conn.execute(q).scalars()]
+
+    def page(self, scope: str, limit: int, *, statuses: Iterable[str] = (), levels: Iterable[str] = (),
+             tier: str = "") -> tuple[int, list[dict[str, Any]]]:
+        """(total, the first ``limit``) of the console's list under ``scope``: open before closed, red
+        first, newest first, walking the (code, list_rank, updated_ts) index."""
+        i, a = t.incidents, t.incident_areas
+        cond = [a.c.code == scope]
+        statuses, levels = list(statuses), list(levels)
+        joined = bool(statuses or levels or tier)
+        if statuses:
+            cond.append(i.c.status.in_(statuses))
+        if levels:
+            cond.append(i.c.level.in_(levels))
+        if tier:
+            cond.append(i.c.tier == tier)
+        rows = (select(i.c.doc).join(a, a.c.incident_id == i.c.id).where(*cond)
+                .order_by(a.c.list_rank, a.c.updated_ts.desc()).limit(limit))
+        count = select(func.count()).select_from(a.join(i, a.c.incident_id == i.c.id) if joined else a).where(*cond)
+        with self.engine.connect() as conn:
+            return conn.execute(count).scalar() or 0, [_doc(raw) for raw in conn.execute(rows).scalars()]
 
     def months(self, scope: str) -> list[str]:
         """Months (YYYY-MM, city time) with incidents under ``scope``, newest first."""

@@ -14,12 +14,19 @@ from zoneinfo import ZoneInfo
 
 from gridwatch.pipeline.schemas.codec import SchemaError, loads
 from gridwatch.pipeline.schemas.events import is_control
-from gridwatch.pipeline.schemas.incidents import IncidentChange
+from gridwatch.pipeline.schemas.incidents import LEVELS, IncidentChange
 from gridwatch.pipeline.schemas.reports import ResidentReport
 
 log = logging.getLogger("gridwatch.store")
+CLOSED_STATUSES = ("resolved", "evaluated", "closed", "cancelled")  # as the api shows them (web/views.py)
 KINDS = ("incidents", "reports", "actions", "events")
 VALIDATE = {"incidents": IncidentChange.decode, "reports": ResidentReport.decode}
+
+
+def list_rank(status: str, level: str) -> int:
+    """The console's order as one number (smaller first): open before closed, then red, yellow, blue."""
+    lv = LEVELS.index(level) if level in LEVELS else 0
+    return (3 if status in CLOSED_STATUSES else 0) + (len(LEVELS) - 1 - lv)
 
 
 def _json(d: dict[str, Any]) -> str:
@@ -74,13 +81,16 @@ class Batch:
         if cur is not None and cur["version"] >= ver:
             return
         month = self.month(inc["created_ts"])
+        rank = list_rank(inc["status"], inc["level"])
         self.latest[iid] = {"id": iid, "version": ver, "status": inc["status"], "level": inc["level"],
                             "category_group": inc["category_group"], "tier": inc["tier"],
                             "grid_code": inc["grid_code"], "created_ts": inc["created_ts"], "created_month": month,
-                            "updated_ts": inc["updated_ts"], "closed_ts": inc.get("closed_ts"), "doc": _json(inc)}
+                            "updated_ts": inc["updated_ts"], "closed_ts": inc.get("closed_ts"), "list_rank": rank,
+                            "doc": _json(inc)}
         for tier in inc.get("tiers", []):
-            self.areas[(tier["code"], iid)] = {"code": tier["code"], "incident_id": iid, "created_month": month,
-                                               "updated_ts": inc["updated_ts"]}
+            self.areas[(tier["code"], iid)] = {"code": tier["code"], "incident_id": iid, "version": ver,
+                                               "created_month": month, "updated_ts": inc["updated_ts"],
+                                               "list_rank": rank}
         for s in inc.get("sources", []):
             if s.get("kind") == "report":
                 self.joins[s["id"]] = {"report_id": s["id"], "incident_id": iid}

@@ -34,6 +34,7 @@ incidents = Table(
     Column("created_month", String(7), nullable=False),  # YYYY-MM in the city's time zone
     Column("updated_ts", BigInteger, nullable=False),
     Column("closed_ts", BigInteger),
+    Column("list_rank", Integer, nullable=False),  # console order: open before closed, red before blue
     Column("doc", Text, nullable=False),  # the Incident as JSON
     Index("ix_incidents_month", "created_month", "status"),
     Index("ix_incidents_updated", "updated_ts"),
@@ -45,10 +46,12 @@ incident_areas = Table(
     "incident_areas", metadata,
     Column("code", String(40), primary_key=True),
     Column("incident_id", String(80), primary_key=True),
+    Column("version", Integer, nullable=False),
     Column("created_month", String(7), nullable=False),
     Column("updated_ts", BigInteger, nullable=False),
+    Column("list_rank", Integer, nullable=False),
     Index("ix_areas_month", "code", "created_month"),
-    Index("ix_areas_updated", "code", "updated_ts"),
+    Index("ix_areas_list", "code", "list_rank", "updated_ts"),  # the console's first page by scope
 )
 
 reports = Table(

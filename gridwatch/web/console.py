@@ -194,9 +194,8 @@ async def put_preferences(request: web.Request) -> web.Response:
 
 
 # ---------------------------------------------------------------------------------------- incidents
-def _filtered(request: web.Request, op: Operator, month: str = "") -> list[dict[str, Any]]:
-    """The operator's incidents matching the query's filters: area, tier, level and status (and the
-    month) in SQL on the store's indexes; category (groups or source types) and supervision here."""
+def _sql_filters(request: web.Request, op: Operator) -> tuple[str, dict[str, Any]]:
+    """(area code, filters) of the query that SQL answers on the store's indexes: area, tier, level, status."""
     c = ctx(request)
     q = request.query
     area = q.get("area") or q.get("grid") or ""
@@ -211,13 +210,21 @@ def _filtered(request: web.Request, op: Operator, month: str = "") -> list[dict[
         statuses = [s for s in STATUSES if s in want or ("open" in want and s not in CLOSED_STATUSES)
                     or ("closed" in want and s in CLOSED_STATUSES)] or ["-"]  # "-": matches nothing
     levels = q["level"].split(",") if q.get("level") else []
-    incs = c.view.visible(area or op.scope, statuses=statuses, levels=levels, tier=q.get("tier", ""), month=month)
+    if q.get("supervised") and q["supervised"] not in SUPERVISED_FILTERS:
+        raise api_error(400, "supervised must be 1, 0 or overdue")
+    return area or op.scope, {"statuses": statuses, "levels": levels, "tier": q.get("tier", "")}
+
+
+def _filtered(request: web.Request, op: Operator, month: str = "") -> list[dict[str, Any]]:
+    """The operator's incidents matching the query's filters: area, tier, level and status (and the
+    month) in SQL on the store's indexes; category (groups or source types) and supervision here."""
+    q = request.query
+    scope, where = _sql_filters(request, op)
+    incs = ctx(request).view.visible(scope, month=month, **where)
     if q.get("category"):
         cats = set(q["category"].split(","))
         incs = [i for i in incs if i.get("category_group") in cats or cats & {s.get("type") for s in i["sources"]}]
     if q.get("supervised"):
-        if q["supervised"] not in SUPERVISED_FILTERS:
-            raise api_error(400, "supervised must be 1, 0 or overdue")
         incs = [i for i in incs if supervised_matches(i, q["supervised"])]
     return incs
 
@@ -238,17 +245,24 @@ def supervised_matches(inc: dict[str, Any], want: str) -> bool:
 
 
 async def list_incidents(request: web.Request) -> web.Response:
+    """Open before closed, red first, newest first. Without category or supervision filters the page
+    and the total come from SQL (an index walk, whatever the history); with them, filtered here."""
     op = require_operator(request)
-    incs = _filtered(request, op)
-    incs.sort(key=lambda i: (i["status"] in CLOSED_STATUSES, -LEVELS.index(i.get("level") or "blue"),
-                             -(i.get("updated_ts") or 0)))
+    c = ctx(request)
     try:
         limit = max(1, min(int(request.query.get("limit", "500")), 5000))
     except ValueError:
         raise api_error(400, "limit must be a number") from None
-    page = incs[:limit]
-    reports = ctx(request).view.store.reports_by_id(report_ids(page))
-    return web.json_response({"total": len(incs), "ready": ctx(request).view.ready.is_set(),
+    if request.query.get("category") or request.query.get("supervised"):
+        incs = _filtered(request, op)
+        incs.sort(key=lambda i: (i["status"] in CLOSED_STATUSES, -LEVELS.index(i.get("level") or "blue"),
+                                 -(i.get("updated_ts") or 0)))
+        total, page = len(incs), incs[:limit]
+    else:
+        scope, where = _sql_filters(request, op)
+        total, page = await asyncio.to_thread(c.view.store.page, scope, limit, **where)
+    reports = c.view.store.reports_by_id(report_ids(page))
+    return web.json_response({"total": total, "ready": c.view.ready.is_set(),
                               "incidents": [summary(i, reports) for i in page]})
 
 

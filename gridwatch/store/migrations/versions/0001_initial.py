@@ -24,15 +24,17 @@ def upgrade() -> None:
                     sa.Column("category_group", S(60), nullable=False), sa.Column("tier", S(20), nullable=False),
                     sa.Column("grid_code", S(40), nullable=False), sa.Column("created_ts", B, nullable=False),
                     sa.Column("created_month", S(7), nullable=False), sa.Column("updated_ts", B, nullable=False),
-                    sa.Column("closed_ts", B), sa.Column("doc", T, nullable=False))
+                    sa.Column("closed_ts", B), sa.Column("list_rank", N, nullable=False),
+                    sa.Column("doc", T, nullable=False))
     op.create_index("ix_incidents_month", "incidents", ["created_month", "status"])
     op.create_index("ix_incidents_updated", "incidents", ["updated_ts"])
     op.create_index("ix_incidents_status_level", "incidents", ["status", "level", "category_group"])
     op.create_table("incident_areas", sa.Column("code", S(40), primary_key=True),
-                    sa.Column("incident_id", S(80), primary_key=True),
-                    sa.Column("created_month", S(7), nullable=False), sa.Column("updated_ts", B, nullable=False))
+                    sa.Column("incident_id", S(80), primary_key=True), sa.Column("version", N, nullable=False),
+                    sa.Column("created_month", S(7), nullable=False), sa.Column("updated_ts", B, nullable=False),
+                    sa.Column("list_rank", N, nullable=False))
     op.create_index("ix_areas_month", "incident_areas", ["code", "created_month"])
-    op.create_index("ix_areas_updated", "incident_areas", ["code", "updated_ts"])
+    op.create_index("ix_areas_list", "incident_areas", ["code", "list_rank", "updated_ts"])
     op.create_table("reports", sa.Column("service_request_id", S(80), primary_key=True),
                     sa.Column("service_code", S(60), nullable=False), sa.Column("requested_ms", B, nullable=False),
                     sa.Column("grid_code", S(40), nullable=False), sa.Column("doc", T, nullable=False))
