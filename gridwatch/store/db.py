@@ -93,7 +93,8 @@ def open_store(settings: Settings, tz: str | ZoneInfo = "UTC", *, url: str | Non
 
 
 def _doc(raw: str) -> dict[str, Any]:
-    inc = json.loads(raw)
+    """The incident of a stored change record, with its area codes (``_codes``) for scope checks."""
+    inc = json.loads(raw)["incident"]
     inc["_codes"] = [x["code"] for x in inc.get("tiers", [])]
     return inc
 

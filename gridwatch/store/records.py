@@ -14,13 +14,18 @@ from zoneinfo import ZoneInfo
 
 from gridwatch.pipeline.schemas.codec import SchemaError, loads
 from gridwatch.pipeline.schemas.events import is_control
-from gridwatch.pipeline.schemas.incidents import LEVELS, IncidentChange
+from gridwatch.pipeline.schemas.incidents import LEVELS
 from gridwatch.pipeline.schemas.reports import ResidentReport
 
 log = logging.getLogger("gridwatch.store")
 CLOSED_STATUSES = ("resolved", "evaluated", "closed", "cancelled")  # as the api shows them (web/views.py)
 KINDS = ("incidents", "reports", "actions", "events")
-VALIDATE = {"incidents": IncidentChange.decode, "reports": ResidentReport.decode}
+VALIDATE = {"reports": ResidentReport.decode}
+# Incident changes are checked field by field below (the fields the store files and the api serves):
+# the full schema decode cost more than the database writes.
+INCIDENT_FIELDS = {"id": str, "version": int, "status": str, "level": str, "category_group": str, "tier": str,
+                   "grid_code": str, "created_ts": int, "updated_ts": int, "tiers": list, "sources": list,
+                   "history": list}
 
 
 def list_rank(status: str, level: str) -> int:
@@ -60,23 +65,33 @@ class Batch:
         if kind == "events" and is_control(raw):
             return None
         try:
-            if kind in VALIDATE:  # the shape the api relies on; the store keeps the JSON as produced
-                VALIDATE[kind](raw)
             rec = loads(raw)
-            {"incidents": self.add_change, "reports": self.add_report, "actions": self.add_action,
-             "events": self.add_event}[kind](rec)
+            if kind == "incidents":  # the record's own JSON is the stored document: no re-encoding
+                self.add_change(rec, raw.decode())
+            else:
+                if kind in VALIDATE:  # the shape the api relies on
+                    VALIDATE[kind](raw)
+                {"reports": self.add_report, "actions": self.add_action, "events": self.add_event}[kind](rec)
             return rec
         except (SchemaError, KeyError, TypeError, ValueError, AttributeError) as e:
             self.skipped += 1
             log.warning("store: skipping a bad %s record: %s", kind, e)
             return None
 
-    def add_change(self, change: dict[str, Any]) -> None:
+    def add_change(self, change: dict[str, Any], doc: str = "") -> None:
+        """One IncidentChange; ``doc``: its JSON as produced (else encoded here), stored for the version
+        and, when it is the newest, for the incident (readers take its ``incident``)."""
         inc = change["incident"]
-        iid, ver = inc["id"], int(inc["version"])
+        for key, kind in INCIDENT_FIELDS.items():
+            if not isinstance(inc[key], kind) or isinstance(inc[key], bool):
+                raise SchemaError(f"incident field {key!r} has type {type(inc[key]).__name__}")
+        if not isinstance(change["change"], str) or not isinstance(change["ts"], int):
+            raise SchemaError("change or ts of the wrong type")
+        iid, ver = inc["id"], inc["version"]
+        doc = doc or _json(change)
         self.records += 1
-        self.versions[(iid, ver)] = {"id": iid, "version": ver, "ts": int(change["ts"]),
-                                     "change": change["change"], "doc": _json(change)}
+        self.versions[(iid, ver)] = {"id": iid, "version": ver, "ts": change["ts"], "change": change["change"],
+                                     "doc": doc}
         cur = self.latest.get(iid)
         if cur is not None and cur["version"] >= ver:
             return
@@ -86,7 +101,7 @@ class Batch:
                             "category_group": inc["category_group"], "tier": inc["tier"],
                             "grid_code": inc["grid_code"], "created_ts": inc["created_ts"], "created_month": month,
                             "updated_ts": inc["updated_ts"], "closed_ts": inc.get("closed_ts"), "list_rank": rank,
-                            "doc": _json(inc)}
+                            "doc": doc}
         for tier in inc.get("tiers", []):
             self.areas[(tier["code"], iid)] = {"code": tier["code"], "incident_id": iid, "version": ver,
                                                "created_month": month, "updated_ts": inc["updated_ts"],

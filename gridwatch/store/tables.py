@@ -35,7 +35,7 @@ incidents = Table(
     Column("updated_ts", BigInteger, nullable=False),
     Column("closed_ts", BigInteger),
     Column("list_rank", Integer, nullable=False),  # console order: open before closed, red before blue
-    Column("doc", Text, nullable=False),  # the Incident as JSON
+    Column("doc", Text, nullable=False),  # the newest IncidentChange as JSON (its "incident" is the case)
     Index("ix_incidents_month", "created_month", "status"),
     Index("ix_incidents_updated", "updated_ts"),
     Index("ix_incidents_status_level", "status", "level", "category_group"),
