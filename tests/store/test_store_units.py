@@ -64,3 +64,47 @@ def test_offsets_commit_with_the_rows(store_url: str) -> None:
     st.write(st.batch(), [("api", "p.incidents", 0, 9)])
     assert st.offsets("api") == {("p.incidents", 0): 9}
     st.close()
+
+
+def test_purge_keeps_open_cases_and_recent_ones(store_url: str) -> None:
+    st = open_store(Settings(), "UTC", url=store_url)
+    year = 365 * 86_400_000
+    b = st.batch()
+    old_closed = change("old", 1, "closed", 0)
+    old_closed["incident"]["closed_ts"] = 1000
+    b.add_change(old_closed)
+    b.add_change(change("old-open", 1, "dispatched", 0))
+    recent = change("recent", 1, "closed", 20 * year)
+    recent["incident"]["closed_ts"] = 20 * year
+    b.add_change(recent)
+    st.write(b)
+    assert st.purge(10, now_ms=21 * year) == 1
+    assert st.incident("old") is None and st.timeline("old") == []
+    assert st.incident("old-open") and st.incident("recent")
+    st.close()
+
+
+def test_monthly_export_writes_csv_and_xlsx(tmp_path) -> None:
+    from openpyxl import load_workbook
+
+    from gridwatch.store.export import export_month
+    from tests.web.samples import CITY, incident
+    from tests.web.samples import change as sample_change
+
+    st = open_store(Settings(), CITY.timezone, url=f"sqlite:///{tmp_path / 's.db'}")
+    grids = CITY.gridmap.grids_under("330102001")[:3]
+    b = st.batch()
+    nov = 1_764_000_000_000
+    for g in grids:
+        b.add_change(sample_change(incident(g, ts=nov, status="dispatched", version=2)))
+    st.write(b)
+    paths = export_month(st, CITY, "2025-11", CITY.code, str(tmp_path / "out"))
+    names = sorted(p.name for p in paths)
+    assert names == [f"bulletin-{CITY.code}-2025-11.xlsx", f"cases-{CITY.code}-2025-11.csv",
+                     f"index-{CITY.code}-2025-11.csv"]
+    cases = (tmp_path / "out" / f"cases-{CITY.code}-2025-11.csv").read_text(encoding="utf-8-sig").splitlines()
+    assert len(cases) == 1 + len(grids)
+    wb = load_workbook(tmp_path / "out" / f"bulletin-{CITY.code}-2025-11.xlsx")
+    assert wb.sheetnames == ["index", "cases"] and wb["cases"].max_row == 1 + len(grids)
+    assert any(r[0].value == "grids" for r in wb["index"].iter_rows(min_row=2))
+    st.close()
