@@ -3,6 +3,7 @@ flight, and restarted: the database holds exactly the incident versions Kafka ho
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -14,6 +15,7 @@ from gridwatch.core.procs import Proc
 from gridwatch.core.settings import Settings
 from gridwatch.pipeline.schemas.reports import ResidentReport
 from gridwatch.store import open_store
+from gridwatch.store.feed import rebuild
 from tests.harness import ARTIFACTS, read_topic, wait_for
 from tests.web.samples import CITY
 
@@ -22,8 +24,6 @@ BURST = 600
 
 def _burst(kafka_url: str, prefix: str, done: threading.Event) -> None:
     """Resident reports, one per grid (no two fuse), in small sends so the burst lasts a while."""
-    import asyncio
-
     grids = CITY.gridmap.areas("grid")
     now = int(time.time() * 1000)
 
@@ -78,6 +78,16 @@ def test_killed_store_worker_leaves_exactly_the_versions_kafka_has(stack, tmp_pa
         final = kafka_versions()
         assert store.versions() == final and store.count("incident_versions") == len(final)
         assert at_kill < len(final)  # work was still to do when the worker died
+        print(f"store versions at the kill: {at_kill}; after the restart: {len(final)} (= Kafka's)")
+
+        # `gridwatch store rebuild` into an empty database gives the same versions, twice over
+        rebuilt = open_store(Settings(), CITY.timezone, url=f"sqlite:///{tmp_path / 'rebuilt.db'}")
+        families = {f: f"{prefix}.{f}" for f in ("incidents", "reports", "actions", "events")}
+        bootstrap = stack.kafka_url.removeprefix("kafka://")
+        for _ in range(2):
+            asyncio.run(rebuild(rebuilt, bootstrap, families))
+            assert rebuilt.versions() == final and rebuilt.count("reports") == BURST
+        rebuilt.close()
     finally:
         worker.kill()
         store.close()
