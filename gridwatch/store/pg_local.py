@@ -59,7 +59,7 @@ class LocalPostgres:
         try:
             self._run("pg_ctl", "-D", str(self.datadir), "-m", "fast", "-w", "stop")
         finally:
-            shutil.rmtree(self.datadir, ignore_errors=True)
+            shutil.rmtree(self.datadir.parent, ignore_errors=True)  # the folder start_local_postgres made
 
 
 def start_local_postgres(base: str | None = None) -> LocalPostgres:
