@@ -12,7 +12,7 @@ from typing import Any
 
 import faust
 
-from gridwatch.agents import alerts, incidents, influx_sink, telemetry, vision
+from gridwatch.agents import alerts, incidents, influx_sink, store_sink, telemetry, vision
 from gridwatch.agents.channels import agent as incident_channels
 from gridwatch.agents.runtime import AgentContext
 from gridwatch.compat import install_faust_event_path_fix, install_faust_seek_fix, install_tansu_shims
@@ -24,7 +24,8 @@ log = logging.getLogger("gridwatch.app")
 # Agents installed by default; each module has install(ctx) -> agent.
 AGENT_MODULES = {"telemetry": telemetry, "alerts": alerts, "incidents": incidents,
                  "incident_channels": incident_channels, "vision": vision,
-                 "influx_sink": influx_sink}  # influx_sink: a no-op unless influx.enabled
+                 "influx_sink": influx_sink,  # influx_sink: a no-op unless influx.enabled
+                 "store_sink": store_sink}  # the system of record (gridwatch/store)
 # Installed only where asked (worker.agents / --agents "+vision"): vision loads an ONNX model.
 OPT_IN_AGENTS = frozenset({"vision"})
 

@@ -48,12 +48,15 @@ def common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mqtt", metavar="URL", help="MQTT broker, e.g. mqtt://user:pass@10.0.0.6:1883 (default: the embedded stack)")
     p.add_argument("--prefix", metavar="NAME", help="Kafka topic prefix (namespace), default 'gw'")
     p.add_argument("--city", metavar="DIR", help="city folder (grids.geojson + devices.csv); default the sample city")
+    p.add_argument("--store", metavar="URL", help="store database (SQLAlchemy URL, e.g. "
+                   "postgresql+psycopg://user@host/gridwatch); default store.url, else embedded SQLite")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
     return load_settings(args.config, {
         "kafka.url": args.kafka, "mqtt.url": args.mqtt, "kafka.topic_prefix": args.prefix, "city.path": args.city,
+        "store.url": getattr(args, "store", None),
     })
 
 
@@ -233,6 +236,12 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_store(args: argparse.Namespace) -> int:
+    from gridwatch.store.commands import run
+
+    return run(settings_from(args), args)
+
+
 def cmd_operators(args: argparse.Namespace) -> int:
     from gridwatch.operators import add
 
@@ -373,6 +382,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     operators_args(p)
     p.set_defaults(func=cmd_operators)
+
+    p = sub.add_parser("store", help="the system of record: migrate, rebuild from Kafka, purge, export a month")
+    common(p)
+    from gridwatch.store.commands import add_arguments as store_args
+
+    store_args(p)
+    p.set_defaults(func=cmd_store)
 
     p = sub.add_parser("tail", help="print records of a Kafka topic as JSON lines")
     common(p)

@@ -176,6 +176,16 @@ class InfluxSettings:
 
 
 @dataclass
+class StoreSettings:
+    """System of record (gridwatch/store): incidents, their versions, reports, actions, grid events."""
+
+    url: str = ""  # SQLAlchemy URL; "" = embedded SQLite at <state dir>/store-<topic prefix>.db
+    batch_size: int = 500  # Kafka records per store write (one transaction)
+    within_s: float = 1.0  # a partial batch is written after this long
+    retention_years: int = 10  # case files older than this many years are purged (`gridwatch store purge`)
+
+
+@dataclass
 class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
@@ -185,6 +195,7 @@ class Settings:
     web: WebSettings = field(default_factory=WebSettings)
     vision: VisionSettings = field(default_factory=VisionSettings)
     influx: InfluxSettings = field(default_factory=InfluxSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
     stats: StatsSettings = field(default_factory=StatsSettings)
     hotline: HotlineSettings = field(default_factory=HotlineSettings)
     source: str = str(DEFAULT_CONFIG)
@@ -311,6 +322,8 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "influx.flush_interval_ms": (1, math.inf, False), "influx.max_pending_points": (1, 1 << 40, False),
     "influx.writers": (1, 1_000, False), "influx.timeout_s": (0, math.inf, True),
     "influx.presence_interval_s": (1, math.inf, False),
+    "store.batch_size": (1, 1_000_000, False), "store.within_s": (0, math.inf, True),
+    "store.retention_years": (1, 1000, False),
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "kafka.tansu_quirks": ("auto", "on", "off", "true", "false", "1", "0"),

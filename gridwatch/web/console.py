@@ -22,7 +22,7 @@ from aiohttp import web
 from gridwatch.agents.lifecycle import TRANSITIONS, LifecycleError, check_action
 from gridwatch.core.settings import STATE_DIR
 from gridwatch.pipeline.schemas.codec import SchemaError
-from gridwatch.pipeline.schemas.incidents import LEVELS, Incident, OperatorAction
+from gridwatch.pipeline.schemas.incidents import LEVELS, STATUSES, Incident, OperatorAction
 
 from .auth import Operator
 from .clients import real_client
@@ -194,34 +194,43 @@ async def put_preferences(request: web.Request) -> web.Response:
 
 
 # ---------------------------------------------------------------------------------------- incidents
-def _filtered(request: web.Request, op: Operator) -> list[dict[str, Any]]:
+def _sql_filters(request: web.Request, op: Operator) -> tuple[str, dict[str, Any]]:
+    """(area code, filters) of the query that SQL answers on the store's indexes: area, tier, level, status."""
     c = ctx(request)
     q = request.query
-    incs = c.view.visible(op.scope)
     area = q.get("area") or q.get("grid") or ""
     if area:
         if area not in c.gridmap:
             raise api_error(400, f"unknown area code {area!r}")
         if op.scope not in [a.code for a in c.gridmap.chain(area)]:
             raise api_error(403, f"area {area} is outside your scope ({op.scope})")
-        incs = [i for i in incs if area in i["_codes"]]
-    if q.get("tier"):
-        incs = [i for i in incs if i.get("tier") == q["tier"]]
+    statuses: list[str] = []
+    if q.get("status"):
+        want = set(q["status"].split(","))
+        statuses = [s for s in STATUSES if s in want or ("open" in want and s not in CLOSED_STATUSES)
+                    or ("closed" in want and s in CLOSED_STATUSES)] or ["-"]  # "-": matches nothing
+    levels = q["level"].split(",") if q.get("level") else []
+    if q.get("supervised") and q["supervised"] not in SUPERVISED_FILTERS:
+        raise api_error(400, "supervised must be 1, 0 or overdue")
+    return area or op.scope, {"statuses": statuses, "levels": levels, "tier": q.get("tier", "")}
+
+
+def _filtered(request: web.Request, op: Operator, month: str = "") -> list[dict[str, Any]]:
+    """The operator's incidents matching the query's filters: area, tier, level and status (and the
+    month) in SQL on the store's indexes; category (groups or source types) and supervision here."""
+    q = request.query
+    scope, where = _sql_filters(request, op)
+    incs = ctx(request).view.visible(scope, month=month, **where)
     if q.get("category"):
         cats = set(q["category"].split(","))
         incs = [i for i in incs if i.get("category_group") in cats or cats & {s.get("type") for s in i["sources"]}]
-    if q.get("level"):
-        incs = [i for i in incs if i.get("level") in q["level"].split(",")]
     if q.get("supervised"):
-        if q["supervised"] not in SUPERVISED_FILTERS:
-            raise api_error(400, "supervised must be 1, 0 or overdue")
         incs = [i for i in incs if supervised_matches(i, q["supervised"])]
-    if q.get("status"):
-        want = set(q["status"].split(","))
-        incs = [i for i in incs if i["status"] in want
-                or ("open" in want and i["status"] not in CLOSED_STATUSES)
-                or ("closed" in want and i["status"] in CLOSED_STATUSES)]
     return incs
+
+
+def report_ids(incs: list[dict[str, Any]]) -> list[str]:
+    return [s["id"] for i in incs for s in i.get("sources", []) if s.get("kind") == "report"]
 
 
 SUPERVISED_FILTERS = ("1", "true", "0", "false", "overdue")
@@ -236,16 +245,25 @@ def supervised_matches(inc: dict[str, Any], want: str) -> bool:
 
 
 async def list_incidents(request: web.Request) -> web.Response:
+    """Open before closed, red first, newest first. Without category or supervision filters the page
+    and the total come from SQL (an index walk, whatever the history); with them, filtered here."""
     op = require_operator(request)
-    incs = _filtered(request, op)
-    incs.sort(key=lambda i: (i["status"] in CLOSED_STATUSES, -LEVELS.index(i.get("level") or "blue"),
-                             -(i.get("updated_ts") or 0)))
+    c = ctx(request)
     try:
         limit = max(1, min(int(request.query.get("limit", "500")), 5000))
     except ValueError:
         raise api_error(400, "limit must be a number") from None
-    return web.json_response({"total": len(incs), "ready": ctx(request).view.ready.is_set(),
-                              "incidents": [summary(i, ctx(request).view.reports) for i in incs[:limit]]})
+    if request.query.get("category") or request.query.get("supervised"):
+        incs = _filtered(request, op)
+        incs.sort(key=lambda i: (i["status"] in CLOSED_STATUSES, -LEVELS.index(i.get("level") or "blue"),
+                                 -(i.get("updated_ts") or 0)))
+        total, page = len(incs), incs[:limit]
+    else:
+        scope, where = _sql_filters(request, op)
+        total, page = await asyncio.to_thread(c.view.store.page, scope, limit, **where)
+    reports = c.view.store.reports_by_id(report_ids(page))
+    return web.json_response({"total": total, "ready": c.view.ready.is_set(),
+                              "incidents": [summary(i, reports) for i in page]})
 
 
 def evidence_refs(inc: dict[str, Any]) -> list[dict[str, str]]:
@@ -269,9 +287,20 @@ async def get_incident(request: web.Request) -> web.Response:
     inc = visible_or_403(request, op, request.match_info["id"])
     body = public_incident(inc)
     body["images"] = evidence_refs(inc)
-    body["reports"] = {s["id"]: _report_view(c, c.view.reports.get(s["id"])) for s in inc["sources"]
-                       if s.get("kind") == "report" and s["id"] in c.view.reports}
+    reports = c.view.store.reports_by_id(report_ids([inc]))
+    body["reports"] = {rid: _report_view(c, rep) for rid, rep in reports.items()}
     return web.json_response(body)
+
+
+async def get_timeline(request: web.Request) -> web.Response:
+    """Every stored version of the case file (一案一档), oldest first: what changed, when, by whom."""
+    op = require_operator(request)
+    c = ctx(request)
+    inc = visible_or_403(request, op, request.match_info["id"])
+    versions = [{"version": ch["incident"]["version"], "change": ch.get("change"), "ts": ch.get("ts"),
+                 "transition": ch.get("transition"), "status": ch["incident"].get("status"),
+                 "level": ch["incident"].get("level")} for ch in c.view.store.timeline(inc["id"])]
+    return web.json_response({"id": inc["id"], "versions": versions, "history": inc.get("history", [])})
 
 
 def _report_view(c: WebContext, rep: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -405,8 +434,12 @@ async def get_stats(request: web.Request) -> web.Response:
             datetime.strptime(month, "%Y-%m")
         except ValueError:
             raise api_error(400, "month must look like 2026-11") from None
-    incs = _filtered(request, op)
-    return web.json_response(stats(incs, c.gridmap, c.tz, month, satisfied_min=c.settings.stats.satisfied_min_rating))
+    area = request.query.get("area") or request.query.get("grid") or ""
+    months = c.view.store.months(area if area in c.gridmap else op.scope)
+    month = month or (months[0] if months else datetime.now(c.tz).strftime("%Y-%m"))
+    incs = _filtered(request, op, month)
+    return web.json_response(stats(incs, c.gridmap, c.tz, month, months=months,
+                                   satisfied_min=c.settings.stats.satisfied_min_rating))
 
 
 # ---------------------------------------------------------------------------------------- chat import
@@ -537,6 +570,7 @@ def routes() -> list[web.RouteDef]:
         web.put("/api/me/preferences", put_preferences),
         web.get("/api/incidents", list_incidents),
         web.get("/api/incidents/{id}", get_incident),
+        web.get("/api/incidents/{id}/timeline", get_timeline),
         web.post("/api/incidents/{id}/actions", post_action),
         web.get("/api/map", city_map),
         web.get("/api/stats", get_stats),

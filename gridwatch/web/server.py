@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 
 from gridwatch.core.settings import STATE_DIR, Settings, SettingsError
+from gridwatch.store.feed import follow as follow_topics
 
 from . import console, hotline, open311, readiness, stream
 from .audit import AuditLog
@@ -33,7 +34,7 @@ from .inputs import is_clean_text
 from .prefs import Preferences
 from .ratelimit import TokenBucket
 from .revocation_feed import follow
-from .views import IncidentView, consume
+from .views import IncidentView
 
 log = logging.getLogger("gridwatch.web")
 TOPICS = ("reports", "incidents", "actions", "audit")
@@ -98,8 +99,9 @@ def is_clean_url(request: web.Request) -> bool:
                                                 for k, v in request.query.items())
 
 
-def build_context(settings: Settings, city: Any = None) -> WebContext:
+def build_context(settings: Settings, city: Any = None, store_url: str | None = None) -> WebContext:
     from gridwatch.devices.registry import city_of
+    from gridwatch.store import open_store
 
     if not 1 <= settings.stats.satisfied_min_rating <= 5:
         raise SettingsError(f"stats.satisfied_min_rating must be 1-5 (ratings are 1-5), got "
@@ -117,7 +119,7 @@ def build_context(settings: Settings, city: Any = None) -> WebContext:
         catalog=Catalog.load(settings.config_path(w.services)),
         accounts=accounts,
         signer=TokenSigner(w.session_secret or secrets.token_hex(32), w.session_ttl_s),
-        view=IncidentView(), geocoder=Geocoder(city.registry, city.gridmap),
+        view=IncidentView(open_store(settings, city.timezone, url=store_url)), geocoder=Geocoder(city.registry, city.gridmap),
         limiter=TokenBucket(float(w.rate_per_min), w.rate_burst), tz=ZoneInfo(city.timezone),
         posts=RecentPosts(w.dedupe_window_s),
         audit=AuditLog(w.audit_log or STATE_DIR / "audit.log", settings.topic("audit")),
@@ -139,8 +141,10 @@ def category_groups(settings: Settings) -> list[str]:
 
 
 def create_app(settings: Settings, *, city: Any = None, kafka: bool = True) -> web.Application:
-    """The web app. ``kafka=False`` leaves Kafka out (unit tests feed ``app[CTX].view`` directly)."""
-    c = build_context(settings, city)
+    """The web app. ``kafka=False`` leaves Kafka out (unit tests feed ``app[CTX].view`` directly; without
+    a configured ``store.url`` they get an in-memory store)."""
+    c = build_context(settings, city, None if kafka or settings.store.url else "sqlite://")
+    c.view.ready.set()  # the store is open: nothing to replay
     c.categories = category_groups(settings)
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.web.max_body_bytes)
     app[CTX] = c
@@ -156,11 +160,14 @@ def create_app(settings: Settings, *, city: Any = None, kafka: bool = True) -> w
     app.add_routes(hotline.routes())
     app.router.add_get("/api/stream", stream.stream)
     app.on_shutdown.append(stream.close_streams)
+    app.on_cleanup.append(_close_store)
     if kafka:
         app.cleanup_ctx.append(_kafka)
-    else:
-        c.view.ready.set()
     return app
+
+
+async def _close_store(app: web.Application) -> None:
+    app[CTX].view.store.close()
 
 
 async def _stop_hash_pool(app: web.Application) -> None:
@@ -194,10 +201,12 @@ async def _kafka(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _consume_forever(c: WebContext, stop: asyncio.Event) -> None:
+    """The live feed: incidents and reports into the store (from where it left off) and the streams."""
     topics = {"incidents": c.topic("incidents"), "reports": c.topic("reports")}
     while not stop.is_set():
         try:
-            await consume(c.view, c.settings.kafka_bootstrap(), topics, stop)
+            await follow_topics(c.view.store, c.settings.kafka_bootstrap(), topics, stop, consumer="api",
+                                on_batch=c.view.publish, on_caught_up=c.view.caught_up.set)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # broker gone: keep serving what we have, re-read when it is back

@@ -108,10 +108,12 @@ def ranking(in_month: list[dict[str, Any]], gridmap: Any, tier: str, satisfied_m
 
 
 def stats(incidents: list[dict[str, Any]], gridmap: Any, tz: ZoneInfo, month: str | None, *,
-          satisfied_min: int = 4, scale: int = 5) -> dict[str, Any]:
+          satisfied_min: int = 4, scale: int = 5, months: list[str] | None = None) -> dict[str, Any]:
     """The statistics of ``GET /api/stats``: overall figures of the month, counts by level / status /
-    category / day, rankings of districts, towns and grids, and the definitions of every figure."""
-    months = sorted({month_of(i["created_ts"], tz) for i in incidents}, reverse=True)
+    category / day, rankings of districts, towns and grids, and the definitions of every figure.
+    ``months``: the months with incidents (the store knows them; else taken from ``incidents``)."""
+    if months is None:
+        months = sorted({month_of(i["created_ts"], tz) for i in incidents}, reverse=True)
     month = month or (months[0] if months else datetime.now(tz).strftime("%Y-%m"))
     in_month = [i for i in incidents if month_of(i["created_ts"], tz) == month]
     overall = figures(in_month, satisfied_min)

@@ -1,29 +1,25 @@
-"""What the api process knows: incidents and reports, materialised from Kafka, plus the live fan-out.
+"""What the api process knows: incidents and reports from the store, plus the live fan-out.
 
-Why a view of its own: the backend owns incident state (Faust tables), the api only reads it. Every
-api process consumes ``<prefix>.incidents`` and ``<prefix>.reports`` from the beginning with no
-consumer group (all partitions assigned), keeps the latest snapshot per incident (highest
-``version``), and pushes each change to the console streams whose scope covers it. A restart
-rebuilds the same view from the topics.
+Why the store: Kafka keeps days, case files are kept for years. The api reads incidents, timelines,
+reports and statistics from the system of record (gridwatch/store, SQL with indexes), so its
+start-up does not depend on the amount of history. Its live feed (gridwatch.store.feed) follows
+``<prefix>.incidents`` and ``<prefix>.reports`` from where it left off, writes what it reads into the
+store (idempotent upserts, so the store agent and the api may both write a record) and pushes each
+change to the console streams whose scope covers it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
-from gridwatch.pipeline.kafka_io import topic_partitions
-from gridwatch.pipeline.schemas.codec import SchemaError, loads
-from gridwatch.pipeline.schemas.incidents import IncidentChange
-from gridwatch.pipeline.schemas.reports import ResidentReport
+from gridwatch.store import Store
 
 log = logging.getLogger("gridwatch.web.view")
 
@@ -41,54 +37,110 @@ class Subscriber:
     dropped: bool = False
 
 
-class IncidentView:
-    """Latest incident snapshots, reports and the report -> incident join, with subscribers."""
+STREAMED_MAX = 200_000
 
-    def __init__(self) -> None:
-        self.incidents: dict[str, dict[str, Any]] = {}
-        self.reports: dict[str, dict[str, Any]] = {}
-        self.report_incident: dict[str, str] = {}
+
+class IncidentLookup:
+    """``view.incidents``: latest incident documents by id, from the store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def get(self, incident_id: str, default: Any = None) -> dict[str, Any] | None:
+        return self.store.incident(incident_id) or default
+
+    def __contains__(self, incident_id: object) -> bool:
+        return isinstance(incident_id, str) and self.store.incident(incident_id) is not None
+
+    def __len__(self) -> int:
+        return self.store.count("incidents")
+
+
+class ReportLookup:
+    """``view.reports``: resident reports by id, from the store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def get(self, rid: str, default: Any = None) -> dict[str, Any] | None:
+        return self.store.report(rid) or default
+
+    def __getitem__(self, rid: str) -> dict[str, Any]:
+        rep = self.store.report(rid)
+        if rep is None:
+            raise KeyError(rid)
+        return rep
+
+    def __contains__(self, rid: object) -> bool:
+        return isinstance(rid, str) and self.store.report(rid) is not None
+
+    def __len__(self) -> int:
+        return self.store.count("reports")
+
+
+class IncidentView:
+    """Incidents and reports (the store) with the live subscribers of the console stream."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.incidents = IncidentLookup(store)
+        self.reports = ReportLookup(store)
         self.subscribers: set[Subscriber] = set()
         self.changes_seen = 0
-        self.ready = asyncio.Event()
+        # Highest version streamed per incident (bounded, oldest forgotten first): a late, older version
+        # is stored (its row in the timeline) but never streamed over a newer one.
+        self.streamed: OrderedDict[str, int] = OrderedDict()
+        self.ready = asyncio.Event()  # the store is open (set at start: no history to replay)
+        self.caught_up = asyncio.Event()  # the live feed reached the topics' ends once
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future]] = []
 
     # ------------------------------------------------------------------------------ applying records
     def apply_change(self, change: dict[str, Any]) -> bool:
-        """Apply one IncidentChange (as a dict); False when it is older than what we have."""
-        inc = change["incident"]
-        cur = self.incidents.get(inc["id"])
-        if cur is not None and cur.get("version", 0) >= inc.get("version", 0):
-            return False
-        inc["_codes"] = [t["code"] for t in inc.get("tiers", [])]
-        self.incidents[inc["id"]] = inc
-        for s in inc.get("sources", []):
-            if s.get("kind") == "report":
-                self.report_incident[s["id"]] = inc["id"]
-        self.changes_seen += 1
-        msg = {"change": change.get("change"), "ts": change.get("ts"), "transition": change.get("transition"),
-               "incident": public_incident(inc)}
-        for sub in list(self.subscribers):
-            if sub.scope in inc["_codes"]:
-                try:
-                    sub.queue.put_nowait(msg)
-                except asyncio.QueueFull:  # a stalled client: drop it, it reconnects and reloads
-                    sub.dropped = True
-                    self.subscribers.discard(sub)
-        self._wake()
+        """Store one IncidentChange (as a dict) and push it to the streams (unit tests, tools)."""
+        batch = self.store.batch()
+        batch.add_change(change)
+        self.store.write(batch)
+        self.publish([("incidents", change)])
         return True
 
     def apply_report(self, report: dict[str, Any]) -> None:
-        self.reports.setdefault(report["service_request_id"], report)
+        """Store a report the api itself produced, so a GET right after the POST finds it."""
+        batch = self.store.batch()
+        batch.add_report(report)
+        self.store.write(batch)
+        self._wake()
+
+    def publish(self, records: list[tuple[str, dict[str, Any]]]) -> None:
+        """Records the live feed just stored: incident changes go to the streams covering them."""
+        for family, change in records:
+            if family != "incidents":
+                continue
+            inc = change["incident"]
+            if self.streamed.get(inc["id"], -1) >= inc.get("version", 0):
+                continue
+            self.streamed[inc["id"]] = inc.get("version", 0)
+            self.streamed.move_to_end(inc["id"])
+            if len(self.streamed) > STREAMED_MAX:
+                self.streamed.popitem(last=False)
+            codes = [t["code"] for t in inc.get("tiers", [])]
+            self.changes_seen += 1
+            msg = {"change": change.get("change"), "ts": change.get("ts"), "transition": change.get("transition"),
+                   "incident": public_incident(inc)}
+            for sub in list(self.subscribers):
+                if sub.scope in codes:
+                    try:
+                        sub.queue.put_nowait(msg)
+                    except asyncio.QueueFull:  # a stalled client: drop it, it reconnects and reloads
+                        sub.dropped = True
+                        self.subscribers.discard(sub)
         self._wake()
 
     # ------------------------------------------------------------------------------ queries
-    def visible(self, scope: str) -> list[dict[str, Any]]:
-        return [i for i in self.incidents.values() if scope in i["_codes"]]
+    def visible(self, scope: str, **filters: Any) -> list[dict[str, Any]]:
+        return self.store.incidents(scope, **filters)
 
     def incident_of_report(self, report_id: str) -> dict[str, Any] | None:
-        iid = self.report_incident.get(report_id)
-        return self.incidents.get(iid) if iid else None
+        return self.store.incident_of_report(report_id)
 
     def subscribe(self, scope: str) -> Subscriber:
         sub = Subscriber(scope)
@@ -144,52 +196,6 @@ def summary(inc: dict[str, Any], reports: dict[str, dict[str, Any]] | None = Non
     out["addresses"] = sorted({r["address"] for s in inc.get("sources", []) if s.get("kind") == "report"
                                for r in [reports.get(s["id"]) or {}] if r.get("address")}) if reports else []
     return out
-
-
-# ---------------------------------------------------------------------------------------- consumer
-async def consume(view: IncidentView, bootstrap: str, topics: dict[str, str], stop: asyncio.Event) -> None:
-    """Feed the view from Kafka until ``stop``; bad records are logged and skipped, never fatal.
-
-    ``topics`` maps "incidents" / "reports" to full topic names.
-    """
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                auto_offset_reset="earliest", fetch_max_wait_ms=100)
-    await consumer.start()
-    try:
-        parts = await topic_partitions(bootstrap, list(topics.values()), wait_s=10.0)
-        tps = [TopicPartition(name, p) for name, ps in parts.items() for p in ps]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        kinds = {v: k for k, v in topics.items()}
-        while not stop.is_set():
-            batch = await consumer.getmany(timeout_ms=200, max_records=2000)
-            for tp, records in batch.items():
-                for r in records:
-                    _apply(view, kinds[tp.topic], r.value)
-            if not batch and not view.ready.is_set():
-                view.ready.set()  # caught up once: lists are complete from here on
-    finally:
-        with contextlib.suppress(Exception):
-            await consumer.stop()
-
-
-def _apply(view: IncidentView, kind: str, raw: bytes | None) -> None:
-    if raw is None:
-        return
-    try:
-        if kind == "incidents":
-            IncidentChange.decode(raw)  # validates the shape; the view keeps plain dicts
-            view.apply_change(loads(raw))
-        else:
-            view.apply_report(_report_dict(ResidentReport.decode(raw)))
-    except (SchemaError, KeyError, TypeError) as e:
-        log.warning("skipping a bad %s record: %s", kind, e)
-
-
-def _report_dict(r: ResidentReport) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(r)
 
 
 # ---------------------------------------------------------------------------------------- statistics

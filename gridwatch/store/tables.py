@@ -1,0 +1,102 @@
+"""The store's tables (SQLAlchemy Core), the one description Alembic's migrations are checked against.
+
+Documents are kept whole as JSON text (``doc``) next to the columns the queries filter and sort on,
+so a new field in a record needs no migration, and every query has an index (see docs/store.md).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, Index, Integer, MetaData, String, Table, Text
+
+metadata = MetaData()
+
+# Every version of every incident (the change record as produced): the case file's timeline.
+incident_versions = Table(
+    "incident_versions", metadata,
+    Column("id", String(80), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("ts", BigInteger, nullable=False),  # event time of the change (ms)
+    Column("change", String(40), nullable=False),
+    Column("doc", Text, nullable=False),  # the IncidentChange as JSON
+)
+
+# The latest version of each incident, with the columns lists, filters and statistics use.
+incidents = Table(
+    "incidents", metadata,
+    Column("id", String(80), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("level", String(10), nullable=False),
+    Column("category_group", String(60), nullable=False),
+    Column("tier", String(20), nullable=False),
+    Column("grid_code", String(40), nullable=False),
+    Column("created_ts", BigInteger, nullable=False),
+    Column("created_month", String(7), nullable=False),  # YYYY-MM in the city's time zone
+    Column("updated_ts", BigInteger, nullable=False),
+    Column("closed_ts", BigInteger),
+    Column("list_rank", Integer, nullable=False),  # console order: open before closed, red before blue
+    Column("doc", Text, nullable=False),  # the newest IncidentChange as JSON (its "incident" is the case)
+    Index("ix_incidents_month", "created_month", "status"),
+    Index("ix_incidents_updated", "updated_ts"),
+    Index("ix_incidents_status_level", "status", "level", "category_group"),
+)
+
+# Area codes (city .. grid) of each incident: scope and area filters, by tier code.
+incident_areas = Table(
+    "incident_areas", metadata,
+    Column("code", String(40), primary_key=True),
+    Column("incident_id", String(80), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("created_month", String(7), nullable=False),
+    Column("updated_ts", BigInteger, nullable=False),
+    Column("list_rank", Integer, nullable=False),
+    Index("ix_areas_month", "code", "created_month"),
+    Index("ix_areas_list", "code", "list_rank", "updated_ts"),  # the console's first page by scope
+)
+
+reports = Table(
+    "reports", metadata,
+    Column("service_request_id", String(80), primary_key=True),
+    Column("service_code", String(60), nullable=False),
+    Column("requested_ms", BigInteger, nullable=False),
+    Column("grid_code", String(40), nullable=False),
+    Column("doc", Text, nullable=False),  # the ResidentReport as JSON
+    Index("ix_reports_requested", "requested_ms", "service_code"),
+)
+
+# Which incident a report joined (latest incident version naming it wins).
+report_incident = Table(
+    "report_incident", metadata,
+    Column("report_id", String(80), primary_key=True),
+    Column("incident_id", String(80), nullable=False, index=True),
+)
+
+actions = Table(
+    "actions", metadata,
+    Column("id", String(80), primary_key=True),
+    Column("incident_id", String(80), nullable=False),
+    Column("action", String(30), nullable=False),
+    Column("ts", BigInteger, nullable=False),
+    Column("doc", Text, nullable=False),
+    Index("ix_actions_incident", "incident_id", "ts"),
+)
+
+grid_events = Table(
+    "grid_events", metadata,
+    Column("id", String(120), primary_key=True),
+    Column("phase", String(20), primary_key=True),
+    Column("ts", BigInteger, primary_key=True),
+    Column("type", String(60), nullable=False),
+    Column("grid_code", String(40), nullable=False),
+    Column("doc", Text, nullable=False),
+    Index("ix_events_grid_ts", "grid_code", "ts"),
+)
+
+# Where a consumer that writes here (the api's live feed) resumes; written with its rows.
+consumer_offsets = Table(
+    "consumer_offsets", metadata,
+    Column("consumer", String(80), primary_key=True),
+    Column("topic", String(200), primary_key=True),
+    Column("partition", Integer, primary_key=True),
+    Column("next_offset", BigInteger, nullable=False),
+)
