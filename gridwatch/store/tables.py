@@ -51,8 +51,9 @@ incident_areas = Table(
     Column("updated_ts", BigInteger, nullable=False),
     Column("list_rank", Integer, nullable=False),
     Index("ix_areas_month", "code", "created_month"),
-    Index("ix_areas_list", "code", "list_rank", "updated_ts"),  # the console's first page by scope
 )
+# the console's first page by scope: open before closed, red first, newest first (an index walk)
+Index("ix_areas_list", incident_areas.c.code, incident_areas.c.list_rank, incident_areas.c.updated_ts.desc())
 
 reports = Table(
     "reports", metadata,

@@ -34,7 +34,7 @@ def upgrade() -> None:
                     sa.Column("created_month", S(7), nullable=False), sa.Column("updated_ts", B, nullable=False),
                     sa.Column("list_rank", N, nullable=False))
     op.create_index("ix_areas_month", "incident_areas", ["code", "created_month"])
-    op.create_index("ix_areas_list", "incident_areas", ["code", "list_rank", "updated_ts"])
+    op.create_index("ix_areas_list", "incident_areas", ["code", "list_rank", sa.text("updated_ts DESC")])
     op.create_table("reports", sa.Column("service_request_id", S(80), primary_key=True),
                     sa.Column("service_code", S(60), nullable=False), sa.Column("requested_ms", B, nullable=False),
                     sa.Column("grid_code", S(40), nullable=False), sa.Column("doc", T, nullable=False))
