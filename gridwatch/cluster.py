@@ -239,9 +239,13 @@ class Cluster:
                                               stdin=subprocess.DEVNULL, start_new_session=True)
         wait_tcp(self.net.addr("mq"), MQTT_PORT, 15, "Mosquitto")
 
-    def wait_ready(self, timeout: float = 90) -> None:
-        """Every node is an unfenced broker and every partition has a leader."""
-        wait_brokers(self.bootstrap, {i for i, n in self.nodes.items() if n.alive()}, timeout)
+    def wait_ready(self, timeout: float = 90, nodes: set[int] | None = None) -> float:
+        """Every node of ``nodes`` (default: all running) is an unfenced broker and every partition has a
+        leader, asked through those nodes only (a cut one would hang the client); returns the seconds taken."""
+        t0 = time.monotonic()
+        nodes = nodes or {i for i, n in self.nodes.items() if n.alive()}
+        wait_brokers(",".join(self.nodes[i].bootstrap for i in sorted(nodes)), nodes, timeout)
+        return time.monotonic() - t0
 
     def leader_of(self, topic: str, partition: int = 0) -> int:
         async def main() -> int:
@@ -324,13 +328,19 @@ class Run:
     prefix: str
     bridges: int = 2
     workers: int = 2
+    env: dict[str, str] = field(default_factory=dict)  # more GRIDWATCH_... settings for every component
     procs: dict[str, Proc] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        env = {"GRIDWATCH_MQTT_ALERT_PREFIX": self.alert_prefix, **self.env}  # runs share Mosquitto, not their alerts
         for i in range(1, self.bridges + 1):
-            self.procs[f"b{i}"] = self.cluster.component("bridge", f"b{i}", self.prefix, [], {})
+            self.procs[f"b{i}"] = self.cluster.component("bridge", f"b{i}", self.prefix, [], env)
         for i in range(1, self.workers + 1):
-            self.procs[f"w{i}"] = self.cluster.component("worker", f"w{i}", self.prefix, [], {})
+            self.procs[f"w{i}"] = self.cluster.component("worker", f"w{i}", self.prefix, [], env)
+
+    @property
+    def alert_prefix(self) -> str:
+        return f"gridwatch/{self.prefix}/alerts"
 
     def start(self, timeout: float = 180) -> Run:
         for name, p in self.procs.items():
