@@ -178,18 +178,20 @@ class Verdict:
     events_twice: list[tuple[str, str]] = field(default_factory=list)
     incidents: set = field(default_factory=set)
     incidents_equal: bool = False
+    baseline: set | None = None
 
     def line(self) -> str:
         return (f"acked {self.acked}, lost {self.lost}, duplicated {self.duplicated}, grid events {self.events} "
                 f"(id+phase twice: {len(self.events_twice)}), incident versions {len(self.incidents)} "
-                f"({'equal to' if self.incidents_equal else 'DIFFERENT from'} the no-fault run)")
+                f"({'the baseline' if self.baseline is None else 'equal to' if self.incidents_equal else 'DIFFERENT from'} "
+                "the no-fault run)")
 
 
 def check(bootstrap: str, prefix: str, acked: set[tuple[str, int]], alerts: Watcher,
           baseline: set | None, timeout: float = 120) -> Verdict:
     """Wait (bounded) until every acknowledged reading is in Kafka and the incidents settle (equal to the
     baseline, or unchanged for 8 s when there is none), then say what holds."""
-    v = Verdict(acked=len(acked))
+    v = Verdict(acked=len(acked), baseline=baseline)
     deadline = time.monotonic() + timeout
     seen: Counter = Counter()
     while time.monotonic() < deadline:
