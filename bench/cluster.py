@@ -38,6 +38,8 @@ from gridwatch.devices.simulator import build_messages, device_topic
 from gridwatch.pipeline.kafka_io import partition_for
 from gridwatch.stack import EmbeddedStack
 
+MARKER_WAIT_S = 180  # a set-up that has not alerted on every partition by then is reported as failed
+
 
 class Alerts:
     """When each (subject, phase) alert first arrived on MQTT under ``prefix``."""
@@ -79,7 +81,8 @@ def measure(mqtt_url: str, alert_prefix: str, partitions: int, rounds: int, rate
         end_ts = BASE_TS + rounds * 1000
         publish_all(pub, [(device_topic(d.id), json.dumps({"ts": end_ts, "values": reading(d, 0, True)}).encode())
                           for d in markers.values()])
-        wait_for(lambda: all((d.id, "new") in alerts.arrived for d in markers.values()), 600, "marker alerts")
+        wait_for(lambda: all((d.id, "new") in alerts.arrived for d in markers.values()), MARKER_WAIT_S,
+                 "marker alerts")
         t_end = max(alerts.arrived[(d.id, "new")] for d in markers.values())
         out["readings_per_s"] = round(n / (t_end - t0))
         out["readings"] = n
@@ -142,24 +145,46 @@ def spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)} if values else {}
 
 
-def run(out: Path, runs: int, rounds: int, rate: int, seconds: float) -> dict[str, Any]:
+def guarded(what: str, fn: Callable[[], dict]) -> dict:
+    """A set-up that fails is reported as failed (with why), and the others still run."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 - the figure says what went wrong
+        print(f"{what} FAILED: {type(e).__name__}: {e}", flush=True)
+        return {"error": f"{type(e).__name__}: {e}"[:300]}
+
+
+def run(out: Path, runs: int, rounds: int, rate: int, seconds: float, setups: tuple[str, ...]) -> dict[str, Any]:
     results: dict[str, Any] = {"runs": [], "rounds": rounds, "rate": rate, "seconds": seconds}
     for r in range(runs):
         one: dict[str, Any] = {}
         for engine in ("tansu", "kafka"):
-            with single(engine) as (mqtt_url, prefix, parts):
-                one[f"single-{engine}"] = measure(mqtt_url, prefix, parts, rounds, rate, seconds)
+            if engine not in setups:
+                continue
+
+            def single_run(engine: str = engine) -> dict:
+                with single(engine) as (mqtt_url, prefix, parts):
+                    return measure(mqtt_url, prefix, parts, rounds, rate, seconds)
+
+            one[f"single-{engine}"] = guarded(f"single {engine}", single_run)
             print(f"run {r + 1} single {engine}: {one[f'single-{engine}']}", flush=True)
+        if "cluster" not in setups:
+            results["runs"].append(one)
+            continue
         with Cluster(STATE_DIR / f"bench-cluster-{int(time.time())}") as cluster:
             for workers in (1, 2, 3):
-                with on_cluster(cluster, workers)() as (mqtt_url, prefix, parts):
-                    one[f"cluster-{workers}w"] = measure(mqtt_url, prefix, parts, rounds, rate, seconds)
+                def cluster_run(workers: int = workers) -> dict:
+                    with on_cluster(cluster, workers)() as (mqtt_url, prefix, parts):
+                        return measure(mqtt_url, prefix, parts, rounds, rate, seconds)
+
+                one[f"cluster-{workers}w"] = guarded(f"cluster {workers} workers", cluster_run)
                 print(f"run {r + 1} cluster {workers} workers: {one[f'cluster-{workers}w']}", flush=True)
         results["runs"].append(one)
     names = list(results["runs"][0])
-    results["summary"] = {name: {"readings_per_s": spread([x[name]["readings_per_s"] for x in results["runs"]]),
-                                 "p99_ms": spread([x[name]["latency_ms"]["p99"] for x in results["runs"]])}
-                          for name in names}
+    ok = [[x[name] for x in results["runs"] if "error" not in x[name]] for name in names]
+    results["summary"] = {name: {"runs_ok": len(good), "readings_per_s": spread([g["readings_per_s"] for g in good]),
+                                 "p99_ms": spread([g["latency_ms"]["p99"] for g in good])}
+                          for name, good in zip(names, ok, strict=True)}
     for name, s in results["summary"].items():
         print(f"{name:14s} readings/s {s['readings_per_s']}  p99 ms {s['p99_ms']}", flush=True)
     write_results(out, results)
@@ -173,8 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5, help="readings per device of the sustained part")
     p.add_argument("--rate", type=int, default=500, help="readings/s of the latency part")
     p.add_argument("--seconds", type=float, default=20.0, help="length of the latency part")
+    p.add_argument("--setups", default="tansu,kafka,cluster", help="which of tansu,kafka,cluster to run")
     a = p.parse_args(argv)
-    run(a.out, a.runs, a.rounds, a.rate, a.seconds)
+    run(a.out, a.runs, a.rounds, a.rate, a.seconds, tuple(a.setups.split(",")))
     return 0
 
 
