@@ -7,7 +7,7 @@ import sys
 
 # The benchmarks `all` runs, in this order (quick, telling ones first); any other module of this package
 # with a main() runs by name too, so a new benchmark is one file.
-BENCHES = ("telemetry", "vision", "console", "soak", "replay", "incidents", "login_stall", "abuse", "stack")
+BENCHES = ("telemetry", "vision", "console", "soak", "replay", "incidents", "login_stall", "abuse", "stack", "cluster")
 
 
 def main(argv: list[str]) -> int:

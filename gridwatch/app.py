@@ -78,8 +78,8 @@ def create_app(settings: Settings, *, city: Any = None, agents: str | tuple[str,
         producer_linger=0.002,
         # The embedded broker makes a new group wait half the session timeout before its first
         # join; short timeouts make a worker ready in ~5 s instead of ~30 s.
-        broker_session_timeout=6.0 if quirks else 30.0,
-        broker_heartbeat_interval=1.0 if quirks else 3.0,
+        broker_session_timeout=settings.worker.session_timeout_s or (6.0 if quirks else 30.0),
+        broker_heartbeat_interval=1.0 if quirks or settings.worker.session_timeout_s else 3.0,
         broker_rebalance_timeout=6.0 if quirks else 60.0,
         broker_request_timeout=30.0 if quirks else 90.0,
         stream_recovery_delay=0.5 if quirks else 3.0,

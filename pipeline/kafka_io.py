@@ -114,6 +114,8 @@ async def _retry(start, what: str, timeout: float) -> None:  # type: ignore[no-u
 async def start_producer(settings: Settings, timeout: float = 30.0, **kwargs: object) -> AIOKafkaProducer:
     opts: dict[str, object] = {"linger_ms": 5, "acks": "all", "max_batch_size": 1 << 20,
                                "max_request_size": 4 << 20, "request_timeout_ms": 15000}
+    if settings.kafka.idempotent:
+        opts["enable_idempotence"] = True
     opts.update(kwargs)
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap(), **opts)
     await _retry(producer.start, f"Kafka at {settings.kafka_bootstrap()}", timeout)

@@ -33,6 +33,8 @@ class KafkaSettings:
     partitions: int = 8
     replication_factor: int = 1
     tansu_quirks: str = "auto"
+    # Producers (bridge) with enable_idempotence: a retried produce is not written twice (real Kafka only).
+    idempotent: bool = False
 
     def quirks_enabled(self) -> bool:
         """Work-arounds for the Tansu broker: on when forced, or (auto) when the embedded stack runs
@@ -100,6 +102,8 @@ class WorkerSettings:
     # Agents this worker runs: "" = the defaults (all but opt-in ones such as vision), "+vision" = the
     # defaults plus vision, "all", or an explicit list "vision" / "telemetry,alerts".
     agents: str = ""
+    # Kafka consumer-group session timeout of the Faust worker; 0 = by engine (6 s on Tansu, 30 s on Kafka).
+    session_timeout_s: float = 0
 
 
 @dataclass
