@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import quote, quote_plus
 
 from .base import ChangeInfo, register
-from .robot import RobotChannel, message_lines, read_secret
+from .robot import RobotChannel, read_secret
 
 COLOUR = {"red": "#E5484D", "yellow": "#F5A524", "blue": "#3E63DD"}
 
@@ -34,6 +34,9 @@ class DingTalkChannel(RobotChannel):
     default_url = "https://oapi.dingtalk.com/robot/send"
     retry_errcodes = frozenset({-1, 130101, 410100})  # busy; sending too fast (20 messages a minute)
     max_bytes = 18000
+    colours = COLOUR
+    colour_default = COLOUR["blue"]
+    row_format = "- **{label}**：{value}"
 
     def configure_robot(self, cfg: dict[str, Any]) -> None:
         self.access_token = read_secret(self.name, cfg, "access_token", "GRIDWATCH_DINGTALK_TOKEN")
@@ -46,13 +49,8 @@ class DingTalkChannel(RobotChannel):
                 f"&sign={dingtalk_sign(self.secret, ts)}")
 
     def payloads(self, change: ChangeInfo) -> list[dict[str, Any]]:
-        headline, rows, link = message_lines(change, self.tz, self.link)
+        headline, lines = self.markdown(change)
         mobiles, userids, at_all = self.mentions(change)
-        colour = COLOUR.get(change.level, "#3E63DD")
-        lines = [f'### <font color="{colour}">{headline}</font>']
-        lines += [f"- **{label}**：{value}" for label, value in rows]
-        if link:
-            lines.append(f"[查看详情]({link})")
         at = [f"@{m}" for m in mobiles] + [f"@{u}" for u in userids]
         if at:
             lines.append(" ".join(at))

@@ -90,6 +90,9 @@ class RobotChannel(Channel):
     default_url: ClassVar[str] = ""
     retry_errcodes: ClassVar[frozenset[int]] = frozenset()  # errcodes that mean "busy / too fast": retried
     max_bytes: ClassVar[int] = 4096  # markdown content limit of the robot
+    colours: ClassVar[dict[str, str]] = {}  # level -> the headline's font colour in the robot's markdown
+    colour_default: ClassVar[str] = ""
+    row_format: ClassVar[str] = "{label}：{value}"  # one (label, value) row of message_lines as markdown
 
     def configure(self, cfg: dict[str, Any]) -> None:
         url = cfg.get("url", self.default_url)
@@ -138,6 +141,15 @@ class RobotChannel(Channel):
         if change.level not in self.mention_levels:
             return [], [], False
         return self.mobiles, self.userids, self.at_all
+
+    def markdown(self, change: ChangeInfo) -> tuple[str, list[str]]:
+        """(headline, markdown lines) of one change: the coloured headline, the rows, the link."""
+        headline, rows, link = message_lines(change, self.tz, self.link)
+        lines = [f'### <font color="{self.colours.get(change.level, self.colour_default)}">{headline}</font>']
+        lines += [self.row_format.format(label=label, value=value) for label, value in rows]
+        if link:
+            lines.append(f"[查看详情]({link})")
+        return headline, lines
 
     def payloads(self, change: ChangeInfo) -> list[dict[str, Any]]:
         """The JSON bodies to send for one change (usually one)."""

@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import quote
 
 from .base import ChangeInfo, register
-from .robot import RobotChannel, message_lines, read_secret
+from .robot import RobotChannel, read_secret
 
 COLOUR = {"red": "warning", "yellow": "comment", "blue": "info"}  # the three colours WeCom markdown has
 
@@ -25,6 +25,9 @@ class WeComChannel(RobotChannel):
     default_url = "https://qyapi.weixin.qq.com/cgi-bin/webhook/send"
     retry_errcodes = frozenset({-1, 45009})  # system busy; over the robot's rate (20 messages a minute)
     max_bytes = 4096
+    colours = COLOUR
+    colour_default = "comment"
+    row_format = "> {label}：{value}"
 
     def configure_robot(self, cfg: dict[str, Any]) -> None:
         self.key = read_secret(self.name, cfg, "key", "GRIDWATCH_WECOM_KEY")
@@ -33,13 +36,8 @@ class WeComChannel(RobotChannel):
         return f"{self.url}{'&' if '?' in self.url else '?'}key={quote(self.key, safe='')}"
 
     def payloads(self, change: ChangeInfo) -> list[dict[str, Any]]:
-        headline, rows, link = message_lines(change, self.tz, self.link)
+        headline, lines = self.markdown(change)
         mobiles, userids, at_all = self.mentions(change)
-        colour = COLOUR.get(change.level, "comment")
-        lines = [f'### <font color="{colour}">{headline}</font>']
-        lines += [f"> {label}：{value}" for label, value in rows]
-        if link:
-            lines.append(f"[查看详情]({link})")
         if userids:
             lines.append(" ".join(f"<@{u}>" for u in userids))
         out: list[dict[str, Any]] = [{"msgtype": "markdown", "markdown": {"content": self.fit("\n".join(lines))}}]
