@@ -106,3 +106,41 @@ def read_topic(kafka_url: str, topic: str, timeout: float = 3.0) -> list[dict[st
         return out
 
     return asyncio.run(main())
+
+
+class LocalHttpServer:
+    """A real HTTP server (aiohttp) on a free local port, in a thread of its own: what a test stands up in
+    place of a receiving system (a webhook endpoint, a group robot, the hotline). Subclasses add routes."""
+
+    def __init__(self) -> None:
+        from gridwatch.stack import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        assert self._ready.wait(10)
+
+    def routes(self, app: Any) -> None:
+        """Add the server's routes to the aiohttp application."""
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        from aiohttp import web
+
+        asyncio.set_event_loop(self._loop)
+        app = web.Application()
+        self.routes(app)
+        self._runner = web.AppRunner(app)
+        self._loop.run_until_complete(self._runner.setup())
+        self._loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())
+        self._ready.set()
+        self._loop.run_forever()
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)

@@ -10,12 +10,10 @@ errcode), and can be told to answer badly first (busy errcodes, HTTP 500, a non-
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
 import json
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -25,7 +23,7 @@ import yaml
 from aiohttp import web
 
 from gridwatch.agents.routing import DEFAULT_PATH
-from gridwatch.stack import free_port
+from tests.harness import LocalHttpServer
 
 WECOM_KEY = "wecom-key-693a91f6"
 DINGTALK_TOKEN = "dingtalk-token-5c1e"
@@ -37,42 +35,22 @@ def _exact(d: Any, keys: set[str], optional: set[str] = frozenset()) -> bool:  #
     return isinstance(d, dict) and keys <= set(d) <= keys | optional
 
 
-class OfficeReceivers:
+class OfficeReceivers(LocalHttpServer):
     """The three receivers on one port: /cgi-bin/webhook/send, /robot/send, /hotline/callback."""
 
     def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.wecom: list[dict[str, Any]] = []
         self.dingtalk: list[dict[str, Any]] = []
         self.hotline: list[dict[str, Any]] = []
         self.rejected: list[tuple[str, str]] = []  # (receiver, why)
         self.attempts = {"wecom": 0, "dingtalk": 0, "hotline": 0}
         self.script: dict[str, list[Any]] = {"wecom": [], "dingtalk": [], "hotline": []}  # bad answers to give first
-        self._lock = threading.Lock()
-        self._ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        assert self._ready.wait(10)
+        super().__init__()
 
-    # ------------------------------------------------------------------ server
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/cgi-bin/webhook/send", self._wecom)
         app.router.add_post("/robot/send", self._dingtalk)
         app.router.add_post("/hotline/callback", self._hotline)
-        self._runner = web.AppRunner(app)
-        self._loop.run_until_complete(self._runner.setup())
-        self._loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())
-        self._ready.set()
-        self._loop.run_forever()
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
 
     def _scripted(self, who: str) -> web.Response | None:
         with self._lock:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,39 +26,33 @@ from gridwatch.agents.fusion import distance_m
 from gridwatch.agents.routing import DEFAULT_PATH
 from gridwatch.pipeline.schemas.incidents import OperatorAction
 from gridwatch.pipeline.schemas.reports import ResidentReport, report_id
-from gridwatch.stack import free_port
 from tests.e2e.test_telemetry_e2e import NIGHT, REG, send
-from tests.harness import ARTIFACTS, MqttPublisher, MqttWatcher, Pipeline, read_topic, wait_for
+from tests.harness import (
+    ARTIFACTS,
+    LocalHttpServer,
+    MqttPublisher,
+    MqttWatcher,
+    Pipeline,
+    read_topic,
+    wait_for,
+)
 
 SECRET = "e2e-webhook-secret"
 MIN = 60_000
 
 
-class WebhookReceiver:
+class WebhookReceiver(LocalHttpServer):
     """A real HTTP server in a thread: /ok answers 204 after checking the signature, /down answers 503."""
 
     def __init__(self) -> None:
-        self.port = free_port()
         self.received: list[dict[str, Any]] = []
         self.bad_signatures = 0
         self.down_attempts: dict[str, int] = {}
-        self._lock = threading.Lock()
-        self._ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        assert self._ready.wait(10)
+        super().__init__()
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/ok", self._ok)
         app.router.add_post("/down", self._down)
-        self._runner = web.AppRunner(app)
-        self._loop.run_until_complete(self._runner.setup())
-        self._loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())
-        self._ready.set()
-        self._loop.run_forever()
 
     async def _ok(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -80,12 +73,6 @@ class WebhookReceiver:
     def bodies(self) -> list[dict[str, Any]]:
         with self._lock:
             return [r["body"] for r in self.received]
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
 
 def produce(kafka_url: str, topic: str, records: list[tuple[str, bytes]]) -> None:
     """Produce keyed records the way the web API does (key = grid code, default partitioner)."""
