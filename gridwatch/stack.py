@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gridwatch.core.procs import free_port
+
 if TYPE_CHECKING:
     from gridwatch.kafka_server import KafkaNode
 
@@ -36,12 +38,6 @@ log = logging.getLogger("gridwatch.stack")
 
 class StackError(RuntimeError):
     """A component of the embedded stack could not start; the message says what to install or fix."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None, what: str = "") -> None:

@@ -20,6 +20,15 @@ from pathlib import Path
 from typing import Any
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (the OS picks it)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def die_with_parent() -> None:
     """preexec_fn: the child gets SIGTERM when its parent dies, even by SIGKILL or a closed terminal.
 

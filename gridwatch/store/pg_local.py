@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from gridwatch.stack import free_port
+from gridwatch.core.procs import free_port
 
 
 def pg_bindir() -> Path:

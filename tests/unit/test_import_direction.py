@@ -7,9 +7,11 @@ contracts   record schemas, frame wire format
 transport   the Kafka and MQTT plumbing every process shares, and the patches to third-party code
 domain      the city (devices, grid map, simulator) and the vision models
 pipeline    sources, outputs, record/replay
+store       the system of record (tables, records, the topic feed that fills it)
 agents      the Faust agents (telemetry rules, vision, fusion, incidents, channels, sinks)
-services    HTTP API and console, MQTT accounts and certificates
-top         app, cli, demo, stack, benchmarks: they wire everything together
+services    HTTP API and console, MQTT accounts and certificates, the store's monthly export (it
+            reports the API's statistics)
+top         app, cli (with `gridwatch store`), demo, stack, benchmarks: they wire everything together
 
 Every import counts, also one inside a function: a lazy import is still a dependency.
 """
@@ -28,9 +30,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("transport", ("gridwatch.pipeline.kafka_io", "gridwatch.pipeline.mqtt_client", "gridwatch.compat")),
     ("domain", ("gridwatch.devices", "gridwatch.models")),
     ("pipeline", ("gridwatch.pipeline.sources", "gridwatch.pipeline.outputs", "gridwatch.pipeline.recordreplay")),
+    ("store", ("gridwatch.store",)),
     ("agents", ("gridwatch.agents",)),
-    ("services", ("gridwatch.web", "gridwatch.security")),
-    ("top", ("gridwatch",)),
+    ("services", ("gridwatch.web", "gridwatch.security", "gridwatch.store.export")),
+    ("top", ("gridwatch", "gridwatch.store.commands")),
 ]
 
 
