@@ -15,7 +15,12 @@ import faust
 from gridwatch.agents import alerts, incidents, influx_sink, store_sink, telemetry, vision
 from gridwatch.agents.channels import agent as incident_channels
 from gridwatch.agents.runtime import AgentContext
-from gridwatch.compat import install_faust_event_path_fix, install_faust_seek_fix, install_tansu_shims
+from gridwatch.compat import (
+    install_faust_event_path_fix,
+    install_faust_rebalance_wait_fix,
+    install_faust_seek_fix,
+    install_tansu_shims,
+)
 from gridwatch.core.settings import STATE_DIR, Settings
 from gridwatch.devices.registry import city_of
 
@@ -57,6 +62,7 @@ def create_app(settings: Settings, *, city: Any = None, agents: str | tuple[str,
         install_tansu_shims()
     install_faust_seek_fix()  # any broker: records of never-committed partitions survive a rebalance
     install_faust_event_path_fix()  # any broker: the livelock check must not crash on a partition without a position
+    install_faust_rebalance_wait_fix()  # any broker: a rebalance must not wait for records a clear dropped
     city = city or city_of(settings)
     # The city (100k devices, thousands of polygons) lives as long as the process: moving it out of
     # the garbage collector's generations keeps full collections short (tail latency).

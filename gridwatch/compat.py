@@ -9,6 +9,8 @@ silently doing the wrong thing; ``GRIDWATCH_ALLOW_UNCHECKED_VERSIONS=1`` applies
   rebalance (any broker).
 * :func:`install_faust_event_path_fix` — Faust's livelock check reads a position aiokafka 0.14 asserts
   (a worker crashed on Apache Kafka in a fail-over; any broker).
+* :func:`install_faust_rebalance_wait_fix` — a rebalance waits until the group expels the worker for
+  a record that one agent took and another agent's cleared buffer dropped (any broker).
 * :func:`install_tansu_shims` — the embedded Tansu broker's ListOffsets answer and its slow waiting
   Fetch (only with ``kafka.tansu_quirks``).
 * :func:`limit_plate_sessions` — agentclpr/agentocr build their ONNX sessions with every core and no
@@ -19,7 +21,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Awaitable, Callable, Mapping
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -33,6 +36,7 @@ log = logging.getLogger("gridwatch.compat")
 CHECKED: dict[str, tuple[str, ...]] = {
     "faust-streaming": ("0.15.3",),
     "aiokafka": ("0.14.0",),
+    "mode-streaming": ("0.7.1",),
     "agentclpr": ("1.1.0",),
     "agentocr": ("2.0.0",),
 }
@@ -276,6 +280,64 @@ def install_faust_event_path_fix() -> None:
 
     driver.AIOKafkaConsumerThread.verify_event_path = verify_event_path
     _installed.add("event_path")
+
+
+# ---------------------------------------------------------------------------------- Faust rebalance wait fix
+
+# Per record, how many of its agents' copies a flow-control clear dropped (weak: records come and go).
+_dropped: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+
+def left_to_next_owner(unacked: Iterable[Any], dropped: Mapping[Any, int]) -> set[Any]:
+    """The records no agent will ever ack: every count they still hold is a copy a clear dropped."""
+    return {m for m in unacked if not m.acked and 0 < m.refcount <= dropped.get(m, 0)}
+
+
+def install_faust_rebalance_wait_fix() -> None:
+    """Let a rebalance stop waiting for records no agent will ever finish. Idempotent.
+
+    A record of a topic several agents read (grid events: alerts, incidents, store) holds one count per
+    agent, and on revoke the consumer waits (``wait_empty``) until every count is acked. In the same
+    revoke Faust clears the agents' input buffers (``flow_control.clear()``): a record one agent had
+    already taken while it still sat in another agent's buffer keeps the dropped copy's count forever,
+    so ``wait_empty`` waits until the group's rebalance timeout (60 s) expels the worker. Seen on the
+    three-broker cluster: the survivor of a frozen worker, mid-takeover when the frozen one woke, logged
+    ``wait_empty: Waiting for tasks`` with counts 1-2 left on records of a 3-agent topic, and the group
+    stalled 67 s to minutes (tests/cluster, worker SIGSTOP). Fix: count the copies each clear drops, and
+    stop waiting for a record whose every remaining count is a dropped one. That record stays un-acked,
+    so the commit stays before it and the partition's next owner reads it again from there (downstream
+    dedupes), exactly as the dropped copies are read again.
+    """
+    if "rebalance_wait" in _installed:
+        return
+    require_checked("the Faust rebalance wait fix", "faust-streaming", "mode-streaming")
+    from faust.transport.consumer import Consumer
+    from mode.utils.queues import FlowControlEvent
+
+    clear = FlowControlEvent.clear
+
+    def clear_counting(self):  # type: ignore[no-untyped-def]
+        for queue in self._queues:
+            for item in list(getattr(queue, "_queue", ())):
+                message = getattr(item, "message", None)
+                if message is not None:
+                    _dropped[message] = _dropped.get(message, 0) + 1
+        clear(self)
+
+    clean = Consumer._clean_unacked_messages
+
+    def clean_unacked_messages(self):  # type: ignore[no-untyped-def]
+        clean(self)
+        left = left_to_next_owner(self._unacked_messages, _dropped)
+        if left:
+            log.info("rebalance: %d records dropped from agent buffers are left to the partitions' next "
+                     "owner (not committed): %s", len(left),
+                     ", ".join(sorted(f"{m.topic}[{m.partition}]@{m.offset}" for m in left)[:10]))
+            self._unacked_messages -= left
+
+    FlowControlEvent.clear = clear_counting
+    Consumer._clean_unacked_messages = clean_unacked_messages
+    _installed.add("rebalance_wait")
 
 
 # What Tansu answers in DescribeCluster unless started with another --cluster-id.

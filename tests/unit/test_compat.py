@@ -70,3 +70,32 @@ def test_plate_sessions_are_limited_without_touching_onnxruntime(monkeypatch):
     plates.PlateReader(threads=1)
     assert ort.InferenceSession is original  # nobody else's sessions change
     assert built and set(built) == {1}, built
+
+
+def test_a_rebalance_stops_waiting_only_for_records_whose_every_open_count_a_clear_dropped():
+    """Three grid events read by two agents, A and B, when a revoke clears the agents' buffers."""
+    from types import SimpleNamespace
+
+    from faust.types.tuples import Message
+    from mode.utils.queues import FlowControlEvent, FlowControlQueue
+
+    compat.install_faust_rebalance_wait_fix()
+    flow = FlowControlEvent()
+    buffer_a, buffer_b = (FlowControlQueue(flow_control=flow, clear_on_resume=True)
+                              for _ in range(2))
+    done_by_a, held_by_a, untouched = (Message("events", 3, off, 0.0, 0, None, None, b"{}", None)
+                                       for off in (90, 91, 92))
+    for m in (done_by_a, held_by_a, untouched):
+        m.incref(2)  # one count per agent, as Faust's conductor does
+        buffer_b.put_nowait(SimpleNamespace(message=m))
+    buffer_a.put_nowait(SimpleNamespace(message=untouched))
+    done_by_a.decref()  # A finished it; B never took it from its buffer
+    # held_by_a: A is still working on it
+
+    flow.clear()  # the revoke (patched: counts what it drops)
+
+    left = compat.left_to_next_owner([done_by_a, held_by_a, untouched], compat._dropped)
+    assert left == {done_by_a, untouched}  # held_by_a: A may still ack it, so the rebalance waits for it
+    held_by_a.decref()  # A acks
+    assert held_by_a in compat.left_to_next_owner([held_by_a], compat._dropped)
+    assert not any(m.acked for m in (done_by_a, held_by_a, untouched))  # none counts as done: not committed
