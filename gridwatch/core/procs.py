@@ -97,7 +97,8 @@ class Proc:
     def wait_log(self, text: str, timeout: float = 60) -> None:
         wait_for(lambda: text in self.log() or self.dead(), timeout, f"{self.name} to log {text!r}")
         if text not in self.log():
-            raise RuntimeError(f"{self.name} exited ({self.proc.returncode}) before {text!r}:\n{self.log()[-3000:]}")
+            code = self.proc.returncode if self.proc else None
+            raise RuntimeError(f"{self.name} exited ({code}) before {text!r}:\n{self.log()[-3000:]}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
         if self.proc is None or self.proc.poll() is not None:

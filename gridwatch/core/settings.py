@@ -343,7 +343,8 @@ def validate(s: Settings) -> None:
             continue
         for fl in fields(obj):
             key = f"{sect.name}.{fl.name}"
-            default = fl.default if fl.default is not MISSING else fl.default_factory()  # type: ignore[misc]
+            factory = fl.default_factory
+            default = fl.default if fl.default is not MISSING else factory() if callable(factory) else None
             value = _checked(getattr(obj, fl.name), default, key)
             setattr(obj, fl.name, value)
             if isinstance(value, int | float) and not isinstance(value, bool):

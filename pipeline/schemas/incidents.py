@@ -235,7 +235,7 @@ class IncidentChange:
             raise SchemaError("incident change: unsupported or missing schema version")
         try:
             d = dict(d)
-            d["incident"] = Incident.from_dict(d.get("incident"))  # type: ignore[arg-type]
+            d["incident"] = Incident.from_dict(d.get("incident"))
             t = d.get("transition")
             d["transition"] = Transition.from_dict(t) if t else None
             d["v"] = VERSION
