@@ -114,6 +114,7 @@ class Registry:
         self._by_gateway: dict[str, list[Device]] = {}
         self._by_circuit: dict[str, list[Device]] = {}
         self._by_grid: dict[str, list[Device]] = {}
+        self._groups: dict[str, dict[str, list[Device]]] = {}  # attribute -> value -> devices, built on first use
         for d in devices:
             if d.id in self._by_id:
                 raise RegistryError(f"{source}: duplicate device id {d.id!r}")
@@ -239,6 +240,17 @@ class Registry:
     def circuit(self, circuit_id: str) -> list[Device]:
         """Lamps of a circuit ([] for an unknown circuit)."""
         return list(self._by_circuit.get(circuit_id, ()))
+
+    def group(self, attribute: str, value: str) -> list[Device]:
+        """Devices whose ``attribute`` equals ``value``: the members of a group rule's group (its
+        ``group_by``, e.g. the lamps of a circuit), for any device attribute, without a list to edit."""
+        index = self._groups.get(attribute)
+        if index is None:
+            index = self._groups[attribute] = {}
+            for d in self._by_id.values():
+                if (v := getattr(d, attribute, None)) not in (None, ""):
+                    index.setdefault(str(v), []).append(d)
+        return list(index.get(value, ()))
 
     def circuits(self) -> dict[str, list[Device]]:
         """Circuit id -> its lamps, sorted by circuit id."""

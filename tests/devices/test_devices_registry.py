@@ -227,3 +227,17 @@ def test_load_100k_devices(big_city_dir: Path) -> None:
     sizes = collections.Counter(d.gateway for d in reg if d.gateway)
     assert min(sizes.values()) >= 50 and max(sizes.values()) <= 300
     assert all(20 <= len(v) <= 40 for v in reg.circuits().values())
+
+
+def test_a_group_rule_can_group_by_any_device_attribute(sample_city: City) -> None:
+    """group_by is generic: the engine sizes a group by the registry, not by a hard-coded "circuit"."""
+    from gridwatch.agents.rules.engine import RuleEngine
+
+    reg = sample_city.registry
+    cid, lamps = next(iter(reg.circuits().items()))
+    gw = reg.gateways()[0]
+    assert reg.group("circuit", cid) == lamps and reg.group("gateway", gw) == reg.by_gateway(gw)
+    assert reg.group("gateway", "GW-none") == [] and reg.group("no_such_attribute", "x") == []
+    engine = RuleEngine([], reg, sample_city.gridmap)
+    assert engine.group_size("circuit", cid) == len(lamps)
+    assert engine.group_size("gateway", gw) == len(reg.by_gateway(gw)) > 1
