@@ -48,6 +48,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from gridwatch.core.plugins import Plugins
 from gridwatch.models.detectors.base import Detection
 from gridwatch.models.labels import PERSON_LABELS, VEHICLE_LABELS
 from gridwatch.models.tracker import Tracker, TrackerConfig, TrackState
@@ -149,7 +150,7 @@ class Rule(ABC):
     # -- config
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], zones: Mapping[str, Zone], defaults: Mapping[str, Any]) -> Rule:
-        common = {"id", "type", "zone", "level", "labels", "min_duration_s", "update_interval_s"}
+        common = {"id", "type", "module", "zone", "level", "labels", "min_duration_s", "update_interval_s"}
         unknown = set(data) - common - cls.options
         if unknown:
             raise ValueError(f"rule {data.get('id')!r} ({cls.kind}): unknown option(s) {sorted(unknown)}")
@@ -582,14 +583,13 @@ def _parse_range(spec: str) -> tuple[dtime, dtime]:
         raise ValueError(f"hours must look like '22:00-06:00', got {spec!r}") from exc
 
 
-RULE_TYPES: dict[str, type[Rule]] = {
-    "vehicle_parked": VehicleParkedRule,
-    "parked": VehicleParkedRule,
-    "crowd": CrowdRule,
-    "restricted_zone": RestrictedZoneRule,
-    "restricted": RestrictedZoneRule,
-    "line_crossing": LineCrossingRule,
-}
+# The scene-rule plug-ins, by the ``type`` of a camera's rule entry (aliases included). A rule of one's own
+# registers itself with ``SCENE_RULES.add("my_rule", MyRule)`` in its module, named by the entry's ``module``.
+SCENE_RULES: Plugins[type[Rule]] = Plugins("scene rule", None, ValueError)
+for _name, _cls in (("vehicle_parked", VehicleParkedRule), ("parked", VehicleParkedRule), ("crowd", CrowdRule),
+                    ("restricted_zone", RestrictedZoneRule), ("restricted", RestrictedZoneRule),
+                    ("line_crossing", LineCrossingRule)):
+    SCENE_RULES.add(_name, _cls)
 
 
 def rules_from_config(rules: Iterable[Mapping[str, Any] | Rule], zones: Iterable[Zone],
@@ -600,9 +600,7 @@ def rules_from_config(rules: Iterable[Mapping[str, Any] | Rule], zones: Iterable
         if isinstance(r, Rule):
             out.append(r)
             continue
-        cls = RULE_TYPES.get(str(r.get("type")))
-        if cls is None:
-            raise ValueError(f"unknown rule type {r.get('type')!r}; known: {sorted(RULE_TYPES)}")
+        cls = SCENE_RULES.get(r.get("type"), r.get("module"), f"rule {r.get('id')!r}")
         out.append(cls.from_dict(r, zmap, defaults or {}))
     ids = [r.rule_id for r in out]
     if len(ids) != len(set(ids)):

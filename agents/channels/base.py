@@ -8,22 +8,25 @@ dead-letter topic with the reason, so one bad endpoint never stops the others.
 
 from __future__ import annotations
 
-import importlib
 import logging
-import pkgutil
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from gridwatch.core.plugins import Plugins
 from gridwatch.pipeline.schemas.codec import SchemaError, loads
 from gridwatch.pipeline.schemas.events import LEVELS
 from gridwatch.pipeline.schemas.incidents import CHANGES, READABLE_VERSIONS
 
 log = logging.getLogger("gridwatch.channels")
-REGISTRY: dict[str, type[Channel]] = {}
 
 
 class ChannelConfigError(ValueError):
     """A channel entry in incidents.yaml is wrong; the message names the channel and the key."""
+
+
+# The channel plug-ins: one file each in agents/channels/ (found by pkgutil), or a module named by `module:`.
+CHANNELS: Plugins[type[Channel]] = Plugins("channel", "gridwatch.agents.channels", ChannelConfigError)
+register = CHANNELS.register
 
 
 class DeliveryError(RuntimeError):
@@ -58,15 +61,6 @@ class ChangeInfo:
 
     def tier_code(self, tier: str) -> str | None:
         return self.tiers.get(tier)
-
-
-def register(type_name: str):  # type: ignore[no-untyped-def]
-    def deco(cls: type[Channel]) -> type[Channel]:
-        cls.type = type_name
-        REGISTRY[type_name] = cls
-        return cls
-
-    return deco
 
 
 class Channel:
@@ -112,22 +106,11 @@ class Channel:
 
 def build_channels(entries: list[dict[str, Any]], settings: Any = None) -> list[Channel]:
     """Channels from incidents.yaml's ``channels:`` list (disabled ones left out)."""
-    package = importlib.import_module(__package__ or "gridwatch.agents.channels")
-    for mod in pkgutil.iter_modules(package.__path__):  # every plug-in file registers itself: no list to edit
-        importlib.import_module(f"{package.__name__}.{mod.name}")
     out = []
     for entry in entries:
         name = str(entry.get("name"))
         if entry.get("enabled", True) is False:
             continue
-        if entry.get("module"):
-            try:
-                importlib.import_module(str(entry["module"]))
-            except ImportError as e:
-                raise ChannelConfigError(f"channel {name!r}: cannot import module {entry['module']!r}: {e}") from None
-        cls = REGISTRY.get(str(entry.get("type")))
-        if cls is None:
-            raise ChannelConfigError(f"channel {name!r}: unknown type {entry.get('type')!r} "
-                                     f"(known: {', '.join(sorted(REGISTRY))})")
+        cls = CHANNELS.get(entry.get("type"), entry.get("module"), f"channel {name!r}")
         out.append(cls(name, entry, settings))
     return out

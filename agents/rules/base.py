@@ -19,18 +19,22 @@ a new rule is one small file plus a config entry:
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from gridwatch.core.plugins import Plugins
 from gridwatch.core.yaml_files import read_yaml_list
 from gridwatch.pipeline.schemas.events import LEVELS
 
 
 class RuleConfigError(ValueError):
     """rules.yaml is wrong; the message names the entry and the key to fix."""
+
+
+# The rule plug-ins: one file each in agents/rules/ (found by pkgutil), or a module named by `module:`.
+RULES: Plugins[type[Rule]] = Plugins("rule", "gridwatch.agents.rules", RuleConfigError)
+register = RULES.register
 
 
 @dataclass(slots=True)
@@ -45,18 +49,6 @@ class RuleContext:
     ts: int  # event time of the reading, ms
     group: dict[str, Any] | None = None  # shared state of the device's group (group rules only)
     group_size: int = 0
-
-
-REGISTRY: dict[str, type[Rule]] = {}
-
-
-def register(type_name: str):  # type: ignore[no-untyped-def]
-    def deco(cls: type[Rule]) -> type[Rule]:
-        cls.type = type_name
-        REGISTRY[type_name] = cls
-        return cls
-
-    return deco
 
 
 @dataclass
@@ -105,14 +97,8 @@ def build_rule(entry: dict[str, Any], where: str) -> Rule | None:
         return None
     type_name = entry.get("type")
     if not isinstance(type_name, str):
-        raise RuleConfigError(f"{where}: missing 'type' (one of: {', '.join(sorted(REGISTRY))})")
-    if type_name not in REGISTRY:
-        module = entry.get("module") or f"gridwatch.agents.rules.{type_name}"
-        with contextlib.suppress(ModuleNotFoundError):
-            importlib.import_module(module)
-    cls = REGISTRY.get(type_name)
-    if cls is None:
-        raise RuleConfigError(f"{where}: unknown rule type {type_name!r} (known: {', '.join(sorted(REGISTRY))})")
+        raise RuleConfigError(f"{where}: missing 'type' (one of: {RULES.known()})")
+    cls = RULES.get(type_name, entry.get("module"), where)
     name = entry.get("name", type_name)
     level = entry.get("level", "yellow")
     if level not in LEVELS:
@@ -131,8 +117,6 @@ def build_rule(entry: dict[str, Any], where: str) -> Rule | None:
 
 
 def load_rules(path: str | Path) -> list[Rule]:
-    from . import builtin  # noqa: F401 - registers the shipped rule types
-
     entries = read_yaml_list(path, "rules", RuleConfigError, "rules file")
     rules = [r for i, e in enumerate(entries) if (r := build_rule(e, f"{path}: rules[{i}]")) is not None]
     names = [r.name for r in rules]

@@ -41,7 +41,7 @@ def test_filters_and_config_errors(monkeypatch):
     assert not ch.accepts(change("red", "created"))
     assert build_channels([{"name": "m", "type": "mqtt", "enabled": False}]) == []
     for entry, msg in [
-        ({"name": "a", "type": "pager"}, "unknown type"),
+        ({"name": "a", "type": "pager"}, "unknown channel type"),
         ({"name": "a", "type": "mqtt", "colour": 1}, "unknown key"),
         ({"name": "a", "type": "webhook", "url": "ftp://x"}, "url"),
         ({"name": "a", "type": "webhook", "url": "http://x", "secret_env": "NOPE_NOT_SET"}, "no secret"),

@@ -232,7 +232,7 @@ def test_line_crossing_direction_counts_and_jitter() -> None:
 def test_config_errors() -> None:
     with pytest.raises(ValueError, match="zone 'nowhere' not defined"):
         SceneEngine.from_config("c", {"rules": [{"type": "crowd", "zone": "nowhere"}]})
-    with pytest.raises(ValueError, match="unknown rule type"):
+    with pytest.raises(ValueError, match="unknown scene rule type"):
         SceneEngine.from_config("c", {"rules": [{"type": "loitering"}]})
     with pytest.raises(ValueError, match="unknown option"):
         SceneEngine.from_config("c", {"zones": {"z": {"polygon": [[0, 0], [1, 0], [1, 1]]}},
