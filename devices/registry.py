@@ -114,7 +114,6 @@ class Registry:
         self._by_gateway: dict[str, list[Device]] = {}
         self._by_circuit: dict[str, list[Device]] = {}
         self._by_grid: dict[str, list[Device]] = {}
-        self._groups: dict[str, dict[str, list[Device]]] = {}  # attribute -> value -> devices, built on first use
         for d in devices:
             if d.id in self._by_id:
                 raise RegistryError(f"{source}: duplicate device id {d.id!r}")
@@ -127,6 +126,9 @@ class Registry:
             if d.circuit:
                 self._by_circuit.setdefault(d.circuit, []).append(d)
             self._by_grid.setdefault(d.grid_code, []).append(d)
+        # attribute -> value -> devices for group(): the indexes above, others built on first use
+        self._groups: dict[str, dict[str, list[Device]]] = {
+            "kind": self._by_kind, "gateway": self._by_gateway, "circuit": self._by_circuit, "grid_code": self._by_grid}
         overlap = set(self._by_gateway) & set(self._by_id)
         if overlap:
             raise RegistryError(f"{source}: gateway ids collide with device ids: {sorted(overlap)[:5]}")

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,8 +23,6 @@ from typing import Any
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free now (the OS picks it)."""
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
