@@ -5,6 +5,9 @@ to a whole tier with a wildcard, e.g. ``gridwatch/alerts/330100/330102/330102001
 A Faust table remembers which (event, phase) was published, so a re-delivered event (worker restart,
 replayed reading) is not published twice; a marker is forgotten once it is ``worker.alert_dedupe_retention_s``
 older (event time) than the newest event of its partition, so the table does not grow forever.
+The markers of a batch reach the changelog one Kafka round trip after the broker took its alerts; for a
+worker that dies or freezes in that gap, the broker's publish ledger
+(:mod:`gridwatch.pipeline.outputs.mqtt_ledger`) tells its successor what already went out.
 Control records of the events topic (watermarks for the incident agent) are skipped.
 """
 
@@ -16,6 +19,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from gridwatch.pipeline.outputs.mqtt_ledger import PublishLedger
 from gridwatch.pipeline.outputs.mqtt_publisher import AsyncMqttPublisher
 from gridwatch.pipeline.schemas.codec import SchemaError
 from gridwatch.pipeline.schemas.events import GridEvent, is_control
@@ -84,20 +88,23 @@ def install(ctx: AgentContext) -> Any:
     app, settings = ctx.app, ctx.settings
     published = app.Table("alerts-published", partitions=settings.kafka.partitions, default=None)
     publisher = AsyncMqttPublisher(settings, client_id="")
+    ledger = PublishLedger(publisher, settings.mqtt.alert_prefix, app.conf.id)
     retention = Retention(int(settings.worker.alert_dedupe_retention_s * 1000))
 
     @app.on_partitions_revoked.connect
     async def _forget(app_: Any, revoked: Any = None, **kwargs: Any) -> None:
         retention.forget()  # the table is the truth; re-indexed on the next event of each partition
+        ledger.forget({tp.partition for tp in revoked or () if tp.topic == ctx.events_topic.get_topic_name()})
 
     @app.agent(ctx.events_topic, name="alerts")
     async def alerts(stream: Any) -> None:
         if publisher.client is None:
             await publisher.start()
+            await ledger.start()
         # Batches: an alert storm (a feeder fault takes a whole district offline) is published with
         # many PUBACKs in flight instead of one round trip per alert.
         async for batch in stream.take_events(500, within=0.005):
-            todo = []
+            todo, already = [], []
             for event in batch:
                 if is_control(event.value):
                     continue  # a watermark for the incident agent's merge, not an event
@@ -106,7 +113,7 @@ def install(ctx: AgentContext) -> Any:
                 except SchemaError as e:
                     await ctx.dead_letter("alerts", "bad_event", str(e), event.message.topic, event.value)
                     continue
-                partition = event.message.partition
+                partition, offset = event.message.partition, event.message.offset
                 if not retention.known(partition):
                     retention.load(partition, list(published.data.items()))
                 for old in retention.expired(partition, ev.ts):
@@ -114,24 +121,31 @@ def install(ctx: AgentContext) -> Any:
                 marker = f"{ev.id}:{ev.phase}:{ev.ts}"
                 if published.get(marker):
                     continue  # re-delivered (worker restart, replayed reading): already out
+                if ledger.published(partition, offset, marker):
+                    already.append((marker, partition, ev.ts))  # its previous owner got it out, then died
+                    continue
+                ledger.record(partition, offset, marker)
                 todo.append((marker, partition, ev.ts,
-                             publisher.publish(alert_topic(settings.mqtt.alert_prefix, ev), event.value, qos=1)))
-            if not todo:
+                             publisher.queue(alert_topic(settings.mqtt.alert_prefix, ev), event.value, qos=1)))
+            if not todo and not already:
                 continue
-            await asyncio.gather(*(pub for *_, pub in todo))
-            for marker, partition, ts, _ in todo:
+            partitions = {partition for _, partition, *_ in todo}
+            # the ledger leaves right behind the alerts, on the same connection: see mqtt_ledger
+            await asyncio.gather(*(pub for *_, pub in todo), *ledger.write(partitions))
+            for marker, partition, ts, *_ in todo + already:
                 put(published, marker, {"p": partition}, partition)
                 retention.add(partition, marker, ts)
-            # The markers reach the changelog now, not at the next commit: a worker killed after the MQTT
-            # PUBACKs would otherwise leave up to a commit interval of alerts that its successor, recovering
-            # the table, publishes again (seen on the three-broker cluster, tests/cluster). What is left is
-            # the one Kafka round trip between the PUBACK and the changelog's ack. Bounded: a worker woken
-            # from a freeze (SIGSTOP past its session) hung here for minutes on the producer's flush.
+            # The markers reach the changelog now, not at the next commit, so the ledger can let go of
+            # them. Bounded: a worker woken from a freeze (SIGSTOP past its session) hung here for minutes
+            # on the producer's flush; its ledger keeps the markers until a later flush confirms them.
             try:
                 await asyncio.wait_for(app.producer.flush(), FLUSH_MARKERS_S)
+                ledger.confirmed(partitions)
             except TimeoutError:
-                log.warning("alert markers not confirmed by Kafka within %.0fs: a worker crash now could "
-                            "publish %d alerts again", FLUSH_MARKERS_S, len(todo))
+                log.warning("alert markers not confirmed by Kafka within %.0fs; the publish ledger keeps "
+                            "%d of them", FLUSH_MARKERS_S, len(todo))
             ctx.stats["alerts"] += len(todo)
+            if already:
+                ctx.stats["alerts.published_by_previous_owner"] += len(already)
 
     return alerts

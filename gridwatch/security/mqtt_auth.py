@@ -23,6 +23,7 @@ from pathlib import Path
 from gridwatch.pipeline.schemas.mqtt_topics import (
     ALERT_PREFIX,
     INCIDENTS_PREFIX,
+    LEDGER_PREFIX,
     STATS_PREFIX,
     TELEMETRY_ACL_PATTERNS,
     TELEMETRY_PATTERNS,
@@ -82,7 +83,7 @@ def service_accounts(secret: bytes, alert_prefix: str = ALERT_PREFIX, stats_pref
     """The pipeline's own MQTT users, each allowed exactly the topics its service uses.
 
     bridge (also ``gridwatch record``): reads device telemetry, publishes ``<stats>/bridge/<client id>``.
-    worker: publishes alerts, incident changes (the MQTT channel's ``topic_prefix``) and the vision
+    worker: publishes alerts (and reads and writes the publish ledgers, ``gridwatch/ledger/#``), incident changes (the MQTT channel's ``topic_prefix``) and the vision
     agent's ``<stats>/vision/<worker>``; a replay's worker (``gridwatch replay``) publishes the same under
     ``replay/<ns>/`` (:func:`gridwatch.pipeline.schemas.mqtt_topics.replay_prefix`). operator: reads all of it.
     simulator: publishes any device's telemetry and ``<stats>/simulator``.
@@ -95,7 +96,8 @@ def service_accounts(secret: bytes, alert_prefix: str = ALERT_PREFIX, stats_pref
         ServiceAccount("gridwatch-bridge", pw("gridwatch-bridge"),
                        (*(f"topic read {t}" for t in TELEMETRY_PATTERNS),
                         f"topic write {stats_prefix}/bridge/#")),
-        ServiceAccount("gridwatch-worker", pw("gridwatch-worker"), tuple(f"topic write {t}" for t in worker_writes)),
+        ServiceAccount("gridwatch-worker", pw("gridwatch-worker"),
+                       (*(f"topic write {t}" for t in worker_writes), f"topic readwrite {LEDGER_PREFIX}/#")),
         ServiceAccount("gridwatch-operator", pw("gridwatch-operator"),
                        (f"topic read {alert_prefix}/#", f"topic read {incidents_prefix}/#", f"topic read {stats_prefix}/#")),
         ServiceAccount("gridwatch-simulator", pw("gridwatch-simulator"),

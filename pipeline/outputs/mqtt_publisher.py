@@ -1,6 +1,8 @@
 """Await MQTT QoS 1 publishes from asyncio: a publish completes when the broker's PUBACK arrives.
 
 Used by the alert channel so a Kafka event is acknowledged only after MQTT confirmed it.
+``queue`` hands the message to paho at once (messages leave in the order they were queued) and returns
+what to await; ``subscribe`` delivers messages on the event loop.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -26,11 +29,17 @@ class AsyncMqttPublisher:
         self._lock = threading.Lock()
         self._acked_early: set[int] = set()
         self.client: mqtt.Client | None = None
+        self._subscriptions: dict[str, Callable[[str, bytes], None]] = {}
+        self._subacks: dict[int, asyncio.Future[None]] = {}
+        self._subacked_early: set[int] = set()
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         client = make_client(self.settings, self.client_id)
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
         self.client = client
         await asyncio.to_thread(connect, client)
         client.loop_start()
@@ -43,8 +52,42 @@ class AsyncMqttPublisher:
                 return
         self._loop.call_soon_threadsafe(_resolve, fut)
 
-    async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
-                      timeout: float = 30.0) -> None:
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+        for topic in self._subscriptions:  # a clean session after a reconnect: subscribe again
+            client.subscribe(topic, qos=1)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        for pattern, handler in self._subscriptions.items():
+            if mqtt.topic_matches_sub(pattern, msg.topic):
+                self._loop.call_soon_threadsafe(handler, msg.topic, msg.payload)
+
+    async def subscribe(self, topic: str, handler: Callable[[str, bytes], None], timeout: float = 30.0) -> None:
+        """Call ``handler(topic, payload)`` on the event loop for each message matching ``topic``; returns
+        once the broker acknowledged the subscription."""
+        assert self.client is not None, "start() first"
+        self._subscriptions[topic] = handler
+        acked: asyncio.Future[None] = self._loop.create_future()
+        rc, mid = self.client.subscribe(topic, qos=1)
+        if rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            raise ConnectionError(f"MQTT subscribe to {topic} failed: {mqtt.error_string(rc)}")
+        with self._lock:
+            if mid in self._subacked_early:
+                self._subacked_early.discard(mid)
+                return
+            self._subacks[mid] = acked
+        await asyncio.wait_for(acked, timeout)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, *rest: Any) -> None:
+        with self._lock:
+            fut = self._subacks.pop(mid, None)
+            if fut is None:
+                self._subacked_early.add(mid)
+                return
+        self._loop.call_soon_threadsafe(_resolve, fut)
+
+    def queue(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+              timeout: float = 30.0) -> Coroutine[Any, Any, None]:
+        """Hand the message to paho now; await the result for the broker's PUBACK."""
         assert self.client is not None, "start() first"
         fut: asyncio.Future[None] = self._loop.create_future()
         # Never hold our lock while calling into paho: paho calls on_publish with its own message
@@ -53,14 +96,20 @@ class AsyncMqttPublisher:
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             raise ConnectionError(f"MQTT publish to {topic} failed: {mqtt.error_string(info.rc)}")
         if qos == 0:
-            return
-        with self._lock:
-            if info.mid in self._acked_early:
-                self._acked_early.discard(info.mid)
-                return
-            self._pending[info.mid] = fut
+            fut.set_result(None)
+        else:
+            with self._lock:
+                if info.mid in self._acked_early:
+                    self._acked_early.discard(info.mid)
+                    fut.set_result(None)
+                else:
+                    self._pending[info.mid] = fut
         # paho queues while disconnected and resends on reconnect, so waiting is enough.
-        await asyncio.wait_for(fut, timeout)
+        return asyncio.wait_for(fut, timeout)
+
+    async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+                      timeout: float = 30.0) -> None:
+        await self.queue(topic, payload, qos, retain, timeout)
 
     async def stop(self) -> None:
         if self.client is not None:

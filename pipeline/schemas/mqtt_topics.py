@@ -31,6 +31,8 @@ TELEMETRY_ACL_PATTERNS = (device_topic("%u"), gateway_topic("%u"))
 ALERT_PREFIX = MqttSettings.alert_prefix  # grid events: <prefix>/<city>/<district>/<street>/<community>/<grid>/<type>
 STATS_PREFIX = MqttSettings.stats_prefix  # bridge, simulator and vision statistics
 INCIDENTS_PREFIX = "gridwatch/incidents"  # incident changes (the MQTT channel's default topic_prefix)
+# the workers' publish ledgers (retained, one per alert prefix, app and partition): what reached the broker
+LEDGER_PREFIX = "gridwatch/ledger"
 
 
 def telemetry_source(topic: str) -> tuple[str, str] | None:
