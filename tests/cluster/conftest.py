@@ -75,11 +75,8 @@ def baseline(cluster: Cluster) -> set:
     return v.incidents
 
 
-def assert_held(v: Verdict, alerts_twice_allowed: int = 0) -> None:
-    """Nothing acknowledged lost, the incidents exact; an alert (event id+phase) twice on MQTT only where
-    the fault is a worker dying or freezing between its MQTT publish and its "published" marker reaching
-    Kafka (RELIABILITY.md, "Cluster faults": two systems, no atomic write; counted, at most this many)."""
+def assert_held(v: Verdict) -> None:
+    """Nothing acknowledged lost, no alert (event id+phase) twice on MQTT, the incidents exact."""
     assert v.lost == 0, v.line()
-    assert len(v.events_twice) <= alerts_twice_allowed, f"{v.line()}: {v.events_twice[:5]}"
+    assert not v.events_twice, f"{v.line()}: {v.events_twice[:5]}"
     assert v.incidents_equal, v.line()
-
