@@ -147,5 +147,8 @@ def install(ctx: AgentContext) -> Any:
             ctx.stats["alerts"] += len(todo)
             if already:
                 ctx.stats["alerts.published_by_previous_owner"] += len(already)
+                log.info("%d alert(s) not published again: the publish ledger shows this partition's previous "
+                         "owner got them to the MQTT broker before it stopped (%s)", len(already),
+                         ", ".join(m for m, *_ in already[:5]))
 
     return alerts
