@@ -1,20 +1,25 @@
 """Channel plug-in interface and registry, like the rule plug-ins (agents/rules/base.py).
 
-A channel receives every incident change (the full snapshot plus the change) that passes its filters
-and delivers it somewhere: MQTT, a webhook, ... ``deliver`` either succeeds or raises
-:class:`DeliveryError` after its own retries; the fan-out agent then parks the change in the
-dead-letter topic with the reason, so one bad endpoint never stops the others.
+A channel is how something leaves the pipeline for people and other systems. It takes one stream:
+- ``incidents`` (:class:`Channel`): every incident change (the full snapshot plus the change) that passes
+  its filters, delivered somewhere: MQTT, a webhook, a WeCom group ... ``deliver`` either succeeds or
+  raises :class:`DeliveryError` after its own retries; the fan-out agent (agent.py) then parks the change
+  in the dead-letter topic with the reason, so one bad endpoint never stops the others.
+- ``events`` (:class:`EventChannel`): grid events (alerts) as the rules raise them, in batches; the
+  grid-event fan-out (agents/alerts.py) remembers what each channel delivered.
+Both kinds are configured in one ``channels:`` list (incidents.yaml) and found in one registry.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, get_args
 
 from gridwatch.core.plugins import Plugins
 from gridwatch.pipeline.schemas.codec import SchemaError, loads
-from gridwatch.pipeline.schemas.events import LEVELS
+from gridwatch.pipeline.schemas.events import LEVELS, GridEvent, Phase
 from gridwatch.pipeline.schemas.incidents import CHANGES, READABLE_VERSIONS
 
 log = logging.getLogger("gridwatch.channels")
@@ -64,22 +69,28 @@ class ChangeInfo:
 
 
 class Channel:
-    """Base class: filters (levels, changes) here; subclasses read their keys in ``configure``."""
+    """Base class of incident-change channels: the filters (levels, changes) here; subclasses read their
+    own keys in ``configure``."""
 
     type: ClassVar[str] = ""
+    stream: ClassVar[str] = "incidents"
     keys: ClassVar[frozenset[str]] = frozenset()  # the subclass's own config keys
-    common: ClassVar[frozenset[str]] = frozenset({"name", "type", "enabled", "levels", "changes", "module"})
+    filters: ClassVar[dict[str, tuple[str, ...]]] = {"levels": LEVELS, "changes": CHANGES}
 
     def __init__(self, name: str, cfg: dict[str, Any], settings: Any = None) -> None:
         self.name = name
         self.settings = settings
-        unknown = set(cfg) - self.common - self.keys
+        common = {"name", "type", "enabled", "module", *self.filters}
+        unknown = set(cfg) - common - self.keys
         if unknown:
             raise ChannelConfigError(f"channel {name!r} ({self.type}): unknown key(s) {sorted(unknown)} "
-                                     f"(known: {', '.join(sorted(self.keys | self.common))})")
-        self.levels = self._subset(cfg, "levels", LEVELS)
-        self.changes = self._subset(cfg, "changes", CHANGES)
+                                     f"(known: {', '.join(sorted(self.keys | common))})")
+        for key, allowed in self.filters.items():
+            setattr(self, key, self._subset(cfg, key, allowed))
         self.configure(cfg)
+
+    levels: frozenset[str]
+    changes: frozenset[str]
 
     def _subset(self, cfg: dict[str, Any], key: str, allowed: tuple[str, ...]) -> frozenset[str]:
         value = cfg.get(key, list(allowed))
@@ -104,13 +115,58 @@ class Channel:
         """Close connections."""
 
 
+@dataclass(frozen=True, slots=True)
+class EventItem:
+    """One grid event for an event channel: decoded, its record as on the events topic, and where it sits
+    there (``marker`` = ``<id>:<phase>:<ts>``, what the fan-out remembers as delivered)."""
+
+    event: GridEvent
+    body: bytes
+    partition: int
+    offset: int
+    marker: str
+
+
+class EventChannel(Channel):
+    """Base class of grid-event channels (``stream: events``): the filters are levels and phases."""
+
+    stream: ClassVar[str] = "events"
+    filters: ClassVar[dict[str, tuple[str, ...]]] = {"levels": LEVELS, "phases": get_args(Phase)}
+    phases: frozenset[str]
+    group = "gridwatch"  # whose deliveries these are: the fan-out sets its Faust app id before start()
+
+    def accepts_event(self, event: GridEvent) -> bool:
+        return event.level in self.levels and event.phase in self.phases
+
+    def delivered_before(self, item: EventItem) -> bool:
+        """Did this event go out before the fan-out could remember it (a previous owner of its partition
+        that died or froze right after delivering)? Only a channel whose receiver keeps a record can say."""
+        return False
+
+    def queue(self, item: EventItem) -> Awaitable[None]:
+        """Start delivering one event; the result completes when the receiver took it. Events are queued
+        in their partition's order, a batch at a time."""
+        raise NotImplementedError
+
+    def batch_queued(self, partitions: set[int]) -> list[Awaitable[None]]:
+        """Called once a batch's events are queued (e.g. to record them with the receiver)."""
+        return []
+
+    def remembered(self, partitions: set[int]) -> None:
+        """The fan-out's own record of these partitions' deliveries is durable (in Kafka) now."""
+
+    def revoked(self, partitions: set[int]) -> None:
+        """These partitions moved to another worker."""
+
+
 def build_channels(entries: list[dict[str, Any]], settings: Any = None) -> list[Channel]:
-    """Channels from incidents.yaml's ``channels:`` list (disabled ones left out)."""
+    """The incident-change channels of incidents.yaml's ``channels:`` list (disabled ones and event
+    channels left out: agents/alerts.py builds those)."""
     out = []
     for entry in entries:
         name = str(entry.get("name"))
-        if entry.get("enabled", True) is False:
-            continue
         cls = CHANNELS.get(entry.get("type"), entry.get("module"), f"channel {name!r}")
+        if entry.get("enabled", True) is False or cls.stream != "incidents":
+            continue
         out.append(cls(name, entry, settings))
     return out

@@ -1,6 +1,6 @@
 """MQTT channel: each incident change on ``<topic_prefix>/<city>/<district>/<street>/<community>/<grid>``.
 
-The same tier path as grid alerts (agents/alerts.tier_path), so an operator subscribes to a whole
+The same tier path as grid alerts (pipeline/schemas/mqtt_topics.tier_path), so an operator subscribes to a whole
 tier with a wildcard, e.g. ``gridwatch/incidents/330100/330102/330102001/#`` for one town. A publish
 completes on the broker's PUBACK (QoS 1), so the Kafka record is acknowledged only after MQTT has it.
 """
@@ -10,14 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from gridwatch.pipeline.outputs.mqtt_publisher import AsyncMqttPublisher
+from gridwatch.pipeline.schemas import mqtt_topics
 from gridwatch.pipeline.schemas.mqtt_topics import INCIDENTS_PREFIX
 
-from ..alerts import tier_path
 from .base import ChangeInfo, Channel, ChannelConfigError, DeliveryError, register
 
 
 def incident_topic(prefix: str, change: ChangeInfo) -> str:
-    return "/".join([prefix, *tier_path(change.tier_code, change.grid_code)])
+    return mqtt_topics.incident_topic(prefix, change.tier_code, change.grid_code)
 
 
 @register("mqtt")

@@ -7,6 +7,8 @@ broker ACLs allow exactly these patterns.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from gridwatch.core.settings import MqttSettings
 
 DEVICE = "devices"
@@ -41,6 +43,29 @@ def telemetry_source(topic: str) -> tuple[str, str] | None:
     if len(parts) != 4 or parts[0] != "v1" or parts[3] != "telemetry" or parts[1] not in (DEVICE, GATEWAY):
         return None
     return parts[1], parts[2]
+
+
+TIER_ORDER = ("city", "district", "street", "community", "grid")
+
+
+def tier_path(tier_code: Callable[[str], str | None], grid_code: str) -> list[str]:
+    """Codes city -> district -> street -> community -> grid ("_" where unknown): grid alerts and incident
+    changes go out under the grid's tier path, so an operator subscribes to a whole tier with a wildcard,
+    e.g. ``gridwatch/alerts/330100/330102/330102001/#`` for one street."""
+    codes = [tier_code(t) or "_" for t in TIER_ORDER]
+    if codes[-1] == "_":
+        codes[-1] = grid_code
+    return codes
+
+
+def alert_topic(prefix: str, tier_code: Callable[[str], str | None], grid_code: str, event_type: str) -> str:
+    """A grid event: ``<prefix>/<city>/<district>/<street>/<community>/<grid>/<type>``."""
+    return "/".join([prefix, *tier_path(tier_code, grid_code), event_type])
+
+
+def incident_topic(prefix: str, tier_code: Callable[[str], str | None], grid_code: str) -> str:
+    """An incident change: ``<prefix>/<city>/<district>/<street>/<community>/<grid>``."""
+    return "/".join([prefix, *tier_path(tier_code, grid_code)])
 
 
 def replay_prefix(ns: str, prefix: str) -> str:
