@@ -17,6 +17,7 @@ from gridwatch.agents.channels import agent as incident_channels
 from gridwatch.agents.runtime import AgentContext
 from gridwatch.compat import (
     install_faust_event_path_fix,
+    install_faust_idempotent_producer,
     install_faust_rebalance_wait_fix,
     install_faust_seek_fix,
     install_tansu_shims,
@@ -63,6 +64,8 @@ def create_app(settings: Settings, *, city: Any = None, agents: str | tuple[str,
     install_faust_seek_fix()  # any broker: records of never-committed partitions survive a rebalance
     install_faust_event_path_fix()  # any broker: the livelock check must not crash on a partition without a position
     install_faust_rebalance_wait_fix()  # any broker: a rebalance must not wait for records a clear dropped
+    if settings.kafka.idempotent:
+        install_faust_idempotent_producer()  # a retried produce is not written twice (real Kafka only)
     city = city or city_of(settings)
     # The city (100k devices, thousands of polygons) lives as long as the process: moving it out of
     # the garbage collector's generations keeps full collections short (tail latency).

@@ -5,7 +5,7 @@ Hosts hang off one Linux bridge by veth links; every address is in a private /24
 inside this machine (nothing leaves it). Kafka runs from the jars the set-up step fetched
 (gridwatch.kafka_server): three combined broker+controller nodes, a static three-voter quorum,
 replication 3, ``min.insync.replicas=2``, unclean election off. The bridges' producers are ``acks=all``
-and idempotent (``kafka.idempotent``); the Faust workers produce with ``acks=all`` (Faust's default).
+and idempotent (``kafka.idempotent``), the Faust workers' producers too.
 
 Two bridges share one MQTT 5-style shared subscription (``$share/<group>/...``, Mosquitto honours it
 for 3.1.1 clients too): either takes any message, a dead one's un-acknowledged messages stay in its

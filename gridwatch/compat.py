@@ -340,6 +340,25 @@ def install_faust_rebalance_wait_fix() -> None:
     _installed.add("rebalance_wait")
 
 
+def install_faust_idempotent_producer() -> None:
+    """Give the worker's own producer (events, incidents, changelogs) ``enable_idempotence``, as the
+    bridges' producers have with ``kafka.idempotent``: a produce that aiokafka retries after a lost
+    acknowledgement (a leader fail-over, a cut link) is not written twice. Faust turns idempotence on only
+    inside exactly-once transactions. Idempotent."""
+    if "idempotent_producer" in _installed:
+        return
+    require_checked("the Faust idempotent producer", "faust-streaming", "aiokafka")
+    from faust.transport.drivers.aiokafka import Producer
+
+    extra = Producer._settings_extra
+
+    def settings_extra(self):  # type: ignore[no-untyped-def]
+        return {**extra(self), "acks": "all", "enable_idempotence": True}
+
+    Producer._settings_extra = settings_extra
+    _installed.add("idempotent_producer")
+
+
 # What Tansu answers in DescribeCluster unless started with another --cluster-id.
 TANSU_CLUSTER_ID = "tansu_cluster"
 

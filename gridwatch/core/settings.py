@@ -33,7 +33,8 @@ class KafkaSettings:
     partitions: int = 8
     replication_factor: int = 1
     tansu_quirks: str = "auto"
-    # Producers (bridge) with enable_idempotence: a retried produce is not written twice (real Kafka only).
+    # Producers (bridges and workers) with enable_idempotence: a retried produce is not written twice
+    # (real Kafka only).
     idempotent: bool = False
 
     def quirks_enabled(self) -> bool:

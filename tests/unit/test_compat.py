@@ -99,3 +99,17 @@ def test_a_rebalance_stops_waiting_only_for_records_whose_every_open_count_a_cle
     held_by_a.decref()  # A acks
     assert held_by_a in compat.left_to_next_owner([held_by_a], compat._dropped)
     assert not any(m.acked for m in (done_by_a, held_by_a, untouched))  # none counts as done: not committed
+
+
+def test_the_idempotent_producer_patch_turns_idempotence_on_for_the_workers_producer(monkeypatch):
+    import faust
+    from faust.transport.drivers.aiokafka import Producer
+
+    # process-wide patch: undone after this test, so no other in-process app gets it
+    monkeypatch.setattr(Producer, "_settings_extra", Producer._settings_extra)
+    monkeypatch.setattr(compat, "_installed", set(compat._installed) - {"idempotent_producer"})
+    app = faust.App("gw-test-idempotent", broker="kafka://127.0.0.1:1")
+    assert app.producer._settings_extra().get("enable_idempotence") is not True  # Faust's own default
+    compat.install_faust_idempotent_producer()
+    compat.install_faust_idempotent_producer()  # idempotent itself
+    assert app.producer._settings_extra() == {"acks": "all", "enable_idempotence": True}
