@@ -7,7 +7,9 @@ In one run, on one machine, beside each other (the same bridge, worker and broke
               as the broker takes them: the other devices' latency beside the baseline's (target p99 <= 2x)
   * memory    bridge and Mosquitto RSS (current and peak) after each phase: bounded
   * the bridge's own figures: junk in, dead-letter bytes out (amplification), messages suppressed by
-              the dead-letter quota
+              the dead-letter quota, and the share of the flood it took in (below 1: Mosquitto's queue for
+              the bridge's session is at its bound and the broker drops messages, other devices' too)
+  * probes lost: probes whose alert never came (the p99 ratio is over the ones that came)
 
     python -m gridwatch.bench abuse [--seconds 20] [--rate 1000] [--repeat 3] [--out FILE]
 
@@ -155,6 +157,10 @@ def one_run(stack: EmbeddedStack, city: Any, seconds: float, rate: int, logs: Pa
         time.sleep(2)
         out["abuse"] = traffic_phase(pub, traffic, list(probes_b), alerts, seconds, rate)
         out["abuser"] = abuser.stop()
+        drained = stats.last.get("input_bytes", 0) - before.get("input_bytes", 0)
+        # what of the flood the bridge took in while it lasted: below 1, Mosquitto's queue for the bridge's
+        # session fills to its bound and the broker drops what comes next, the other devices' messages too
+        out["bridge_took_share_of_flood"] = round(drained / 1e6 / out["abuser"]["mbytes"], 2) if out["abuser"]["mbytes"] else None
         b_cur, b_peak = rss_mb(pipe.bridge.pid)
         m_cur, m_peak = rss_mb(mqtt_pid)
         out["rss_mb_abuse"] = {"bridge": round(b_cur), "bridge_peak": round(b_peak), "mosquitto": round(m_cur),
@@ -168,6 +174,7 @@ def one_run(stack: EmbeddedStack, city: Any, seconds: float, rate: int, logs: Pa
                          "suppressed": after.get("suppressed", 0) - before.get("suppressed", 0),
                          "dead_letter_records": after.get("dead_letter_records", 0) - before.get("dead_letter_records", 0),
                          "alarm": after.get("alarm", "")}
+        out["probes_lost"] = {k: out[k]["expected"] - out[k]["samples"] for k in ("baseline", "abuse")}
         p99a, p99b = out["abuse"]["p99"], out["baseline"]["p99"]
         out["p99_ratio"] = round(p99a / p99b, 2) if p99a and p99b else None
     finally:
@@ -197,7 +204,8 @@ def run(out: Path | None, seconds: float = 20.0, rate: int = 1000, repeat: int =
             r = one_run(stack, city, seconds, rate, logs)
             runs.append(r)
             print(f"run {k + 1}/{repeat}: baseline p99 {r['baseline']['p99']} ms, abuse p99 {r['abuse']['p99']} ms "
-                  f"(x{r['p99_ratio']}), abuser {r['abuser']}, bridge {r['bridge']}, RSS {r['rss_mb_abuse']}",
+                  f"(x{r['p99_ratio']}), probes lost {r['probes_lost']}, abuser {r['abuser']}, bridge took "
+                  f"{r['bridge_took_share_of_flood']} of it, bridge {r['bridge']}, RSS {r['rss_mb_abuse']}",
                   flush=True)
     ratios = [r["p99_ratio"] for r in runs if r["p99_ratio"] is not None]
     results = {
@@ -206,6 +214,10 @@ def run(out: Path | None, seconds: float = 20.0, rate: int = 1000, repeat: int =
         "spread": {
             "baseline_p99_ms": [r["baseline"]["p99"] for r in runs], "abuse_p99_ms": [r["abuse"]["p99"] for r in runs],
             "p99_ratio": {"min": min(ratios), "median": statistics.median(ratios), "max": max(ratios)} if ratios else None,
+            # the ratio is over the probes whose alert came: a lost probe is worse than any latency
+            "probes_lost_abuse": [r["probes_lost"]["abuse"] for r in runs],
+            "probes_expected_abuse": [r["abuse"]["expected"] for r in runs],
+            "bridge_took_share_of_flood": [r["bridge_took_share_of_flood"] for r in runs],
             "bridge_peak_rss_mb": max(r["rss_mb_abuse"]["bridge_peak"] for r in runs),
             "mosquitto_peak_rss_mb": max(r["rss_mb_abuse"]["mosquitto_peak"] for r in runs),
         },
