@@ -11,7 +11,7 @@ In one run, on one machine, beside each other (the same bridge, worker and broke
               the bridge's session is at its bound and the broker drops messages, other devices' too)
   * probes lost: probes whose alert never came (the p99 ratio is over the ones that came)
 
-    python -m gridwatch.bench abuse [--seconds 20] [--rate 1000] [--repeat 3] [--out FILE]
+    python -m gridwatch.bench abuse [--seconds 20] [--rate 1000] [--repeat 3] [--abuse-mbps 0] [--out FILE]
 
 Each repeat runs a fresh bridge and worker (new topic namespace) on the same embedded brokers.
 """
@@ -71,20 +71,26 @@ class BridgeStats:
 
 
 class Abuser:
-    """One device publishing max-size junk at QoS 1 as fast as Mosquitto acknowledges it."""
+    """One device publishing max-size junk at QoS 1 as fast as Mosquitto acknowledges it, or at most
+    ``mbytes_per_s`` (what a device's uplink allows: on loopback the flood is bounded only by the CPU)."""
 
-    def __init__(self, mqtt_url: str, device_id: str) -> None:
+    def __init__(self, mqtt_url: str, device_id: str, mbytes_per_s: float = 0.0) -> None:
         self.c = client(mqtt_url, client_id=f"abuser-{device_id}")
         self.topic = device_topic(device_id)
+        self.interval = len(JUNK) / (mbytes_per_s * 1e6) if mbytes_per_s > 0 else 0.0
         self.sent = 0
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         pending: list[Any] = []
+        t_next = time.monotonic()
         while not self._stop.is_set():
             pending.append(self.c.publish(self.topic, JUNK, qos=1))
             self.sent += 1
+            if self.interval:
+                t_next += self.interval
+                time.sleep(max(0.0, t_next - time.monotonic()))
             if len(pending) >= 200:
                 for info in pending[:100]:
                     info.wait_for_publish(30)
@@ -136,7 +142,8 @@ def traffic_phase(pub: Any, devs: list[Any], probes: list[Any], alerts: Alerts, 
             "p99": round(percentile(lat, 99), 1), "max": round(max(lat), 1)}
 
 
-def one_run(stack: EmbeddedStack, city: Any, seconds: float, rate: int, logs: Path) -> dict[str, Any]:
+def one_run(stack: EmbeddedStack, city: Any, seconds: float, rate: int, logs: Path,
+            abuse_mbps: float = 0.0) -> dict[str, Any]:
     reg = city.registry
     standalone = [d for d in reg if d.kind == "manhole" and not d.gateway]
     abuser_dev, probes_a, probes_b = standalone[0], standalone[1:1 + 240], standalone[241:481]
@@ -153,7 +160,7 @@ def one_run(stack: EmbeddedStack, city: Any, seconds: float, rate: int, logs: Pa
         out["baseline"] = traffic_phase(pub, traffic, list(probes_a[:-20]), alerts, seconds, rate)
         out["rss_mb_baseline"] = {"bridge": round(rss_mb(pipe.bridge.pid)[0]), "mosquitto": round(rss_mb(mqtt_pid)[0])}
         before = dict(stats.last)
-        abuser = Abuser(stack.mqtt_url, abuser_dev.id).start()
+        abuser = Abuser(stack.mqtt_url, abuser_dev.id, abuse_mbps).start()
         time.sleep(2)
         out["abuse"] = traffic_phase(pub, traffic, list(probes_b), alerts, seconds, rate)
         out["abuser"] = abuser.stop()
@@ -195,13 +202,14 @@ def drop_session(mqtt_url: str, client_id: str) -> None:
     c.loop_stop()
 
 
-def run(out: Path | None, seconds: float = 20.0, rate: int = 1000, repeat: int = 3) -> dict[str, Any]:
+def run(out: Path | None, seconds: float = 20.0, rate: int = 1000, repeat: int = 3,
+        abuse_mbps: float = 0.0) -> dict[str, Any]:
     city = load_city()
     logs = STATE_DIR / "bench-logs"
     runs = []
     with EmbeddedStack() as stack:
         for k in range(repeat):
-            r = one_run(stack, city, seconds, rate, logs)
+            r = one_run(stack, city, seconds, rate, logs, abuse_mbps)
             runs.append(r)
             print(f"run {k + 1}/{repeat}: baseline p99 {r['baseline']['p99']} ms, abuse p99 {r['abuse']['p99']} ms "
                   f"(x{r['p99_ratio']}), probes lost {r['probes_lost']}, abuser {r['abuser']}, bridge took "
@@ -210,6 +218,7 @@ def run(out: Path | None, seconds: float = 20.0, rate: int = 1000, repeat: int =
     ratios = [r["p99_ratio"] for r in runs if r["p99_ratio"] is not None]
     results = {
         "seconds_per_phase": seconds, "rate_readings_per_s": rate, "probes_per_s": PROBES_PER_S,
+        "abuse_mbytes_per_s_cap": abuse_mbps or None,
         "junk_payload_bytes": len(JUNK), "load_average_at_end": list(os.getloadavg()), "runs": runs,
         "spread": {
             "baseline_p99_ms": [r["baseline"]["p99"] for r in runs], "abuse_p99_ms": [r["abuse"]["p99"] for r in runs],
@@ -235,8 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=20.0, help="length of each phase (baseline, abuse)")
     p.add_argument("--rate", type=int, default=1000, help="normal traffic, readings/s")
     p.add_argument("--repeat", type=int, default=3, help="runs, each with a fresh bridge and worker")
+    p.add_argument("--abuse-mbps", type=float, default=0.0,
+                   help="cap the flood at this many MB/s (a device's uplink); 0 = as fast as the broker takes it")
     a = p.parse_args(argv)
-    run(a.out, a.seconds, a.rate, a.repeat)
+    run(a.out, a.seconds, a.rate, a.repeat, a.abuse_mbps)
     return 0
 
 
