@@ -68,7 +68,7 @@ def test_cameras_sigterm_with_kafka_frozen_exits_within_its_shutdown_time_and_a_
         wait_for(lambda: len(frames_sent_after(settings, topic, 0)) >= 5, 60, "frames from the RTSP camera in Kafka",
                  interval=1)
         kafka.send_signal(signal.SIGSTOP)
-        time.sleep(1)  # the camera goes on at 5 fps: the next frame is in flight to the frozen broker
+        time.sleep(2)  # the camera goes on at 5 fps: its next frame is in flight to the frozen broker
         rc = capture.stop(signal.SIGTERM, timeout=60)
         log = capture.log()
         # the premise: the clean stop was stuck on the frozen broker, only the watchdog ended it
