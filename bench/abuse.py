@@ -7,9 +7,11 @@ In one run, on one machine, beside each other (the same bridge, worker and broke
               as the broker takes them: the other devices' latency beside the baseline's (target p99 <= 2x)
   * memory    bridge and Mosquitto RSS (current and peak) after each phase: bounded
   * the bridge's own figures: junk in, dead-letter bytes out (amplification), messages suppressed by
-              the dead-letter quota
+              the dead-letter quota, and the share of the flood it took in (below 1: Mosquitto's queue for
+              the bridge's session is at its bound and the broker drops messages, other devices' too)
+  * probes lost: probes whose alert never came (the p99 ratio is over the ones that came)
 
-    python -m gridwatch.bench abuse [--seconds 20] [--rate 1000] [--repeat 3] [--out FILE]
+    python -m gridwatch.bench abuse [--seconds 20] [--rate 1000] [--repeat 3] [--abuse-mbps 0] [--out FILE]
 
 Each repeat runs a fresh bridge and worker (new topic namespace) on the same embedded brokers.
 """
@@ -33,7 +35,8 @@ from gridwatch.devices.simulator import build_messages, device_topic
 from gridwatch.stack import EmbeddedStack
 
 JUNK = b"\x00junk" * (262_144 // 5)  # just under bridge.max_payload_bytes, not JSON
-PROBES_PER_S = 2  # each probe opens an incident too: keep the worker's share of the load small
+PROBES_PER_S = 2
+DROPPED = "$SYS/broker/publish/messages/dropped"  # each probe opens an incident too: keep the worker's share of the load small
 
 
 class Alerts:
@@ -59,9 +62,16 @@ class Alerts:
 class BridgeStats:
     def __init__(self, mqtt_url: str, topic: str) -> None:
         self.last: dict[str, Any] = {}
+        self.dropped = 0  # Mosquitto's count of messages it dropped at a queue or in-flight bound ($SYS, every 10 s)
         self.c = client(mqtt_url, client_id="")
-        self.c.on_message = lambda c, u, m: setattr(self, "last", json.loads(m.payload))
-        self.c.subscribe([(topic, 0)])
+        self.c.on_message = self.on_message
+        self.c.subscribe([(topic, 0), (DROPPED, 0)])
+
+    def on_message(self, c: Any, u: Any, m: Any) -> None:
+        if m.topic == DROPPED:
+            self.dropped = int(m.payload)
+        else:
+            self.last = json.loads(m.payload)
 
     def close(self) -> None:
         self.c.disconnect()
@@ -69,20 +79,26 @@ class BridgeStats:
 
 
 class Abuser:
-    """One device publishing max-size junk at QoS 1 as fast as Mosquitto acknowledges it."""
+    """One device publishing max-size junk at QoS 1 as fast as Mosquitto acknowledges it, or at most
+    ``mbytes_per_s`` (what a device's uplink allows: on loopback the flood is bounded only by the CPU)."""
 
-    def __init__(self, mqtt_url: str, device_id: str) -> None:
+    def __init__(self, mqtt_url: str, device_id: str, mbytes_per_s: float = 0.0) -> None:
         self.c = client(mqtt_url, client_id=f"abuser-{device_id}")
         self.topic = device_topic(device_id)
+        self.interval = len(JUNK) / (mbytes_per_s * 1e6) if mbytes_per_s > 0 else 0.0
         self.sent = 0
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         pending: list[Any] = []
+        t_next = time.monotonic()
         while not self._stop.is_set():
             pending.append(self.c.publish(self.topic, JUNK, qos=1))
             self.sent += 1
+            if self.interval:
+                t_next += self.interval
+                time.sleep(max(0.0, t_next - time.monotonic()))
             if len(pending) >= 200:
                 for info in pending[:100]:
                     info.wait_for_publish(30)
@@ -134,7 +150,8 @@ def traffic_phase(pub: Any, devs: list[Any], probes: list[Any], alerts: Alerts, 
             "p99": round(percentile(lat, 99), 1), "max": round(max(lat), 1)}
 
 
-def one_run(stack: EmbeddedStack, city: Any, seconds: float, rate: int, logs: Path) -> dict[str, Any]:
+def one_run(stack: EmbeddedStack, city: Any, seconds: float, rate: int, logs: Path,
+            abuse_mbps: float = 0.0) -> dict[str, Any]:
     reg = city.registry
     standalone = [d for d in reg if d.kind == "manhole" and not d.gateway]
     abuser_dev, probes_a, probes_b = standalone[0], standalone[1:1 + 240], standalone[241:481]
@@ -151,10 +168,15 @@ def one_run(stack: EmbeddedStack, city: Any, seconds: float, rate: int, logs: Pa
         out["baseline"] = traffic_phase(pub, traffic, list(probes_a[:-20]), alerts, seconds, rate)
         out["rss_mb_baseline"] = {"bridge": round(rss_mb(pipe.bridge.pid)[0]), "mosquitto": round(rss_mb(mqtt_pid)[0])}
         before = dict(stats.last)
-        abuser = Abuser(stack.mqtt_url, abuser_dev.id).start()
+        dropped_before = stats.dropped
+        abuser = Abuser(stack.mqtt_url, abuser_dev.id, abuse_mbps).start()
         time.sleep(2)
         out["abuse"] = traffic_phase(pub, traffic, list(probes_b), alerts, seconds, rate)
         out["abuser"] = abuser.stop()
+        drained = stats.last.get("input_bytes", 0) - before.get("input_bytes", 0)
+        # what of the flood the bridge took in while it lasted: below 1, Mosquitto's queue for the bridge's
+        # session fills to its bound and the broker drops what comes next, the other devices' messages too
+        out["bridge_took_share_of_flood"] = round(drained / 1e6 / out["abuser"]["mbytes"], 2) if out["abuser"]["mbytes"] else None
         b_cur, b_peak = rss_mb(pipe.bridge.pid)
         m_cur, m_peak = rss_mb(mqtt_pid)
         out["rss_mb_abuse"] = {"bridge": round(b_cur), "bridge_peak": round(b_peak), "mosquitto": round(m_cur),
@@ -168,6 +190,8 @@ def one_run(stack: EmbeddedStack, city: Any, seconds: float, rate: int, logs: Pa
                          "suppressed": after.get("suppressed", 0) - before.get("suppressed", 0),
                          "dead_letter_records": after.get("dead_letter_records", 0) - before.get("dead_letter_records", 0),
                          "alarm": after.get("alarm", "")}
+        out["broker_dropped_messages"] = stats.dropped - dropped_before
+        out["probes_lost"] = {k: out[k]["expected"] - out[k]["samples"] for k in ("baseline", "abuse")}
         p99a, p99b = out["abuse"]["p99"], out["baseline"]["p99"]
         out["p99_ratio"] = round(p99a / p99b, 2) if p99a and p99b else None
     finally:
@@ -188,28 +212,35 @@ def drop_session(mqtt_url: str, client_id: str) -> None:
     c.loop_stop()
 
 
-def run(out: Path | None, seconds: float = 20.0, rate: int = 1000, repeat: int = 3) -> dict[str, Any]:
+def run(out: Path | None, seconds: float = 20.0, rate: int = 1000, repeat: int = 3,
+        abuse_mbps: float = 0.0) -> dict[str, Any]:
     city = load_city()
     logs = STATE_DIR / "bench-logs"
     runs = []
     with EmbeddedStack() as stack:
         for k in range(repeat):
-            r = one_run(stack, city, seconds, rate, logs)
+            r = one_run(stack, city, seconds, rate, logs, abuse_mbps)
             runs.append(r)
             print(f"run {k + 1}/{repeat}: baseline p99 {r['baseline']['p99']} ms, abuse p99 {r['abuse']['p99']} ms "
-                  f"(x{r['p99_ratio']}), abuser {r['abuser']}, bridge {r['bridge']}, RSS {r['rss_mb_abuse']}",
+                  f"(x{r['p99_ratio']}), probes lost {r['probes_lost']}, Mosquitto dropped {r['broker_dropped_messages']}, abuser {r['abuser']}, bridge took "
+                  f"{r['bridge_took_share_of_flood']} of it, bridge {r['bridge']}, RSS {r['rss_mb_abuse']}",
                   flush=True)
     ratios = [r["p99_ratio"] for r in runs if r["p99_ratio"] is not None]
     results = {
         "seconds_per_phase": seconds, "rate_readings_per_s": rate, "probes_per_s": PROBES_PER_S,
+        "abuse_mbytes_per_s_cap": abuse_mbps or None,
         "junk_payload_bytes": len(JUNK), "load_average_at_end": list(os.getloadavg()), "runs": runs,
         "spread": {
             "baseline_p99_ms": [r["baseline"]["p99"] for r in runs], "abuse_p99_ms": [r["abuse"]["p99"] for r in runs],
             "p99_ratio": {"min": min(ratios), "median": statistics.median(ratios), "max": max(ratios)} if ratios else None,
+            # the ratio is over the probes whose alert came: a lost probe is worse than any latency
+            "probes_lost_abuse": [r["probes_lost"]["abuse"] for r in runs],
+            "probes_expected_abuse": [r["abuse"]["expected"] for r in runs],
+            "bridge_took_share_of_flood": [r["bridge_took_share_of_flood"] for r in runs],
             "bridge_peak_rss_mb": max(r["rss_mb_abuse"]["bridge_peak"] for r in runs),
             "mosquitto_peak_rss_mb": max(r["rss_mb_abuse"]["mosquitto_peak"] for r in runs),
         },
-        "targets": {"p99_ratio": 2.0, "deadletter_amplification": 1.2},
+        "targets": {"p99_ratio": 2.0, "deadletter_amplification": 1.2, "probes_lost_abuse": 0},
     }
     print(f"spread over {repeat} runs: {results['spread']}", flush=True)
     write_results(out, results)
@@ -223,8 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=20.0, help="length of each phase (baseline, abuse)")
     p.add_argument("--rate", type=int, default=1000, help="normal traffic, readings/s")
     p.add_argument("--repeat", type=int, default=3, help="runs, each with a fresh bridge and worker")
+    p.add_argument("--abuse-mbps", type=float, default=0.0,
+                   help="cap the flood at this many MB/s (a device's uplink); 0 = as fast as the broker takes it")
     a = p.parse_args(argv)
-    run(a.out, a.seconds, a.rate, a.repeat)
+    run(a.out, a.seconds, a.rate, a.repeat, a.abuse_mbps)
     return 0
 
 

@@ -85,6 +85,7 @@ class CaptureOptions:
     offline_level: str = "yellow"
     send_skipped: bool = False  # also send frames the motion gate skipped (the agent ignores them)
     stats_interval_s: float = 30.0
+    shutdown_s: float = 10.0  # SIGTERM/SIGINT: exit at most this long after (frames are not acknowledged input)
 
 
 @dataclass
@@ -179,6 +180,8 @@ def parse_camera_config(data: Any, where: str = "<cameras>") -> CameraConfig:
         raise CameraConfigError(f"{where}:vision.regions: {e}") from None
     if vision.plates not in ("auto", "on", "off"):
         raise CameraConfigError(f"{where}:vision.plates: auto, on or off, not {vision.plates!r}")
+    if not 0 < capture.shutdown_s <= 3600:
+        raise CameraConfigError(f"{where}:capture.shutdown_s: more than 0 and at most 3600 s")
     if capture.offline_level not in LEVELS:
         raise CameraConfigError(f"{where}:capture.offline_level: one of {LEVELS}")
     defaults = data.get("defaults") or {}
@@ -531,5 +534,5 @@ def run_service(settings: Settings, config: CameraConfig, only: list[str] | None
     live = sum(is_live_source(s.capture.source) for s in specs)
     log.info("cameras from %s: %d (%d live)", config.path, len(specs), live)
     service = CameraService(settings, config, sites, specs)
-    run_async(service.run)
+    run_async(service.run, config.capture.shutdown_s, "cameras")
     return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -20,6 +21,10 @@ from typing import Any, Protocol
 from gridwatch.pipeline.schemas.mqtt_topics import DEVICE, telemetry_source
 from gridwatch.pipeline.schemas.readings import Reading
 
+# What a JSON text can start with (RFC 8259: UTF-8, an optional BOM, whitespace, then a value). Anything
+# else is junk: rejected without decoding it (json.loads on bytes would first guess an encoding and decode
+# the whole payload, e.g. 256 KB of NUL-led junk as UTF-16), which keeps a flooding device's cost small.
+_JSON_START = re.compile(rb'(?:\xef\xbb\xbf)?[ \t\r\n]*[{\["\-0-9tfn]')
 MIN_TS_MS = 946_684_800_000  # 2000-01-01: anything earlier is a broken clock or seconds-not-ms
 
 # Known telemetry fields: (type, min, max). Unknown numeric/bool fields pass through untouched.
@@ -117,6 +122,8 @@ def parse_message(
     source = telemetry_source(topic)
     if source is None:
         return ParseResult([], [Rejection("bad_topic", f"topic {topic!r} is not v1/devices/ID/telemetry or v1/gateway/ID/telemetry")])
+    if not _JSON_START.match(payload):
+        return ParseResult([], [Rejection("malformed_json", f"payload is not UTF-8 JSON: starts with {payload[:16]!r}")])
     try:
         doc = loads(payload)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:

@@ -50,6 +50,9 @@ def test_each_kind_of_bad_input_has_its_reason():
         ("v1/devices/M1/attributes", json.dumps({"ts": NOW, "values": {"a": 1}}).encode()): "bad_topic",
         ("v1/devices/M1/telemetry", b"[" * 100_000): "malformed_json",
         ("v1/devices/M1/telemetry", b" " * 300_000): "oversized",
+        ("v1/devices/M1/telemetry", b"\x00junk" * 50_000): "malformed_json",  # not decoded now; the same reason
+        ("v1/devices/M1/telemetry", b""): "malformed_json",
+        ("v1/devices/M1/telemetry", b"7"): "bad_structure",  # JSON, just not readings
     }
     for (topic, payload), reason in cases.items():
         r = parse_message(topic, payload, REG, NOW)
@@ -97,3 +100,10 @@ def test_fuzz_parser_never_raises_and_accounts_for_everything(topic, doc):
 def test_fuzz_parser_with_arbitrary_bytes(raw):
     r = parse_message("v1/devices/M1/telemetry", raw, REG, NOW)
     assert r.readings or r.rejections
+
+
+def test_json_after_a_utf8_bom_and_whitespace_is_read():
+    body = json.dumps({"ts": NOW, "values": {"tilt_deg": 2.0}}).encode()
+    for payload in (b"\xef\xbb\xbf" + body, b" \r\n\t" + body):
+        r = parse_message("v1/devices/M1/telemetry", payload, REG, NOW)
+        assert [x.values for x in r.readings] == [{"tilt_deg": 2.0}] and not r.rejections

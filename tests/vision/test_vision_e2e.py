@@ -97,6 +97,7 @@ def test_camera_config_validation(city) -> None:
     for bad, word in [({"cameras": {CAM: {"detect_fps": 5}}}, "source"),
                       ({"cameras": {CAM: {"source": "x", "colour": 1}}}, "colour"),
                       ({"vision": {"max_batch": "8"}}, "max_batch"),
+                      ({"capture": {"shutdown_s": 0}}, "shutdown_s"), ({"capture": {"shutdown_s": None}}, "shutdown_s"),
                       ({"cameras": {CAM: {"source": "x", "rules": [{"id": "r", "type": "nope", "zone": "z"}]}}}, CAM),
                       ({"detector": {"type": "magic"}}, "detector")]:
         with pytest.raises(CameraConfigError, match=word):
