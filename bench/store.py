@@ -70,7 +70,7 @@ def bench_sink(url: str, ceiling_url: str, raws: list[bytes], tz: Any) -> dict[s
     from gridwatch.store import tables as t
 
     engine = make_engine(url)
-    migrate(engine)
+    migrate(engine, tz)
     store = Store(engine, tz)
     t0 = time.perf_counter()
     rows = 0
@@ -83,7 +83,7 @@ def bench_sink(url: str, ceiling_url: str, raws: list[bytes], tz: Any) -> dict[s
     sink = rows / (time.perf_counter() - t0)
     engine.dispose()
     engine = make_engine(ceiling_url)
-    migrate(engine)
+    migrate(engine, tz)
     batches = []
     for i in range(0, len(raws), BATCH):
         b = Store(engine, tz).batch()
@@ -106,7 +106,7 @@ def bench_sink(url: str, ceiling_url: str, raws: list[bytes], tz: Any) -> dict[s
 # ---------------------------------------------------------------------------------------- reads
 def load(url: str, city: Any, n: int, tz: Any) -> float:
     engine = make_engine(url)
-    migrate(engine)
+    migrate(engine, tz)
     store = Store(engine, tz)
     t0 = time.perf_counter()
     step = 5000

@@ -17,8 +17,9 @@ from gridwatch.pipeline.schemas.events import is_control
 from gridwatch.pipeline.schemas.incidents import LEVELS
 from gridwatch.pipeline.schemas.reports import ResidentReport
 
+from .counts import CLOSED_STATUSES
+
 log = logging.getLogger("gridwatch.store")
-CLOSED_STATUSES = ("resolved", "evaluated", "closed", "cancelled")  # as the api shows them (web/views.py)
 KINDS = ("incidents", "reports", "actions", "events")
 VALIDATE = {"reports": ResidentReport.decode}
 # Incident changes are checked field by field below (the fields the store files and the api serves):
@@ -44,6 +45,7 @@ class Batch:
         self.tz = tz
         self.versions: dict[tuple[str, int], dict[str, Any]] = {}
         self.latest: dict[str, dict[str, Any]] = {}
+        self.incs: dict[str, dict[str, Any]] = {}  # the incident of each ``latest`` row (the counters)
         self.areas: dict[tuple[str, str], dict[str, Any]] = {}
         self.joins: dict[str, dict[str, Any]] = {}
         self.reports: dict[str, dict[str, Any]] = {}
@@ -95,8 +97,12 @@ class Batch:
         cur = self.latest.get(iid)
         if cur is not None and cur["version"] >= ver:
             return
+        if cur is not None:  # the areas of the version this one replaces (it may have moved)
+            for tier in self.incs[iid].get("tiers", []):
+                self.areas.pop((tier["code"], iid), None)
         month = self.month(inc["created_ts"])
         rank = list_rank(inc["status"], inc["level"])
+        self.incs[iid] = inc
         self.latest[iid] = {"id": iid, "version": ver, "status": inc["status"], "level": inc["level"],
                             "category_group": inc["category_group"], "tier": inc["tier"],
                             "grid_code": inc["grid_code"], "created_ts": inc["created_ts"], "created_month": month,
