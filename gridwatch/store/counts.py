@@ -2,13 +2,16 @@
 
 Why: computing a month's statistics from the case files reads every incident of the month (tens of
 thousands of JSON documents for a city); the counters answer from a few hundred rows. An incident
-adds one row's worth of counters to each area of its tier chain (city .. grid), keyed by (area code,
-month, status, level, category group); the store's write replaces an incident's old contribution
-with its new one in the same transaction as the incident row (subtract old, add new), so a newer
-version, a late older one and a redelivery all leave the counters equal to a count from scratch.
+counts in each area of its tier chain (city .. grid), in the row keyed by (area code, month, status,
+level, category group). The store's write swaps an incident's old contribution for its new one in
+SQL, in the same transaction as the incident row: it subtracts the stored version's sums (the
+incident's row and areas, ``counter_sums``) before replacing it and adds the new version's after, so
+a newer version, a late older one and a redelivery all leave the counters equal to a count from
+scratch. The incident row carries the few columns the sums need (``columns``).
 
-The same ``contribution`` feeds the from-scratch statistics (gridwatch.web.statistics), so both ways
-give identical figures.
+``contribution`` computes the same counters from a document (the from-scratch statistics in
+gridwatch.web.statistics, for filters the counters do not have); tests/store/test_store_counts.py
+holds the two to the same figures.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
+
+from sqlalchemy import and_, case, func, literal
 
 CLOSED_STATUSES = ("resolved", "evaluated", "closed", "cancelled")  # as the api shows them (web/views.py)
 DONE_STATUSES = ("resolved", "evaluated", "closed")  # "closed" for the closure rate (cancelled is not work done)
@@ -28,8 +33,6 @@ FLAGS = ("n", "work", "done", "work_overdue", "open_overdue", "supervised", "sup
 FIGURES = FLAGS + tuple(f"rating_{r}" for r in RATINGS)  # what a ranked area's figures need
 COUNTERS = FIGURES + tuple(f"d{d:02d}" for d in DAYS)
 KEY = ("code", "month", "status", "level", "category_group")
-
-Key = tuple[str, str, str, str, str]  # code, month, status, level, category group
 Counts = dict[str, int]
 
 
@@ -62,41 +65,41 @@ def contribution(inc: Mapping[str, Any], tz: ZoneInfo) -> tuple[str, str, str, s
     return created.strftime("%Y-%m"), status, inc["level"], inc["category_group"], c
 
 
-def areas(inc: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(tier, code) of every area the incident counts in."""
-    return [(t["tier"], t["code"]) for t in inc.get("tiers", [])]
+def columns(inc: Mapping[str, Any], tz: ZoneInfo) -> dict[str, Any]:
+    """The incident row's columns its counters are summed from (``counter_sums``), as ``contribution``
+    reads them from the document."""
+    sv = inc.get("supervision")
+    rating = inc.get("rating")
+    rated = isinstance(rating, int) and not isinstance(rating, bool)
+    return {"created_day": datetime.fromtimestamp(inc["created_ts"] / 1000, tz).day,
+            "overdue": 1 if inc.get("overdue") else 0, "supervised": 1 if sv else 0,
+            "supervised_overdue": 1 if sv and sv.get("overdue") else 0,
+            "handled_ms": int(inc["resolved_ts"]) - int(inc["created_ts"])
+            if inc["status"] in DONE_STATUSES and inc.get("resolved_ts") else None,
+            "rating": min(max(rating, RATINGS[0]), RATINGS[-1]) if rated else None}
+
+
+def counter_sums(i: Any, sign: int = 1) -> list[Any]:
+    """SQL: every counter as ``sign`` x SUM over the rows of incidents table ``i`` (grouped by area)."""
+    def one(cond: Any) -> Any:
+        return case((cond, 1), else_=0)
+
+    status = i.c.status
+    exprs: dict[str, Any] = {
+        "n": literal(1), "work": one(status != "cancelled"), "done": one(status.in_(DONE_STATUSES)),
+        "work_overdue": one(and_(i.c.overdue == 1, status != "cancelled")),
+        "open_overdue": one(and_(i.c.overdue == 1, status.not_in(CLOSED_STATUSES))),
+        "supervised": i.c.supervised, "supervised_overdue": i.c.supervised_overdue,
+        "handled_n": one(i.c.handled_ms.is_not(None)), "handled_ms": func.coalesce(i.c.handled_ms, 0),
+        "rated": one(i.c.rating.is_not(None)),
+        **{f"rating_{r}": one(i.c.rating == r) for r in RATINGS},
+        **{f"d{d:02d}": one(i.c.created_day == d) for d in DAYS}}
+    return [(sign * func.sum(exprs[k])).label(k) for k in COUNTERS]
 
 
 def add(total: Counts, part: Mapping[str, int], sign: int = 1) -> None:
     for k, v in part.items():
         total[k] = total.get(k, 0) + sign * v
-
-
-class Deltas:
-    """Counter changes of one write, per (area, month, status, level, category); zero rows dropped."""
-
-    def __init__(self, tz: ZoneInfo) -> None:
-        self.tz = tz
-        self.rows: dict[Key, Counts] = {}
-        self.tiers: dict[str, str] = {}
-
-    def incident(self, inc: Mapping[str, Any], sign: int = 1) -> None:
-        month, status, level, cat, c = contribution(inc, self.tz)
-        for tier, code in areas(inc):
-            self.tiers[code] = tier
-            add(self.rows.setdefault((code, month, status, level, cat), {}), c, sign)
-
-    def table_rows(self) -> list[dict[str, Any]]:
-        """Rows for the counters table (every counter present: one executemany)."""
-        out = []
-        for key, c in self.rows.items():
-            if not any(c.values()):
-                continue
-            row: dict[str, Any] = dict(zip(KEY, key, strict=True))
-            row["tier"] = self.tiers[key[0]]
-            row.update({k: c.get(k, 0) for k in COUNTERS})
-            out.append(row)
-        return out
 
 
 def total(rows: Iterable[Mapping[str, int]]) -> Counts:

@@ -17,14 +17,25 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, bindparam, create_engine, event, func, insert, literal, select, text, tuple_
+from sqlalchemy import (
+    Engine,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+    tuple_,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gridwatch.core.settings import STATE_DIR, Settings
 from gridwatch.pipeline.schemas.incidents import LEVELS, STATUSES
 
 from . import tables as t
-from .counts import COUNTERS, FIGURES, KEY, Deltas, areas
+from .counts import COUNTERS, FIGURES, KEY, columns, counter_sums
 from .records import Batch, list_rank
 
 log = logging.getLogger("gridwatch.store")
@@ -96,21 +107,25 @@ def migrate(engine: Engine, tz: ZoneInfo | None = None) -> None:
 
 
 def recount(conn: Any, tz: ZoneInfo, chunk: int = 5000) -> int:
-    """Fill area_counts from scratch from the stored incidents (the migration's backfill, and a repair)."""
-    conn.execute(t.area_counts.delete())
-    deltas = Deltas(tz)
+    """The counters from scratch: the incidents' counted columns from their documents, then area_counts
+    summed in SQL (the migration's fill; a repair)."""
     i = t.incidents
     last, n = "", 0
-    while True:  # keyset chunks: bounded memory per read
+    upd = i.update().where(i.c.id == bindparam("k")).values(
+        {c: bindparam(c) for c in ("created_day", "overdue", "supervised", "supervised_overdue", "handled_ms",
+                                   "rating")})
+    while True:  # keyset chunks: bounded memory
         rows = conn.execute(select(i.c.id, i.c.doc).where(i.c.id > last).order_by(i.c.id).limit(chunk)).all()
         if not rows:
             break
-        for r in rows:
-            deltas.incident(json.loads(r.doc)["incident"])
+        conn.execute(upd, [{"k": r.id, **columns(json.loads(r.doc)["incident"], tz)} for r in rows])
         last, n = rows[-1].id, n + len(rows)
-    rows = deltas.table_rows()
-    for k in range(0, len(rows), chunk):
-        conn.execute(insert(t.area_counts), rows[k:k + chunk])
+    conn.execute(t.area_counts.delete())
+    c, a = t.area_counts, t.incident_areas
+    sums = (select(a.c.code, i.c.created_month, i.c.status, i.c.level, i.c.category_group, *counter_sums(i))
+            .select_from(i.join(a, a.c.incident_id == i.c.id))
+            .group_by(a.c.code, i.c.created_month, i.c.status, i.c.level, i.c.category_group))
+    conn.execute(insert(c).from_select(list(KEY) + list(COUNTERS), sums))
     return n
 
 
@@ -121,6 +136,7 @@ def open_store(settings: Settings, tz: str | ZoneInfo = "UTC", *, url: str | Non
     return store
 
 
+CHUNK = 1000  # ids per IN list
 TOTAL_CAP = 10_000  # a list total counted row by row stops here ("10,000+")
 Cursor = tuple[int, int, str]  # (list_rank, updated_ts, incident id) of a page's last row
 
@@ -175,6 +191,9 @@ class Store:
             self._upsert(conn, t.incidents, batch.latest, ("id",), newer="version")
             self._upsert(conn, t.incident_areas, [r for r in batch.areas.values() if r["incident_id"] not in stale],
                          ("code", "incident_id"), newer="version")
+            added = [iid for iid in batch.latest if iid not in stale]
+            for k in range(0, len(added), CHUNK):  # the new versions join the counters
+                self._add_counts(conn, t.incidents.c.id.in_(added[k:k + CHUNK]))
             self._upsert(conn, t.report_incident, batch.joins, ("report_id",), update=("incident_id",))
             self._upsert(conn, t.reports, batch.reports, ("service_request_id",))
             self._upsert(conn, t.actions, batch.actions, ("id",))
@@ -183,42 +202,32 @@ class Store:
                          update=("next_offset",))
 
     def _count(self, conn: Any, batch: Batch) -> set[str]:
-        """Per-area counters: each incident the batch replaces (or adds) swaps its stored version's
-        contribution for the new one, and leaves the areas it moved out of; a version not newer than
-        the stored one changes nothing (returned: those incidents' ids)."""
+        """Before the incidents are upserted: the incidents the batch replaces leave the per-area counters
+        (their stored version's sums, subtracted in SQL) and their areas (the new version may have moved).
+        Returns the ids whose stored version is as new or newer: the batch changes nothing of those."""
         i = t.incidents
         ids = list(batch.latest)
-        old: dict[str, Any] = {}
-        for k in range(0, len(ids), 500):
-            for r in conn.execute(select(i.c.id, i.c.version, i.c.doc).where(i.c.id.in_(ids[k:k + 500]))):
-                old[r.id] = r
-        deltas = Deltas(self.tz)
-        left: list[dict[str, Any]] = []  # areas an incident's newer version is no longer in
-        stale = set()
-        for iid, row in batch.latest.items():
-            prev = old.get(iid)
-            inc = batch.incs[iid]
-            if prev is not None:
-                if prev.version >= row["version"]:
-                    stale.add(iid)
-                    continue
-                was = json.loads(prev.doc)["incident"]
-                deltas.incident(was, -1)
-                left += [{"c": code, "i": iid} for code in {c for _, c in areas(was)} - {c for _, c in areas(inc)}]
-            deltas.incident(inc)
-        self._add_counts(conn, deltas)
-        if left:
-            a = t.incident_areas
-            conn.execute(a.delete().where(a.c.code == bindparam("c"), a.c.incident_id == bindparam("i")), left)
+        stored: dict[str, int] = {}
+        for k in range(0, len(ids), CHUNK):
+            stored.update((r.id, r.version) for r in conn.execute(select(i.c.id, i.c.version).where(i.c.id.in_(ids[k:k + CHUNK]))))
+        stale = {iid for iid, v in stored.items() if v >= batch.latest[iid]["version"]}
+        replaced = [iid for iid in stored if iid not in stale]
+        for k in range(0, len(replaced), CHUNK):
+            part = replaced[k:k + CHUNK]
+            self._add_counts(conn, i.c.id.in_(part), -1)
+            conn.execute(t.incident_areas.delete().where(t.incident_areas.c.incident_id.in_(part)))
         return stale
 
-    def _add_counts(self, conn: Any, deltas: Deltas) -> None:
-        rows = deltas.table_rows()
-        if rows:
-            c = t.area_counts
-            ins = self._insert(c)
-            conn.execute(ins.on_conflict_do_update(index_elements=list(KEY),
-                                                   set_={k: c.c[k] + ins.excluded[k] for k in COUNTERS}), rows)
+    def _add_counts(self, conn: Any, which: Any, sign: int = 1) -> None:
+        """area_counts += ``sign`` x the sums of the stored incidents ``which`` selects, per area (SQL)."""
+        i, a, c = t.incidents, t.incident_areas, t.area_counts
+        sums = (select(a.c.code, i.c.created_month, i.c.status, i.c.level, i.c.category_group,
+                       *counter_sums(i, sign))
+                .select_from(i.join(a, a.c.incident_id == i.c.id)).where(which)  # a WHERE: SQLite's upsert
+                .group_by(a.c.code, i.c.created_month, i.c.status, i.c.level, i.c.category_group))
+        ins = self._insert(c).from_select(list(KEY) + list(COUNTERS), sums)
+        conn.execute(ins.on_conflict_do_update(index_elements=list(KEY),
+                                               set_={k: c.c[k] + ins.excluded[k] for k in COUNTERS}))
 
     def _upsert(self, conn: Any, table: Any, rows: Any, keys: tuple[str, ...], *, newer: str = "",
                 update: tuple[str, ...] = ()) -> None:
@@ -433,10 +442,7 @@ class Store:
         i = t.incidents
         with self.engine.begin() as conn:
             old = select(i.c.id).where(i.c.closed_ts.is_not(None), i.c.closed_ts < cutoff)
-            deltas = Deltas(self.tz)  # the purged case files leave the counters too
-            for raw in conn.execute(select(i.c.doc).where(i.c.id.in_(old.scalar_subquery()))).scalars():
-                deltas.incident(json.loads(raw)["incident"], -1)
-            self._add_counts(conn, deltas)
+            self._add_counts(conn, i.c.id.in_(old.scalar_subquery()), -1)  # they leave the counters too
             for table, col in ((t.incident_versions, "id"), (t.incident_areas, "incident_id"),
                                (t.report_incident, "incident_id"), (t.actions, "incident_id")):
                 conn.execute(table.delete().where(table.c[col].in_(old)))

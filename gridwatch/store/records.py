@@ -17,7 +17,7 @@ from gridwatch.pipeline.schemas.events import is_control
 from gridwatch.pipeline.schemas.incidents import LEVELS
 from gridwatch.pipeline.schemas.reports import ResidentReport
 
-from .counts import CLOSED_STATUSES
+from .counts import CLOSED_STATUSES, columns
 
 log = logging.getLogger("gridwatch.store")
 KINDS = ("incidents", "reports", "actions", "events")
@@ -107,7 +107,7 @@ class Batch:
                             "category_group": inc["category_group"], "tier": inc["tier"],
                             "grid_code": inc["grid_code"], "created_ts": inc["created_ts"], "created_month": month,
                             "updated_ts": inc["updated_ts"], "closed_ts": inc.get("closed_ts"), "list_rank": rank,
-                            "doc": doc}
+                            "doc": doc, **columns(inc, self.tz)}
         for tier in inc.get("tiers", []):
             self.areas[(tier["code"], iid)] = {"code": tier["code"], "incident_id": iid, "version": ver,
                                                "created_month": month, "updated_ts": inc["updated_ts"],

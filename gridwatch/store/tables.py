@@ -38,6 +38,14 @@ incidents = Table(
     Column("closed_ts", BigInteger),
     Column("list_rank", Integer, nullable=False),  # console order: open before closed, red before blue
     Column("doc", Text, nullable=False),  # the newest IncidentChange as JSON (its "incident" is the case)
+    # what the per-area counters sum (counts.columns): day of month created (city time), 0/1 flags,
+    # handling time (ms; resolved, evaluated or closed cases with a resolved_ts), rating (1-5)
+    Column("created_day", Integer, nullable=False, server_default="0"),
+    Column("overdue", Integer, nullable=False, server_default="0"),
+    Column("supervised", Integer, nullable=False, server_default="0"),
+    Column("supervised_overdue", Integer, nullable=False, server_default="0"),
+    Column("handled_ms", BigInteger),
+    Column("rating", Integer),
     Index("ix_incidents_month", "created_month", "status"),
     Index("ix_incidents_updated", "updated_ts"),
     Index("ix_incidents_status_level", "status", "level", "category_group"),
@@ -53,6 +61,7 @@ incident_areas = Table(
     Column("updated_ts", BigInteger, nullable=False),
     Column("list_rank", Integer, nullable=False),
     Index("ix_areas_month", "code", "created_month"),
+    Index("ix_areas_incident", "incident_id"),  # an incident's areas: the counters' swap, purge
 )
 # the console's pages by scope: open before closed, red first, newest first, then by id (an index walk;
 # the id makes the order total, for keyset pages)
@@ -107,7 +116,7 @@ consumer_offsets = Table(
 )
 
 # Per-area monthly counters (counts.py): what a month's statistics and the list's total read. One row
-# per (area code, month, status, level, category group); ``tier``: the area's tier (the rankings).
+# per (area code, month, status, level, category group).
 area_counts = Table(
     "area_counts", metadata,
     Column("code", String(40), primary_key=True),
@@ -115,10 +124,8 @@ area_counts = Table(
     Column("status", String(20), primary_key=True),
     Column("level", String(10), primary_key=True),
     Column("category_group", String(60), primary_key=True),
-    Column("tier", String(20), nullable=False),
     *[Column(c, BigInteger if c == "handled_ms" else Integer, nullable=False, server_default="0")
       for c in COUNTERS],
-    Index("ix_counts_month_tier", "month", "tier", "code"),
 )
 
 # Facts about the store itself; "counts": "ready" once area_counts holds every incident's contribution

@@ -1,9 +1,11 @@
-"""Per-area monthly counters (area_counts) for the statistics and the list's total; store_meta; the
-console list's index gains the incident id (a stable order for keyset pages).
+"""Per-area monthly counters (area_counts) for the statistics and the list's total, the incident
+columns they are summed from, store_meta; the console list's index gains the incident id (a stable
+order for keyset pages).
 
-The counters are filled from the stored incidents by ``Store`` right after this migration, in the
-same transaction and under the same lock (gridwatch.store.db.migrate): their months and days are in
-the city's time zone, which the migration itself does not know. Until then store_meta says "stale".
+The new incident columns and the counters are filled from the stored incidents right after this
+migration, in the same transaction and under the same lock (gridwatch.store.db.migrate -> recount):
+the day of month is in the city's time zone, which the migration itself does not know. Until then
+store_meta says "stale".
 
 Revision ID: 0002
 Revises: 0001
@@ -27,20 +29,28 @@ def upgrade() -> None:
     op.create_table(
         "area_counts", sa.Column("code", S(40), primary_key=True), sa.Column("month", S(7), primary_key=True),
         sa.Column("status", S(20), primary_key=True), sa.Column("level", S(10), primary_key=True),
-        sa.Column("category_group", S(60), primary_key=True), sa.Column("tier", S(20), nullable=False),
+        sa.Column("category_group", S(60), primary_key=True),
         *[sa.Column(c, sa.BigInteger if c == "handled_ms" else sa.Integer, nullable=False, server_default="0")
           for c in COUNTERS])
-    op.create_index("ix_counts_month_tier", "area_counts", ["month", "tier", "code"])
+    for name in ("created_day", "overdue", "supervised", "supervised_overdue"):
+        op.add_column("incidents", sa.Column(name, sa.Integer, nullable=False, server_default="0"))
+    op.add_column("incidents", sa.Column("handled_ms", sa.BigInteger))
+    op.add_column("incidents", sa.Column("rating", sa.Integer))
     meta = op.create_table("store_meta", sa.Column("key", S(40), primary_key=True),
                            sa.Column("value", S(200), nullable=False))
     op.bulk_insert(meta, [{"key": "counts", "value": "stale"}])
     op.drop_index("ix_areas_list", table_name="incident_areas")
     op.create_index("ix_areas_list", "incident_areas",
                     ["code", "list_rank", sa.text("updated_ts DESC"), sa.text("incident_id DESC")])
+    op.create_index("ix_areas_incident", "incident_areas", ["incident_id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_areas_incident", table_name="incident_areas")
     op.drop_index("ix_areas_list", table_name="incident_areas")
     op.create_index("ix_areas_list", "incident_areas", ["code", "list_rank", sa.text("updated_ts DESC")])
     op.drop_table("store_meta")
     op.drop_table("area_counts")
+    with op.batch_alter_table("incidents") as b:
+        for name in ("created_day", "overdue", "supervised", "supervised_overdue", "handled_ms", "rating"):
+            b.drop_column(name)
