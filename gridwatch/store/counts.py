@@ -32,6 +32,7 @@ FLAGS = ("n", "work", "done", "work_overdue", "open_overdue", "supervised", "sup
          "rated")
 FIGURES = FLAGS + tuple(f"rating_{r}" for r in RATINGS)  # what a ranked area's figures need
 COUNTERS = FIGURES + tuple(f"d{d:02d}" for d in DAYS)
+COUNTER_INDEX = {k: n for n, k in enumerate(COUNTERS)}
 KEY = ("code", "month", "status", "level", "category_group")
 Counts = dict[str, int]
 
@@ -63,6 +64,11 @@ def contribution(inc: Mapping[str, Any], tz: ZoneInfo) -> tuple[str, str, str, s
         c["rated"] = 1
         c[f"rating_{min(max(rating, RATINGS[0]), RATINGS[-1])}"] = 1
     return created.strftime("%Y-%m"), status, inc["level"], inc["category_group"], c
+
+
+def areas(inc: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(tier, code) of every area the incident counts in."""
+    return [(t["tier"], t["code"]) for t in inc.get("tiers", [])]
 
 
 def columns(inc: Mapping[str, Any], tz: ZoneInfo) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from gridwatch.pipeline.schemas.events import is_control
 from gridwatch.pipeline.schemas.incidents import LEVELS
 from gridwatch.pipeline.schemas.reports import ResidentReport
 
-from .counts import CLOSED_STATUSES, columns
+from .counts import CLOSED_STATUSES, COUNTER_INDEX, COUNTERS, areas, columns, contribution
 
 log = logging.getLogger("gridwatch.store")
 KINDS = ("incidents", "reports", "actions", "events")
@@ -115,6 +115,24 @@ class Batch:
         for s in inc.get("sources", []):
             if s.get("kind") == "report":
                 self.joins[s["id"]] = {"report_id": s["id"], "incident_id": iid}
+
+    def counter_rows(self, skip: set[str]) -> list[tuple[Any, ...]]:
+        """The per-area counters the newest versions add (those not in ``skip``), merged per (area,
+        month, status, level, category group): rows of KEY + COUNTERS values (Store._add_rows)."""
+        acc: dict[tuple[str, ...], list[int]] = {}
+        width = len(COUNTERS)
+        for iid, inc in self.incs.items():
+            if iid in skip:
+                continue
+            month, status, level, cat, c = contribution(inc, self.tz)
+            items = [(COUNTER_INDEX[k], v) for k, v in c.items()]
+            for _, code in areas(inc):
+                vec = acc.get((code, month, status, level, cat))
+                if vec is None:
+                    vec = acc[(code, month, status, level, cat)] = [0] * width
+                for n, v in items:
+                    vec[n] += v
+        return [(*key, *vec) for key, vec in acc.items()]
 
     def add_report(self, r: dict[str, Any]) -> None:
         self.records += 1
