@@ -33,7 +33,8 @@ FLAGS = ("n", "work", "done", "work_overdue", "open_overdue", "supervised", "sup
 FIGURES = FLAGS + tuple(f"rating_{r}" for r in RATINGS)  # what a ranked area's figures need
 COUNTERS = FIGURES + tuple(f"d{d:02d}" for d in DAYS)
 COUNTER_INDEX = {k: n for n, k in enumerate(COUNTERS)}
-KEY = ("code", "month", "status", "level", "category_group")
+KEY = ("code", "month", "status", "level", "category_group")  # area_counts
+MONTH_KEY = ("code", "month")  # area_months
 Counts = dict[str, int]
 
 

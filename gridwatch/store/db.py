@@ -35,7 +35,7 @@ from gridwatch.core.settings import STATE_DIR, Settings
 from gridwatch.pipeline.schemas.incidents import LEVELS, STATUSES
 
 from . import tables as t
-from .counts import COUNTERS, FIGURES, KEY, columns, counter_sums
+from .counts import COUNTERS, FIGURES, KEY, MONTH_KEY, columns, counter_sums
 from .records import Batch, list_rank
 
 log = logging.getLogger("gridwatch.store")
@@ -109,8 +109,8 @@ def migrate(engine: Engine, tz: ZoneInfo | None = None) -> None:
 
 
 def recount(conn: Any, tz: ZoneInfo, chunk: int = 5000) -> int:
-    """The counters from scratch: the incidents' counted columns from their documents, then area_counts
-    summed in SQL (the migration's fill; a repair)."""
+    """The counters from scratch: the incidents' counted columns from their documents, then the
+    counters summed in SQL (the migration's fill; a repair)."""
     if conn.dialect.name == "postgresql":  # no incident writer meanwhile
         conn.execute(text(f"SELECT pg_advisory_xact_lock({WRITE_LOCK})"))
     i = t.incidents
@@ -124,13 +124,23 @@ def recount(conn: Any, tz: ZoneInfo, chunk: int = 5000) -> int:
             break
         conn.execute(upd, [{"k": r.id, **columns(json.loads(r.doc)["incident"], tz)} for r in rows])
         last, n = rows[-1].id, n + len(rows)
-    conn.execute(t.area_counts.delete())
-    c, a = t.area_counts, t.incident_areas
-    sums = (select(a.c.code, i.c.created_month, i.c.status, i.c.level, i.c.category_group, *counter_sums(i))
-            .select_from(i.join(a, a.c.incident_id == i.c.id))
-            .group_by(a.c.code, i.c.created_month, i.c.status, i.c.level, i.c.category_group))
-    conn.execute(insert(c).from_select(list(KEY) + list(COUNTERS), sums))
+    sum_counts(conn)
     return n
+
+
+def sum_counts(conn: Any) -> None:
+    """area_counts and area_months from scratch, summed in SQL from the incidents' counted columns."""
+    i, a = t.incidents, t.incident_areas
+    by = [a.c.code, i.c.created_month, i.c.status, i.c.level, i.c.category_group]
+    conn.execute(t.area_counts.delete())
+    conn.execute(t.area_months.delete())
+    conn.execute(insert(t.area_counts).from_select(
+        list(KEY) + list(COUNTERS),
+        select(*by, *counter_sums(i)).select_from(i.join(a, a.c.incident_id == i.c.id)).group_by(*by)))
+    c = t.area_counts
+    conn.execute(insert(t.area_months).from_select(
+        list(MONTH_KEY) + list(COUNTERS),
+        select(c.c.code, c.c.month, *(func.sum(c.c[k]) for k in COUNTERS)).group_by(c.c.code, c.c.month)))
 
 
 def open_store(settings: Settings, tz: str | ZoneInfo = "UTC", *, url: str | None = None) -> Store:
@@ -225,15 +235,16 @@ class Store:
         return stale
 
     def _add_counts(self, conn: Any, which: Any, sign: int = 1) -> None:
-        """area_counts += ``sign`` x the sums of the stored incidents ``which`` selects, per area (SQL)."""
-        i, a, c = t.incidents, t.incident_areas, t.area_counts
-        sums = (select(a.c.code, i.c.created_month, i.c.status, i.c.level, i.c.category_group,
-                       *counter_sums(i, sign))
-                .select_from(i.join(a, a.c.incident_id == i.c.id)).where(which)  # a WHERE: SQLite's upsert
-                .group_by(a.c.code, i.c.created_month, i.c.status, i.c.level, i.c.category_group))
-        ins = self._insert(c).from_select(list(KEY) + list(COUNTERS), sums)
-        conn.execute(ins.on_conflict_do_update(index_elements=list(KEY),
-                                               set_={k: c.c[k] + ins.excluded[k] for k in COUNTERS}))
+        """area_counts and area_months += ``sign`` x the sums of the stored incidents ``which`` selects,
+        per area (SQL)."""
+        i, a = t.incidents, t.incident_areas
+        for table, keys in ((t.area_counts, KEY), (t.area_months, MONTH_KEY)):
+            by = [a.c.code, i.c.created_month, i.c.status, i.c.level, i.c.category_group][:len(keys)]
+            sums = (select(*by, *counter_sums(i, sign)).select_from(i.join(a, a.c.incident_id == i.c.id))
+                    .where(which).group_by(*by))  # a WHERE: SQLite's INSERT .. SELECT .. ON CONFLICT
+            ins = self._insert(table).from_select(list(keys) + list(COUNTERS), sums)
+            conn.execute(ins.on_conflict_do_update(index_elements=list(keys),
+                                                   set_={k: table.c[k] + ins.excluded[k] for k in COUNTERS}))
 
     def _add_rows(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
         """SQLite: area_counts += rows of (key..., counters...) (Batch.counter_rows), executemany on the
@@ -241,11 +252,20 @@ class Store:
         own work. (On PostgreSQL the SQL sums measured faster than these rows, unnested or not.)"""
         if not rows:
             return
-        cols = ", ".join(KEY + COUNTERS)
-        sets = ", ".join(f"{k} = area_counts.{k} + excluded.{k}" for k in COUNTERS)
-        upsert = f"ON CONFLICT ({', '.join(KEY)}) DO UPDATE SET {sets}"
-        marks = ", ".join("?" * len(rows[0]))
-        conn.exec_driver_sql(f"INSERT INTO area_counts ({cols}) VALUES ({marks}) {upsert}", rows)
+        months: dict[tuple[Any, Any], list[int]] = {}
+        for r in rows:
+            vec = months.get((r[0], r[1]))
+            if vec is None:
+                months[(r[0], r[1])] = list(r[len(KEY):])
+            else:
+                for n, v in enumerate(r[len(KEY):]):
+                    vec[n] += v
+        sets = ", ".join(f"{k} = {{t}}.{k} + excluded.{k}" for k in COUNTERS)
+        for table, keys, part in (("area_counts", KEY, rows),
+                                  ("area_months", MONTH_KEY, [(*k, *v) for k, v in months.items()])):
+            marks = ", ".join("?" * len(part[0]))
+            conn.exec_driver_sql(f"INSERT INTO {table} ({', '.join(keys + COUNTERS)}) VALUES ({marks}) "
+                                 f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {sets.format(t=table)}", part)
 
     def _upsert(self, conn: Any, table: Any, rows: Any, keys: tuple[str, ...], *, newer: str = "",
                 update: tuple[str, ...] = ()) -> None:
@@ -340,7 +360,7 @@ class Store:
 
     def _counted(self, conn: Any, scope: str, statuses: list[str], levels: list[str]) -> int:
         """Incidents under ``scope`` (any month) with these statuses and levels, from the counters."""
-        c = t.area_counts
+        c = t.area_counts if statuses or levels else t.area_months
         q = select(func.coalesce(func.sum(c.c.n), 0)).where(c.c.code == scope, *self._count_filters(statuses, levels))
         return int(conn.execute(q).scalar() or 0)
 
@@ -352,8 +372,8 @@ class Store:
 
     def months(self, scope: str) -> list[str]:
         """Months (YYYY-MM, city time) with incidents under ``scope``, newest first (the counters)."""
-        c = t.area_counts
-        q = (select(c.c.month).where(c.c.code == scope, c.c.n > 0).distinct().order_by(c.c.month.desc()))
+        c = t.area_months
+        q = select(c.c.month).where(c.c.code == scope, c.c.n > 0).order_by(c.c.month.desc())
         with self.engine.connect() as conn:
             return list(conn.execute(q).scalars())
 
@@ -370,7 +390,8 @@ class Store:
     def area_counts(self, codes: Iterable[str], month: str, *, statuses: Iterable[str] = (),
                     levels: Iterable[str] = ()) -> dict[str, dict[str, int]]:
         """Counters (days left out) of each of ``codes`` with incidents created in ``month`` (the rankings)."""
-        c = t.area_counts
+        statuses, levels = list(statuses), list(levels)
+        c = t.area_counts if statuses or levels else t.area_months  # one row per area unless filtered
         codes = list(codes)
         if not codes:
             return {}

@@ -128,6 +128,16 @@ area_counts = Table(
       for c in COUNTERS],
 )
 
+# The same counters per (area code, month), all statuses, levels and categories together: what the
+# rankings (hundreds of areas), the months list and the list's total read, one row per area.
+area_months = Table(
+    "area_months", metadata,
+    Column("code", String(40), primary_key=True),
+    Column("month", String(7), primary_key=True),
+    *[Column(c, BigInteger if c == "handled_ms" else Integer, nullable=False, server_default="0")
+      for c in COUNTERS],
+)
+
 # Facts about the store itself; "counts": "ready" once area_counts holds every incident's contribution
 # (after migration 0002 it is "stale" until the first open, which knows the city's time zone, fills it).
 store_meta = Table(

@@ -1,4 +1,5 @@
-"""Per-area monthly counters (area_counts) for the statistics and the list's total, the incident
+"""Per-area monthly counters (area_counts by status, level and category; area_months per area and
+month) for the statistics and the list's total, the incident
 columns they are summed from, store_meta; the console list's index gains the incident id (a stable
 order for keyset pages).
 
@@ -32,6 +33,10 @@ def upgrade() -> None:
         sa.Column("category_group", S(60), primary_key=True),
         *[sa.Column(c, sa.BigInteger if c == "handled_ms" else sa.Integer, nullable=False, server_default="0")
           for c in COUNTERS])
+    op.create_table(
+        "area_months", sa.Column("code", S(40), primary_key=True), sa.Column("month", S(7), primary_key=True),
+        *[sa.Column(c, sa.BigInteger if c == "handled_ms" else sa.Integer, nullable=False, server_default="0")
+          for c in COUNTERS])
     for name in ("created_day", "overdue", "supervised", "supervised_overdue"):
         op.add_column("incidents", sa.Column(name, sa.Integer, nullable=False, server_default="0"))
     op.add_column("incidents", sa.Column("handled_ms", sa.BigInteger))
@@ -51,6 +56,7 @@ def downgrade() -> None:
     op.create_index("ix_areas_list", "incident_areas", ["code", "list_rank", sa.text("updated_ts DESC")])
     op.drop_table("store_meta")
     op.drop_table("area_counts")
+    op.drop_table("area_months")
     with op.batch_alter_table("incidents") as b:
         for name in ("created_day", "overdue", "supervised", "supervised_overdue", "handled_ms", "rating"):
             b.drop_column(name)
