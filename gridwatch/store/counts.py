@@ -64,7 +64,7 @@ def contribution(inc: Mapping[str, Any], tz: ZoneInfo) -> tuple[str, str, str, s
     if isinstance(rating, int) and not isinstance(rating, bool):
         c["rated"] = 1
         c[f"rating_{min(max(rating, RATINGS[0]), RATINGS[-1])}"] = 1
-    return created.strftime("%Y-%m"), status, inc["level"], inc["category_group"], c
+    return created.strftime("%Y-%m"), status, inc.get("level", ""), inc.get("category_group", ""), c
 
 
 def areas(inc: Mapping[str, Any]) -> list[tuple[str, str]]:
