@@ -207,7 +207,7 @@ class Store:
             added = [iid for iid in batch.latest if iid not in stale]  # the new versions join the counters
             if self.engine.dialect.name == "postgresql":  # summed in SQL from the rows just written
                 for k in range(0, len(added), CHUNK):
-                    self._add_counts(conn, t.incidents.c.id.in_(added[k:k + CHUNK]))
+                    self._add_counts(conn, added[k:k + CHUNK])
             elif added:  # summed here (SQLite does the SQL sums slower than this)
                 self._add_rows(conn, batch.counter_rows(stale))
             self._upsert(conn, t.report_incident, batch.joins, ("report_id",), update=("incident_id",))
@@ -230,18 +230,20 @@ class Store:
         replaced = [iid for iid in stored if iid not in stale]
         for k in range(0, len(replaced), CHUNK):
             part = replaced[k:k + CHUNK]
-            self._add_counts(conn, i.c.id.in_(part), -1)
+            self._add_counts(conn, part, -1)
             conn.execute(t.incident_areas.delete().where(t.incident_areas.c.incident_id.in_(part)))
         return stale
 
-    def _add_counts(self, conn: Any, which: Any, sign: int = 1) -> None:
-        """area_counts and area_months += ``sign`` x the sums of the stored incidents ``which`` selects,
-        per area (SQL)."""
+    def _add_counts(self, conn: Any, ids: Any, sign: int = 1) -> None:
+        """area_counts and area_months += ``sign`` x the sums of the stored incidents ``ids`` (a list or
+        a select of ids), per area (SQL)."""
         i, a = t.incidents, t.incident_areas
         for table, keys in ((t.area_counts, KEY), (t.area_months, MONTH_KEY)):
             by = [a.c.code, i.c.created_month, i.c.status, i.c.level, i.c.category_group][:len(keys)]
+            # the ids on both sides: each table's index, whatever the planner knows of their sizes
             sums = (select(*by, *counter_sums(i, sign)).select_from(i.join(a, a.c.incident_id == i.c.id))
-                    .where(which).group_by(*by))  # a WHERE: SQLite's INSERT .. SELECT .. ON CONFLICT
+                    .where(i.c.id.in_(ids), a.c.incident_id.in_(ids))  # a WHERE: SQLite's INSERT .. SELECT .. ON CONFLICT
+                    .group_by(*by))
             ins = self._insert(table).from_select(list(keys) + list(COUNTERS), sums)
             conn.execute(ins.on_conflict_do_update(index_elements=list(keys),
                                                    set_={k: table.c[k] + ins.excluded[k] for k in COUNTERS}))
@@ -481,7 +483,7 @@ class Store:
         i = t.incidents
         with self.engine.begin() as conn:
             old = select(i.c.id).where(i.c.closed_ts.is_not(None), i.c.closed_ts < cutoff)
-            self._add_counts(conn, i.c.id.in_(old.scalar_subquery()), -1)  # they leave the counters too
+            self._add_counts(conn, old, -1)  # they leave the counters too
             for table, col in ((t.incident_versions, "id"), (t.incident_areas, "incident_id"),
                                (t.report_incident, "incident_id"), (t.actions, "incident_id")):
                 conn.execute(table.delete().where(table.c[col].in_(old)))
