@@ -236,17 +236,32 @@ class Store:
 
     def _add_counts(self, conn: Any, ids: Any, sign: int = 1) -> None:
         """area_counts and area_months += ``sign`` x the sums of the stored incidents ``ids`` (a list or
-        a select of ids), per area (SQL)."""
+        a select of ids), per area (SQL). On PostgreSQL one statement: the sums once, each table
+        upserted from them (a data-modifying WITH)."""
         i, a = t.incidents, t.incident_areas
-        for table, keys in ((t.area_counts, KEY), (t.area_months, MONTH_KEY)):
-            by = [a.c.code, i.c.created_month, i.c.status, i.c.level, i.c.category_group][:len(keys)]
-            # the ids on both sides: each table's index, whatever the planner knows of their sizes
-            sums = (select(*by, *counter_sums(i, sign)).select_from(i.join(a, a.c.incident_id == i.c.id))
-                    .where(i.c.id.in_(ids), a.c.incident_id.in_(ids))  # a WHERE: SQLite's INSERT .. SELECT .. ON CONFLICT
-                    .group_by(*by))
-            ins = self._insert(table).from_select(list(keys) + list(COUNTERS), sums)
-            conn.execute(ins.on_conflict_do_update(index_elements=list(keys),
-                                                   set_={k: table.c[k] + ins.excluded[k] for k in COUNTERS}))
+        by = [a.c.code, i.c.created_month, i.c.status, i.c.level, i.c.category_group]
+        # the ids on both sides: each table's index, whatever the planner knows of their sizes
+        sums = (select(*by, *counter_sums(i, sign)).select_from(i.join(a, a.c.incident_id == i.c.id))
+                .where(i.c.id.in_(ids), a.c.incident_id.in_(ids))  # a WHERE: SQLite's INSERT .. SELECT .. ON CONFLICT
+                .group_by(*by))
+
+        def upsert(table: Any, keys: tuple[str, ...], rows: Any) -> Any:
+            ins = self._insert(table).from_select(list(keys) + list(COUNTERS), rows)
+            return ins.on_conflict_do_update(index_elements=list(keys),
+                                             set_={k: table.c[k] + ins.excluded[k] for k in COUNTERS})
+
+        if self.engine.dialect.name == "postgresql":
+            d = sums.cte("d")
+            months = (select(d.c.code, d.c.created_month, *(func.sum(d.c[k]) for k in COUNTERS))
+                      .group_by(d.c.code, d.c.created_month))
+            first = upsert(t.area_counts, KEY, select(d)).cte("up")
+            conn.execute(upsert(t.area_months, MONTH_KEY, months).add_cte(first))
+            return
+        conn.execute(upsert(t.area_counts, KEY, sums))
+        by = by[:len(MONTH_KEY)]
+        conn.execute(upsert(t.area_months, MONTH_KEY,
+                            select(*by, *counter_sums(i, sign)).select_from(i.join(a, a.c.incident_id == i.c.id))
+                            .where(i.c.id.in_(ids), a.c.incident_id.in_(ids)).group_by(*by)))
 
     def _add_rows(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
         """SQLite: area_counts += rows of (key..., counters...) (Batch.counter_rows), executemany on the
