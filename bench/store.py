@@ -70,7 +70,7 @@ def bench_sink(url: str, ceiling_url: str, raws: list[bytes], tz: Any) -> dict[s
     from gridwatch.store import tables as t
 
     engine = make_engine(url)
-    migrate(engine)
+    migrate(engine, tz)
     store = Store(engine, tz)
     t0 = time.perf_counter()
     rows = 0
@@ -83,7 +83,7 @@ def bench_sink(url: str, ceiling_url: str, raws: list[bytes], tz: Any) -> dict[s
     sink = rows / (time.perf_counter() - t0)
     engine.dispose()
     engine = make_engine(ceiling_url)
-    migrate(engine)
+    migrate(engine, tz)
     batches = []
     for i in range(0, len(raws), BATCH):
         b = Store(engine, tz).batch()
@@ -106,7 +106,7 @@ def bench_sink(url: str, ceiling_url: str, raws: list[bytes], tz: Any) -> dict[s
 # ---------------------------------------------------------------------------------------- reads
 def load(url: str, city: Any, n: int, tz: Any) -> float:
     engine = make_engine(url)
-    migrate(engine)
+    migrate(engine, tz)
     store = Store(engine, tz)
     t0 = time.perf_counter()
     step = 5000
@@ -170,6 +170,8 @@ def main(argv: list[str]) -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--sink-records", type=int, default=20_000)
     p.add_argument("--samples", type=int, default=100)
+    p.add_argument("--reads-url", default="", help="measure the reads on this already loaded PostgreSQL database "
+                   "(loaded by this module's load(), e.g. once for several read runs) instead of loading one")
     args = p.parse_args(argv)
     import os
     from zoneinfo import ZoneInfo
@@ -192,11 +194,15 @@ def main(argv: list[str]) -> None:
                                            raws, tz)}
             print(f"run {run + 1} sink: {r}", flush=True)
             results["runs"].append(r)
-        with admin.connect() as c:
-            c.execute(text("CREATE DATABASE big"))
-        big = pg.url.rsplit("/", 1)[0] + "/big"
-        results["load_s"] = round(load(big, city, args.incidents, tz), 1)
-        print(f"loaded {args.incidents} incidents in {results['load_s']} s", flush=True)
+        if args.reads_url:
+            big = args.reads_url
+            results["reads_url"] = "given (loaded before)"
+        else:
+            with admin.connect() as c:
+                c.execute(text("CREATE DATABASE big"))
+            big = pg.url.rsplit("/", 1)[0] + "/big"
+            results["load_s"] = round(load(big, city, args.incidents, tz), 1)
+            print(f"loaded {args.incidents} incidents in {results['load_s']} s", flush=True)
         for run in range(args.runs):
             r = asyncio.run(reads(big, city, args.samples))
             print(f"run {run + 1} reads: {r}", flush=True)

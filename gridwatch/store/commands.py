@@ -1,4 +1,4 @@
-"""``gridwatch store``: migrate, rebuild from Kafka, purge past retention, export a month."""
+"""``gridwatch store``: migrate, rebuild from Kafka, recount, purge past retention, export a month."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ FAMILIES = ("incidents", "reports", "actions", "events")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="store_cmd", required=True, metavar="ACTION")
     sub.add_parser("migrate", help="create or upgrade the schema (Alembic; also done at every start)")
-    sub.add_parser("rebuild", help="re-read every record Kafka still holds into the store (idempotent)")
+    sub.add_parser("rebuild", help="re-read every record Kafka still holds into the store (idempotent; the "
+                   "per-area counters follow every write)")
+    sub.add_parser("recount", help="recompute the per-area monthly counters from the stored incidents (a repair)")
     sub.add_parser("purge", help="delete case files older than store.retention_years (closed ones)")
     e = sub.add_parser("export", help="a month's governance index ranking and case list as CSV and XLSX")
     e.add_argument("--month", required=True, help="YYYY-MM (city time)")
@@ -38,6 +40,12 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
             n = asyncio.run(rebuild(store, settings.kafka_bootstrap(), {f: settings.topic(f) for f in FAMILIES}))
             log.info("store rebuilt: %d records written (upserts; existing rows kept)", n)
+        elif args.store_cmd == "recount":
+            from .db import recount
+
+            with store.engine.begin() as conn:
+                n = recount(conn, store.tz)
+            log.info("per-area counters recomputed from %d incidents", n)
         elif args.store_cmd == "purge":
             n = store.purge(settings.store.retention_years)
             log.info("purged %d case files older than %d years", n, settings.store.retention_years)

@@ -12,20 +12,36 @@ import fcntl
 import json
 import logging
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, create_engine, event, func, select, text
+from sqlalchemy import (
+    Engine,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+    tuple_,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gridwatch.core.settings import STATE_DIR, Settings
+from gridwatch.pipeline.schemas.incidents import LEVELS, STATUSES
 
 from . import tables as t
-from .records import Batch
+from .counts import COUNTERS, FIGURES, KEY, MONTH_KEY, columns, counter_sums
+from .records import Batch, list_rank
 
 log = logging.getLogger("gridwatch.store")
 MIGRATIONS = Path(__file__).parent / "migrations"
+CHUNK = 1000  # ids per IN list
+WRITE_LOCK = 4711014  # PostgreSQL advisory lock of the incident writers (the counters' read-modify-write)
 
 
 def store_url(settings: Settings) -> str:
@@ -73,8 +89,10 @@ def _migration_lock(engine: Engine, conn: Any) -> Iterator[None]:
         yield
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest revision (Alembic, migrations/ in this package)."""
+def migrate(engine: Engine, tz: ZoneInfo | None = None) -> None:
+    """Bring the schema to the newest revision (Alembic, migrations/ in this package); with ``tz`` (the
+    city's time zone) also fill the per-area counters if a migration left them stale, in the same
+    transaction and under the same lock."""
     from alembic import command
     from alembic.config import Config
 
@@ -83,13 +101,68 @@ def migrate(engine: Engine) -> None:
     with engine.begin() as conn, _migration_lock(engine, conn):
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+        meta = t.store_meta
+        if tz is not None and conn.execute(select(meta.c.value).where(meta.c.key == "counts")).scalar() != "ready":
+            n = recount(conn, tz)
+            conn.execute(meta.update().where(meta.c.key == "counts").values(value="ready"))
+            log.info("store: per-area counters filled from %d incidents", n)
+
+
+def recount(conn: Any, tz: ZoneInfo, chunk: int = 5000) -> int:
+    """The counters from scratch: the incidents' counted columns from their documents, then the
+    counters summed in SQL (the migration's fill; a repair)."""
+    if conn.dialect.name == "postgresql":  # no incident writer meanwhile
+        conn.execute(text(f"SELECT pg_advisory_xact_lock({WRITE_LOCK})"))
+    i = t.incidents
+    last, n = "", 0
+    upd = i.update().where(i.c.id == bindparam("k")).values(
+        {c: bindparam(c) for c in ("created_day", "overdue", "supervised", "supervised_overdue", "handled_ms",
+                                   "rating")})
+    while True:  # keyset chunks: bounded memory
+        rows = conn.execute(select(i.c.id, i.c.doc).where(i.c.id > last).order_by(i.c.id).limit(chunk)).all()
+        if not rows:
+            break
+        conn.execute(upd, [{"k": r.id, **columns(json.loads(r.doc)["incident"], tz)} for r in rows])
+        last, n = rows[-1].id, n + len(rows)
+    sum_counts(conn)
+    return n
+
+
+def sum_counts(conn: Any) -> None:
+    """area_counts and area_months from scratch, summed in SQL from the incidents' counted columns."""
+    i, a = t.incidents, t.incident_areas
+    by = [a.c.code, i.c.created_month, i.c.status, i.c.level, i.c.category_group]
+    conn.execute(t.area_counts.delete())
+    conn.execute(t.area_months.delete())
+    conn.execute(insert(t.area_counts).from_select(
+        list(KEY) + list(COUNTERS),
+        select(*by, *counter_sums(i)).select_from(i.join(a, a.c.incident_id == i.c.id)).group_by(*by)))
+    c = t.area_counts
+    conn.execute(insert(t.area_months).from_select(
+        list(MONTH_KEY) + list(COUNTERS),
+        select(c.c.code, c.c.month, *(func.sum(c.c[k]) for k in COUNTERS)).group_by(c.c.code, c.c.month)))
 
 
 def open_store(settings: Settings, tz: str | ZoneInfo = "UTC", *, url: str | None = None) -> Store:
     """The store of these settings, migrated."""
     store = Store(make_engine(url or store_url(settings)), tz if isinstance(tz, ZoneInfo) else ZoneInfo(tz))
-    migrate(store.engine)
+    migrate(store.engine, store.tz)
     return store
+
+
+TOTAL_CAP = 10_000  # a list total counted row by row stops here ("10,000+")
+Cursor = tuple[int, int, str]  # (list_rank, updated_ts, incident id) of a page's last row
+
+
+@dataclass
+class Page:
+    """A page of the console's list: total (``exact`` False: at least that many), the incidents, and
+    the cursor of the next page (None: this was the last)."""
+
+    total: int
+    exact: bool
+    incidents: list[dict[str, Any]]
+    next: Cursor | None
 
 
 def _doc(raw: str) -> dict[str, Any]:
@@ -121,15 +194,95 @@ class Store:
         if batch.empty() and not offs:
             return
         with self.engine.begin() as conn:
+            if batch.latest and self.engine.dialect.name == "postgresql":
+                # one incident writer at a time (the store agent, the api's feed): the counters' old
+                # contributions read below must be the ones the upsert replaces
+                conn.execute(text(f"SELECT pg_advisory_xact_lock({WRITE_LOCK})"))
+            # SQLite: this first write takes the database's write lock, so the reads below are current
             self._upsert(conn, t.incident_versions, batch.versions, ("id", "version"))
+            stale = self._count(conn, batch) if batch.latest else set()
             self._upsert(conn, t.incidents, batch.latest, ("id",), newer="version")
-            self._upsert(conn, t.incident_areas, batch.areas, ("code", "incident_id"), newer="version")
+            self._upsert(conn, t.incident_areas, [r for r in batch.areas.values() if r["incident_id"] not in stale],
+                         ("code", "incident_id"), newer="version")
+            added = [iid for iid in batch.latest if iid not in stale]  # the new versions join the counters
+            if self.engine.dialect.name == "postgresql":  # summed in SQL from the rows just written
+                for k in range(0, len(added), CHUNK):
+                    self._add_counts(conn, added[k:k + CHUNK])
+            elif added:  # summed here (SQLite does the SQL sums slower than this)
+                self._add_rows(conn, batch.counter_rows(stale))
             self._upsert(conn, t.report_incident, batch.joins, ("report_id",), update=("incident_id",))
             self._upsert(conn, t.reports, batch.reports, ("service_request_id",))
             self._upsert(conn, t.actions, batch.actions, ("id",))
             self._upsert(conn, t.grid_events, batch.events, ("id", "phase", "ts"))
             self._upsert(conn, t.consumer_offsets, offs, ("consumer", "topic", "partition"),
                          update=("next_offset",))
+
+    def _count(self, conn: Any, batch: Batch) -> set[str]:
+        """Before the incidents are upserted: the incidents the batch replaces leave the per-area counters
+        (their stored version's sums, subtracted in SQL) and their areas (the new version may have moved).
+        Returns the ids whose stored version is as new or newer: the batch changes nothing of those."""
+        i = t.incidents
+        ids = list(batch.latest)
+        stored: dict[str, int] = {}
+        for k in range(0, len(ids), CHUNK):
+            stored.update((r.id, r.version) for r in conn.execute(select(i.c.id, i.c.version).where(i.c.id.in_(ids[k:k + CHUNK]))))
+        stale = {iid for iid, v in stored.items() if v >= batch.latest[iid]["version"]}
+        replaced = [iid for iid in stored if iid not in stale]
+        for k in range(0, len(replaced), CHUNK):
+            part = replaced[k:k + CHUNK]
+            self._add_counts(conn, part, -1)
+            conn.execute(t.incident_areas.delete().where(t.incident_areas.c.incident_id.in_(part)))
+        return stale
+
+    def _add_counts(self, conn: Any, ids: Any, sign: int = 1) -> None:
+        """area_counts and area_months += ``sign`` x the sums of the stored incidents ``ids`` (a list or
+        a select of ids), per area (SQL). On PostgreSQL one statement: the sums once, each table
+        upserted from them (a data-modifying WITH)."""
+        i, a = t.incidents, t.incident_areas
+        by = [a.c.code, i.c.created_month, i.c.status, i.c.level, i.c.category_group]
+        # the ids on both sides: each table's index, whatever the planner knows of their sizes
+        sums = (select(*by, *counter_sums(i, sign)).select_from(i.join(a, a.c.incident_id == i.c.id))
+                .where(i.c.id.in_(ids), a.c.incident_id.in_(ids))  # a WHERE: SQLite's INSERT .. SELECT .. ON CONFLICT
+                .group_by(*by))
+
+        def upsert(table: Any, keys: tuple[str, ...], rows: Any) -> Any:
+            ins = self._insert(table).from_select(list(keys) + list(COUNTERS), rows)
+            return ins.on_conflict_do_update(index_elements=list(keys),
+                                             set_={k: table.c[k] + ins.excluded[k] for k in COUNTERS})
+
+        if self.engine.dialect.name == "postgresql":
+            d = sums.cte("d")
+            months = (select(d.c.code, d.c.created_month, *(func.sum(d.c[k]) for k in COUNTERS))
+                      .group_by(d.c.code, d.c.created_month))
+            first = upsert(t.area_counts, KEY, select(d)).cte("up")
+            conn.execute(upsert(t.area_months, MONTH_KEY, months).add_cte(first))
+            return
+        conn.execute(upsert(t.area_counts, KEY, sums))
+        by = by[:len(MONTH_KEY)]
+        conn.execute(upsert(t.area_months, MONTH_KEY,
+                            select(*by, *counter_sums(i, sign)).select_from(i.join(a, a.c.incident_id == i.c.id))
+                            .where(i.c.id.in_(ids), a.c.incident_id.in_(ids)).group_by(*by)))
+
+    def _add_rows(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
+        """SQLite: area_counts += rows of (key..., counters...) (Batch.counter_rows), executemany on the
+        driver: no per-value overhead of SQLAlchemy's parameter handling, which cost more than SQLite's
+        own work. (On PostgreSQL the SQL sums measured faster than these rows, unnested or not.)"""
+        if not rows:
+            return
+        months: dict[tuple[Any, Any], list[int]] = {}
+        for r in rows:
+            vec = months.get((r[0], r[1]))
+            if vec is None:
+                months[(r[0], r[1])] = list(r[len(KEY):])
+            else:
+                for n, v in enumerate(r[len(KEY):]):
+                    vec[n] += v
+        sets = ", ".join(f"{k} = {{t}}.{k} + excluded.{k}" for k in COUNTERS)
+        for table, keys, part in (("area_counts", KEY, rows),
+                                  ("area_months", MONTH_KEY, [(*k, *v) for k, v in months.items()])):
+            marks = ", ".join("?" * len(part[0]))
+            conn.exec_driver_sql(f"INSERT INTO {table} ({', '.join(keys + COUNTERS)}) VALUES ({marks}) "
+                                 f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {sets.format(t=table)}", part)
 
     def _upsert(self, conn: Any, table: Any, rows: Any, keys: tuple[str, ...], *, newer: str = "",
                 update: tuple[str, ...] = ()) -> None:
@@ -175,31 +328,95 @@ class Store:
             return [_doc(raw) for raw in conn.execute(q).scalars()]
 
     def page(self, scope: str, limit: int, *, statuses: Iterable[str] = (), levels: Iterable[str] = (),
-             tier: str = "") -> tuple[int, list[dict[str, Any]]]:
-        """(total, the first ``limit``) of the console's list under ``scope``: open before closed, red
-        first, newest first, walking the (code, list_rank, updated_ts) index."""
+             tier: str = "", after: Cursor | None = None, cap: int = TOTAL_CAP) -> Page:
+        """One page of the console's list under ``scope``: open before closed, red first, newest first
+        (ties by id), walking the (code, list_rank, updated_ts, incident_id) index from ``after`` (the
+        previous page's ``next``). The total comes from the per-area counters (exact) or, with a tier
+        filter, from a count that stops at ``cap`` (``exact`` False: "at least")."""
         i, a = t.incidents, t.incident_areas
-        cond = [a.c.code == scope]
         statuses, levels = list(statuses), list(levels)
+        if "-" in statuses and len(statuses) == 1:  # the api's "matches nothing"
+            return Page(0, True, [], None)
+        cond = [a.c.code == scope]
         joined = bool(statuses or levels or tier)
+        if statuses or levels:  # the list ranks these filters can have: a narrower index range
+            ranks = [list_rank(s, lv) for s in statuses or STATUSES for lv in levels or LEVELS]
+            cond.append(a.c.list_rank.between(min(ranks), max(ranks)))
         if statuses:
             cond.append(i.c.status.in_(statuses))
         if levels:
             cond.append(i.c.level.in_(levels))
         if tier:
             cond.append(i.c.tier == tier)
-        rows = (select(i.c.doc).join(a, a.c.incident_id == i.c.id).where(*cond)
-                .order_by(a.c.list_rank, a.c.updated_ts.desc()).limit(limit))
-        count = select(func.count()).select_from(a.join(i, a.c.incident_id == i.c.id) if joined else a).where(*cond)
+
+        def walk(*more: Any) -> Any:
+            return (select(i.c.doc, a.c.list_rank, a.c.updated_ts, a.c.incident_id)
+                    .join(a, a.c.incident_id == i.c.id).where(*cond, *more))
+
+        order = (a.c.updated_ts.desc(), a.c.incident_id.desc())
         with self.engine.connect() as conn:
-            return conn.execute(count).scalar() or 0, [_doc(raw) for raw in conn.execute(rows).scalars()]
+            rows: list[Any] = []
+            if after is not None:  # the rest of the cursor's rank, then the ranks after it
+                rank, upd, iid = after
+                rows = conn.execute(walk(a.c.list_rank == rank, tuple_(a.c.updated_ts, a.c.incident_id) < (upd, iid))
+                                    .order_by(*order).limit(limit)).all()
+                if len(rows) < limit:
+                    rows += conn.execute(walk(a.c.list_rank > rank).order_by(a.c.list_rank, *order)
+                                         .limit(limit - len(rows))).all()
+            else:
+                rows = conn.execute(walk().order_by(a.c.list_rank, *order).limit(limit)).all()
+            if not tier:
+                total, exact = self._counted(conn, scope, statuses, levels), True
+            else:
+                hits = select(literal(1)).select_from(a.join(i, a.c.incident_id == i.c.id) if joined else a)
+                hits = hits.where(*cond).limit(cap + 1).subquery()
+                total = conn.execute(select(func.count()).select_from(hits)).scalar() or 0
+                total, exact = min(total, cap), total <= cap
+        nxt = (rows[-1].list_rank, rows[-1].updated_ts, rows[-1].incident_id) if len(rows) == limit else None
+        return Page(total, exact, [_doc(r.doc) for r in rows], nxt)
+
+    def _counted(self, conn: Any, scope: str, statuses: list[str], levels: list[str]) -> int:
+        """Incidents under ``scope`` (any month) with these statuses and levels, from the counters."""
+        c = t.area_counts if statuses or levels else t.area_months
+        q = select(func.coalesce(func.sum(c.c.n), 0)).where(c.c.code == scope, *self._count_filters(statuses, levels))
+        return int(conn.execute(q).scalar() or 0)
+
+    @staticmethod
+    def _count_filters(statuses: Iterable[str], levels: Iterable[str]) -> list[Any]:
+        c = t.area_counts
+        statuses, levels = list(statuses), list(levels)
+        return ([c.c.status.in_(statuses)] if statuses else []) + ([c.c.level.in_(levels)] if levels else [])
 
     def months(self, scope: str) -> list[str]:
-        """Months (YYYY-MM, city time) with incidents under ``scope``, newest first."""
-        a = t.incident_areas
-        q = select(a.c.created_month).where(a.c.code == scope).distinct().order_by(a.c.created_month.desc())
+        """Months (YYYY-MM, city time) with incidents under ``scope``, newest first (the counters)."""
+        c = t.area_months
+        q = select(c.c.month).where(c.c.code == scope, c.c.n > 0).order_by(c.c.month.desc())
         with self.engine.connect() as conn:
             return list(conn.execute(q).scalars())
+
+    def month_counts(self, scope: str, month: str, *, statuses: Iterable[str] = (), levels: Iterable[str] = ()
+                     ) -> list[dict[str, Any]]:
+        """The counters of ``scope``'s incidents created in ``month``: one row per (status, level,
+        category group) with incidents."""
+        c = t.area_counts
+        q = select(c.c.status, c.c.level, c.c.category_group, *(c.c[k] for k in COUNTERS)).where(
+            c.c.code == scope, c.c.month == month, c.c.n > 0, *self._count_filters(statuses, levels))
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
+
+    def area_counts(self, codes: Iterable[str], month: str, *, statuses: Iterable[str] = (),
+                    levels: Iterable[str] = ()) -> dict[str, dict[str, int]]:
+        """Counters (days left out) of each of ``codes`` with incidents created in ``month`` (the rankings)."""
+        statuses, levels = list(statuses), list(levels)
+        c = t.area_counts if statuses or levels else t.area_months  # one row per area unless filtered
+        codes = list(codes)
+        if not codes:
+            return {}
+        q = (select(c.c.code, *(func.sum(c.c[k]).label(k) for k in FIGURES))
+             .where(c.c.month == month, c.c.code.in_(codes), *self._count_filters(statuses, levels))
+             .group_by(c.c.code).having(func.sum(c.c.n) > 0))
+        with self.engine.connect() as conn:
+            return {r.code: {k: int(getattr(r, k) or 0) for k in FIGURES} for r in conn.execute(q)}
 
     def timeline(self, incident_id: str) -> list[dict[str, Any]]:
         """Every stored version of an incident, oldest first (the change records)."""
@@ -215,8 +432,25 @@ class Store:
             return {(r.id, r.version) for r in conn.execute(select(v.c.id, v.c.version))}
 
     def count(self, table: str) -> int:
+        """Exact rows of ``table`` (a full count: tests and tools, not the api)."""
         with self.engine.connect() as conn:
             return conn.execute(select(func.count()).select_from(t.metadata.tables[table])).scalar() or 0
+
+    def estimate(self, table: str, exact_up_to: int = TOTAL_CAP) -> int:
+        """Rows of ``table``: exact up to ``exact_up_to``, else the database's cheap estimate (PostgreSQL's
+        planner statistics; SQLite's largest rowid). For ``/api/health``, which must not scan."""
+        tb = t.metadata.tables[table]
+        with self.engine.connect() as conn:
+            few = select(literal(1)).select_from(tb).limit(exact_up_to + 1).subquery()
+            n = int(conn.execute(select(func.count()).select_from(few)).scalar() or 0)
+            if n <= exact_up_to:
+                return n
+            if self.engine.dialect.name == "postgresql":
+                est = conn.execute(text("SELECT reltuples::bigint FROM pg_class WHERE oid = CAST(:t AS regclass)"),
+                                   {"t": table}).scalar()
+            else:
+                est = conn.execute(text(f"SELECT max(rowid) FROM {table}")).scalar()
+            return max(n, int(est or 0))
 
     # ------------------------------------------------------------------------------ reports
     def report(self, rid: str) -> dict[str, Any] | None:
@@ -264,6 +498,7 @@ class Store:
         i = t.incidents
         with self.engine.begin() as conn:
             old = select(i.c.id).where(i.c.closed_ts.is_not(None), i.c.closed_ts < cutoff)
+            self._add_counts(conn, old, -1)  # they leave the counters too
             for table, col in ((t.incident_versions, "id"), (t.incident_areas, "incident_id"),
                                (t.report_incident, "incident_id"), (t.actions, "incident_id")):
                 conn.execute(table.delete().where(table.c[col].in_(old)))

@@ -17,8 +17,9 @@ from gridwatch.pipeline.schemas.events import is_control
 from gridwatch.pipeline.schemas.incidents import LEVELS
 from gridwatch.pipeline.schemas.reports import ResidentReport
 
+from .counts import CLOSED_STATUSES, COUNTER_INDEX, COUNTERS, areas, columns, contribution
+
 log = logging.getLogger("gridwatch.store")
-CLOSED_STATUSES = ("resolved", "evaluated", "closed", "cancelled")  # as the api shows them (web/views.py)
 KINDS = ("incidents", "reports", "actions", "events")
 VALIDATE = {"reports": ResidentReport.decode}
 # Incident changes are checked field by field below (the fields the store files and the api serves):
@@ -44,6 +45,7 @@ class Batch:
         self.tz = tz
         self.versions: dict[tuple[str, int], dict[str, Any]] = {}
         self.latest: dict[str, dict[str, Any]] = {}
+        self.incs: dict[str, dict[str, Any]] = {}  # the incident of each ``latest`` row (the counters)
         self.areas: dict[tuple[str, str], dict[str, Any]] = {}
         self.joins: dict[str, dict[str, Any]] = {}
         self.reports: dict[str, dict[str, Any]] = {}
@@ -95,13 +97,17 @@ class Batch:
         cur = self.latest.get(iid)
         if cur is not None and cur["version"] >= ver:
             return
+        if cur is not None:  # the areas of the version this one replaces (it may have moved)
+            for tier in self.incs[iid].get("tiers", []):
+                self.areas.pop((tier["code"], iid), None)
         month = self.month(inc["created_ts"])
         rank = list_rank(inc["status"], inc["level"])
+        self.incs[iid] = inc
         self.latest[iid] = {"id": iid, "version": ver, "status": inc["status"], "level": inc["level"],
                             "category_group": inc["category_group"], "tier": inc["tier"],
                             "grid_code": inc["grid_code"], "created_ts": inc["created_ts"], "created_month": month,
                             "updated_ts": inc["updated_ts"], "closed_ts": inc.get("closed_ts"), "list_rank": rank,
-                            "doc": doc}
+                            "doc": doc, **columns(inc, self.tz)}
         for tier in inc.get("tiers", []):
             self.areas[(tier["code"], iid)] = {"code": tier["code"], "incident_id": iid, "version": ver,
                                                "created_month": month, "updated_ts": inc["updated_ts"],
@@ -109,6 +115,24 @@ class Batch:
         for s in inc.get("sources", []):
             if s.get("kind") == "report":
                 self.joins[s["id"]] = {"report_id": s["id"], "incident_id": iid}
+
+    def counter_rows(self, skip: set[str]) -> list[tuple[Any, ...]]:
+        """The per-area counters the newest versions add (those not in ``skip``), merged per (area,
+        month, status, level, category group): rows of KEY + COUNTERS values (Store._add_rows)."""
+        acc: dict[tuple[str, ...], list[int]] = {}
+        width = len(COUNTERS)
+        for iid, inc in self.incs.items():
+            if iid in skip:
+                continue
+            month, status, level, cat, c = contribution(inc, self.tz)
+            items = [(COUNTER_INDEX[k], v) for k, v in c.items()]
+            for _, code in areas(inc):
+                vec = acc.get((code, month, status, level, cat))
+                if vec is None:
+                    vec = acc[(code, month, status, level, cat)] = [0] * width
+                for n, v in items:
+                    vec[n] += v
+        return [(*key, *vec) for key, vec in acc.items()]
 
     def add_report(self, r: dict[str, Any]) -> None:
         self.records += 1

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Column, Index, Integer, MetaData, String, Table, Text
 
+from .counts import COUNTERS
+
 metadata = MetaData()
 
 # Every version of every incident (the change record as produced): the case file's timeline.
@@ -36,6 +38,14 @@ incidents = Table(
     Column("closed_ts", BigInteger),
     Column("list_rank", Integer, nullable=False),  # console order: open before closed, red before blue
     Column("doc", Text, nullable=False),  # the newest IncidentChange as JSON (its "incident" is the case)
+    # what the per-area counters sum (counts.columns): day of month created (city time), 0/1 flags,
+    # handling time (ms; resolved, evaluated or closed cases with a resolved_ts), rating (1-5)
+    Column("created_day", Integer, nullable=False, server_default="0"),
+    Column("overdue", Integer, nullable=False, server_default="0"),
+    Column("supervised", Integer, nullable=False, server_default="0"),
+    Column("supervised_overdue", Integer, nullable=False, server_default="0"),
+    Column("handled_ms", BigInteger),
+    Column("rating", Integer),
     Index("ix_incidents_month", "created_month", "status"),
     Index("ix_incidents_updated", "updated_ts"),
     Index("ix_incidents_status_level", "status", "level", "category_group"),
@@ -51,9 +61,12 @@ incident_areas = Table(
     Column("updated_ts", BigInteger, nullable=False),
     Column("list_rank", Integer, nullable=False),
     Index("ix_areas_month", "code", "created_month"),
+    Index("ix_areas_incident", "incident_id"),  # an incident's areas: the counters' swap, purge
 )
-# the console's first page by scope: open before closed, red first, newest first (an index walk)
-Index("ix_areas_list", incident_areas.c.code, incident_areas.c.list_rank, incident_areas.c.updated_ts.desc())
+# the console's pages by scope: open before closed, red first, newest first, then by id (an index walk;
+# the id makes the order total, for keyset pages)
+Index("ix_areas_list", incident_areas.c.code, incident_areas.c.list_rank, incident_areas.c.updated_ts.desc(),
+      incident_areas.c.incident_id.desc())
 
 reports = Table(
     "reports", metadata,
@@ -100,4 +113,35 @@ consumer_offsets = Table(
     Column("topic", String(200), primary_key=True),
     Column("partition", Integer, primary_key=True),
     Column("next_offset", BigInteger, nullable=False),
+)
+
+# Per-area monthly counters (counts.py): what a month's statistics and the list's total read. One row
+# per (area code, month, status, level, category group).
+area_counts = Table(
+    "area_counts", metadata,
+    Column("code", String(40), primary_key=True),
+    Column("month", String(7), primary_key=True),
+    Column("status", String(20), primary_key=True),
+    Column("level", String(10), primary_key=True),
+    Column("category_group", String(60), primary_key=True),
+    *[Column(c, BigInteger if c == "handled_ms" else Integer, nullable=False, server_default="0")
+      for c in COUNTERS],
+)
+
+# The same counters per (area code, month), all statuses, levels and categories together: what the
+# rankings (hundreds of areas), the months list and the list's total read, one row per area.
+area_months = Table(
+    "area_months", metadata,
+    Column("code", String(40), primary_key=True),
+    Column("month", String(7), primary_key=True),
+    *[Column(c, BigInteger if c == "handled_ms" else Integer, nullable=False, server_default="0")
+      for c in COUNTERS],
+)
+
+# Facts about the store itself; "counts": "ready" once area_counts holds every incident's contribution
+# (after migration 0002 it is "stale" until the first open, which knows the city's time zone, fills it).
+store_meta = Table(
+    "store_meta", metadata,
+    Column("key", String(40), primary_key=True),
+    Column("value", String(200), nullable=False),
 )

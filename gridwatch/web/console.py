@@ -22,7 +22,8 @@ from aiohttp import web
 from gridwatch.agents.lifecycle import TRANSITIONS, LifecycleError, check_action
 from gridwatch.core.settings import STATE_DIR
 from gridwatch.pipeline.schemas.codec import SchemaError
-from gridwatch.pipeline.schemas.incidents import LEVELS, STATUSES, Incident, OperatorAction
+from gridwatch.pipeline.schemas.incidents import STATUSES, Incident, OperatorAction
+from gridwatch.store.records import list_rank
 
 from .auth import Operator
 from .clients import real_client
@@ -32,7 +33,7 @@ from .open311 import Open311Error, build_report, produce_action, produce_report
 from .prefs import I18N_DIR, LANGUAGES, Preferences
 from .ratelimit import TokenBucket
 from .revocations import token_id
-from .statistics import stats
+from .statistics import stats, stats_from_store
 from .views import CLOSED_STATUSES, public_incident, summary
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -245,25 +246,55 @@ def supervised_matches(inc: dict[str, Any], want: str) -> bool:
 
 
 async def list_incidents(request: web.Request) -> web.Response:
-    """Open before closed, red first, newest first. Without category or supervision filters the page
-    and the total come from SQL (an index walk, whatever the history); with them, filtered here."""
+    """Open before closed, red first, newest first (ties by id). Without category or supervision
+    filters a page comes from SQL (an index walk from ``after``, the previous page's ``next``, whatever
+    the history) and the total from the per-area counters (``total_exact`` False: at least ``total``);
+    with them, filtered here."""
     op = require_operator(request)
     c = ctx(request)
     try:
         limit = max(1, min(int(request.query.get("limit", "500")), 5000))
     except ValueError:
         raise api_error(400, "limit must be a number") from None
+    after = _cursor(request.query.get("after", ""))
     if request.query.get("category") or request.query.get("supervised"):
         incs = _filtered(request, op)
-        incs.sort(key=lambda i: (i["status"] in CLOSED_STATUSES, -LEVELS.index(i.get("level") or "blue"),
-                                 -(i.get("updated_ts") or 0)))
-        total, page = len(incs), incs[:limit]
+
+        def order(rank: int, updated: int, iid: str) -> tuple[Any, ...]:
+            return rank, -updated, _desc(iid)
+
+        def cursor(i: dict[str, Any]) -> tuple[int, int, str]:
+            return list_rank(i["status"], i.get("level") or "blue"), i.get("updated_ts") or 0, i["id"]
+
+        incs.sort(key=lambda i: order(*cursor(i)))
+        if after is not None:
+            incs = [i for i in incs if order(*cursor(i)) > order(*after)]
+        total, exact, page = len(incs), True, incs[:limit]
+        nxt = cursor(page[-1]) if len(incs) > limit else None
     else:
         scope, where = _sql_filters(request, op)
-        total, page = await asyncio.to_thread(c.view.store.page, scope, limit, **where)
+        res = await asyncio.to_thread(c.view.store.page, scope, limit, after=after, **where)
+        total, exact, page, nxt = res.total, res.exact, res.incidents, res.next
     reports = c.view.store.reports_by_id(report_ids(page))
-    return web.json_response({"total": total, "ready": c.view.ready.is_set(),
+    return web.json_response({"total": total, "total_exact": exact, "ready": c.view.ready.is_set(),
+                              "next": f"{nxt[0]}:{nxt[1]}:{nxt[2]}" if nxt else None,
                               "incidents": [summary(i, reports) for i in page]})
+
+
+def _desc(s: str) -> tuple[int, ...]:
+    """Sorts strings backwards (the list's ties: larger id first)."""
+    return tuple(-ord(ch) for ch in s) + (1,)
+
+
+def _cursor(raw: str) -> tuple[int, int, str] | None:
+    """``after=<rank>:<updated_ts>:<id>`` (a page's ``next``) -> the keyset cursor."""
+    if not raw:
+        return None
+    try:
+        rank, upd, iid = raw.split(":", 2)
+        return int(rank), int(upd), iid
+    except ValueError:
+        raise api_error(400, "after must be the 'next' of the previous page") from None
 
 
 def evidence_refs(inc: dict[str, Any]) -> list[dict[str, str]]:
@@ -437,9 +468,14 @@ async def get_stats(request: web.Request) -> web.Response:
     area = request.query.get("area") or request.query.get("grid") or ""
     months = c.view.store.months(area if area in c.gridmap else op.scope)
     month = month or (months[0] if months else datetime.now(c.tz).strftime("%Y-%m"))
-    incs = _filtered(request, op, month)
-    return web.json_response(stats(incs, c.gridmap, c.tz, month, months=months,
-                                   satisfied_min=c.settings.stats.satisfied_min_rating))
+    q, sat = request.query, c.settings.stats.satisfied_min_rating
+    if q.get("category") or q.get("supervised") or q.get("tier"):  # filters the counters do not have
+        incs = _filtered(request, op, month)
+        return web.json_response(stats(incs, c.gridmap, c.tz, month, months=months, satisfied_min=sat))
+    scope, where = _sql_filters(request, op)
+    body = await asyncio.to_thread(stats_from_store, c.view.store, c.gridmap, scope, month, months,
+                                   statuses=where["statuses"], levels=where["levels"], satisfied_min=sat)
+    return web.json_response(body)
 
 
 # ---------------------------------------------------------------------------------------- chat import

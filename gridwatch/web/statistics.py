@@ -9,11 +9,14 @@ numbers. Every figure is over the incidents *created* in the month (city time zo
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from .views import CLOSED_STATUSES, DONE_STATUSES, month_of
+from gridwatch.store.counts import DAYS, RATINGS, Counts, add, contribution, total
+
+from .views import month_of
 
 # Ranked tiers: API key -> tier of the incident's tier chain.
 RANKED = {"districts": "district", "towns": "street", "grids": "grid"}
@@ -65,70 +68,130 @@ def definitions(satisfied_min: int, scale: int = 5) -> dict[str, dict[str, str]]
     }
 
 
-def figures(incs: list[dict[str, Any]], satisfied_min: int) -> dict[str, Any]:
-    """The figures of one set of incidents (a month, or one area's incidents of the month)."""
-    work = [i for i in incs if i["status"] != "cancelled"]
-    done = [i for i in work if i["status"] in DONE_STATUSES]
-    handled = [(i["resolved_ts"] - i["created_ts"]) / 3_600_000 for i in done if i.get("resolved_ts")]
-    rated = [i["rating"] for i in incs if isinstance(i.get("rating"), int) and not isinstance(i.get("rating"), bool)]
-    satisfied = sum(1 for r in rated if r >= satisfied_min)
-    overdue = sum(1 for i in work if i.get("overdue"))
-    supervised = [i for i in incs if i.get("supervision")]
-    closure = len(done) / len(work) if work else 0.0
-    ontime = 1 - overdue / len(work) if work else 1.0
-    sat = satisfied / len(rated) if rated else None
-    avg_h = sum(handled) / len(handled) if handled else None
+def figures_of(c: Mapping[str, int], satisfied_min: int) -> dict[str, Any]:
+    """The figures of one set of incidents from its counters (gridwatch.store.counts)."""
+    work, done, overdue, rated = c.get("work", 0), c.get("done", 0), c.get("work_overdue", 0), c.get("rated", 0)
+    satisfied = sum(c.get(f"rating_{r}", 0) for r in RATINGS if r >= satisfied_min)
+    closure = done / work if work else 0.0
+    ontime = 1 - overdue / work if work else 1.0
+    sat = satisfied / rated if rated else None
+    avg_h = c["handled_ms"] / c["handled_n"] / 3_600_000 if c.get("handled_n") else None
     speed = max(0.0, 1 - avg_h / SPEED_H) if avg_h is not None else 0.0
     parts = {"closure": closure, "ontime": ontime, "satisfaction": sat, "speed": speed}
     weight = sum(WEIGHTS[k] for k, v in parts.items() if v is not None)
     index = 100 * sum(WEIGHTS[k] * v for k, v in parts.items() if v is not None) / weight
-    return {"incidents": len(incs), "closed": len(done), "closure_rate": round(closure, 4),
+    return {"incidents": c.get("n", 0), "closed": done, "closure_rate": round(closure, 4),
             "avg_handling_h": round(avg_h, 2) if avg_h is not None else None, "overdue": overdue,
-            "supervised": len(supervised),
-            "supervised_overdue": sum(1 for i in supervised if i["supervision"].get("overdue")),
-            "satisfaction": round(sat, 4) if sat is not None else None, "ratings": len(rated),
+            "supervised": c.get("supervised", 0), "supervised_overdue": c.get("supervised_overdue", 0),
+            "satisfaction": round(sat, 4) if sat is not None else None, "ratings": rated,
             "satisfied": satisfied, "index": round(index, 1)}
 
 
-def ranking(in_month: list[dict[str, Any]], gridmap: Any, tier: str, satisfied_min: int) -> list[dict[str, Any]]:
-    """Areas of one tier ranked by index (ties by code), each with its figures."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for i in in_month:
-        code = next((t["code"] for t in i.get("tiers", []) if t["tier"] == tier), None)
-        if code:
-            groups.setdefault(code, []).append(i)
+def _counts_of(incs: Iterable[dict[str, Any]], tz: ZoneInfo) -> Counts:
+    out: Counts = {}
+    for i in incs:
+        add(out, contribution(i, tz)[4])
+    return out
+
+
+def figures(incs: list[dict[str, Any]], satisfied_min: int, tz: ZoneInfo | None = None) -> dict[str, Any]:
+    """The figures of one set of incidents (a month, or one area's incidents of the month)."""
+    return figures_of(_counts_of(incs, tz or ZoneInfo("UTC")), satisfied_min)
+
+
+def ranked(areas: Mapping[str, Mapping[str, int]], gridmap: Any, satisfied_min: int) -> list[dict[str, Any]]:
+    """Areas ranked by index (ties by code), each with its figures; areas without incidents left out."""
     rows = []
-    for code, incs in groups.items():
+    for code, c in areas.items():
+        if not c.get("n"):
+            continue
         name = gridmap.area(code).name if code in gridmap else code
-        rows.append({"code": code, "name": name, **figures(incs, satisfied_min)})
+        rows.append({"code": code, "name": name, **figures_of(c, satisfied_min)})
     rows.sort(key=lambda r: (-r["index"], r["code"]))
     for n, r in enumerate(rows, 1):
         r["rank"] = n
     return rows
 
 
+def ranking(in_month: list[dict[str, Any]], gridmap: Any, tier: str, satisfied_min: int,
+            tz: ZoneInfo | None = None) -> list[dict[str, Any]]:
+    """Areas of one tier ranked by index (ties by code), from the incidents themselves."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for i in in_month:
+        code = next((t["code"] for t in i.get("tiers", []) if t["tier"] == tier), None)
+        if code:
+            groups.setdefault(code, []).append(i)
+    return ranked({code: _counts_of(incs, tz or ZoneInfo("UTC")) for code, incs in groups.items()}, gridmap,
+                  satisfied_min)
+
+
 def stats(incidents: list[dict[str, Any]], gridmap: Any, tz: ZoneInfo, month: str | None, *,
           satisfied_min: int = 4, scale: int = 5, months: list[str] | None = None) -> dict[str, Any]:
-    """The statistics of ``GET /api/stats``: overall figures of the month, counts by level / status /
-    category / day, rankings of districts, towns and grids, and the definitions of every figure.
-    ``months``: the months with incidents (the store knows them; else taken from ``incidents``)."""
+    """The statistics of ``GET /api/stats`` computed from the incidents themselves (the export, the
+    filters the counters do not have). ``months``: the months with incidents (the store knows them;
+    else taken from ``incidents``)."""
     if months is None:
         months = sorted({month_of(i["created_ts"], tz) for i in incidents}, reverse=True)
     month = month or (months[0] if months else datetime.now(tz).strftime("%Y-%m"))
     in_month = [i for i in incidents if month_of(i["created_ts"], tz) == month]
-    overall = figures(in_month, satisfied_min)
-    overall["open_overdue"] = sum(1 for i in in_month if i.get("overdue") and i["status"] not in CLOSED_STATUSES)
-    by_level = {lv: sum(1 for i in in_month if i.get("level") == lv) for lv in ("red", "yellow", "blue")}
+    rows: dict[tuple[str, str, str], Counts] = {}
+    for i in in_month:
+        _, status, level, cat, c = contribution(i, tz)
+        add(rows.setdefault((status, level, cat), {}), c)
+    return stats_of([{"status": k[0], "level": k[1], "category_group": k[2], **c} for k, c in rows.items()],
+                    {key: ranking(in_month, gridmap, tier, satisfied_min, tz) for key, tier in RANKED.items()},
+                    month, months, satisfied_min=satisfied_min, scale=scale)
+
+
+def stats_of(rows: list[Mapping[str, Any]], rankings: Mapping[str, list[dict[str, Any]]], month: str,
+             months: list[str], *, satisfied_min: int = 4, scale: int = 5) -> dict[str, Any]:
+    """``GET /api/stats`` from the month's counters: ``rows``, one per (status, level, category group)
+    (Store.month_counts), and the rankings (``ranked``). Overall figures of the month, counts by level /
+    status / category / day, the rankings of districts, towns and grids, and every figure's definition."""
+    all_ = total(rows)
+    overall = figures_of(all_, satisfied_min)
+    overall["open_overdue"] = all_.get("open_overdue", 0)
+    by_level = {lv: 0 for lv in ("red", "yellow", "blue")}
     by_status: dict[str, int] = {}
     by_category: dict[str, int] = {}
-    daily: dict[str, int] = {}
-    for i in in_month:
-        by_status[i["status"]] = by_status.get(i["status"], 0) + 1
-        by_category[i["category_group"]] = by_category.get(i["category_group"], 0) + 1
-        day = datetime.fromtimestamp(i["created_ts"] / 1000, tz).strftime("%Y-%m-%d")
-        daily[day] = daily.get(day, 0) + 1
+    for r in rows:
+        for out, key in ((by_level, r["level"]), (by_status, r["status"]), (by_category, r["category_group"])):
+            if out is not by_level or key in by_level:
+                out[key] = out.get(key, 0) + r["n"]
+    daily = {f"{month}-{d:02d}": all_[f"d{d:02d}"] for d in DAYS if all_.get(f"d{d:02d}")}
     return {"month": month, "months": months or [month], "overall": overall, "by_level": by_level,
-            "by_status": by_status, "by_category": by_category, "daily": dict(sorted(daily.items())),
-            "ranking": {key: ranking(in_month, gridmap, tier, satisfied_min) for key, tier in RANKED.items()},
-            "satisfaction_threshold": {"min_rating": satisfied_min, "scale": scale},
+            "by_status": {k: v for k, v in sorted(by_status.items()) if v},
+            "by_category": {k: v for k, v in sorted(by_category.items()) if v}, "daily": daily,
+            "ranking": dict(rankings), "satisfaction_threshold": {"min_rating": satisfied_min, "scale": scale},
             "definitions": definitions(satisfied_min, scale)}
+
+
+def areas_under(gridmap: Any, scope: str, tier: str) -> list[str]:
+    """Codes of the areas of ``tier`` at or below ``scope`` (the grid map's tree)."""
+    out, todo = [], [gridmap.area(scope)]
+    while todo:
+        a = todo.pop()
+        if a.tier == tier:
+            out.append(a.code)
+        else:
+            todo.extend(gridmap.children(a.code))
+    return sorted(out)
+
+
+def stats_from_store(store: Any, gridmap: Any, scope: str, month: str, months: list[str], *,
+                     statuses: Iterable[str] = (), levels: Iterable[str] = (), satisfied_min: int = 4,
+                     scale: int = 5) -> dict[str, Any]:
+    """``GET /api/stats`` of ``scope`` from the store's per-area counters (a few hundred rows, whatever
+    the history); the same figures ``stats`` computes from the incidents. A ranked tier at or above the
+    scope has one area: the scope's ancestor, with the scope's own incidents (as ``ranking`` groups them)."""
+    statuses, levels = list(statuses), list(levels)
+    rows = store.month_counts(scope, month, statuses=statuses, levels=levels)
+    above = {a.tier: a.code for a in gridmap.chain(scope)}
+    rankings = {}
+    for key, tier in RANKED.items():
+        if tier in above:
+            areas = {above[tier]: total(rows)} if rows else {}
+        else:
+            areas = store.area_counts(areas_under(gridmap, scope, tier), month, statuses=statuses, levels=levels)
+        rankings[key] = ranked(areas, gridmap, satisfied_min)
+    return stats_of(rows, rankings, month, months, satisfied_min=satisfied_min, scale=scale)

@@ -20,12 +20,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from gridwatch.store import Store
+from gridwatch.store.counts import CLOSED_STATUSES as CLOSED_STATUSES  # the web modules import it from here
 
 log = logging.getLogger("gridwatch.web.view")
 
-# Open311 status of a report from the status of the incident it joined.
-CLOSED_STATUSES = ("resolved", "evaluated", "closed", "cancelled")
-DONE_STATUSES = ("resolved", "evaluated", "closed")  # "closed" for the closure rate (cancelled is not work done)
+
 
 
 @dataclass(eq=False)
@@ -53,7 +52,7 @@ class IncidentLookup:
         return isinstance(incident_id, str) and self.store.incident(incident_id) is not None
 
     def __len__(self) -> int:
-        return self.store.count("incidents")
+        return self.store.estimate("incidents")  # exact up to 10,000, then an estimate (no full scan)
 
 
 class ReportLookup:
@@ -75,7 +74,7 @@ class ReportLookup:
         return isinstance(rid, str) and self.store.report(rid) is not None
 
     def __len__(self) -> int:
-        return self.store.count("reports")
+        return self.store.estimate("reports")
 
 
 class IncidentView:
