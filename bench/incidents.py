@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -79,10 +80,18 @@ def workload(city: Any, rounds: int, seed: int = 7) -> list[GridEvent | Resident
     return out
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used: on a shared, loaded machine the
+    CPU cost per input is steadier than wall-clock rates, so the JSON carries both."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def in_process(city: Any, inputs: list[GridEvent | ResidentReport]) -> dict[str, Any]:
     proc = IncidentProcessor(load_incident_config(), city.gridmap, MemStore())
     part = DefaultPartitioner()
     changes = 0
+    c0 = time.process_time()
     t0 = time.perf_counter()
     for x in inputs:
         out = Outcome()
@@ -94,7 +103,9 @@ def in_process(city: Any, inputs: list[GridEvent | ResidentReport]) -> dict[str,
         proc.advance(p, out)
         changes += len(out.changes)
     dt = time.perf_counter() - t0
+    cpu = time.process_time() - c0
     return {"inputs": len(inputs), "seconds": round(dt, 2), "inputs_per_s": round(len(inputs) / dt),
+            "cpu_seconds": round(cpu, 2), "inputs_per_cpu_s": round(len(inputs) / cpu),
             "changes": changes, "incidents_in_memory": len(proc.incidents())}
 
 
@@ -216,10 +227,12 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
             # -- fusion throughput through the real agent ------------------------------------------
             end_ids = {source_id(m) for m in ends}
             recs = [record(pipe, x) for x in [*inputs, *ends]]
+            c0 = cpu_s(pipe.worker.pid)
             t0 = time.time()
             asyncio.run(produce_all(kafka, recs))
             t_prod = time.time() - t0
             changes = asyncio.run(read_changes(kafka, pipe.topic("incidents"), end_ids, 600))
+            worker_cpu = cpu_s(pipe.worker.pid) - c0
             t_end = max(ts for ts, ch in changes if ch["source_id"] in end_ids)
             created = sum(1 for _, ch in changes if ch["change"] == "created")
             results["fusion"] = {
@@ -228,8 +241,15 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
                 "inputs_per_s": round(len(recs) / (t_end - t0)), "incidents": created,
                 "incidents_per_s": round(created / (t_end - t0)), "changes": len(changes),
                 "changes_per_s": round(len(changes) / (t_end - t0)), "produce_seconds": round(t_prod, 2),
+                # the worker's CPU (every agent, all threads) from the first input until the markers' changes
+                # were read back; the other agents' backlog of this phase is not all in it
+                "worker_cpu_seconds": round(worker_cpu, 2), "inputs_per_worker_cpu_s": round(len(recs) / worker_cpu),
             }
+            results["ratio"] = {"wall": round(results["fusion"]["inputs_per_s"] / results["in_process"]["inputs_per_s"], 3),
+                                "cpu": round(results["fusion"]["inputs_per_worker_cpu_s"]
+                                             / results["in_process"]["inputs_per_cpu_s"], 3)}
             print(f"fusion through the agent: {results['fusion']}", flush=True)
+            print(f"agent / in-process: {results['ratio']}", flush=True)
             cur, peak = rss_mb(pipe.worker.pid)
             results["rss_mb"] = {"worker": round(cur), "worker_peak": round(peak)}
 
