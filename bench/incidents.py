@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 
 from gridwatch.agents.fusion import IncidentProcessor, Outcome
@@ -177,6 +178,29 @@ async def read_changes(kafka: str, topic: str, until: set[str], timeout: float) 
     return out
 
 
+async def wait_drained(kafka: str, group: str, topics: list[str], timeout: float) -> float:
+    """Seconds until the worker's consumer group has committed every record of ``topics`` (its agents
+    digested what came before): the latency run then measures 200 events/s, not the backlog of the
+    throughput phase that every agent of the one worker still works through."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
+    c = AIOKafkaConsumer(bootstrap_servers=kafka)
+    await admin.start()
+    await c.start()
+    t0 = time.monotonic()
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(c.partitions_for_topic(t) or [])]
+        while time.monotonic() - t0 < timeout:
+            ends = await c.end_offsets(tps)
+            done = await admin.list_consumer_group_offsets(group, partitions=tps)
+            if all(done.get(tp) is not None and done[tp].offset >= ends[tp] for tp in tps):
+                break
+            await asyncio.sleep(0.5)
+    finally:
+        await c.stop()
+        await admin.close()
+    return time.monotonic() - t0
+
+
 def telemetry_baseline(stack: EmbeddedStack, pipe: Pipeline, city: Any, rounds: int) -> dict[str, Any]:
     devs = list(city.registry)
     msgs: list[tuple[str, bytes]] = []
@@ -281,6 +305,10 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
             warm = markers(city, probe_ts - 1000)
             asyncio.run(produce_all(kafka, [record(pipe, m) for m in warm]))
             asyncio.run(read_changes(kafka, pipe.topic("incidents"), {source_id(m) for m in warm}, 120))
+            drained = asyncio.run(wait_drained(kafka, f"gridwatch-{pipe.prefix}",
+                                               [pipe.topic(f) for f in ("events", "reports", "incidents")], 120))
+            results["drain_seconds"] = round(drained, 1)
+            print(f"worker drained the throughput phase {drained:.1f} s after the warm-up markers", flush=True)
             asyncio.run(timed())
             lat_changes = asyncio.run(read_changes(kafka, pipe.topic("incidents"), set(stamps), 120))
             lat = [(ts - stamps[ch["source_id"]]) * 1000 for ts, ch in lat_changes
