@@ -8,7 +8,7 @@ in event time (agents/event_order.py) by the order header and the watermark cont
 telemetry agent writes; reports and operator actions (HTTP, wall time) are applied on arrival.
 The state (every incident with its history, the watermarks, the merge buffer) lives in
 the Faust table ``incidents`` whose changelog is written to the input's partition explicitly
-(``tables.put``), so the worker that owns a partition after a crash or rebalance recovers it.
+(``tables.apply_writes``), so the worker that owns a partition after a crash or rebalance recovers it.
 
 Order per batch: changes are produced and confirmed before the table is written, so a crash in
 between re-processes the inputs and produces the same changes again (same versions, same ids);
@@ -17,7 +17,6 @@ the channels drop the copies by version.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -26,10 +25,11 @@ from gridwatch.pipeline.schemas.events import GridEvent, Watermarks, is_control,
 from gridwatch.pipeline.schemas.incidents import OperatorAction
 from gridwatch.pipeline.schemas.reports import ResidentReport
 
+from .batch_send import send_all
 from .fusion import IncidentProcessor, Outcome
 from .routing import load_incident_config
 from .runtime import AgentContext
-from .tables import TableStore, delete, put
+from .tables import TableStore, apply_writes
 
 log = logging.getLogger("gridwatch.incidents")
 INPUTS = ("events", "reports", "actions")
@@ -52,6 +52,7 @@ def install(ctx: AgentContext) -> Any:
     processor = IncidentProcessor(cfg, ctx.gridmap, TableStore(table))
     source = family_topic(ctx, *INPUTS)
     out_topic = family_topic(ctx, "incidents")
+    out_name = settings.topic("incidents")
     names = {settings.topic(f): f for f in INPUTS}
     log.info("incidents: %d category groups from %s", len(cfg.groups), cfg.source)
 
@@ -103,15 +104,11 @@ def install(ctx: AgentContext) -> Any:
                     processor.advance(p, out)
                 except Exception:  # noqa: BLE001
                     log.exception("supervision failed on partition %d", p)
-            if out.changes:
-                futures = [await out_topic.send(key=key.encode(), value=value) for key, value in out.changes]
-                await asyncio.gather(*futures)
+            if out.changes:  # confirmed before the table moves on (see the module doc)
+                await send_all(app, [(out_name, None, key.encode(), value) for key, value in out.changes])
                 ctx.stats["incident_changes"] += len(out.changes)
-            for key, (partition, value) in out.writes.items():
-                if value is None:
-                    delete(table, key, partition)
-                else:
-                    put(table, key, value, partition)
+            if out.writes:
+                await send_all(app, apply_writes(table, out.writes), wait=False)
             ctx.stats["incident_inputs"] += len(batch)
             ctx.stats["incident_duplicates"] += out.duplicates
             ctx.stats["incident_late_events"] += out.late

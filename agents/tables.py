@@ -35,3 +35,22 @@ def delete(table: Any, key: Any, partition: int) -> None:
     partition (see put)."""
     table.data.pop(key, None)
     table.send_changelog(partition, key, None, value_serializer="raw")
+
+
+def apply_writes(table: Any, writes: Any) -> list[tuple[str, int, bytes | None, bytes | None]]:
+    """Set or remove each key of ``writes`` (key -> (partition, value; None removes)) in the table's memory
+    and return its changelog records (topic, partition, key bytes, value bytes) for agents/batch_send.py:
+    the same records ``put`` / ``delete`` would have Faust write one by one."""
+    topic = table.changelog_topic
+    name = topic.get_topic_name()
+    out: list[tuple[str, int, bytes | None, bytes | None]] = []
+    for key, (partition, value) in writes.items():
+        k, _ = topic.prepare_key(key, table.key_serializer)
+        if value is None:
+            table.data.pop(key, None)
+            out.append((name, partition, k, None))
+        else:
+            table.data[key] = value
+            v, _ = topic.prepare_value(value, table.value_serializer)
+            out.append((name, partition, k, v))
+    return out

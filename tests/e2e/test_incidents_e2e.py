@@ -163,8 +163,10 @@ def test_sensor_event_and_resident_report_for_one_cover_merge_and_a_far_report_d
     wait_for(lambda: snapshots(watcher, lambda i: i["grid_code"] == dev.grid_code), 60, "incident from the sensor")
     produce(pipe.kafka_url, pipe.topic("reports"), [(r.grid_code, r.encode()) for r in (near, away)])
 
+    # the merge and the confirmation are two versions published one after the other: wait for the second
     merged = wait_for(lambda: [i for i in with_source(watcher, near.service_request_id).values()
-                               if len(i["sources"]) == 2], 60, "the report merged into the sensor incident")[0]
+                               if len(i["sources"]) == 2 and any(h["action"] == "confirmed" for h in i["history"])],
+                      60, "the report merged into the sensor incident")[0]
     assert [s["kind"] for s in merged["sources"]] == ["event", "report"]
     assert merged["sources"][0]["subject"] == dev.id and merged["sources"][0]["type"] == "manhole_open"
     assert merged["category_group"] == "manhole" and merged["level"] == "red" and merged["status"] == "reported"
