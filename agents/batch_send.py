@@ -19,6 +19,8 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from gridwatch.compat import worker_producer
+
 log = logging.getLogger("gridwatch.agents")
 
 Record = tuple[str, int | None, bytes | None, bytes | None]  # topic, partition (None: by key), key, value
@@ -33,7 +35,7 @@ async def send_all(app: Any, records: Iterable[Record], *, wait: bool = True) ->
     """Produce ``records``; with ``wait`` return once the broker confirmed all of them (raises like
     a failed send), else once they are queued (a failure is logged; the commit-time flush waits for
     them). Partition None means the key's partition under the producer's partitioner (Faust's too)."""
-    producer = app.producer._ensure_producer()  # the worker's aiokafka producer (Faust's driver)
+    producer = worker_producer(app)
     groups: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]] = {}
     for topic, partition, key, value in records:
         if partition is None:

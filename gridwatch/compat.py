@@ -359,6 +359,15 @@ def install_faust_idempotent_producer() -> None:
     _installed.add("idempotent_producer")
 
 
+def worker_producer(app: Any) -> Any:
+    """The worker's own aiokafka producer behind Faust's (``agents/batch_send.py`` appends whole record
+    batches to it). Faust has no public accessor; checked on the pinned versions like the patches."""
+    if "worker_producer" not in _installed:
+        require_checked("the worker's aiokafka producer", "faust-streaming", "aiokafka")
+        _installed.add("worker_producer")
+    return app.producer._ensure_producer()
+
+
 # What Tansu answers in DescribeCluster unless started with another --cluster-id.
 TANSU_CLUSTER_ID = "tansu_cluster"
 
