@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from gridwatch.devices.registry import load_city
 from gridwatch.pipeline.kafka_io import assign_from_start
@@ -133,6 +133,34 @@ class Watcher:
         self.client.loop_stop()
 
 
+async def _group_lag(bootstrap: str, group: str, topics: list[str]) -> int | None:
+    """Records of ``topics`` the consumer group has not committed yet (None: it has committed nothing)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, request_timeout_ms=10000)
+    await admin.start()
+    await c.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+        tps = [TopicPartition(d["topic"], part["partition"])
+               for d in await admin.describe_topics(topics) for part in d.get("partitions", ())]
+        if not committed or not tps:
+            return None
+        ends = await c.end_offsets(tps)
+        return sum(max(0, ends[tp] - (committed[tp].offset if tp in committed else 0)) for tp in tps)
+    finally:
+        await c.stop()
+        await admin.close()
+
+
+def group_lag(bootstrap: str, group: str, topics: list[str]) -> int | None:
+    try:
+        return asyncio.run(_group_lag(bootstrap, group, topics))
+    except Exception:  # noqa: BLE001 - a cluster still recovering: ask again
+        return None
+
+
 async def _read_all(bootstrap: str, topic: str, idle_polls: int = 4) -> list[bytes]:
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, request_timeout_ms=20000)
     await c.start()
@@ -188,11 +216,15 @@ class Verdict:
 
 
 def check(bootstrap: str, prefix: str, acked: set[tuple[str, int]], alerts: Watcher,
-          baseline: set | None, timeout: float = 120) -> Verdict:
-    """Wait (bounded) until every acknowledged reading is in Kafka and the incidents settle (equal to the
-    baseline, or unchanged for 8 s when there is none), then say what holds."""
+          baseline: set | None, timeout: float = 180, group: str | None = None) -> Verdict:
+    """Wait (bounded) until every acknowledged reading is in Kafka and the incidents settle, then say what
+    holds. Settled: equal to the baseline, or unchanged for 8 s once the workers' consumer group
+    (``group``, default ``gridwatch-<prefix>``) has committed every readings record. A group
+    still rejoining after a fault (its fetches waiting on a stale leader) commits nothing for a while: 8 s
+    without a new incident is not the end of its input then (seen after a coordinator's link was cut)."""
     v = Verdict(acked=len(acked), baseline=baseline)
     deadline = time.monotonic() + timeout
+    group = group or f"gridwatch-{prefix}"
     seen: Counter = Counter()
     while time.monotonic() < deadline:
         seen = readings_in_kafka(bootstrap, f"{prefix}.readings")
@@ -210,7 +242,8 @@ def check(bootstrap: str, prefix: str, acked: set[tuple[str, int]], alerts: Watc
             break
         if now != last:
             last, stable_since = now, time.monotonic()
-        elif now and time.monotonic() - stable_since >= 8:
+        elif now and time.monotonic() - stable_since >= 8 and \
+                group_lag(bootstrap, group, [f"{prefix}.readings"]) == 0:
             break
         time.sleep(1)
     time.sleep(2)  # a second copy of an alert would come right after the first

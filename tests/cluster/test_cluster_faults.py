@@ -33,6 +33,7 @@ def test_no_fault_run_is_complete(baseline):
     assert baseline  # the fixture asserted it; this test makes its figures show up on their own line
 
 
+@pytest.mark.timeout(480)
 def test_partition_leader_killed_and_restarted(cluster, baseline):
     def fault(run: Run, feeder: Feeder) -> dict[str, float]:
         leader = cluster.leader_of(run.topic("readings"), 0)
@@ -47,6 +48,7 @@ def test_partition_leader_killed_and_restarted(cluster, baseline):
     assert_held(feed_and_check(cluster, "leader-kill", baseline, fault))
 
 
+@pytest.mark.timeout(480)  # the check waits up to 180 s for a group that is still rejoining
 def test_broker_link_cut_and_healed(cluster, baseline):
     def fault(run: Run, feeder: Feeder) -> dict[str, float]:
         victim = cluster.leader_of(run.topic("readings"), 0)
