@@ -9,8 +9,9 @@ each alert not yet confirmed in the changelog. MQTT keeps a connection's message
 the broker holds proves that every alert listed in it reached the broker before it. Every worker
 subscribes to the ledgers of its group and skips an event whose (offset, marker) is listed.
 
-What is left: a crash between the alert's and the ledger's packets, which leave in the same write of
-the client's network thread (microseconds, not a Kafka round trip).
+What is left: a worker stopped after paho took a batch's alerts and before its network thread wrote them
+and the ledger to the socket, one send after the other in the same pass (microseconds, not a Kafka round
+trip); a frozen worker sends them when it wakes, perhaps after its successor published the same alerts.
 
 Topic: ``gridwatch/ledger/<alert prefix>/<app id>/<partition>``. A ledger is honoured for ``ttl_s`` after
 it was written (long enough for a takeover: session timeout plus rebalance), and only where the same
