@@ -14,7 +14,7 @@ from typing import Any
 
 from gridwatch.pipeline.outputs.mqtt_ledger import PublishLedger
 from gridwatch.pipeline.outputs.mqtt_publisher import AsyncMqttPublisher
-from gridwatch.pipeline.schemas.mqtt_topics import alert_topic
+from gridwatch.pipeline.schemas.mqtt_topics import ALERT_PREFIX, alert_topic
 
 from .base import ChannelConfigError, EventChannel, EventItem, register
 
@@ -24,7 +24,7 @@ class MqttAlertChannel(EventChannel):
     keys = frozenset({"topic_prefix", "timeout_s"})
 
     def configure(self, cfg: dict[str, Any]) -> None:
-        default = self.settings.mqtt.alert_prefix if self.settings is not None else "gridwatch/alerts"
+        default = self.settings.mqtt.alert_prefix if self.settings is not None else ALERT_PREFIX
         self.topic_prefix = str(cfg.get("topic_prefix") or default).rstrip("/")
         try:
             self.timeout_s = float(cfg.get("timeout_s", 30))

@@ -26,7 +26,6 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable
-from typing import Any
 
 from gridwatch.pipeline.schemas.mqtt_topics import LEDGER_PREFIX
 
@@ -112,7 +111,7 @@ class PublishLedger:
         for p in partitions:
             self._pending.pop(p, None)
 
-    def forget(self, partitions: Any = None) -> None:
+    def forget(self, partitions: set[int]) -> None:
         """Partitions left us (a rebalance): their pending entries are in the broker's ledger already."""
-        for p in list(self._pending) if partitions is None else partitions:
+        for p in partitions:
             self._pending.pop(p, None)

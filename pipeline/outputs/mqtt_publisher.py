@@ -21,17 +21,45 @@ from gridwatch.pipeline.mqtt_client import connect, make_client
 log = logging.getLogger("gridwatch.mqtt")
 
 
+class _Acks:
+    """Futures waiting for the broker's acknowledgement of a packet id (PUBACK or SUBACK). paho's thread may
+    deliver the acknowledgement before the event loop registered its future: it is kept until then.
+
+    Never hold the lock while calling into paho: paho calls on_publish with its own message lock held, and
+    on_publish takes this one (lock-order deadlock seen under alert storms)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: dict[int, asyncio.Future[None]] = {}
+        self._early: set[int] = set()
+
+    def expect(self, mid: int, fut: asyncio.Future[None]) -> None:
+        """On the event loop, after paho took the packet: ``fut`` completes on its acknowledgement."""
+        with self._lock:
+            if mid in self._early:
+                self._early.discard(mid)
+                fut.set_result(None)
+            else:
+                self._waiting[mid] = fut
+
+    def acked(self, loop: asyncio.AbstractEventLoop, mid: int) -> None:
+        """On paho's thread."""
+        with self._lock:
+            fut = self._waiting.pop(mid, None)
+            if fut is None:
+                self._early.add(mid)
+                return
+        loop.call_soon_threadsafe(_resolve, fut)
+
+
 class AsyncMqttPublisher:
     def __init__(self, settings: Settings, client_id: str = "") -> None:
         self.settings = settings
         self.client_id = client_id
-        self._pending: dict[int, asyncio.Future[None]] = {}
-        self._lock = threading.Lock()
-        self._acked_early: set[int] = set()
+        self._pubacks = _Acks()
+        self._subacks = _Acks()
         self.client: mqtt.Client | None = None
         self._subscriptions: dict[str, Callable[[str, bytes], None]] = {}
-        self._subacks: dict[int, asyncio.Future[None]] = {}
-        self._subacked_early: set[int] = set()
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -45,12 +73,7 @@ class AsyncMqttPublisher:
         client.loop_start()
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any = None, props: Any = None) -> None:
-        with self._lock:
-            fut = self._pending.pop(mid, None)
-            if fut is None:
-                self._acked_early.add(mid)
-                return
-        self._loop.call_soon_threadsafe(_resolve, fut)
+        self._pubacks.acked(self._loop, mid)
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
         for topic in self._subscriptions:  # a clean session after a reconnect: subscribe again
@@ -70,40 +93,24 @@ class AsyncMqttPublisher:
         rc, mid = self.client.subscribe(topic, qos=1)
         if rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             raise ConnectionError(f"MQTT subscribe to {topic} failed: {mqtt.error_string(rc)}")
-        with self._lock:
-            if mid in self._subacked_early:
-                self._subacked_early.discard(mid)
-                return
-            self._subacks[mid] = acked
+        self._subacks.expect(mid, acked)
         await asyncio.wait_for(acked, timeout)
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, *rest: Any) -> None:
-        with self._lock:
-            fut = self._subacks.pop(mid, None)
-            if fut is None:
-                self._subacked_early.add(mid)
-                return
-        self._loop.call_soon_threadsafe(_resolve, fut)
+        self._subacks.acked(self._loop, mid)
 
     def queue(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
               timeout: float = 30.0) -> Coroutine[Any, Any, None]:
         """Hand the message to paho now; await the result for the broker's PUBACK."""
         assert self.client is not None, "start() first"
         fut: asyncio.Future[None] = self._loop.create_future()
-        # Never hold our lock while calling into paho: paho calls on_publish with its own message
-        # lock held, and on_publish takes ours (lock-order deadlock seen under alert storms).
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             raise ConnectionError(f"MQTT publish to {topic} failed: {mqtt.error_string(info.rc)}")
         if qos == 0:
             fut.set_result(None)
         else:
-            with self._lock:
-                if info.mid in self._acked_early:
-                    self._acked_early.discard(info.mid)
-                    fut.set_result(None)
-                else:
-                    self._pending[info.mid] = fut
+            self._pubacks.expect(info.mid, fut)
         # paho queues while disconnected and resends on reconnect, so waiting is enough.
         return asyncio.wait_for(fut, timeout)
 
