@@ -87,7 +87,7 @@ def create_app(settings: Settings, *, city: Any = None, agents: str | tuple[str,
         producer_linger=0.002,
         # Batches of up to 256 KB per partition instead of aiokafka's 16 KB: the producer has one request in
         # flight per partition, so a burst of incident changes (whole incidents, a few KB each) went out as a
-        # queue of small requests, one broker round trip after the other (notes/perf15.md).
+        # queue of small requests, one broker round trip after the other.
         producer_max_batch_size=256 * 1024,
         # The embedded broker makes a new group wait half the session timeout before its first
         # join; short timeouts make a worker ready in ~5 s instead of ~30 s.
