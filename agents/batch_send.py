@@ -3,7 +3,7 @@
 Why: Faust's ``Topic.send`` and ``Table.send_changelog`` build a FutureMessage, a task and a separate
 aiokafka ``send`` for every record. The incident agent writes about two change records and one or two
 changelog records per input, and in the profile of ``bench incidents`` that machinery cost about as much
-as the fusion itself (notes/perf15.md). Appending the same records (same topic, partition, key and value
+as the fusion itself. Appending the same records (same topic, partition, key and value
 bytes) to a batch per partition and handing each batch to the producer does the same writes for a
 fraction of the cost. Order within a partition is kept: batches of one partition are queued in the
 producer's accumulator in the order they are sent, and it has at most one in flight per partition.
