@@ -30,7 +30,7 @@ from gridwatch.agents.fusion import IncidentProcessor, Outcome
 from gridwatch.agents.routing import load_incident_config
 from gridwatch.bench.results_io import bench_parser, write_results
 from gridwatch.bench.telemetry import AlertClock, client, percentile, publish_all, reading
-from gridwatch.core.procs import Pipeline, rss_mb, wait_for
+from gridwatch.core.procs import Pipeline, Proc, rss_mb, wait_for
 from gridwatch.core.settings import STATE_DIR
 from gridwatch.devices.registry import load_city
 from gridwatch.devices.simulator import build_messages, device_topic
@@ -229,20 +229,39 @@ def telemetry_baseline(stack: EmbeddedStack, pipe: Pipeline, city: Any, rounds: 
     return {"readings": n, "seconds": round(t_end - t0, 2), "readings_per_s": round(n / (t_end - t0))}
 
 
+# --split: the incident agent alone in a worker of its own (own app id, so its own consumer group and
+# tables), the other default agents in the usual worker.
+INCIDENT_APP_ID = "gridwatch-incidents"
+OTHER_AGENTS = "telemetry,alerts,incident_channels,influx_sink,store_sink"
+
+
 def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 200.0,
-        latency_s: float = 10.0) -> dict[str, Any]:
+        latency_s: float = 10.0, split: bool = False) -> dict[str, Any]:
     city = load_city()
     inputs = workload(city, rounds)
     last = max(x.ts if isinstance(x, GridEvent) else x.requested_ms for x in inputs)
     ends = markers(city, last + 3 * DAY)
-    results: dict[str, Any] = {"city": "sample", "devices": len(city.registry), "partitions": PARTS}
+    results: dict[str, Any] = {"city": "sample", "devices": len(city.registry), "partitions": PARTS,
+                               "incident_worker": "own process" if split else "shared with every agent"}
     # the same inputs as the agent gets, end markers included: their jump in event time makes supervision
     # escalate and close what is still open, about a third of all changes
     results["in_process"] = in_process(city, [*inputs, *ends])
     print(f"in-process fusion: {results['in_process']}", flush=True)
     logs = STATE_DIR / "bench-logs"
     with EmbeddedStack() as stack:
-        pipe = Pipeline(stack.kafka_url, stack.mqtt_url, logs).start()
+        pipe = Pipeline(stack.kafka_url, stack.mqtt_url, logs)
+        fusion_worker = pipe.worker
+        groups = {f"gridwatch-{pipe.prefix}": ("events", "reports", "incidents")}
+        if split:
+            pipe.worker = Proc(f"{pipe.prefix}-worker", ["worker", *pipe.common, "--agents", OTHER_AGENTS], logs,
+                               pipe.env)
+            fusion_worker = Proc(f"{pipe.prefix}-incidents", ["worker", *pipe.common, "--agents", "incidents",
+                                                               "--app-id", INCIDENT_APP_ID], logs, pipe.env)
+            fusion_worker.start()
+            groups[f"{INCIDENT_APP_ID}-{pipe.prefix}"] = ("events", "reports")
+        pipe.start()
+        if split:
+            fusion_worker.wait_log("worker ready", 90)
         kafka = stack.kafka_url.removeprefix("kafka://")
         try:
             results["telemetry_baseline"] = telemetry_baseline(stack, pipe, city, telemetry_rounds)
@@ -251,12 +270,12 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
             # -- fusion throughput through the real agent ------------------------------------------
             end_ids = {source_id(m) for m in ends}
             recs = [record(pipe, x) for x in [*inputs, *ends]]
-            c0 = cpu_s(pipe.worker.pid)
+            c0 = cpu_s(fusion_worker.pid)
             t0 = time.time()
             asyncio.run(produce_all(kafka, recs))
             t_prod = time.time() - t0
             changes = asyncio.run(read_changes(kafka, pipe.topic("incidents"), end_ids, 600))
-            worker_cpu = cpu_s(pipe.worker.pid) - c0
+            worker_cpu = cpu_s(fusion_worker.pid) - c0
             t_end = max(ts for ts, ch in changes if ch["source_id"] in end_ids)
             created = sum(1 for _, ch in changes if ch["change"] == "created")
             results["fusion"] = {
@@ -265,8 +284,8 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
                 "inputs_per_s": round(len(recs) / (t_end - t0)), "incidents": created,
                 "incidents_per_s": round(created / (t_end - t0)), "changes": len(changes),
                 "changes_per_s": round(len(changes) / (t_end - t0)), "produce_seconds": round(t_prod, 2),
-                # the worker's CPU (every agent, all threads) from the first input until the markers' changes
-                # were read back; the other agents' backlog of this phase is not all in it
+                # the CPU of the worker running the incident agent (all its agents, all threads) from the first
+                # input until the markers' changes were read back; the other agents' backlog is not all in it
                 "worker_cpu_seconds": round(worker_cpu, 2), "inputs_per_worker_cpu_s": round(len(recs) / worker_cpu),
             }
             results["ratio"] = {"wall": round(results["fusion"]["inputs_per_s"] / results["in_process"]["inputs_per_s"], 3),
@@ -274,7 +293,7 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
                                              / results["in_process"]["inputs_per_cpu_s"], 3)}
             print(f"fusion through the agent: {results['fusion']}", flush=True)
             print(f"agent / in-process: {results['ratio']}", flush=True)
-            cur, peak = rss_mb(pipe.worker.pid)
+            cur, peak = rss_mb(fusion_worker.pid)
             results["rss_mb"] = {"worker": round(cur), "worker_peak": round(peak)}
 
             # -- latency at a fixed rate: event produced -> incident created produced ----------------
@@ -305,8 +324,9 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
             warm = markers(city, probe_ts - 1000)
             asyncio.run(produce_all(kafka, [record(pipe, m) for m in warm]))
             asyncio.run(read_changes(kafka, pipe.topic("incidents"), {source_id(m) for m in warm}, 120))
-            drained = asyncio.run(wait_drained(kafka, f"gridwatch-{pipe.prefix}",
-                                               [pipe.topic(f) for f in ("events", "reports", "incidents")], 120))
+            drained = 0.0
+            for group, families in groups.items():
+                drained += asyncio.run(wait_drained(kafka, group, [pipe.topic(f) for f in families], 120))
             results["drain_seconds"] = round(drained, 1)
             print(f"worker drained the throughput phase {drained:.1f} s after the warm-up markers", flush=True)
             asyncio.run(timed())
@@ -327,6 +347,8 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
             print(f"event -> incident change at {rate}/s: {results['latency_ms']}", flush=True)
         finally:
             pipe.stop()
+            if split:
+                fusion_worker.stop()
     write_results(out, results)
     print(f"wrote {out}", flush=True)
     return results
@@ -338,8 +360,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--telemetry-rounds", type=int, default=20, help="readings per device for the baseline")
     p.add_argument("--rate", type=float, default=200.0, help="fixed event rate for the latency run (events/s)")
     p.add_argument("--latency-seconds", type=float, default=10.0)
+    p.add_argument("--split", action="store_true",
+                   help="run the incident agent in a worker process of its own (the others in the usual worker)")
     a = p.parse_args(argv)
-    run(a.out, a.rounds, a.telemetry_rounds, a.rate, a.latency_seconds)
+    run(a.out, a.rounds, a.telemetry_rounds, a.rate, a.latency_seconds, a.split)
     return 0
 
 
