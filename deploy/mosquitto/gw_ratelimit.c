@@ -89,8 +89,10 @@ static int exempt(const char *username)
 	return 0;
 }
 
-/* The state of this username; forgets idle ones on the way. NULL only when out of memory. */
-static struct client_state *lookup(const char *username, double now)
+/* The state of this username; forgets idle ones on the way. NULL when unknown and not `create`
+ * (a login is looked up before its password is checked: random usernames must not grow the table),
+ * or when out of memory. */
+static struct client_state *lookup(const char *username, double now, int create)
 {
 	struct client_state **pp = &table[hash(username)];
 	while(*pp){
@@ -104,6 +106,7 @@ static struct client_state *lookup(const char *username, double now)
 		}
 		pp = &c->next;
 	}
+	if(!create) return NULL;
 	struct client_state *c = calloc(1, sizeof(*c));
 	if(!c) return NULL;
 	c->username = strdup(username);
@@ -133,7 +136,7 @@ static int on_message(int event, void *event_data, void *userdata)
 	const char *username = mosquitto_client_username(ed->client);
 	if(!username || exempt(username)) return MOSQ_ERR_SUCCESS;
 	double now = now_s();
-	struct client_state *c = lookup(username, now);
+	struct client_state *c = lookup(username, now, 1);
 	if(!c) return MOSQ_ERR_SUCCESS; /* out of memory: the broker's own limits still hold */
 	if(now < c->banned_until){ /* still connected from before the ban took effect */
 		mosquitto_kick_client_by_username(username, false);
@@ -188,7 +191,7 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	if(!username) return MOSQ_ERR_PLUGIN_DEFER; /* anonymous: the broker's allow_anonymous decides */
 	if(exempt(username)) return pass;
 	double now = now_s();
-	struct client_state *c = lookup(username, now);
+	struct client_state *c = lookup(username, now, 0);
 	if(c && now < c->banned_until){
 		if(c->refused++ == 0){
 			mosquitto_log_printf(MOSQ_LOG_WARNING, TAG ": 设备 %s 在禁止期内登录被拒 / device %s is banned for "
