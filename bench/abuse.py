@@ -107,13 +107,23 @@ class Abuser:
                 t_next += self.interval
                 time.sleep(max(0.0, t_next - time.monotonic()))
             if len(pending) >= 200:
-                try:
-                    for info in pending[:100]:
-                        info.wait_for_publish(30)
-                except (RuntimeError, ValueError):  # disconnected (the broker's limit banned it): stop flooding
-                    self.cut_off = True
-                    return
+                for info in pending[:100]:
+                    if not self._acked(info):  # disconnected (the broker's limit banned it): stop flooding
+                        self.cut_off = True
+                        return
                 del pending[:100]
+
+    def _acked(self, info: Any) -> bool:
+        """Wait for this PUBACK while connected (at most 30 s); False once the broker cut the device off."""
+        deadline = time.monotonic() + 30
+        try:
+            while not info.is_published() and time.monotonic() < deadline:
+                if not self.c.is_connected():
+                    return False
+                info.wait_for_publish(0.5)
+        except (RuntimeError, ValueError):  # published while disconnected
+            return False
+        return True
 
     def start(self) -> Abuser:
         self.t0 = time.time()
