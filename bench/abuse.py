@@ -10,6 +10,12 @@ In one run, on one machine, beside each other (the same bridge, worker and broke
               the dead-letter quota, and the share of the flood it took in (below 1: Mosquitto's queue for
               the bridge's session is at its bound and the broker drops messages, other devices' too)
   * probes lost: probes whose alert never came (the p99 ratio is over the ones that came)
+  * the broker's publish limit (mqtt.publish_limit, a Mosquitto plugin): whether it denied the flooding
+              device, disconnected and banned it, and refused its logins (from Mosquitto's log)
+
+The flooding device logs in with its device id as the username, as on the production device listener;
+the city's traffic comes from one client without a username, as the simulator's exempt service account.
+Run with GRIDWATCH_MQTT_PUBLISH_LIMIT=false to measure without the limit.
 
     python -m gridwatch.bench abuse [--seconds 20] [--rate 1000] [--repeat 3] [--abuse-mbps 0] [--out FILE]
 
@@ -83,10 +89,11 @@ class Abuser:
     ``mbytes_per_s`` (what a device's uplink allows: on loopback the flood is bounded only by the CPU)."""
 
     def __init__(self, mqtt_url: str, device_id: str, mbytes_per_s: float = 0.0) -> None:
-        self.c = client(mqtt_url, client_id=f"abuser-{device_id}")
+        self.c = client(mqtt_url, username=device_id, client_id=f"abuser-{device_id}")
         self.topic = device_topic(device_id)
         self.interval = len(JUNK) / (mbytes_per_s * 1e6) if mbytes_per_s > 0 else 0.0
         self.sent = 0
+        self.cut_off = False
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -101,8 +108,22 @@ class Abuser:
                 time.sleep(max(0.0, t_next - time.monotonic()))
             if len(pending) >= 200:
                 for info in pending[:100]:
-                    info.wait_for_publish(30)
+                    if not self._acked(info):  # disconnected (the broker's limit banned it): stop flooding
+                        self.cut_off = True
+                        return
                 del pending[:100]
+
+    def _acked(self, info: Any) -> bool:
+        """Wait for this PUBACK while connected (at most 30 s); False once the broker cut the device off."""
+        deadline = time.monotonic() + 30
+        try:
+            while not info.is_published() and time.monotonic() < deadline:
+                if not self.c.is_connected():
+                    return False
+                info.wait_for_publish(0.5)
+        except (RuntimeError, ValueError):  # published while disconnected
+            return False
+        return True
 
     def start(self) -> Abuser:
         self.t0 = time.time()
@@ -116,7 +137,15 @@ class Abuser:
         self.c.disconnect()
         self.c.loop_stop()
         return {"messages": self.sent, "mbytes": round(self.sent * len(JUNK) / 1e6, 1),
-                "mbytes_per_s": round(self.sent * len(JUNK) / 1e6 / secs, 1)}
+                "mbytes_per_s": round(self.sent * len(JUNK) / 1e6 / secs, 1), "cut_off": self.cut_off}
+
+
+def limit_log(log: Path, device_id: str) -> dict[str, bool]:
+    """What the broker's publish limit did to this device, from the plugin's lines in Mosquitto's log."""
+    lines = [ln for ln in log.read_text(errors="replace").splitlines() if "gridwatch-ratelimit" in ln and f" {device_id} " in ln]
+    return {"denied": any("over its publish limit" in ln for ln in lines),
+            "banned": any("stayed over" in ln for ln in lines),
+            "logins_refused": any("login refused" in ln for ln in lines)}
 
 
 def traffic_phase(pub: Any, devs: list[Any], probes: list[Any], alerts: Alerts, seconds: float,
@@ -151,10 +180,11 @@ def traffic_phase(pub: Any, devs: list[Any], probes: list[Any], alerts: Alerts, 
 
 
 def one_run(stack: EmbeddedStack, city: Any, seconds: float, rate: int, logs: Path,
-            abuse_mbps: float = 0.0) -> dict[str, Any]:
+            abuse_mbps: float = 0.0, k: int = 0) -> dict[str, Any]:
     reg = city.registry
     standalone = [d for d in reg if d.kind == "manhole" and not d.gateway]
-    abuser_dev, probes_a, probes_b = standalone[0], standalone[1:1 + 240], standalone[241:481]
+    # a new flooding device each run: the one before is still banned on this broker
+    abuser_dev, probes_a, probes_b = standalone[-1 - k], standalone[1:1 + 240], standalone[241:481]
     traffic = [d for d in reg if d.kind in ("streetlight", "water_gauge") or (d.kind == "manhole" and d.gateway)]
     pipe = Pipeline(stack.kafka_url, stack.mqtt_url, logs).start()
     stats = BridgeStats(stack.mqtt_url, f"gridwatch/stats/bridge/br-{pipe.prefix}")
@@ -191,6 +221,8 @@ def one_run(stack: EmbeddedStack, city: Any, seconds: float, rate: int, logs: Pa
                          "dead_letter_records": after.get("dead_letter_records", 0) - before.get("dead_letter_records", 0),
                          "alarm": after.get("alarm", "")}
         out["broker_dropped_messages"] = stats.dropped - dropped_before
+        assert stack.workdir is not None
+        out["publish_limit"] = limit_log(stack.workdir / "mosquitto.log", abuser_dev.id)
         out["probes_lost"] = {k: out[k]["expected"] - out[k]["samples"] for k in ("baseline", "abuse")}
         p99a, p99b = out["abuse"]["p99"], out["baseline"]["p99"]
         out["p99_ratio"] = round(p99a / p99b, 2) if p99a and p99b else None
@@ -219,16 +251,18 @@ def run(out: Path | None, seconds: float = 20.0, rate: int = 1000, repeat: int =
     runs = []
     with EmbeddedStack() as stack:
         for k in range(repeat):
-            r = one_run(stack, city, seconds, rate, logs, abuse_mbps)
+            r = one_run(stack, city, seconds, rate, logs, abuse_mbps, k)
             runs.append(r)
             print(f"run {k + 1}/{repeat}: baseline p99 {r['baseline']['p99']} ms, abuse p99 {r['abuse']['p99']} ms "
-                  f"(x{r['p99_ratio']}), probes lost {r['probes_lost']}, Mosquitto dropped {r['broker_dropped_messages']}, abuser {r['abuser']}, bridge took "
+                  f"(x{r['p99_ratio']}), probes lost {r['probes_lost']}, Mosquitto dropped {r['broker_dropped_messages']}, "
+                  f"publish limit {r['publish_limit']}, abuser {r['abuser']}, bridge took "
                   f"{r['bridge_took_share_of_flood']} of it, bridge {r['bridge']}, RSS {r['rss_mb_abuse']}",
                   flush=True)
     ratios = [r["p99_ratio"] for r in runs if r["p99_ratio"] is not None]
     results = {
         "seconds_per_phase": seconds, "rate_readings_per_s": rate, "probes_per_s": PROBES_PER_S,
         "abuse_mbytes_per_s_cap": abuse_mbps or None,
+        "publish_limit": os.environ.get("GRIDWATCH_MQTT_PUBLISH_LIMIT", "true"),
         "junk_payload_bytes": len(JUNK), "load_average_at_end": list(os.getloadavg()), "runs": runs,
         "spread": {
             "baseline_p99_ms": [r["baseline"]["p99"] for r in runs], "abuse_p99_ms": [r["abuse"]["p99"] for r in runs],
@@ -239,6 +273,7 @@ def run(out: Path | None, seconds: float = 20.0, rate: int = 1000, repeat: int =
             "bridge_took_share_of_flood": [r["bridge_took_share_of_flood"] for r in runs],
             "bridge_peak_rss_mb": max(r["rss_mb_abuse"]["bridge_peak"] for r in runs),
             "mosquitto_peak_rss_mb": max(r["rss_mb_abuse"]["mosquitto_peak"] for r in runs),
+            "broker_dropped_messages": [r["broker_dropped_messages"] for r in runs],
         },
         "targets": {"p99_ratio": 2.0, "deadletter_amplification": 1.2, "probes_lost_abuse": 0},
     }

@@ -43,9 +43,12 @@ def percentile(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
 
 
-def client(mqtt_url: str, **kw: Any) -> mqtt.Client:
+def client(mqtt_url: str, username: str | None = None, **kw: Any) -> mqtt.Client:
+    """A started paho client; ``username``: log in as that device (the broker's publish limit is per login)."""
     host, port = mqtt_url.removeprefix("mqtt://").split(":")
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, **kw)
+    if username is not None:
+        c.username_pw_set(username)
     c.max_inflight_messages_set(1000)
     c.max_queued_messages_set(0)
     c.connect(host, int(port))

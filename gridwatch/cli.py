@@ -68,8 +68,8 @@ def cmd_stack(args: argparse.Namespace) -> int:
 
     try:
         stack = EmbeddedStack(workdir=stack_workdir(args.engine), engine=args.engine, kafka_port=args.kafka_port,
-                              mqtt_port=args.mqtt_port).start()
-    except StackError as e:
+                              mqtt_port=args.mqtt_port, mqtt_settings=load_settings(args.config).mqtt).start()
+    except (StackError, SettingsError) as e:
         log.error("%s", e)
         return 2
     stack.write_state(STACK_FILE)
@@ -319,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kafka-port", type=int, default=0,
                    help="port for Kafka (default: a free one; the kafka engine reuses its last port when free)")
     p.add_argument("--mqtt-port", type=int, default=0, help="port for MQTT (default: a free one)")
+    p.add_argument("--config", help="YAML settings file (mqtt.publish_limit*: Mosquitto's per-device publish limit)")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=cmd_stack)
 

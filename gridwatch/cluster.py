@@ -39,8 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gridwatch.core.procs import Proc, wait_for
+from gridwatch.core.settings import load_settings
 from gridwatch.kafka_server import KafkaNode, kafka_properties, random_cluster_id, wait_brokers
-from gridwatch.stack import mosquitto_binary, mosquitto_config
+from gridwatch.stack import PublishLimit, mosquitto_binary, mosquitto_config
 
 log = logging.getLogger("gridwatch.cluster")
 
@@ -231,7 +232,8 @@ class Cluster:
         data = self.workdir / "mosquitto"
         data.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "mosquitto.conf"
-        conf.write_text(mosquitto_config(MQTT_PORT, data).replace(f"listener {MQTT_PORT} 127.0.0.1",
+        limit = PublishLimit.from_settings(load_settings().mqtt)
+        conf.write_text(mosquitto_config(MQTT_PORT, data, limit=limit).replace(f"listener {MQTT_PORT} 127.0.0.1",
                                                                   f"listener {MQTT_PORT} {self.net.addr('mq')}"))
         with open(self.workdir / "mosquitto.log", "ab") as out:
             self.mosquitto = subprocess.Popen(["ip", "netns", "exec", self.net.ns("mq"), mosquitto_binary(), "-c",

@@ -172,7 +172,8 @@ def run_demo(args: argparse.Namespace) -> int:
             print(f"starting the embedded stack ({args.engine} + Mosquitto) ...", flush=True)
             # A fresh folder each run, whatever the engine: the demo replays a new simulated evening, which a
             # log kept from an earlier run (its watermarks, open incidents) would only confuse.
-            stack = EmbeddedStack(engine=args.engine).start()
+            stack = EmbeddedStack(engine=args.engine,
+                                  mqtt_settings=load_settings(getattr(args, "config", None)).mqtt).start()
             stack.write_state(STACK_FILE)
             kafka, mqtt_url = args.kafka or stack.kafka_url, args.mqtt or stack.mqtt_url
         common += ["--kafka", kafka, "--mqtt", mqtt_url]

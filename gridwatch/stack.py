@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gridwatch.core.procs import free_port
+from gridwatch.core.settings import PROJECT_ROOT, MqttSettings, SettingsError, load_settings
 
 if TYPE_CHECKING:
     from gridwatch.kafka_server import KafkaNode
@@ -90,6 +91,61 @@ class MqttSecurity:
     services_port: int = 0
 
 
+# The per-device publish limit: a Mosquitto plugin that `./run setup` compiles (need_ratelimit in ./run).
+RATELIMIT_SOURCE = PROJECT_ROOT / "deploy" / "mosquitto" / "gw_ratelimit.c"
+RATELIMIT_PLUGIN = PROJECT_ROOT / "build" / "mosquitto" / "gw_ratelimit.so"
+
+
+def ratelimit_plugin() -> Path:
+    """The built plugin; a StackError saying how to build it when it is missing or older than its source."""
+    if not RATELIMIT_PLUGIN.is_file():
+        problem = "is not built"
+    elif RATELIMIT_SOURCE.is_file() and RATELIMIT_SOURCE.stat().st_mtime > RATELIMIT_PLUGIN.stat().st_mtime:
+        problem = "is older than its source"
+    else:
+        return RATELIMIT_PLUGIN
+    raise StackError(
+        f"Mosquitto's per-device publish limit plugin {RATELIMIT_PLUGIN} {problem}: run ./run setup "
+        f"(it compiles {RATELIMIT_SOURCE.relative_to(PROJECT_ROOT)} with gcc, mosquitto-dev and libmosquitto-dev). "
+        "To run without the limit (one device can then flood the broker): mqtt.publish_limit: false."
+    )
+
+
+@dataclass(frozen=True)
+class PublishLimit:
+    """What the plugin is told (plugin_opt_* lines); see deploy/mosquitto/gw_ratelimit.c."""
+
+    plugin: Path
+    msgs_per_s: float
+    msgs_burst: int
+    bytes_per_s: int
+    bytes_burst: int
+    ban_after_s: float
+    ban_s: float
+    exempt: tuple[str, ...]
+
+    @classmethod
+    def from_settings(cls, m: MqttSettings) -> PublishLimit | None:
+        """None when switched off (logged); the service accounts are always exempt."""
+        if not m.publish_limit:
+            log.warning("mqtt.publish_limit is false: Mosquitto runs without the per-device publish limit, "
+                        "one device can flood the broker")
+            return None
+        from gridwatch.security.mqtt_auth import service_usernames
+
+        return cls(ratelimit_plugin(), m.publish_limit_msgs_per_s, m.publish_limit_msgs_burst,
+                   m.publish_limit_bytes_per_s, m.publish_limit_bytes_burst, m.publish_limit_ban_after_s,
+                   m.publish_limit_ban_s, (*service_usernames(), *m.publish_limit_exempt_users()))
+
+    def lines(self, passwords: str) -> list[str]:
+        """``passwords``: "file" where a password_file checks logins after the plugin, "none" where none does."""
+        return [f"plugin {self.plugin}", f"plugin_opt_msg_rate {self.msgs_per_s:g}",
+                f"plugin_opt_msg_burst {self.msgs_burst}", f"plugin_opt_byte_rate {self.bytes_per_s}",
+                f"plugin_opt_byte_burst {self.bytes_burst}", f"plugin_opt_ban_after_s {self.ban_after_s:g}",
+                f"plugin_opt_ban_s {self.ban_s:g}", f"plugin_opt_exempt {','.join(self.exempt)}",
+                f"plugin_opt_passwords {passwords}"]
+
+
 # Per persistent session (the bridge's above all): how much Mosquitto queues while the client is away.
 # Beyond it Mosquitto drops new messages for that session (counted in its log), instead of growing until
 # the host runs out of memory. 1,000,000 messages / 512 MiB hold ~8 minutes of the 100k-device city's
@@ -99,12 +155,14 @@ MAX_QUEUED_BYTES = 512 * 1024 * 1024
 
 
 def mosquitto_config(port: int, data_dir: Path, extra: str = "", security: MqttSecurity | None = None, *,
-                     max_queued_messages: int = MAX_QUEUED_MESSAGES, max_queued_bytes: int = MAX_QUEUED_BYTES) -> str:
+                     max_queued_messages: int = MAX_QUEUED_MESSAGES, max_queued_bytes: int = MAX_QUEUED_BYTES,
+                     limit: PublishLimit | None = None) -> str:
     """Mosquitto config tuned for a bridge that acknowledges only after Kafka confirmed.
 
     max_inflight_messages bounds un-acknowledged QoS 1 messages per client: the default 20 would
     throttle a batching bridge to 20 messages per round trip. Queues for persistent sessions are bounded
     (MAX_QUEUED_MESSAGES / MAX_QUEUED_BYTES) so one stalled subscriber cannot exhaust the broker's memory.
+    ``limit``: the per-device publish limit plugin, on every listener devices use (not the services one).
     """
     lines = ["per_listener_settings " + ("true" if security is not None else "false")]
     if security is None:
@@ -123,9 +181,11 @@ def mosquitto_config(port: int, data_dir: Path, extra: str = "", security: MqttS
     ]
     if os.geteuid() == 0:
         lines.append("user root")
+    if security is None and limit is not None:  # one set of settings for the whole broker, no passwords
+        lines += limit.lines("none")
     device_auth = [] if security is None else [
         "allow_anonymous false", f"password_file {security.passwd}", f"acl_file {security.acl}",
-        "use_username_as_clientid true"]
+        "use_username_as_clientid true", *(limit.lines("file") if limit is not None else [])]
     lines += [f"listener {port} 127.0.0.1", *device_auth]
     if security is not None and security.tls is not None:
         lines += [f"listener {security.tls_port} 127.0.0.1", *device_auth, f"cafile {security.tls['ca']}",
@@ -224,6 +284,7 @@ class EmbeddedStack:
     with_kafka: bool = True
     with_mqtt: bool = True
     mqtt_security: MqttSecurity | None = None
+    mqtt_settings: MqttSettings | None = None  # the publish limit's settings; None = load_settings().mqtt
     procs: dict[str, ManagedProcess | KafkaNode] = field(default_factory=dict)
     _tmp: tempfile.TemporaryDirectory | None = None
 
@@ -319,7 +380,12 @@ class EmbeddedStack:
             self.mqtt_security.tls_port = self.mqtt_security.tls_port or free_port()
         if self.mqtt_security is not None and self.mqtt_security.services_passwd is not None:
             self.mqtt_security.services_port = self.mqtt_security.services_port or free_port()
-        conf.write_text(mosquitto_config(self.mqtt_port, data, security=self.mqtt_security))
+        try:
+            mqtt_settings = self.mqtt_settings or load_settings().mqtt
+        except SettingsError as e:
+            raise StackError(str(e)) from None
+        conf.write_text(mosquitto_config(self.mqtt_port, data, security=self.mqtt_security,
+                                         limit=PublishLimit.from_settings(mqtt_settings)))
         p = ManagedProcess("mosquitto", [mosquitto_binary(), "-c", str(conf)], self.mqtt_port,
                            self.workdir / "mosquitto.log")
         p.start()

@@ -55,6 +55,19 @@ class MqttSettings:
     ca_file: str = ""  # CA certificate for mqtts:// (TLS)
     alert_prefix: str = "gridwatch/alerts"
     stats_prefix: str = "gridwatch/stats"
+    # Per-device publish limit of the embedded Mosquitto (plugin deploy/mosquitto/gw_ratelimit.c):
+    # token buckets per username on messages and payload bytes; denied this long -> banned this long.
+    publish_limit: bool = True
+    publish_limit_msgs_per_s: float = 50.0
+    publish_limit_msgs_burst: int = 500
+    publish_limit_bytes_per_s: int = 1_048_576
+    publish_limit_bytes_burst: int = 8_388_608
+    publish_limit_ban_after_s: float = 5.0
+    publish_limit_ban_s: float = 300.0
+    publish_limit_exempt: str = ""  # usernames never limited besides the service accounts, comma-separated
+
+    def publish_limit_exempt_users(self) -> list[str]:
+        return [u.strip() for u in self.publish_limit_exempt.split(",") if u.strip()]
 
 
 @dataclass
@@ -329,6 +342,9 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "influx.presence_interval_s": (1, math.inf, False),
     "store.batch_size": (1, 1_000_000, False), "store.within_s": (0, math.inf, True),
     "store.retention_years": (1, 1000, False),
+    "mqtt.publish_limit_msgs_per_s": (0, 1e9, True), "mqtt.publish_limit_msgs_burst": (1, 1e9, False),
+    "mqtt.publish_limit_bytes_per_s": (0, 1e15, True), "mqtt.publish_limit_bytes_burst": (1, 1e15, False),
+    "mqtt.publish_limit_ban_after_s": (0, 86_400, False), "mqtt.publish_limit_ban_s": (0, 366 * 86_400, False),
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "kafka.tansu_quirks": ("auto", "on", "off", "true", "false", "1", "0"),
@@ -356,6 +372,19 @@ def validate(s: Settings) -> None:
                     raise SettingsError(f"{key} must be {bound}, got {value!r}")
             if key in CHOICES and value.lower() not in CHOICES[key]:
                 raise SettingsError(f"{key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
+    _validate_publish_limit(s)
+
+
+def _validate_publish_limit(s: Settings) -> None:
+    """Checks across keys: a byte burst below the largest accepted payload would deny every such message."""
+    m = s.mqtt
+    if m.publish_limit_bytes_burst < s.bridge.max_payload_bytes:
+        raise SettingsError(f"mqtt.publish_limit_bytes_burst ({m.publish_limit_bytes_burst}) must be >= "
+                            f"bridge.max_payload_bytes ({s.bridge.max_payload_bytes}): a device could never "
+                            "publish a payload of the largest accepted size")
+    for user in m.publish_limit_exempt_users():
+        if any(c.isspace() for c in user):
+            raise SettingsError(f"mqtt.publish_limit_exempt: username {user!r} has white space")
 
 
 def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:

@@ -106,6 +106,11 @@ def service_accounts(secret: bytes, alert_prefix: str = ALERT_PREFIX, stats_pref
     ]
 
 
+def service_usernames() -> list[str]:
+    """The service accounts' usernames: the broker's publish limit never applies to them."""
+    return [acc.user for acc in service_accounts(b"")]
+
+
 def services_passwd(out: Path) -> Path:
     """The password file of the services listener, written beside ``passwd`` by :func:`write_broker_files`.
 
