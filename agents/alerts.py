@@ -8,7 +8,7 @@ Per channel, a Faust table remembers which (event, phase) was delivered, so a re
 restart, replayed reading) is not delivered twice; a marker is forgotten once it is
 ``worker.alert_dedupe_retention_s`` older (event time) than the newest event of its partition, so the table
 does not grow forever. The markers of a batch reach the changelog one Kafka round trip after the receiver
-took its alerts (a flush beside the fan-out, so the next batch does not wait for it); for a worker that dies or freezes in that gap, a channel whose receiver keeps a record
+took its alerts; for a worker that dies or freezes in that gap, a channel whose receiver keeps a record
 (MQTT: the broker's publish ledger) tells the successor what already went out.
 Control records of the events topic (watermarks for the incident agent) are skipped.
 """
@@ -116,45 +116,16 @@ def _install_one(ctx: AgentContext, channel: EventChannel) -> Any:
     @app.on_partitions_revoked.connect
     async def _forget(app_: Any, revoked: Any = None, **kwargs: Any) -> None:
         retention.forget()  # the table is the truth; re-indexed on the next event of each partition
-        epoch[0] += 1
-        confirming.clear()
         channel.revoked({tp.partition for tp in revoked or () if tp.topic == events_topic})
-
-    # partition -> highest offset whose marker was put and awaits the changelog; ``epoch`` counts revokes,
-    # so a flush that straddled one confirms nothing (the partition may be ours again, from an older offset)
-    confirming: dict[int, int] = {}
-    flush_due = asyncio.Event()
-    epoch = [0]
-
-    async def confirm_markers() -> None:
-        """One producer flush at a time, off the delivery path: the next batch's alerts do not wait for
-        the previous batch's markers to reach Kafka (a Kafka round trip on every alert's latency)."""
-        while True:
-            await flush_due.wait()
-            flush_due.clear()
-            upto, started = dict(confirming), epoch[0]
-            confirming.clear()
-            # Bounded: a worker woken from a freeze (SIGSTOP past its session) hung for minutes on the
-            # producer's flush; the channel's record keeps the markers until a later flush confirms them.
-            try:
-                await asyncio.wait_for(app.producer.flush(), FLUSH_MARKERS_S)
-            except TimeoutError:
-                log.warning("alert markers not confirmed by Kafka within %.0fs; channel %s keeps its own record "
-                            "of them", FLUSH_MARKERS_S, channel.name)
-                continue
-            if started == epoch[0]:
-                channel.remembered(upto)
 
     async def fan_out(stream: Any) -> None:
         await channel.start()
-        confirmer = asyncio.create_task(confirm_markers(), name=f"alerts-confirm-{channel.name}")
         try:
             # Batches: an alert storm (a feeder fault takes a whole district offline) goes out with many
             # acknowledgements in flight instead of one round trip per alert.
             async for batch in stream.take_events(500, within=0.005):
                 await deliver_batch(batch)
         finally:
-            confirmer.cancel()
             await channel.stop()
 
     async def deliver_batch(batch: list[Any]) -> None:
@@ -187,10 +158,15 @@ def _install_one(ctx: AgentContext, channel: EventChannel) -> Any:
         for item in [i for i, _ in todo] + already:
             put(published, item.marker, {"p": item.partition}, item.partition)
             retention.add(item.partition, item.marker, item.event.ts)
-            confirming[item.partition] = max(confirming.get(item.partition, -1), item.offset)
-        # The markers reach the changelog at the next flush (confirm_markers), not at the next commit, so
-        # the channel's own record can soon let go of them.
-        flush_due.set()
+        # The markers reach the changelog now, not at the next commit, so the channel's own record can
+        # let go of them. Bounded: a worker woken from a freeze (SIGSTOP past its session) hung here for
+        # minutes on the producer's flush; the channel's record keeps the markers until a later flush.
+        try:
+            await asyncio.wait_for(app.producer.flush(), FLUSH_MARKERS_S)
+            channel.remembered(partitions)
+        except TimeoutError:
+            log.warning("alert markers not confirmed by Kafka within %.0fs; channel %s keeps its own record "
+                        "of %d of them", FLUSH_MARKERS_S, channel.name, len(todo))
         ctx.stats["alerts"] += len(todo)
         if already:
             ctx.stats["alerts.delivered_by_previous_owner"] += len(already)

@@ -152,9 +152,8 @@ class EventChannel(Channel):
         """Called once a batch's events are queued (e.g. to record them with the receiver)."""
         return []
 
-    def remembered(self, upto: dict[int, int]) -> None:
-        """The fan-out's own record of each partition's deliveries up to this offset is durable (in Kafka)
-        now."""
+    def remembered(self, partitions: set[int]) -> None:
+        """The fan-out's own record of these partitions' deliveries is durable (in Kafka) now."""
 
     def revoked(self, partitions: set[int]) -> None:
         """These partitions moved to another worker."""

@@ -54,9 +54,9 @@ class MqttAlertChannel(EventChannel):
         assert self.ledger is not None, "start() first"
         return self.ledger.write(partitions)  # right behind the alerts, on the same connection
 
-    def remembered(self, upto: dict[int, int]) -> None:
+    def remembered(self, partitions: set[int]) -> None:
         if self.ledger is not None:
-            self.ledger.confirmed(upto)
+            self.ledger.confirmed(partitions)
 
     def revoked(self, partitions: set[int]) -> None:
         if self.ledger is not None:

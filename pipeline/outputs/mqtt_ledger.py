@@ -106,17 +106,10 @@ class PublishLedger:
                        separators=(",", ":")).encode(),
             qos=1, retain=True) for p in sorted(partitions)]
 
-    def confirmed(self, upto: dict[int, int]) -> None:
-        """The changelog has each partition's markers up to this offset: the ledger need not list them
-        again (later ones, recorded while that flush was under way, stay listed)."""
-        for p, offset in upto.items():
-            pending = self._pending.get(p)
-            if pending is None:
-                continue
-            for o in [o for o in pending if o <= offset]:
-                del pending[o]
-            if not pending:
-                del self._pending[p]
+    def confirmed(self, partitions: set[int]) -> None:
+        """The changelog has the markers of these partitions: the ledger need not list them again."""
+        for p in partitions:
+            self._pending.pop(p, None)
 
     def forget(self, partitions: set[int]) -> None:
         """Partitions left us (a rebalance): their pending entries are in the broker's ledger already."""
