@@ -1,4 +1,5 @@
-"""InfluxDB sink agents: readings, grid events and incident changes -> InfluxDB 2 (pipeline/outputs/influx.py).
+"""InfluxDB sink (``type: influx``): readings, grid events and incident changes -> InfluxDB 2
+(pipeline/outputs/influx.py). Its settings are gridwatch.yaml's ``influx:`` section.
 
 Off unless ``influx.enabled``. Each agent takes what is buffered (up to a second's worth), writes it
 and waits for InfluxDB to confirm before the records count as done, so a crash re-writes points
@@ -13,12 +14,14 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from gridwatch.core.settings import InfluxSettings
 from gridwatch.pipeline.kafka_io import partition_for
 from gridwatch.pipeline.outputs.influx import InfluxSink, PointBuilder, Presence
 from gridwatch.pipeline.schemas.codec import SchemaError
 from gridwatch.pipeline.schemas.events import GridEvent, is_control
 
-from .runtime import AgentContext
+from ..runtime import AgentContext
+from .base import Sink, register
 
 log = logging.getLogger("gridwatch.influx")
 
@@ -26,9 +29,18 @@ TAKE = 500  # Kafka records per write round (a readings record holds up to 2,000
 WITHIN_S = 1.0
 
 
-def install(ctx: AgentContext) -> Any:
+@register("influx")
+class Influx(Sink):
+    config_class = InfluxSettings
+    section = "influx"
+    config: InfluxSettings
+
+    def install(self, ctx: AgentContext) -> Any:
+        return install(ctx, self.config)
+
+
+def install(ctx: AgentContext, cfg: InfluxSettings) -> Any:
     app, settings = ctx.app, ctx.settings
-    cfg = settings.influx
     if not cfg.enabled:
         log.info("influx sink off (influx.enabled is false)")
         return None
