@@ -1,6 +1,7 @@
 """Replay and time-series sink benchmark.
 
     python -m gridwatch.bench replay [--devices 10000] [--hours 1] [--out bench/results/replay.json]
+    python -m gridwatch.bench replay --sink-only --out /tmp/sink.json    # the sink figures alone
     from gridwatch.bench.replay import run; result = run("bench/results/replay.json")
 
 In one run, on one machine:
@@ -180,15 +181,13 @@ def bench_sink(city_dir: Path, n_readings: int = 300_000) -> dict[str, Any]:
             await sink.start()
             n = 0
             t0 = time.perf_counter()
-            for i in range(0, len(batches), 50):  # like the agent: a take of records, put, flush
-                pts: list[str] = []
-                for raw in batches[i:i + 50]:
-                    partition, points, seen = b.batch(raw)  # what the sink agent does per Kafka record
-                    pts += points
-                    pts += pres.observe(partition, seen)
-                n += len(pts)
-                await sink.put(pts)
-                await sink.flush()
+
+            def lines_of(raw: bytes) -> list[str]:  # what the sink agent does per Kafka record
+                partition, points, seen = b.batch(raw)
+                return points + pres.observe(partition, seen)
+
+            for i in range(0, len(batches), 50):  # like the agent: a take of records, written and confirmed
+                n += await sink.write_take(batches[i:i + 50], lines_of)
             dt = time.perf_counter() - t0
             await sink.stop()
             return dt, sink.stats, n
@@ -208,7 +207,7 @@ def bench_sink(city_dir: Path, n_readings: int = 300_000) -> dict[str, Any]:
 
 
 def run(out_json: str | Path = RESULTS / "replay.json", devices: int = 10_000, hours: float = 1.0,
-        sink_readings: int = 300_000) -> dict[str, Any]:
+        sink_readings: int = 300_000, sink_only: bool = False) -> dict[str, Any]:
     out = Path(out_json)
     city_dir = STATE_DIR / f"bench-city-{devices}"
     if not (city_dir / "devices.csv").exists():
@@ -219,6 +218,11 @@ def run(out_json: str | Path = RESULTS / "replay.json", devices: int = 10_000, h
                                                                           "python": platform.python_version()}}
     work = Path(tempfile.mkdtemp(prefix="gridwatch-bench-replay-"))
     try:
+        if sink_only:
+            results["sink"] = bench_sink(city_dir, sink_readings)
+            print(f"sink: {results['sink']}", flush=True)
+            write_results(out, results)
+            return results
         path = work / "city-hour.mcap"
         print(f"synthesising {hours:g} h of a {len(city.registry):,}-device city ...", flush=True)
         results["recording"] = synth_recording(path, city.registry, hours)
@@ -240,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--devices", type=int, default=10_000)
     p.add_argument("--hours", type=float, default=1.0)
     p.add_argument("--sink-readings", type=int, default=300_000)
+    p.add_argument("--sink-only", action="store_true", help="only the InfluxDB sink against the raw client")
     a = p.parse_args(argv)
-    run(a.out, a.devices, a.hours, a.sink_readings)
+    run(a.out, a.devices, a.hours, a.sink_readings, a.sink_only)
     return 0

@@ -12,9 +12,10 @@ from typing import Any
 
 import faust
 
-from gridwatch.agents import alerts, incidents, influx_sink, store_sink, telemetry, vision
+from gridwatch.agents import alerts, incidents, telemetry, vision
 from gridwatch.agents.channels import agent as incident_channels
 from gridwatch.agents.runtime import AgentContext
+from gridwatch.agents.sinks.base import build_sinks, sink_agent_names
 from gridwatch.compat import (
     install_faust_event_path_fix,
     install_faust_idempotent_producer,
@@ -27,31 +28,32 @@ from gridwatch.devices.registry import city_of
 
 log = logging.getLogger("gridwatch.app")
 
-# Agents installed by default; each module has install(ctx) -> agent.
+# Agents installed by default; each module has install(ctx) -> agent. The sinks follow them: one agent
+# `<name>_sink` per entry of the `sinks:` list (agents/sinks/), e.g. influx_sink and store_sink.
 AGENT_MODULES = {"telemetry": telemetry, "alerts": alerts, "incidents": incidents,
-                 "incident_channels": incident_channels, "vision": vision,
-                 "influx_sink": influx_sink,  # influx_sink: a no-op unless influx.enabled
-                 "store_sink": store_sink}  # the system of record (gridwatch/store)
+                 "incident_channels": incident_channels, "vision": vision}
 # Installed only where asked (worker.agents / --agents "+vision"): vision loads an ONNX model.
 OPT_IN_AGENTS = frozenset({"vision"})
 
 
-def resolve_agents(spec: str | tuple[str, ...] | None) -> tuple[str, ...]:
+def resolve_agents(spec: str | tuple[str, ...] | None, settings: Settings | None = None) -> tuple[str, ...]:
     """Agent names from ``worker.agents`` / ``--agents``: "" = defaults (all but opt-in), "all",
-    "+vision" (defaults plus), or an explicit comma-separated list."""
+    "+vision" (defaults plus), or an explicit comma-separated list. The sink agents are those of
+    ``settings.sinks`` (the shipped list without settings)."""
     if isinstance(spec, tuple):
         spec = ",".join(spec)
     items = [a.strip() for a in (spec or "").split(",") if a.strip()]
-    defaults = [n for n in AGENT_MODULES if n not in OPT_IN_AGENTS]
+    known = [*AGENT_MODULES, *sink_agent_names(settings or Settings())]
+    defaults = [n for n in known if n not in OPT_IN_AGENTS]
     if not items:
         return tuple(defaults)
     if items == ["all"]:
-        return tuple(AGENT_MODULES)
+        return tuple(known)
     names = list(defaults) if all(a.startswith("+") for a in items) else []
     for a in items:
         name = a.lstrip("+")
-        if name not in AGENT_MODULES:
-            raise ValueError(f"unknown agent {name!r} in worker.agents (known: {', '.join(AGENT_MODULES)})")
+        if name not in known:
+            raise ValueError(f"unknown agent {name!r} in worker.agents (known: {', '.join(known)})")
         if name not in names:
             names.append(name)
     return tuple(names)
@@ -114,6 +116,10 @@ def create_app(settings: Settings, *, city: Any = None, agents: str | tuple[str,
         log.info("worker ready: %d partitions assigned (%s)", len(assigned),
                  ", ".join(sorted({tp.topic for tp in assigned})))
     ctx.timezone = getattr(city, "timezone", "UTC")
-    for name in resolve_agents(agents or settings.worker.agents):
-        AGENT_MODULES[name].install(ctx)
+    sinks = build_sinks(settings)
+    for name in resolve_agents(agents or settings.worker.agents, settings):
+        if name in AGENT_MODULES:
+            AGENT_MODULES[name].install(ctx)
+        elif name in sinks:  # a sink its entry turned off (enabled: false) is known but not installed
+            sinks[name].install(ctx)
     return app

@@ -162,7 +162,7 @@ def replay_agents(settings: Settings, vision: bool = False) -> str | None:
         from gridwatch.app import resolve_agents
     except ImportError:
         return None
-    names = [a for a in resolve_agents(settings.worker.agents) if a not in EXTERNAL_AGENTS]
+    names = [a for a in resolve_agents(settings.worker.agents, settings) if a not in EXTERNAL_AGENTS]
     if vision and "vision" not in names:
         names.append("vision")
     return ",".join(names)

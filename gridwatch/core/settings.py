@@ -216,6 +216,9 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     stats: StatsSettings = field(default_factory=StatsSettings)
     hotline: HotlineSettings = field(default_factory=HotlineSettings)
+    # The sink plug-ins (agents/sinks/) a worker runs: one entry each, ``type`` picks the plug-in. A list,
+    # not a section: a user file replaces it whole. Read in the agents layer, which knows the plug-ins.
+    sinks: list[dict[str, Any]] = field(default_factory=lambda: [{"type": "influx"}, {"type": "store"}])
     source: str = str(DEFAULT_CONFIG)
 
     # -- resolved endpoints -------------------------------------------------------------------
@@ -303,6 +306,26 @@ def _apply(section_obj: Any, data: dict[str, Any], where: str) -> None:
             raise SettingsError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
         current = getattr(section_obj, key)
         setattr(section_obj, key, _checked(value, current, f"{where}.{key}"))
+
+
+def fill(section_obj: Any, data: dict[str, Any], where: str) -> None:
+    """Set a dataclass's fields from a mapping, each checked against its default's type (a plug-in's own
+    typed config: the same rules as a settings section)."""
+    _apply(section_obj, data, where)
+
+
+# Top-level keys that hold a list of plug-in entries instead of a section of settings.
+LISTS = ("sinks",)
+
+
+def _entries(values: Any, where: str) -> list[dict[str, Any]]:
+    """A list of mappings, each with a string ``type`` (the plug-in layer checks the rest)."""
+    if not isinstance(values, list):
+        raise SettingsError(f"{where}: a list of entries, e.g. - type: store")
+    for i, entry in enumerate(values):
+        if not isinstance(entry, dict) or not isinstance(entry.get("type"), str):
+            raise SettingsError(f"{where}[{i}]: a mapping with a type, e.g. - type: store; got {entry!r}")
+    return [dict(e) for e in values]
 
 
 def _checked(value: Any, like: Any, name: str) -> Any:
@@ -400,6 +423,9 @@ def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | No
         if not isinstance(data, dict):
             raise SettingsError(f"config file {f}: top level must be a mapping of sections")
         for section, values in data.items():
+            if section in LISTS:
+                setattr(s, section, _entries(values, f"{f}:{section}"))
+                continue
             obj = getattr(s, section, None)
             if not is_dataclass(obj):
                 raise SettingsError(f"{f}: unknown section {section!r}")

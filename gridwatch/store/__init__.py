@@ -2,7 +2,7 @@
 actions and grid events in a SQL database (SQLite embedded, PostgreSQL for deployments).
 
 Kafka is the spine, not the archive: topics keep days, case files (一案一档) are kept for years. The
-store agent (agents/store_sink.py) and the api's live feed write here with idempotent upserts; the
+store sink (agents/sinks/store.py) and the api's live feed write here with idempotent upserts; the
 api reads here. Schema: tables.py (documented in docs/store.md); migrations: migrations/ (Alembic).
 """
 

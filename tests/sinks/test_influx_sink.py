@@ -249,3 +249,39 @@ def test_fast_path_over_a_raw_record_matches_the_reading_objects():
     assert "odd\\ key=2.0" in lines[0] and "cover_open=true" in lines[0] and "battery_pct=80i" in lines[0]
     with pytest.raises(SchemaError):
         b.batch(b'{"p": 1}')
+    with pytest.raises(SchemaError):
+        b.batch(b'{"p": 1, "readings": [{"d": "x", "ts": 1}]}')
+
+
+def test_a_take_is_written_while_it_is_built_and_done_only_once_confirmed():
+    """write_take (what the agent does per take): the first full batch is on its way before the take's
+    last record is built, and the call returns, so the records count as done, only after every write
+    of the take is confirmed."""
+    built: list[int] = []
+    started_after: list[int] = []  # records built when each write started
+    confirm = asyncio.Event()
+
+    async def write(body: str) -> None:
+        started_after.append(len(built))
+        await confirm.wait()
+
+    def lines_of(i: int) -> list[str]:
+        built.append(i)
+        return [f"m v={i}i {i}", f"m w={i}i {i}"]
+
+    async def main() -> tuple[int, InfluxSink]:
+        sink = InfluxSink(cfg(batch_size=2, writers=1, max_pending_points=100), write_fn=write)
+        take = asyncio.create_task(sink.write_take(range(5), lines_of))
+        while len(built) < 5:
+            await asyncio.sleep(0)
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert not take.done() and sink.stats.points == 0  # built, not confirmed: not done
+        confirm.set()
+        n = await take
+        await sink.stop()
+        return n, sink
+
+    n, sink = asyncio.run(main())
+    assert started_after[0] < 5  # the first write began before the whole take was built
+    assert n == 10 and sink.stats.points == 10 and sink.stats.batches == 5

@@ -1,5 +1,6 @@
-"""Store agents: incident changes (every version, with its timeline), resident reports, operator
-actions and grid events -> the system of record (gridwatch/store).
+"""Store sink (``type: store``): incident changes (every version, with its timeline), resident reports,
+operator actions and grid events -> the system of record (gridwatch/store). Its settings are
+gridwatch.yaml's ``store:`` section.
 
 Each agent takes what is buffered (``store.batch_size`` records, or ``store.within_s`` worth),
 writes it in one transaction off the event loop and only then takes the next batch, so the records
@@ -15,18 +16,29 @@ import asyncio
 import logging
 from typing import Any
 
+from gridwatch.core.settings import StoreSettings
 from gridwatch.store import open_store
 
-from .runtime import AgentContext
+from ..runtime import AgentContext
+from .base import Sink, register
 
 log = logging.getLogger("gridwatch.store")
 
 
-def install(ctx: AgentContext) -> Any:
+@register("store")
+class Store(Sink):
+    config_class = StoreSettings
+    section = "store"
+    config: StoreSettings
+
+    def install(self, ctx: AgentContext) -> Any:
+        return install(ctx, self.config)
+
+
+def install(ctx: AgentContext, cfg: StoreSettings) -> Any:
     app, settings = ctx.app, ctx.settings
     store = open_store(settings, ctx.timezone)
     app.store = store  # type: ignore[attr-defined]
-    cfg = settings.store
     log.info("store sink on: %s", store.engine.url.render_as_string(hide_password=True))
 
     def topic(family: str) -> Any:

@@ -1,6 +1,8 @@
-"""InfluxDB sink agents: readings, grid events and incident changes -> InfluxDB 2 (pipeline/outputs/influx.py).
+"""InfluxDB sink (``type: influx``): readings, grid events and incident changes -> InfluxDB 2
+(pipeline/outputs/influx.py). Its settings are gridwatch.yaml's ``influx:`` section.
 
 Off unless ``influx.enabled``. Each agent takes what is buffered (up to a second's worth), writes it
+(building the points of one record while the batches before it are written: ``InfluxSink.write_take``)
 and waits for InfluxDB to confirm before the records count as done, so a crash re-writes points
 instead of losing them, and a slow database makes the agent consume slower (back-pressure) instead of
 buffering without bound. Run it as its own worker (``--agents influx_sink --app-id gridwatch-sink``) so a
@@ -13,12 +15,14 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from gridwatch.core.settings import InfluxSettings
 from gridwatch.pipeline.kafka_io import partition_for
 from gridwatch.pipeline.outputs.influx import InfluxSink, PointBuilder, Presence
 from gridwatch.pipeline.schemas.codec import SchemaError
 from gridwatch.pipeline.schemas.events import GridEvent, is_control
 
-from .runtime import AgentContext
+from ..runtime import AgentContext
+from .base import Sink, register
 
 log = logging.getLogger("gridwatch.influx")
 
@@ -26,9 +30,18 @@ TAKE = 500  # Kafka records per write round (a readings record holds up to 2,000
 WITHIN_S = 1.0
 
 
-def install(ctx: AgentContext) -> Any:
+@register("influx")
+class Influx(Sink):
+    config_class = InfluxSettings
+    section = "influx"
+    config: InfluxSettings
+
+    def install(self, ctx: AgentContext) -> Any:
+        return install(ctx, self.config)
+
+
+def install(ctx: AgentContext, cfg: InfluxSettings) -> Any:
     app, settings = ctx.app, ctx.settings
-    cfg = settings.influx
     if not cfg.enabled:
         log.info("influx sink off (influx.enabled is false)")
         return None
@@ -44,33 +57,30 @@ def install(ctx: AgentContext) -> Any:
         presence.last_seen.clear()
         presence.next_emit.clear()
 
+    def reading_lines(event: Any) -> list[str]:
+        try:
+            _p, points, seen = builder.batch(event.value)
+        except SchemaError:
+            return []  # the telemetry agent dead-letters it
+        return points + presence.observe(event.message.partition, seen)
+
     @app.agent(ctx.readings_topic, name="influx_readings")
     async def influx_readings(stream: Any) -> None:
         async for events in stream.take_events(TAKE, within=WITHIN_S):
-            lines: list[str] = []
-            for event in events:
-                try:
-                    _p, points, seen = builder.batch(event.value)
-                except SchemaError:
-                    continue  # the telemetry agent dead-letters it
-                lines += points
-                lines += presence.observe(event.message.partition, seen)
-            await sink.put(lines)
-            await sink.flush()
+            await sink.write_take(events, reading_lines)  # returns once InfluxDB confirmed the take
 
     async def write_points(stream: Any, to_point: Callable[[bytes], str | None]) -> None:
         """One loop for every record family: a record that does not decode is skipped, not fatal."""
+
+        def lines_of(event: Any) -> list[str]:
+            try:
+                p = to_point(event.value)
+            except SchemaError:
+                return []
+            return [p] if p else []
+
         async for events in stream.take_events(TAKE, within=WITHIN_S):
-            lines = []
-            for event in events:
-                try:
-                    p = to_point(event.value)
-                except SchemaError:
-                    continue
-                if p:
-                    lines.append(p)
-            await sink.put(lines)
-            await sink.flush()
+            await sink.write_take(events, lines_of)
 
     @app.agent(ctx.events_topic, name="influx_events")
     async def influx_events(stream: Any) -> None:
