@@ -180,6 +180,7 @@ class Store:
         self.engine = engine
         self.tz = tz
         self._insert = sqlite.insert if engine.dialect.name == "sqlite" else postgresql.insert
+        self._sqls: dict[tuple[Any, ...], str] = {}
 
     def batch(self) -> Batch:
         return Batch(self.tz)
@@ -264,9 +265,9 @@ class Store:
                             .where(i.c.id.in_(ids), a.c.incident_id.in_(ids)).group_by(*by)))
 
     def _add_rows(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
-        """SQLite: area_counts += rows of (key..., counters...) (Batch.counter_rows), executemany on the
-        driver: no per-value overhead of SQLAlchemy's parameter handling, which cost more than SQLite's
-        own work. (On PostgreSQL the SQL sums measured faster than these rows, unnested or not.)"""
+        """SQLite: area_counts and area_months += rows of (key..., counters...) (Batch.counter_rows),
+        merged per (area, month) for area_months here. (On PostgreSQL the SQL sums measured faster than
+        these rows, unnested or not.)"""
         if not rows:
             return
         months: dict[tuple[Any, Any], list[int]] = {}
@@ -277,28 +278,42 @@ class Store:
             else:
                 for n, v in enumerate(r[len(KEY):]):
                     vec[n] += v
-        sets = ", ".join(f"{k} = {{t}}.{k} + excluded.{k}" for k in COUNTERS)
-        for table, keys, part in (("area_counts", KEY, rows),
-                                  ("area_months", MONTH_KEY, [(*k, *v) for k, v in months.items()])):
-            marks = ", ".join("?" * len(part[0]))
-            conn.exec_driver_sql(f"INSERT INTO {table} ({', '.join(keys + COUNTERS)}) VALUES ({marks}) "
-                                 f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {sets.format(t=table)}", part)
+        for table, keys, part in ((t.area_counts, KEY, rows),
+                                  (t.area_months, MONTH_KEY, [(*k, *v) for k, v in months.items()])):
+            conn.exec_driver_sql(self._sql(table, keys + COUNTERS, keys, add=COUNTERS), part)
 
     def _upsert(self, conn: Any, table: Any, rows: Any, keys: tuple[str, ...], *, newer: str = "",
                 update: tuple[str, ...] = ()) -> None:
+        """INSERT .. ON CONFLICT of ``rows`` (dicts of one shape), as the driver's executemany of tuples:
+        SQLAlchemy's per-row parameter handling cost more than the database's own work. ``newer``:
+        replace a stored row only with a higher value of that column; ``update``: these columns on
+        conflict; else keep the stored row."""
         rows = list(rows.values()) if isinstance(rows, dict) else rows
         if not rows:
             return
-        ins = self._insert(table)
-        if newer:  # replace the row only with a newer one
-            cols = [c.name for c in table.columns if c.name not in keys]
-            stmt = ins.on_conflict_do_update(index_elements=list(keys), set_={c: ins.excluded[c] for c in cols},
-                                             where=table.c[newer] < ins.excluded[newer])
-        elif update:
-            stmt = ins.on_conflict_do_update(index_elements=list(keys), set_={c: ins.excluded[c] for c in update})
+        cols = tuple(rows[0])
+        if newer:
+            sql = self._sql(table, cols, keys, update=tuple(c for c in cols if c not in keys), newer=newer)
         else:
-            stmt = ins.on_conflict_do_nothing(index_elements=list(keys))
-        conn.execute(stmt, rows)
+            sql = self._sql(table, cols, keys, update=update)
+        conn.exec_driver_sql(sql, [tuple(r[c] for c in cols) for r in rows])
+
+    def _sql(self, table: Any, cols: tuple[str, ...], keys: tuple[str, ...], *, update: tuple[str, ...] = (),
+             add: tuple[str, ...] = (), newer: str = "") -> str:
+        """The driver's INSERT .. ON CONFLICT text for these columns (cached: one per shape)."""
+        key = (table.name, cols, keys, update, add, newer)
+        sql = self._sqls.get(key)
+        if sql is None:
+            mark = "?" if self.engine.dialect.name == "sqlite" else "%s"
+            q = self.engine.dialect.identifier_preparer.quote  # "partition" is a keyword
+            tb = q(table.name)
+            sets = [f"{q(c)} = excluded.{q(c)}" for c in update] + [f"{q(c)} = {tb}.{q(c)} + excluded.{q(c)}" for c in add]
+            action = f"DO UPDATE SET {', '.join(sets)}" if sets else "DO NOTHING"
+            if newer:
+                action += f" WHERE {tb}.{q(newer)} < excluded.{q(newer)}"
+            sql = self._sqls[key] = (f"INSERT INTO {tb} ({', '.join(map(q, cols))}) VALUES "
+                                     f"({', '.join([mark] * len(cols))}) ON CONFLICT ({', '.join(map(q, keys))}) {action}")
+        return sql
 
     def offsets(self, consumer: str) -> dict[tuple[str, int], int]:
         with self.engine.connect() as conn:
