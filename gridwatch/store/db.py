@@ -343,17 +343,24 @@ class Store:
             return [_doc(raw) for raw in conn.execute(q).scalars()]
 
     def page(self, scope: str, limit: int, *, statuses: Iterable[str] = (), levels: Iterable[str] = (),
-             tier: str = "", after: Cursor | None = None, cap: int = TOTAL_CAP) -> Page:
+             tier: str = "", categories: Iterable[str] = (), supervised: str = "", after: Cursor | None = None,
+             cap: int = TOTAL_CAP) -> Page:
         """One page of the console's list under ``scope``: open before closed, red first, newest first
         (ties by id), walking the (code, list_rank, updated_ts, incident_id) index from ``after`` (the
-        previous page's ``next``). The total comes from the per-area counters (exact) or, with a tier
-        filter, from a count that stops at ``cap`` (``exact`` False: "at least")."""
+        previous page's ``next``). ``categories``: category groups; ``supervised``: "1", "0" or
+        "overdue" (the incident's counted columns). The total comes from the per-area counters (exact)
+        or, with a tier filter, from a count that stops at ``cap`` (``exact`` False: "at least")."""
         i, a = t.incidents, t.incident_areas
-        statuses, levels = list(statuses), list(levels)
+        statuses, levels, categories = list(statuses), list(levels), list(categories)
         if "-" in statuses and len(statuses) == 1:  # the api's "matches nothing"
             return Page(0, True, [], None)
         cond = [a.c.code == scope]
-        joined = bool(statuses or levels or tier)
+        joined = bool(statuses or levels or tier or categories or supervised)
+        if categories:
+            cond.append(i.c.category_group.in_(categories))
+        if supervised:
+            cond.append({"overdue": i.c.supervised_overdue == 1, "0": i.c.supervised == 0}.get(
+                supervised, i.c.supervised == 1))
         if statuses or levels:  # the list ranks these filters can have: a narrower index range
             ranks = [list_rank(s, lv) for s in statuses or STATUSES for lv in levels or LEVELS]
             cond.append(a.c.list_rank.between(min(ranks), max(ranks)))
@@ -381,7 +388,7 @@ class Store:
             else:
                 rows = conn.execute(walk().order_by(a.c.list_rank, *order).limit(limit)).all()
             if not tier:
-                total, exact = self._counted(conn, scope, statuses, levels), True
+                total, exact = self._counted(conn, scope, statuses, levels, categories, supervised), True
             else:
                 hits = select(literal(1)).select_from(a.join(i, a.c.incident_id == i.c.id) if joined else a)
                 hits = hits.where(*cond).limit(cap + 1).subquery()
@@ -390,10 +397,17 @@ class Store:
         nxt = (rows[-1].list_rank, rows[-1].updated_ts, rows[-1].incident_id) if len(rows) == limit else None
         return Page(total, exact, [_doc(r.doc) for r in rows], nxt)
 
-    def _counted(self, conn: Any, scope: str, statuses: list[str], levels: list[str]) -> int:
-        """Incidents under ``scope`` (any month) with these statuses and levels, from the counters."""
-        c = t.area_counts if statuses or levels else t.area_months
-        q = select(func.coalesce(func.sum(c.c.n), 0)).where(c.c.code == scope, *self._count_filters(statuses, levels))
+    def _counted(self, conn: Any, scope: str, statuses: list[str], levels: list[str],
+                 categories: Iterable[str] = (), supervised: str = "") -> int:
+        """Incidents under ``scope`` (any month) with these statuses, levels, category groups and
+        supervision, from the counters (their n, supervised and supervised_overdue)."""
+        c = t.area_counts if statuses or levels or list(categories) else t.area_months
+        what = {"overdue": c.c.supervised_overdue, "0": c.c.n - c.c.supervised, "": c.c.n}.get(supervised,
+                                                                                             c.c.supervised)
+        categories = list(categories)
+        more = [c.c.category_group.in_(categories)] if categories else []
+        q = select(func.coalesce(func.sum(what), 0)).where(c.c.code == scope, *self._count_filters(statuses, levels),
+                                                            *more)
         return int(conn.execute(q).scalar() or 0)
 
     @staticmethod
