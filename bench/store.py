@@ -3,7 +3,8 @@
 * sink: incident changes/s through the store agent's write path (decode, validate, rows of every
   table, upserts in one transaction per 500 records) against a raw batched INSERT of the same
   records' version rows into a plain table of the same database (target >= 0.5x);
-* reads with N incidents in PostgreSQL (default 1,000,000): console list (first page), detail and a
+* reads with N incidents in PostgreSQL (default 1,000,000): console list (first page; unfiltered,
+  open + red, a category group, supervised, a street's open cases of a category), detail and a
   month's statistics, p95 over HTTP (the api's real handlers, in-process aiohttp server) (target
   <= 100 ms), and api ready time (app built, store opened and migrated, first list answered).
 
@@ -54,6 +55,8 @@ def make_changes(city: Any, n: int, seed: int = 1, months: int = 12) -> list[dic
                "history": [{"ts": ts, "action": "created", "actor": "sensor:x", "to_status": "reported"}],
                "rating": rnd.choice((None, 3, 4, 5)) if done else None, "resolved_ts": ts + 3_600_000 if done else None,
                "closed_ts": ts + 7_200_000 if status in ("closed", "evaluated") else None, "version": 1, "v": 1}
+        if k % 50 == 0:  # 2 % under a supervision notice, a quarter of those overdue (the supervised list)
+            inc["supervision"] = {"deadline_ts": ts + 86_400_000, "overdue": k % 200 == 0}
         out.append({"incident": inc, "change": "created", "ts": ts, "transition": inc["history"][0], "v": 1})
     return out
 
@@ -154,6 +157,10 @@ async def reads(url: str, city: Any, samples: int) -> dict[str, Any]:
         for k in range(samples):
             await timed("list_city_first_page_ms", "/api/incidents?limit=100")
             await timed("list_open_red_ms", "/api/incidents?limit=100&status=open&level=red")
+            await timed("list_category_ms", "/api/incidents?limit=100&category=streetlight")
+            await timed("list_supervised_ms", "/api/incidents?limit=100&supervised=1")
+            await timed("list_street_category_open_ms",
+                        f"/api/incidents?limit=100&area={street}&category=manhole&status=open")
             await timed("detail_ms", f"/api/incidents/{ids[k % len(ids)]}")
             await timed("timeline_ms", f"/api/incidents/{ids[k % len(ids)]}/timeline")
             if k < max(5, samples // 10):  # a month of the whole city is the heavy one

@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, case, func, literal
+from sqlalchemy import BigInteger, Integer, and_, case, cast, func, literal
 
 CLOSED_STATUSES = ("resolved", "evaluated", "closed", "cancelled")  # as the api shows them (web/views.py)
 DONE_STATUSES = ("resolved", "evaluated", "closed")  # "closed" for the closure rate (cancelled is not work done)
@@ -87,7 +87,9 @@ def columns(inc: Mapping[str, Any], tz: ZoneInfo) -> dict[str, Any]:
 
 
 def counter_sums(i: Any, sign: int = 1) -> list[Any]:
-    """SQL: every counter as ``sign`` x SUM over the rows of incidents table ``i`` (grouped by area)."""
+    """SQL: every counter as ``sign`` x SUM over the rows of incidents table ``i`` (grouped by area), cast
+    back to the counter's column type: PostgreSQL's SUM of an integer is a bigint, and a SUM over those
+    (area_months from the per-batch sums) would be a numeric, several times slower to add up."""
     def one(cond: Any) -> Any:
         return case((cond, 1), else_=0)
 
@@ -101,7 +103,7 @@ def counter_sums(i: Any, sign: int = 1) -> list[Any]:
         "rated": one(i.c.rating.is_not(None)),
         **{f"rating_{r}": one(i.c.rating == r) for r in RATINGS},
         **{f"d{d:02d}": one(i.c.created_day == d) for d in DAYS}}
-    return [(sign * func.sum(exprs[k])).label(k) for k in COUNTERS]
+    return [cast(sign * func.sum(exprs[k]), BigInteger if k == "handled_ms" else Integer).label(k) for k in COUNTERS]
 
 
 def add(total: Counts, part: Mapping[str, int], sign: int = 1) -> None:

@@ -180,6 +180,7 @@ class Store:
         self.engine = engine
         self.tz = tz
         self._insert = sqlite.insert if engine.dialect.name == "sqlite" else postgresql.insert
+        self._sqls: dict[tuple[Any, ...], str] = {}
 
     def batch(self) -> Batch:
         return Batch(self.tz)
@@ -264,9 +265,9 @@ class Store:
                             .where(i.c.id.in_(ids), a.c.incident_id.in_(ids)).group_by(*by)))
 
     def _add_rows(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
-        """SQLite: area_counts += rows of (key..., counters...) (Batch.counter_rows), executemany on the
-        driver: no per-value overhead of SQLAlchemy's parameter handling, which cost more than SQLite's
-        own work. (On PostgreSQL the SQL sums measured faster than these rows, unnested or not.)"""
+        """SQLite: area_counts and area_months += rows of (key..., counters...) (Batch.counter_rows),
+        merged per (area, month) for area_months here. (On PostgreSQL the SQL sums measured faster than
+        these rows, unnested or not.)"""
         if not rows:
             return
         months: dict[tuple[Any, Any], list[int]] = {}
@@ -277,28 +278,42 @@ class Store:
             else:
                 for n, v in enumerate(r[len(KEY):]):
                     vec[n] += v
-        sets = ", ".join(f"{k} = {{t}}.{k} + excluded.{k}" for k in COUNTERS)
-        for table, keys, part in (("area_counts", KEY, rows),
-                                  ("area_months", MONTH_KEY, [(*k, *v) for k, v in months.items()])):
-            marks = ", ".join("?" * len(part[0]))
-            conn.exec_driver_sql(f"INSERT INTO {table} ({', '.join(keys + COUNTERS)}) VALUES ({marks}) "
-                                 f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {sets.format(t=table)}", part)
+        for table, keys, part in ((t.area_counts, KEY, rows),
+                                  (t.area_months, MONTH_KEY, [(*k, *v) for k, v in months.items()])):
+            conn.exec_driver_sql(self._sql(table, keys + COUNTERS, keys, add=COUNTERS), part)
 
     def _upsert(self, conn: Any, table: Any, rows: Any, keys: tuple[str, ...], *, newer: str = "",
                 update: tuple[str, ...] = ()) -> None:
+        """INSERT .. ON CONFLICT of ``rows`` (dicts of one shape), as the driver's executemany of tuples:
+        SQLAlchemy's per-row parameter handling cost more than the database's own work. ``newer``:
+        replace a stored row only with a higher value of that column; ``update``: these columns on
+        conflict; else keep the stored row."""
         rows = list(rows.values()) if isinstance(rows, dict) else rows
         if not rows:
             return
-        ins = self._insert(table)
-        if newer:  # replace the row only with a newer one
-            cols = [c.name for c in table.columns if c.name not in keys]
-            stmt = ins.on_conflict_do_update(index_elements=list(keys), set_={c: ins.excluded[c] for c in cols},
-                                             where=table.c[newer] < ins.excluded[newer])
-        elif update:
-            stmt = ins.on_conflict_do_update(index_elements=list(keys), set_={c: ins.excluded[c] for c in update})
+        cols = tuple(rows[0])
+        if newer:
+            sql = self._sql(table, cols, keys, update=tuple(c for c in cols if c not in keys), newer=newer)
         else:
-            stmt = ins.on_conflict_do_nothing(index_elements=list(keys))
-        conn.execute(stmt, rows)
+            sql = self._sql(table, cols, keys, update=update)
+        conn.exec_driver_sql(sql, [tuple(r[c] for c in cols) for r in rows])
+
+    def _sql(self, table: Any, cols: tuple[str, ...], keys: tuple[str, ...], *, update: tuple[str, ...] = (),
+             add: tuple[str, ...] = (), newer: str = "") -> str:
+        """The driver's INSERT .. ON CONFLICT text for these columns (cached: one per shape)."""
+        key = (table.name, cols, keys, update, add, newer)
+        sql = self._sqls.get(key)
+        if sql is None:
+            mark = "?" if self.engine.dialect.name == "sqlite" else "%s"
+            q = self.engine.dialect.identifier_preparer.quote  # "partition" is a keyword
+            tb = q(table.name)
+            sets = [f"{q(c)} = excluded.{q(c)}" for c in update] + [f"{q(c)} = {tb}.{q(c)} + excluded.{q(c)}" for c in add]
+            action = f"DO UPDATE SET {', '.join(sets)}" if sets else "DO NOTHING"
+            if newer:
+                action += f" WHERE {tb}.{q(newer)} < excluded.{q(newer)}"
+            sql = self._sqls[key] = (f"INSERT INTO {tb} ({', '.join(map(q, cols))}) VALUES "
+                                     f"({', '.join([mark] * len(cols))}) ON CONFLICT ({', '.join(map(q, keys))}) {action}")
+        return sql
 
     def offsets(self, consumer: str) -> dict[tuple[str, int], int]:
         with self.engine.connect() as conn:
@@ -328,17 +343,24 @@ class Store:
             return [_doc(raw) for raw in conn.execute(q).scalars()]
 
     def page(self, scope: str, limit: int, *, statuses: Iterable[str] = (), levels: Iterable[str] = (),
-             tier: str = "", after: Cursor | None = None, cap: int = TOTAL_CAP) -> Page:
+             tier: str = "", categories: Iterable[str] = (), supervised: str = "", after: Cursor | None = None,
+             cap: int = TOTAL_CAP) -> Page:
         """One page of the console's list under ``scope``: open before closed, red first, newest first
         (ties by id), walking the (code, list_rank, updated_ts, incident_id) index from ``after`` (the
-        previous page's ``next``). The total comes from the per-area counters (exact) or, with a tier
-        filter, from a count that stops at ``cap`` (``exact`` False: "at least")."""
+        previous page's ``next``). ``categories``: category groups; ``supervised``: "1", "0" or
+        "overdue" (the incident's counted columns). The total comes from the per-area counters (exact)
+        or, with a tier filter, from a count that stops at ``cap`` (``exact`` False: "at least")."""
         i, a = t.incidents, t.incident_areas
-        statuses, levels = list(statuses), list(levels)
+        statuses, levels, categories = list(statuses), list(levels), list(categories)
         if "-" in statuses and len(statuses) == 1:  # the api's "matches nothing"
             return Page(0, True, [], None)
         cond = [a.c.code == scope]
-        joined = bool(statuses or levels or tier)
+        joined = bool(statuses or levels or tier or categories or supervised)
+        if categories:
+            cond.append(i.c.category_group.in_(categories))
+        if supervised:
+            cond.append({"overdue": i.c.supervised_overdue == 1, "0": i.c.supervised == 0}.get(
+                supervised, i.c.supervised == 1))
         if statuses or levels:  # the list ranks these filters can have: a narrower index range
             ranks = [list_rank(s, lv) for s in statuses or STATUSES for lv in levels or LEVELS]
             cond.append(a.c.list_rank.between(min(ranks), max(ranks)))
@@ -366,7 +388,7 @@ class Store:
             else:
                 rows = conn.execute(walk().order_by(a.c.list_rank, *order).limit(limit)).all()
             if not tier:
-                total, exact = self._counted(conn, scope, statuses, levels), True
+                total, exact = self._counted(conn, scope, statuses, levels, categories, supervised), True
             else:
                 hits = select(literal(1)).select_from(a.join(i, a.c.incident_id == i.c.id) if joined else a)
                 hits = hits.where(*cond).limit(cap + 1).subquery()
@@ -375,10 +397,17 @@ class Store:
         nxt = (rows[-1].list_rank, rows[-1].updated_ts, rows[-1].incident_id) if len(rows) == limit else None
         return Page(total, exact, [_doc(r.doc) for r in rows], nxt)
 
-    def _counted(self, conn: Any, scope: str, statuses: list[str], levels: list[str]) -> int:
-        """Incidents under ``scope`` (any month) with these statuses and levels, from the counters."""
-        c = t.area_counts if statuses or levels else t.area_months
-        q = select(func.coalesce(func.sum(c.c.n), 0)).where(c.c.code == scope, *self._count_filters(statuses, levels))
+    def _counted(self, conn: Any, scope: str, statuses: list[str], levels: list[str],
+                 categories: Iterable[str] = (), supervised: str = "") -> int:
+        """Incidents under ``scope`` (any month) with these statuses, levels, category groups and
+        supervision, from the counters (their n, supervised and supervised_overdue)."""
+        c = t.area_counts if statuses or levels or list(categories) else t.area_months
+        what = {"overdue": c.c.supervised_overdue, "0": c.c.n - c.c.supervised, "": c.c.n}.get(supervised,
+                                                                                             c.c.supervised)
+        categories = list(categories)
+        more = [c.c.category_group.in_(categories)] if categories else []
+        q = select(func.coalesce(func.sum(what), 0)).where(c.c.code == scope, *self._count_filters(statuses, levels),
+                                                            *more)
         return int(conn.execute(q).scalar() or 0)
 
     @staticmethod

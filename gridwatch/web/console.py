@@ -246,10 +246,10 @@ def supervised_matches(inc: dict[str, Any], want: str) -> bool:
 
 
 async def list_incidents(request: web.Request) -> web.Response:
-    """Open before closed, red first, newest first (ties by id). Without category or supervision
-    filters a page comes from SQL (an index walk from ``after``, the previous page's ``next``, whatever
-    the history) and the total from the per-area counters (``total_exact`` False: at least ``total``);
-    with them, filtered here."""
+    """Open before closed, red first, newest first (ties by id). A page comes from SQL (an index walk
+    from ``after``, the previous page's ``next``, whatever the history) and the total from the per-area
+    counters (``total_exact`` False: at least ``total``); a category that is not one of the backend's
+    category groups (an event or service type of the incident's sources) is filtered here."""
     op = require_operator(request)
     c = ctx(request)
     try:
@@ -257,7 +257,8 @@ async def list_incidents(request: web.Request) -> web.Response:
     except ValueError:
         raise api_error(400, "limit must be a number") from None
     after = _cursor(request.query.get("after", ""))
-    if request.query.get("category") or request.query.get("supervised"):
+    cats = [x for x in request.query.get("category", "").split(",") if x]
+    if cats and not set(cats) <= set(c.categories):  # source types: matched on the documents here
         incs = _filtered(request, op)
 
         def order(rank: int, updated: int, iid: str) -> tuple[Any, ...]:
@@ -273,7 +274,9 @@ async def list_incidents(request: web.Request) -> web.Response:
         nxt = cursor(page[-1]) if len(incs) > limit else None
     else:
         scope, where = _sql_filters(request, op)
-        res = await asyncio.to_thread(c.view.store.page, scope, limit, after=after, **where)
+        sv = {"true": "1", "false": "0"}.get(request.query.get("supervised", ""), request.query.get("supervised", ""))
+        res = await asyncio.to_thread(c.view.store.page, scope, limit, after=after, categories=cats, supervised=sv,
+                                      **where)
         total, exact, page, nxt = res.total, res.exact, res.incidents, res.next
     reports = c.view.store.reports_by_id(report_ids(page))
     return web.json_response({"total": total, "total_exact": exact, "ready": c.view.ready.is_set(),

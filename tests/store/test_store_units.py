@@ -108,3 +108,48 @@ def test_monthly_export_writes_csv_and_xlsx(tmp_path) -> None:
     assert wb.sheetnames == ["index", "cases"] and wb["cases"].max_row == 1 + len(grids)
     assert any(r[0].value == "grids" for r in wb["index"].iter_rows(min_row=2))
     st.close()
+
+
+def test_list_filters_in_sql_equal_the_documents_filtered_in_python(store_url: str) -> None:
+    """Category and supervision filters of the console's list (SQL on the incident columns, totals from
+    the counters) give the pages and totals that filtering the documents gives, page by page."""
+    import random
+
+    from gridwatch.store.records import list_rank
+
+    st = open_store(Settings(), "UTC", url=store_url)
+    rnd = random.Random(7)
+    other = [{"tier": "city", "code": "3301", "name": "c"}, {"tier": "district", "code": "330105", "name": "e"}]
+    b = st.batch()
+    for k in range(60):
+        ch = change(f"i{k:02d}", 1 + k % 2, rnd.choice(("reported", "dispatched", "resolved", "closed")),
+                    1_764_000_000_000 + rnd.randrange(10**9))
+        inc = ch["incident"]
+        inc.update(level=rnd.choice(("red", "yellow", "blue")), category_group=rnd.choice(("manhole", "streetlight")),
+                   tiers=TIERS if k % 3 else other)
+        if k % 4 == 0:
+            inc["supervision"] = {"deadline_ts": 1, "overdue": k % 8 == 0}
+        b.add_change(ch)
+    st.write(b)
+
+    def want(inc: dict, cats: list[str], sv: str) -> bool:
+        s = inc.get("supervision")
+        return ((not cats or inc["category_group"] in cats)
+                and (not sv or (bool(s and s.get("overdue")) if sv == "overdue" else (s is not None) == (sv == "1"))))
+
+    for scope in ("3301", "330102", "330105"):
+        for cats, sv, statuses in ((["manhole"], "", []), ([], "1", []), ([], "0", ["resolved", "closed"]),
+                                   ([], "overdue", []), (["streetlight", "manhole"], "1", ["reported"])):
+            ref = sorted((i for i in st.incidents(scope, statuses=statuses) if want(i, cats, sv)),
+                         key=lambda i: (list_rank(i["status"], i["level"]), -i["updated_ts"],
+                                        tuple(-ord(ch) for ch in i["id"])))
+            got, after = [], None
+            while True:
+                p = st.page(scope, 7, statuses=statuses, categories=cats, supervised=sv, after=after)
+                assert (p.total, p.exact) == (len(ref), True), (scope, cats, sv)
+                got += [i["id"] for i in p.incidents]
+                if p.next is None:
+                    break
+                after = p.next
+            assert got == [i["id"] for i in ref], (scope, cats, sv, statuses)
+    st.close()
