@@ -175,6 +175,9 @@ def mosquitto_config(port: int, data_dir: Path, extra: str = "", security: MqttS
         f"max_queued_messages {max_queued_messages}",
         f"max_queued_bytes {max_queued_bytes}",
         "max_packet_size 1048576",
+        # Small packets (alerts, PUBACKs, the publish ledger) leave at once instead of waiting for the
+        # previous one's TCP ACK (Nagle's algorithm against the peer's delayed ACK: tens of ms per alert).
+        "set_tcp_nodelay true",
         "log_dest stderr",
         "log_type error",
         "log_type warning",
