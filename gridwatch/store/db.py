@@ -401,10 +401,10 @@ class Store:
                  categories: Iterable[str] = (), supervised: str = "") -> int:
         """Incidents under ``scope`` (any month) with these statuses, levels, category groups and
         supervision, from the counters (their n, supervised and supervised_overdue)."""
-        c = t.area_counts if statuses or levels or list(categories) else t.area_months
+        categories = list(categories)
+        c = t.area_counts if statuses or levels or categories else t.area_months
         what = {"overdue": c.c.supervised_overdue, "0": c.c.n - c.c.supervised, "": c.c.n}.get(supervised,
                                                                                              c.c.supervised)
-        categories = list(categories)
         more = [c.c.category_group.in_(categories)] if categories else []
         q = select(func.coalesce(func.sum(what), 0)).where(c.c.code == scope, *self._count_filters(statuses, levels),
                                                             *more)
