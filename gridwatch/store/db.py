@@ -390,7 +390,7 @@ class Store:
         previous page's ``next``). ``categories``: category groups; ``supervised``: "1", "0" or
         "overdue"; ``tier``: the incident's handling tier. These filter on incident_areas' copies of the
         incident's columns, so a category group or a tier walks its own index (code, category_group |
-        tier, list_rank, ...) and the supervised ones a partial index of those rows only. The total comes
+        tier, list_rank, ...) and the supervised (overdue) ones a partial index of those rows only. The total comes
         from the per-area counters (exact) or, with a tier filter, from a count that stops at ``cap``
         (``exact`` False: "at least")."""
         i, a = t.incidents, t.incident_areas
@@ -403,10 +403,10 @@ class Store:
             cond.append(a.c.category_group.in_(categories))
         if supervised == "0":
             cond.append(a.c.supervised == 0)
-        elif supervised:  # "1", "overdue": the partial index's own predicate, as it is written there
+        elif supervised == "overdue":  # the partial indexes' own predicates, as they are written there
+            cond.append(a.c.supervised_overdue > literal_column("0"))
+        elif supervised:
             cond.append(a.c.supervised > literal_column("0"))
-            if supervised == "overdue":
-                cond.append(a.c.supervised_overdue == 1)
         if statuses or levels:  # the list ranks these filters can have: a narrower index range
             ranks = [list_rank(s, lv) for s in statuses or STATUSES for lv in levels or LEVELS]
             cond.append(a.c.list_rank.between(min(ranks), max(ranks)))

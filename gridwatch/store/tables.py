@@ -70,13 +70,15 @@ incident_areas = Table(
 )
 # the console's pages by scope: open before closed, red first, newest first, then by id (an index walk;
 # the id makes the order total, for keyset pages); the same order per category group, per tier, and
-# of the supervised incidents only (a partial index: a few per cent of the rows)
+# of the supervised (and of the overdue supervised) incidents only: partial indexes, a few per cent of the rows
 _ORDER = (incident_areas.c.list_rank, incident_areas.c.updated_ts.desc(), incident_areas.c.incident_id.desc())
 Index("ix_areas_list", incident_areas.c.code, *_ORDER)
 Index("ix_areas_category", incident_areas.c.code, incident_areas.c.category_group, *_ORDER)
 Index("ix_areas_tier", incident_areas.c.code, incident_areas.c.tier, *_ORDER)
 Index("ix_areas_supervised", incident_areas.c.code, *_ORDER, sqlite_where=incident_areas.c.supervised > 0,
       postgresql_where=incident_areas.c.supervised > 0)
+Index("ix_areas_supervised_overdue", incident_areas.c.code, *_ORDER,
+      sqlite_where=incident_areas.c.supervised_overdue > 0, postgresql_where=incident_areas.c.supervised_overdue > 0)
 
 # Pictures (snapshot refs, residents' media URLs) each incident's newest version references: what
 # /api/evidence checks an operator's scope against (through the incident's areas).

@@ -1,6 +1,6 @@
 """The console list's filters as index walks: incident_areas gains copies of the incident's
 category group, tier and supervision flags, with an index per filter (per category group, per tier,
-and a partial one of the supervised incidents); incident_evidence (the pictures each incident
+and partial ones of the supervised and of the overdue supervised incidents); incident_evidence (the pictures each incident
 references, for /api/evidence's scope check).
 
 The copies are filled here from the incidents' columns (SQL). A store whose counted columns are still
@@ -37,6 +37,8 @@ def upgrade() -> None:
     op.create_index("ix_areas_tier", "incident_areas", ["code", "tier", *ORDER])
     op.create_index("ix_areas_supervised", "incident_areas", ["code", *ORDER],
                     sqlite_where=sa.text("supervised > 0"), postgresql_where=sa.text("supervised > 0"))
+    op.create_index("ix_areas_supervised_overdue", "incident_areas", ["code", *ORDER],
+                    sqlite_where=sa.text("supervised_overdue > 0"), postgresql_where=sa.text("supervised_overdue > 0"))
     op.create_table("incident_evidence", sa.Column("ref", S(500), primary_key=True),
                     sa.Column("incident_id", S(80), primary_key=True))
     op.create_index("ix_evidence_incident", "incident_evidence", ["incident_id"])
@@ -55,7 +57,7 @@ def downgrade() -> None:
     op.execute("DELETE FROM store_meta WHERE key = 'evidence'")
     op.drop_index("ix_evidence_incident", table_name="incident_evidence")
     op.drop_table("incident_evidence")
-    for name in ("ix_areas_supervised", "ix_areas_tier", "ix_areas_category"):
+    for name in ("ix_areas_supervised_overdue", "ix_areas_supervised", "ix_areas_tier", "ix_areas_category"):
         op.drop_index(name, table_name="incident_areas")
     with op.batch_alter_table("incident_areas") as b:
         for c in COPIED:
