@@ -4,8 +4,8 @@
   table, upserts in one transaction per 500 records) against a raw batched INSERT of the same
   records' version rows into a plain table of the same database (target >= 0.5x);
 * reads with N incidents in PostgreSQL (default 1,000,000): console list (first page; unfiltered,
-  open + red, a category group, supervised, a street's open cases of a category), detail and a
-  month's statistics, p95 over HTTP (the api's real handlers, in-process aiohttp server) (target
+  open + red, a category group, supervised, supervised and overdue, a tier, a street's open cases of
+  a category), detail, a picture's scope check (/api/evidence) and a month's statistics, p95 over HTTP (the api's real handlers, in-process aiohttp server) (target
   <= 100 ms), and api ready time (app built, store opened and migrated, first list answered).
 
 `python -m gridwatch.bench store [--incidents N] [--runs 3] [--sink-records 20000]`
@@ -47,7 +47,7 @@ def make_changes(city: Any, n: int, seed: int = 1, months: int = 12) -> list[dic
         done = status in ("resolved", "closed", "evaluated")
         inc = {"id": f"inc-{seed}-{k}", "category_group": rnd.choice(("manhole", "streetlight", "waterlogging")),
                "title": "Manhole cover: manhole_open", "level": rnd.choice(LEVELS), "priority": 30, "status": status,
-               "tier": "community", "tier_code": g[:12], "department": "municipal_facilities", "grid_code": g,
+               "tier": "street" if k % 20 == 1 else "community", "tier_code": g[:12], "department": "municipal_facilities", "grid_code": g,
                "tiers": chains[g], "lat": 30.2, "lon": 120.1, "created_ts": ts, "updated_ts": ts + 3_600_000,
                "sla_deadline_ts": ts + 7_200_000, "sources": [{"kind": "event", "id": f"e{k}", "type": "manhole_open",
                                                               "ts": ts, "last_ts": ts, "message": "cover_open"}],
@@ -57,8 +57,14 @@ def make_changes(city: Any, n: int, seed: int = 1, months: int = 12) -> list[dic
                "closed_ts": ts + 7_200_000 if status in ("closed", "evaluated") else None, "version": 1, "v": 1}
         if k % 50 == 0:  # 2 % under a supervision notice, a quarter of those overdue (the supervised list)
             inc["supervision"] = {"deadline_ts": ts + 86_400_000, "overdue": k % 200 == 0}
+        if k % 100 == 0:  # 1 % with a snapshot picture (5 % escalated to the street tier, above)
+            inc["sources"][0]["evidence"] = [{"ts": ts, "snapshot": snapshot(inc["id"])}]
         out.append({"incident": inc, "change": "created", "ts": ts, "transition": inc["history"][0], "v": 1})
     return out
+
+
+def snapshot(incident_id: str) -> str:
+    return f"bench/{incident_id}.jpg"
 
 
 def p95(xs: list[float]) -> float:
@@ -126,12 +132,21 @@ def load(url: str, city: Any, n: int, tz: Any) -> float:
 
 
 async def reads(url: str, city: Any, samples: int) -> dict[str, Any]:
+    import tempfile
+    from pathlib import Path
+
     from aiohttp.test_utils import TestClient, TestServer
 
     from gridwatch.web.server import create_app
 
     settings = load_settings()
     settings.store.url = url
+    pictures = Path(tempfile.mkdtemp(prefix="gw-bench-evidence-"))  # the files of the first load batch's refs
+    refs = [snapshot(f"inc-10000-{k}") for k in range(0, 5000, 100)]
+    for ref in refs:
+        (pictures / ref).parent.mkdir(parents=True, exist_ok=True)
+        (pictures / ref).write_bytes(b"\xff\xd8")
+    settings.web.evidence_dir = str(pictures)
     t0 = time.perf_counter()
     app = create_app(settings, city=city, kafka=False)
     async with TestClient(TestServer(app)) as client:
@@ -159,6 +174,9 @@ async def reads(url: str, city: Any, samples: int) -> dict[str, Any]:
             await timed("list_open_red_ms", "/api/incidents?limit=100&status=open&level=red")
             await timed("list_category_ms", "/api/incidents?limit=100&category=streetlight")
             await timed("list_supervised_ms", "/api/incidents?limit=100&supervised=1")
+            await timed("list_supervised_overdue_ms", "/api/incidents?limit=100&supervised=overdue")
+            await timed("list_tier_ms", "/api/incidents?limit=100&tier=street")
+            await timed("evidence_ms", f"/api/evidence/{refs[k % len(refs)]}")
             await timed("list_street_category_open_ms",
                         f"/api/incidents?limit=100&area={street}&category=manhole&status=open")
             await timed("detail_ms", f"/api/incidents/{ids[k % len(ids)]}")

@@ -25,6 +25,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     select,
     text,
     tuple_,
@@ -36,6 +37,7 @@ from gridwatch.pipeline.schemas.incidents import LEVELS, STATUSES
 
 from . import tables as t
 from .counts import COUNTERS, FIGURES, KEY, MONTH_KEY, columns, counter_sums
+from .evidence import evidence_keys
 from .records import Batch, list_rank
 
 log = logging.getLogger("gridwatch.store")
@@ -106,6 +108,34 @@ def migrate(engine: Engine, tz: ZoneInfo | None = None) -> None:
             n = recount(conn, tz)
             conn.execute(meta.update().where(meta.c.key == "counts").values(value="ready"))
             log.info("store: per-area counters filled from %d incidents", n)
+        if conn.execute(select(meta.c.value).where(meta.c.key == "evidence")).scalar() == "stale":
+            n = fill_evidence(conn)
+            conn.execute(meta.update().where(meta.c.key == "evidence").values(value="ready"))
+            log.info("store: evidence refs filed for %d incidents", n)
+
+
+def copy_filters(conn: Any) -> None:
+    """incident_areas' copies of the incident columns the list filters on (category group, tier,
+    supervision), from the incidents (after a recount changed the counted columns)."""
+    i, a = t.incidents, t.incident_areas
+    conn.execute(a.update().where(a.c.incident_id == i.c.id).values(
+        {c: i.c[c] for c in ("category_group", "tier", "supervised", "supervised_overdue")}))
+
+
+def fill_evidence(conn: Any, chunk: int = 5000) -> int:
+    """incident_evidence from scratch, from the incidents' documents (migration 0003's fill; a repair)."""
+    i, e = t.incidents, t.incident_evidence
+    conn.execute(e.delete())
+    last, n = "", 0
+    while True:  # keyset chunks: bounded memory
+        rows = conn.execute(select(i.c.id, i.c.doc).where(i.c.id > last).order_by(i.c.id).limit(chunk)).all()
+        if not rows:
+            break
+        refs = [{"ref": k, "incident_id": r.id} for r in rows for k in evidence_keys(json.loads(r.doc)["incident"])]
+        if refs:
+            conn.execute(e.insert(), refs)
+        last, n = rows[-1].id, n + len(rows)
+    return n
 
 
 def recount(conn: Any, tz: ZoneInfo, chunk: int = 5000) -> int:
@@ -124,6 +154,7 @@ def recount(conn: Any, tz: ZoneInfo, chunk: int = 5000) -> int:
             break
         conn.execute(upd, [{"k": r.id, **columns(json.loads(r.doc)["incident"], tz)} for r in rows])
         last, n = rows[-1].id, n + len(rows)
+    copy_filters(conn)
     sum_counts(conn)
     return n
 
@@ -206,6 +237,7 @@ class Store:
             self._upsert(conn, t.incident_areas, [r for r in batch.areas.values() if r["incident_id"] not in stale],
                          ("code", "incident_id"), newer="version")
             added = [iid for iid in batch.latest if iid not in stale]  # the new versions join the counters
+            self._file_evidence(conn, batch, added)
             if self.engine.dialect.name == "postgresql":  # summed in SQL from the rows just written
                 for k in range(0, len(added), CHUNK):
                     self._add_counts(conn, added[k:k + CHUNK])
@@ -263,6 +295,14 @@ class Store:
         conn.execute(upsert(t.area_months, MONTH_KEY,
                             select(*by, *counter_sums(i, sign)).select_from(i.join(a, a.c.incident_id == i.c.id))
                             .where(i.c.id.in_(ids), a.c.incident_id.in_(ids)).group_by(*by)))
+
+    def _file_evidence(self, conn: Any, batch: Batch, ids: list[str]) -> None:
+        """incident_evidence: the refs of the incidents ``ids`` (their new versions) replace their old ones."""
+        e = t.incident_evidence
+        for k in range(0, len(ids), CHUNK):
+            conn.execute(e.delete().where(e.c.incident_id.in_(ids[k:k + CHUNK])))
+        self._upsert(conn, e, [{"ref": ref, "incident_id": iid} for iid in ids for ref in batch.evidence[iid]],
+                     ("ref", "incident_id"))
 
     def _add_rows(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
         """SQLite: area_counts and area_months += rows of (key..., counters...) (Batch.counter_rows),
@@ -348,19 +388,25 @@ class Store:
         """One page of the console's list under ``scope``: open before closed, red first, newest first
         (ties by id), walking the (code, list_rank, updated_ts, incident_id) index from ``after`` (the
         previous page's ``next``). ``categories``: category groups; ``supervised``: "1", "0" or
-        "overdue" (the incident's counted columns). The total comes from the per-area counters (exact)
-        or, with a tier filter, from a count that stops at ``cap`` (``exact`` False: "at least")."""
+        "overdue"; ``tier``: the incident's handling tier. These filter on incident_areas' copies of the
+        incident's columns, so a category group or a tier walks its own index (code, category_group |
+        tier, list_rank, ...) and the supervised (overdue) ones a partial index of those rows only. The total comes
+        from the per-area counters (exact) or, with a tier filter, from a count that stops at ``cap``
+        (``exact`` False: "at least")."""
         i, a = t.incidents, t.incident_areas
         statuses, levels, categories = list(statuses), list(levels), list(categories)
         if "-" in statuses and len(statuses) == 1:  # the api's "matches nothing"
             return Page(0, True, [], None)
         cond = [a.c.code == scope]
-        joined = bool(statuses or levels or tier or categories or supervised)
+        joined = bool(statuses or levels)
         if categories:
-            cond.append(i.c.category_group.in_(categories))
-        if supervised:
-            cond.append({"overdue": i.c.supervised_overdue == 1, "0": i.c.supervised == 0}.get(
-                supervised, i.c.supervised == 1))
+            cond.append(a.c.category_group.in_(categories))
+        if supervised == "0":
+            cond.append(a.c.supervised == 0)
+        elif supervised == "overdue":  # the partial indexes' own predicates, as they are written there
+            cond.append(a.c.supervised_overdue > literal_column("0"))
+        elif supervised:
+            cond.append(a.c.supervised > literal_column("0"))
         if statuses or levels:  # the list ranks these filters can have: a narrower index range
             ranks = [list_rank(s, lv) for s in statuses or STATUSES for lv in levels or LEVELS]
             cond.append(a.c.list_rank.between(min(ranks), max(ranks)))
@@ -369,7 +415,7 @@ class Store:
         if levels:
             cond.append(i.c.level.in_(levels))
         if tier:
-            cond.append(i.c.tier == tier)
+            cond.append(a.c.tier == tier)
 
         def walk(*more: Any) -> Any:
             return (select(i.c.doc, a.c.list_rank, a.c.updated_ts, a.c.incident_id)
@@ -481,6 +527,15 @@ class Store:
                 est = conn.execute(text(f"SELECT max(rowid) FROM {table}")).scalar()
             return max(n, int(est or 0))
 
+    def evidence_in_scope(self, ref: str, scope: str) -> bool:
+        """Whether an incident under area ``scope`` references picture ``ref`` (its key as
+        evidence.evidence_keys makes it): incident_evidence's key, then the incident's area row."""
+        e, a = t.incident_evidence, t.incident_areas
+        q = (select(literal(1)).select_from(e.join(a, a.c.incident_id == e.c.incident_id))
+             .where(e.c.ref == ref, a.c.code == scope).limit(1))
+        with self.engine.connect() as conn:
+            return conn.execute(q).first() is not None
+
     # ------------------------------------------------------------------------------ reports
     def report(self, rid: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
@@ -529,7 +584,8 @@ class Store:
             old = select(i.c.id).where(i.c.closed_ts.is_not(None), i.c.closed_ts < cutoff)
             self._add_counts(conn, old, -1)  # they leave the counters too
             for table, col in ((t.incident_versions, "id"), (t.incident_areas, "incident_id"),
-                               (t.report_incident, "incident_id"), (t.actions, "incident_id")):
+                               (t.report_incident, "incident_id"), (t.actions, "incident_id"),
+                               (t.incident_evidence, "incident_id")):
                 conn.execute(table.delete().where(table.c[col].in_(old)))
             n = conn.execute(i.delete().where(i.c.id.in_(old.scalar_subquery()))).rowcount
             conn.execute(t.reports.delete().where(t.reports.c.requested_ms < cutoff))

@@ -18,6 +18,7 @@ from gridwatch.pipeline.schemas.incidents import LEVELS
 from gridwatch.pipeline.schemas.reports import ResidentReport
 
 from .counts import CLOSED_STATUSES, COUNTER_INDEX, COUNTERS, areas, columns, contribution
+from .evidence import evidence_keys
 
 log = logging.getLogger("gridwatch.store")
 KINDS = ("incidents", "reports", "actions", "events")
@@ -47,6 +48,7 @@ class Batch:
         self.latest: dict[str, dict[str, Any]] = {}
         self.incs: dict[str, dict[str, Any]] = {}  # the incident of each ``latest`` row (the counters)
         self.areas: dict[tuple[str, str], dict[str, Any]] = {}
+        self.evidence: dict[str, set[str]] = {}  # the refs of each ``latest`` incident (incident_evidence)
         self.joins: dict[str, dict[str, Any]] = {}
         self.reports: dict[str, dict[str, Any]] = {}
         self.actions: dict[str, dict[str, Any]] = {}
@@ -103,15 +105,19 @@ class Batch:
         month = self.month(inc["created_ts"])
         rank = list_rank(inc["status"], inc["level"])
         self.incs[iid] = inc
+        cols = columns(inc, self.tz)
         self.latest[iid] = {"id": iid, "version": ver, "status": inc["status"], "level": inc["level"],
                             "category_group": inc["category_group"], "tier": inc["tier"],
                             "grid_code": inc["grid_code"], "created_ts": inc["created_ts"], "created_month": month,
                             "updated_ts": inc["updated_ts"], "closed_ts": inc.get("closed_ts"), "list_rank": rank,
-                            "doc": doc, **columns(inc, self.tz)}
-        for tier in inc.get("tiers", []):
+                            "doc": doc, **cols}
+        for tier in inc.get("tiers", []):  # with the incident's columns the list filters on (their indexes)
             self.areas[(tier["code"], iid)] = {"code": tier["code"], "incident_id": iid, "version": ver,
                                                "created_month": month, "updated_ts": inc["updated_ts"],
-                                               "list_rank": rank}
+                                               "list_rank": rank, "category_group": inc["category_group"],
+                                               "tier": inc["tier"], "supervised": cols["supervised"],
+                                               "supervised_overdue": cols["supervised_overdue"]}
+        self.evidence[iid] = evidence_keys(inc)
         for s in inc.get("sources", []):
             if s.get("kind") == "report":
                 self.joins[s["id"]] = {"report_id": s["id"], "incident_id": iid}

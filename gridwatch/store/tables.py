@@ -60,13 +60,34 @@ incident_areas = Table(
     Column("created_month", String(7), nullable=False),
     Column("updated_ts", BigInteger, nullable=False),
     Column("list_rank", Integer, nullable=False),
+    # copies of the incident's columns the list filters on, so its filtered pages are index walks too
+    Column("category_group", String(60), nullable=False, server_default=""),
+    Column("tier", String(20), nullable=False, server_default=""),
+    Column("supervised", Integer, nullable=False, server_default="0"),
+    Column("supervised_overdue", Integer, nullable=False, server_default="0"),
     Index("ix_areas_month", "code", "created_month"),
     Index("ix_areas_incident", "incident_id"),  # an incident's areas: the counters' swap, purge
 )
 # the console's pages by scope: open before closed, red first, newest first, then by id (an index walk;
-# the id makes the order total, for keyset pages)
-Index("ix_areas_list", incident_areas.c.code, incident_areas.c.list_rank, incident_areas.c.updated_ts.desc(),
-      incident_areas.c.incident_id.desc())
+# the id makes the order total, for keyset pages); the same order per category group, per tier, and
+# of the supervised (and of the overdue supervised) incidents only: partial indexes, a few per cent of the rows
+_ORDER = (incident_areas.c.list_rank, incident_areas.c.updated_ts.desc(), incident_areas.c.incident_id.desc())
+Index("ix_areas_list", incident_areas.c.code, *_ORDER)
+Index("ix_areas_category", incident_areas.c.code, incident_areas.c.category_group, *_ORDER)
+Index("ix_areas_tier", incident_areas.c.code, incident_areas.c.tier, *_ORDER)
+Index("ix_areas_supervised", incident_areas.c.code, *_ORDER, sqlite_where=incident_areas.c.supervised > 0,
+      postgresql_where=incident_areas.c.supervised > 0)
+Index("ix_areas_supervised_overdue", incident_areas.c.code, *_ORDER,
+      sqlite_where=incident_areas.c.supervised_overdue > 0, postgresql_where=incident_areas.c.supervised_overdue > 0)
+
+# Pictures (snapshot refs, residents' media URLs) each incident's newest version references: what
+# /api/evidence checks an operator's scope against (through the incident's areas).
+incident_evidence = Table(
+    "incident_evidence", metadata,
+    Column("ref", String(500), primary_key=True),
+    Column("incident_id", String(80), primary_key=True),
+    Index("ix_evidence_incident", "incident_id"),  # a new version's refs replace the old ones
+)
 
 reports = Table(
     "reports", metadata,
@@ -139,7 +160,8 @@ area_months = Table(
 )
 
 # Facts about the store itself; "counts": "ready" once area_counts holds every incident's contribution
-# (after migration 0002 it is "stale" until the first open, which knows the city's time zone, fills it).
+# (after migration 0002 it is "stale" until the first open, which knows the city's time zone, fills it);
+# "evidence": "ready" once incident_evidence holds every stored incident's refs (after 0003, the first open).
 store_meta = Table(
     "store_meta", metadata,
     Column("key", String(40), primary_key=True),

@@ -23,6 +23,7 @@ from gridwatch.agents.lifecycle import TRANSITIONS, LifecycleError, check_action
 from gridwatch.core.settings import STATE_DIR
 from gridwatch.pipeline.schemas.codec import SchemaError
 from gridwatch.pipeline.schemas.incidents import STATUSES, Incident, OperatorAction
+from gridwatch.store.evidence import evidence_refs
 from gridwatch.store.records import list_rank
 
 from .auth import Operator
@@ -41,7 +42,6 @@ COOKIE = "gw_session"
 LOGIN_LIMIT: web.AppKey[TokenBucket] = web.AppKey("login_limit", TokenBucket)  # failed logins per client
 LOGIN_ACCOUNT_LIMIT: web.AppKey[TokenBucket] = web.AppKey("login_account_limit", TokenBucket)  # ... per account
 PREFS: web.AppKey[Preferences] = web.AppKey("console_prefs", Preferences)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif")
 
 
 def api_error(status: int, message: str, headers: dict[str, str] | None = None,
@@ -300,21 +300,6 @@ def _cursor(raw: str) -> tuple[int, int, str] | None:
         raise api_error(400, "after must be the 'next' of the previous page") from None
 
 
-def evidence_refs(inc: dict[str, Any]) -> list[dict[str, str]]:
-    """Pictures an incident carries: snapshot refs in event evidence, and residents' media_url."""
-    out: list[dict[str, str]] = []
-    for s in inc.get("sources", []):
-        for item in s.get("evidence", []) or []:
-            vals = [item] if isinstance(item, str) else list(item.values()) if isinstance(item, dict) else []
-            for v in vals:
-                if isinstance(v, str) and v.lower().split("?")[0].endswith(IMAGE_SUFFIXES):
-                    url = v if v.startswith(("http://", "https://")) else "/api/evidence/" + v.lstrip("/")
-                    out.append({"source": s["id"], "url": url, "ref": v})
-        if s.get("media_url"):
-            out.append({"source": s["id"], "url": s["media_url"], "ref": s["media_url"]})
-    return out
-
-
 async def get_incident(request: web.Request) -> web.Response:
     op = require_operator(request)
     c = ctx(request)
@@ -561,12 +546,12 @@ async def _import_one(c: WebContext, op: Operator, rec: Any) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------- files
 async def evidence(request: web.Request) -> web.FileResponse:
-    """A snapshot picture, served only when an incident in the operator's scope references it."""
+    """A snapshot picture, served only when an incident in the operator's scope references it (the
+    store's incident_evidence joined to the incident's areas: one index lookup, whatever the scope)."""
     op = require_operator(request)
     c = ctx(request)
     ref = request.match_info["ref"]
-    ok = any(any(e["ref"].lstrip("/") == ref for e in evidence_refs(i)) for i in c.view.visible(op.scope))
-    if not ok:
+    if not await asyncio.to_thread(c.view.store.evidence_in_scope, ref, op.scope):
         raise api_error(404, "no such evidence in your scope")
     root = Path(c.settings.web.evidence_dir or STATE_DIR / "evidence").resolve()
     path = (root / ref).resolve()

@@ -111,8 +111,9 @@ def test_monthly_export_writes_csv_and_xlsx(tmp_path) -> None:
 
 
 def test_list_filters_in_sql_equal_the_documents_filtered_in_python(store_url: str) -> None:
-    """Category and supervision filters of the console's list (SQL on the incident columns, totals from
-    the counters) give the pages and totals that filtering the documents gives, page by page."""
+    """Category, supervision and tier filters of the console's list (SQL on incident_areas' copies of the
+    incident columns, walking their indexes; totals from the counters, or counted for a tier) give the
+    pages and totals that filtering the documents gives, page by page."""
     import random
 
     from gridwatch.store.records import list_rank
@@ -126,30 +127,43 @@ def test_list_filters_in_sql_equal_the_documents_filtered_in_python(store_url: s
                     1_764_000_000_000 + rnd.randrange(10**9))
         inc = ch["incident"]
         inc.update(level=rnd.choice(("red", "yellow", "blue")), category_group=rnd.choice(("manhole", "streetlight")),
-                   tiers=TIERS if k % 3 else other)
+                   tiers=TIERS if k % 3 else other, tier=rnd.choice(("street", "grid", "district")))
         if k % 4 == 0:
             inc["supervision"] = {"deadline_ts": 1, "overdue": k % 8 == 0}
         b.add_change(ch)
     st.write(b)
+    b = st.batch()  # newer versions change the filtered columns: the copies follow
+    for k in range(0, 60, 5):
+        ch = {k: v for k, v in st.incident(f"i{k:02d}").items() if k != "_codes"}
+        ch.update(version=3, category_group="streetlight", tier="grid", updated_ts=ch["updated_ts"] + 1)
+        if k % 10 == 0:
+            ch["supervision"] = {"deadline_ts": 1, "overdue": True}
+        else:
+            ch.pop("supervision", None)
+        b.add_change({"incident": ch, "change": "action", "ts": ch["updated_ts"]})
+    st.write(b)
 
-    def want(inc: dict, cats: list[str], sv: str) -> bool:
+    def want(inc: dict, cats: list[str], sv: str, tier: str) -> bool:
         s = inc.get("supervision")
-        return ((not cats or inc["category_group"] in cats)
+        return ((not cats or inc["category_group"] in cats) and (not tier or inc["tier"] == tier)
                 and (not sv or (bool(s and s.get("overdue")) if sv == "overdue" else (s is not None) == (sv == "1"))))
 
     for scope in ("3301", "330102", "330105"):
-        for cats, sv, statuses in ((["manhole"], "", []), ([], "1", []), ([], "0", ["resolved", "closed"]),
-                                   ([], "overdue", []), (["streetlight", "manhole"], "1", ["reported"])):
-            ref = sorted((i for i in st.incidents(scope, statuses=statuses) if want(i, cats, sv)),
+        for cats, sv, statuses, tier in (
+                (["manhole"], "", [], ""), ([], "1", [], ""), ([], "0", ["resolved", "closed"], ""),
+                ([], "overdue", [], ""), (["streetlight", "manhole"], "1", ["reported"], ""), ([], "", [], "grid"),
+                ([], "", ["reported", "dispatched"], "street"), (["manhole"], "1", [], "district"),
+                ([], "overdue", [], "grid"), ([], "", [], "community")):
+            ref = sorted((i for i in st.incidents(scope, statuses=statuses) if want(i, cats, sv, tier)),
                          key=lambda i: (list_rank(i["status"], i["level"]), -i["updated_ts"],
                                         tuple(-ord(ch) for ch in i["id"])))
             got, after = [], None
             while True:
-                p = st.page(scope, 7, statuses=statuses, categories=cats, supervised=sv, after=after)
-                assert (p.total, p.exact) == (len(ref), True), (scope, cats, sv)
+                p = st.page(scope, 7, statuses=statuses, categories=cats, supervised=sv, tier=tier, after=after)
+                assert (p.total, p.exact) == (len(ref), True), (scope, cats, sv, tier)
                 got += [i["id"] for i in p.incidents]
                 if p.next is None:
                     break
                 after = p.next
-            assert got == [i["id"] for i in ref], (scope, cats, sv, statuses)
+            assert got == [i["id"] for i in ref], (scope, cats, sv, statuses, tier)
     st.close()

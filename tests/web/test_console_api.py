@@ -96,6 +96,31 @@ def test_detail_and_filters(api: Api, incidents: dict) -> None:
     assert api.get("/api/evidence/cam-7/e1.jpg", token=api.login("chunyuan")).status == 404  # not in their scope
 
 
+def test_evidence_is_served_to_the_scopes_holding_its_incident_only(api: Api, incidents: dict) -> None:
+    """/api/evidence looks the picture's incidents up in the store (incident_evidence and their areas):
+    the town and the city that hold the incident get the file, another town and no login do not."""
+    import shutil
+
+    from gridwatch.core.settings import STATE_DIR
+
+    folder = STATE_DIR / "evidence" / f"test-{api.prefix}"  # the api's web.evidence_dir (default)
+    ref = f"{folder.name}/snap.jpg"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "snap.jpg").write_bytes(b"\xff\xd8 a picture")
+    try:
+        inc = incident(ANSHA_GRID, ts=int(time.time() * 1000) - 60_000, image="/" + ref)
+        api.produce("incidents", inc.grid_code, change(inc))
+        ansha = api.login("ansha")
+        wait_for(lambda: api.get(f"/api/evidence/{ref}", token=ansha).status == 200, 15, "the picture in scope")
+        assert api.get(f"/api/evidence/{ref}", token=ansha).body == b"\xff\xd8 a picture"
+        assert api.get(f"/api/evidence/{ref}", token=api.login("city")).status == 200
+        assert api.get(f"/api/evidence/{ref}", token=api.login("chunyuan")).status == 404  # another town
+        assert api.get(f"/api/evidence/{ref}").status == 401
+        assert api.get(f"/api/evidence/{folder.name}/other.jpg", token=ansha).status == 404  # no incident has it
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def test_actions_are_produced_for_the_backend_and_checked(api: Api, incidents: dict) -> None:
     mine = incidents["mine"]
     ansha = api.login("ansha")
