@@ -20,12 +20,13 @@ from gridwatch.pipeline.kafka_io import topic_partitions
 from .db import Store
 
 log = logging.getLogger("gridwatch.store")
+BATCH_RECORDS = 2000  # records per stored batch (one transaction; handed to the live streams at once)
 OnBatch = Callable[[list[tuple[str, dict[str, Any]]]], None]
 
 
 async def follow(store: Store, bootstrap: str, topics: dict[str, str], stop: asyncio.Event, *,
                  consumer: str = "", on_batch: OnBatch | None = None, until_caught_up: bool = False,
-                 on_caught_up: Callable[[], None] | None = None, max_records: int = 2000) -> int:
+                 on_caught_up: Callable[[], None] | None = None, max_records: int = BATCH_RECORDS) -> int:
     """Write ``topics`` (family -> topic name) into the store until ``stop`` (or until caught up).
 
     ``consumer``: the name positions are kept under (resume there); "" reads from the beginning and

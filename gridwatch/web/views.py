@@ -21,10 +21,19 @@ from zoneinfo import ZoneInfo
 
 from gridwatch.store import Store
 from gridwatch.store.counts import CLOSED_STATUSES as CLOSED_STATUSES  # the web modules import it from here
+from gridwatch.store.feed import BATCH_RECORDS
 
 log = logging.getLogger("gridwatch.web.view")
 
 
+
+
+# How far a console tab may fall behind before it counts as stalled and is dropped (it reconnects and
+# reloads). The live feed hands over a whole stored batch at once (up to BATCH_RECORDS changes) before
+# the stream task can send any of it, so the bound must hold several batches, or a storm drops every
+# console however fast it reads. The queued messages are shared between the tabs, so a tab's backlog
+# costs references, not copies.
+STREAM_BACKLOG = 5 * BATCH_RECORDS
 
 
 @dataclass(eq=False)
@@ -32,7 +41,7 @@ class Subscriber:
     """One live stream (a console tab): its scope and a bounded queue of changes to send."""
 
     scope: str
-    queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(maxsize=1000))
+    queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(maxsize=STREAM_BACKLOG))
     dropped: bool = False
 
 
