@@ -303,7 +303,11 @@ def run_on(stack: EmbeddedStack, out: Path | None, city: Any, city_dir: Path | N
         "lamps": sum(len(ds) for ds in storm.circuits.values()), "messages": len(storm.msgs),
         "reports": len(posted), "event_time_start_ms": storm.t0,
         "publish_seconds": round(stamps[-1] - t_start, 2), "post_seconds": round(t_posted - t_start, 2),
-        "console": {"seconds_to_all": round(console_s, 2), "incidents": len(incidents),
+        "console": {"seconds_to_all": round(console_s, 2),
+                    # which kind of source came last: the sensors' events or the residents' reports
+                    "seconds_to_all_by_kind": {kind: round(max(sse.arrived[k] for k, v in expected.items() if v == kind)
+                                                           - t_start, 2) for kind in ("manhole", "circuit", "report")},
+                    "incidents": len(incidents),
                     "incidents_with_reports": sum(1 for ks in incidents.values() if any(expected[k] == "report" for k in ks)),
                     "reports_merged_with_sensor_events": merged, "incident_lag_ms": lag_stats(inc_lag)},
         "baseline_mqtt_alerts": {"seconds_to_all": round(alert_s, 2), "alerts": len(alert_keys),
