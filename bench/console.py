@@ -57,9 +57,11 @@ class StreamClock:
 
 def start_api(stack: EmbeddedStack, pipe: Pipeline, logs: Path, extra: list[str] | None = None,
               env: dict[str, str] | None = None) -> tuple[Proc, str]:
-    """`gridwatch api` on a free port over the pipeline's topics; returns it and its base URL."""
+    """`gridwatch api` on a free port over the pipeline's topics; returns it and its base URL. It accepts
+    the shipped demo accounts: a bench logs in as the city account, on loopback only."""
+    env = {**pipe.env, "GRIDWATCH_DEMO_CREDENTIALS": "allow", **(env or {})}
     api = Proc(f"{pipe.prefix}-api", ["api", "--kafka", stack.kafka_url, "--prefix", pipe.prefix, "--port", "0",
-                                      *(extra or [])], logs, {**pipe.env, **(env or {})}).start()
+                                      *(extra or [])], logs, env).start()
     api.wait_log("api listening on", 60)
     url = re.search(r"api listening on (http://\S+)", api.log()).group(1)  # type: ignore[union-attr]
     return api, url

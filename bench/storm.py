@@ -188,8 +188,7 @@ def pipeline(stack: EmbeddedStack, city_dir: Path | None, split: bool) -> Iterat
         if split:
             fusion.wait_log("worker ready", 90)
         api, url = start_api(stack, pipe, logs, extra, {"GRIDWATCH_WEB_RATE_PER_MIN": "1000000",
-                                                        "GRIDWATCH_WEB_RATE_BURST": "100000",
-                                                        "GRIDWATCH_DEMO_CREDENTIALS": "allow"})
+                                                        "GRIDWATCH_WEB_RATE_BURST": "100000"})
         try:
             yield pipe, fusion, url
         finally:
