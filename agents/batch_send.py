@@ -36,6 +36,11 @@ async def send_all(app: Any, records: Iterable[Record], *, wait: bool = True) ->
     a failed send), else once they are queued (a failure is logged; the commit-time flush waits for
     them). Partition None means the key's partition under the producer's partitioner (Faust's too)."""
     producer = worker_producer(app)
+    records = list(records)
+    # The key's partition needs the topic's partition count in the producer's metadata, which holds only
+    # topics it was asked about: on Apache Kafka a first send to a topic found none and crashed the agent.
+    for topic in {t for t, partition, _, _ in records if partition is None}:
+        await producer.partitions_for(topic)
     groups: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]] = {}
     for topic, partition, key, value in records:
         if partition is None:

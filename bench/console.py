@@ -31,6 +31,7 @@ class StreamClock:
 
     def __init__(self, url: str, token: str) -> None:
         self.arrived: dict[str, float] = {}
+        self.ended = False  # the server closed the stream (e.g. it dropped this client as stalled)
         req = urllib.request.Request(url + "/api/stream", headers={"Authorization": f"Bearer {token}"})
         self.resp = urllib.request.urlopen(req, timeout=120)  # noqa: S310 - loopback only
         self.thread = threading.Thread(target=self._read, daemon=True)
@@ -38,15 +39,40 @@ class StreamClock:
 
     def _read(self) -> None:
         event = ""
-        for raw in self.resp:
-            line = raw.decode().rstrip("\n")
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: ") and event == "incident":
-                now = time.time()
-                inc = json.loads(line[6:])["incident"]
-                for src in inc.get("sources", []):
-                    self.arrived.setdefault(src.get("subject", ""), now)
+        try:
+            for raw in self.resp:
+                line = raw.decode().rstrip("\n")
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: ") and event == "incident":
+                    self.record(json.loads(line[6:])["incident"], time.time())
+        finally:
+            self.ended = True
+
+    def record(self, inc: dict[str, Any], now: float) -> None:
+        """One incident document as the stream sent it, at ``now`` (wall time)."""
+        for src in inc.get("sources", []):
+            self.arrived.setdefault(src.get("subject", ""), now)
+
+
+def start_api(stack: EmbeddedStack, pipe: Pipeline, logs: Path, extra: list[str] | None = None,
+              env: dict[str, str] | None = None) -> tuple[Proc, str]:
+    """`gridwatch api` on a free port over the pipeline's topics; returns it and its base URL. It accepts
+    the shipped demo accounts: a bench logs in as the city account, on loopback only."""
+    env = {**pipe.env, "GRIDWATCH_DEMO_CREDENTIALS": "allow", **(env or {})}
+    api = Proc(f"{pipe.prefix}-api", ["api", "--kafka", stack.kafka_url, "--prefix", pipe.prefix, "--port", "0",
+                                      *(extra or [])], logs, env).start()
+    api.wait_log("api listening on", 60)
+    url = re.search(r"api listening on (http://\S+)", api.log()).group(1)  # type: ignore[union-attr]
+    return api, url
+
+
+def login(url: str, user: str = "city", password: str = "city-demo") -> str:  # noqa: S107 - the demo account
+    """A console bearer token for ``user`` (the city account sees every grid)."""
+    req = urllib.request.Request(url + "/api/login", method="POST", headers={"Content-Type": "application/json"},
+                                 data=json.dumps({"user": user, "password": password}).encode())
+    with urllib.request.urlopen(req, timeout=15) as r:  # noqa: S310 - loopback only
+        return str(json.loads(r.read())["token"])
 
 
 def run(out: Path | None, probes: int = 60, interval: float = 0.5) -> dict[str, Any]:
@@ -60,16 +86,9 @@ def run(out: Path | None, probes: int = 60, interval: float = 0.5) -> dict[str, 
     logs = STATE_DIR / "bench-logs"
     with EmbeddedStack() as stack:
         pipe = Pipeline(stack.kafka_url, stack.mqtt_url, logs).start()
-        api = Proc(f"{pipe.prefix}-api", ["api", "--kafka", stack.kafka_url, "--prefix", pipe.prefix, "--port", "0"],
-                   logs, pipe.env).start()
+        api, url = start_api(stack, pipe, logs)
         try:
-            api.wait_log("api listening on", 60)
-            url = re.search(r"api listening on (http://\S+)", api.log()).group(1)  # type: ignore[union-attr]
-            login = urllib.request.Request(url + "/api/login", method="POST", headers={"Content-Type": "application/json"},
-                                           data=json.dumps({"user": "city", "password": "city-demo"}).encode())
-            with urllib.request.urlopen(login, timeout=15) as r:  # noqa: S310 - loopback only
-                token = json.loads(r.read())["token"]
-            sse = StreamClock(url, token)
+            sse = StreamClock(url, login(url))
             alerts = AlertClock(stack.mqtt_url)
             pub = client(stack.mqtt_url, client_id="bench-console-pub")
             sent: dict[str, float] = {}

@@ -235,6 +235,14 @@ INCIDENT_APP_ID = "gridwatch-incidents"
 OTHER_AGENTS = "telemetry,alerts,incident_channels,influx_sink,store_sink"
 
 
+def split_incident_worker(pipe: Pipeline, logs: Path) -> Proc:
+    """Give ``pipe`` a worker without the incident agent and start one running only that agent (own app
+    id): returned; the caller waits for its "worker ready" after ``pipe.start()`` and stops it after."""
+    pipe.worker = Proc(f"{pipe.prefix}-worker", ["worker", *pipe.common, "--agents", OTHER_AGENTS], logs, pipe.env)
+    return Proc(f"{pipe.prefix}-incidents", ["worker", *pipe.common, "--agents", "incidents",
+                                              "--app-id", INCIDENT_APP_ID], logs, pipe.env).start()
+
+
 def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 200.0,
         latency_s: float = 10.0, split: bool = False) -> dict[str, Any]:
     city = load_city()
@@ -250,14 +258,9 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
     logs = STATE_DIR / "bench-logs"
     with EmbeddedStack() as stack:
         pipe = Pipeline(stack.kafka_url, stack.mqtt_url, logs)
-        fusion_worker = pipe.worker
+        fusion_worker = split_incident_worker(pipe, logs) if split else pipe.worker
         groups = {f"gridwatch-{pipe.prefix}": ("events", "reports", "incidents")}
         if split:
-            pipe.worker = Proc(f"{pipe.prefix}-worker", ["worker", *pipe.common, "--agents", OTHER_AGENTS], logs,
-                               pipe.env)
-            fusion_worker = Proc(f"{pipe.prefix}-incidents", ["worker", *pipe.common, "--agents", "incidents",
-                                                               "--app-id", INCIDENT_APP_ID], logs, pipe.env)
-            fusion_worker.start()
             groups[f"{INCIDENT_APP_ID}-{pipe.prefix}"] = ("events", "reports")
         pipe.start()
         if split:

@@ -56,13 +56,20 @@ def client(mqtt_url: str, username: str | None = None, **kw: Any) -> mqtt.Client
     return c
 
 
-def publish_all(c: mqtt.Client, msgs: list[tuple[str, bytes]], qos: int = 1) -> float:
-    """Publish and wait for every PUBACK, at most MAX_OUTSTANDING awaiting theirs; returns seconds taken."""
+def publish_all(c: mqtt.Client, msgs: list[tuple[str, bytes]], qos: int = 1, *, at: list[float] | None = None,
+                stamps: list[float] | None = None) -> float:
+    """Publish and wait for every PUBACK, at most MAX_OUTSTANDING awaiting theirs; returns seconds taken.
+    ``at``: the wall time (time.time()) to send each message at, for a paced run; ``stamps`` gets the wall
+    time each message was handed to paho."""
     t0 = time.perf_counter()
     pending: deque[mqtt.MQTTMessageInfo] = deque()
-    for t, p in msgs:
+    for i, (t, p) in enumerate(msgs):
         if len(pending) >= MAX_OUTSTANDING:
             pending.popleft().wait_for_publish(60)
+        if at is not None:
+            time.sleep(max(0.0, at[i] - time.time()))
+        if stamps is not None:
+            stamps.append(time.time())
         pending.append(check_queued(c.publish(t, p, qos=qos)))
     for info in pending:
         info.wait_for_publish(60)
