@@ -9,7 +9,7 @@
                fusion logic itself
   * latency    event produced -> its incident "created" produced (Kafka CreateTime), at a fixed rate
 
-    python -m gridwatch.bench incidents [--rounds 6] [--rate 200] [--out FILE]
+    python -m gridwatch.bench incidents [--shared] [--rounds 6] [--rate 200] [--out FILE]
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from gridwatch.agents.fusion import IncidentProcessor, Outcome
 from gridwatch.agents.routing import load_incident_config
 from gridwatch.bench.results_io import bench_parser, write_results
 from gridwatch.bench.telemetry import AlertClock, client, percentile, publish_all, reading
-from gridwatch.core.procs import Pipeline, Proc, rss_mb, wait_for
+from gridwatch.core.procs import Pipeline, rss_mb, wait_for
 from gridwatch.core.settings import STATE_DIR
 from gridwatch.devices.registry import load_city
 from gridwatch.devices.simulator import build_messages, device_topic
@@ -229,22 +229,14 @@ def telemetry_baseline(stack: EmbeddedStack, pipe: Pipeline, city: Any, rounds: 
     return {"readings": n, "seconds": round(t_end - t0, 2), "readings_per_s": round(n / (t_end - t0))}
 
 
-# --split: the incident agent alone in a worker of its own (own app id, so its own consumer group and
-# tables), the other default agents in the usual worker.
+# The default topology (gridwatch/roles.py): the incident agent alone in a worker of its own (app id
+# <app_id>-incidents, so its own consumer group and tables), the other default agents in the usual worker.
+# --shared: one worker runs every agent (the single-worker deployment).
 INCIDENT_APP_ID = "gridwatch-incidents"
-OTHER_AGENTS = "telemetry,alerts,incident_channels,influx_sink,store_sink"
-
-
-def split_incident_worker(pipe: Pipeline, logs: Path) -> Proc:
-    """Give ``pipe`` a worker without the incident agent and start one running only that agent (own app
-    id): returned; the caller waits for its "worker ready" after ``pipe.start()`` and stops it after."""
-    pipe.worker = Proc(f"{pipe.prefix}-worker", ["worker", *pipe.common, "--agents", OTHER_AGENTS], logs, pipe.env)
-    return Proc(f"{pipe.prefix}-incidents", ["worker", *pipe.common, "--agents", "incidents",
-                                              "--app-id", INCIDENT_APP_ID], logs, pipe.env).start()
 
 
 def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 200.0,
-        latency_s: float = 10.0, split: bool = False) -> dict[str, Any]:
+        latency_s: float = 10.0, split: bool = True) -> dict[str, Any]:
     city = load_city()
     inputs = workload(city, rounds)
     last = max(x.ts if isinstance(x, GridEvent) else x.requested_ms for x in inputs)
@@ -257,14 +249,12 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
     print(f"in-process fusion: {results['in_process']}", flush=True)
     logs = STATE_DIR / "bench-logs"
     with EmbeddedStack() as stack:
-        pipe = Pipeline(stack.kafka_url, stack.mqtt_url, logs)
-        fusion_worker = split_incident_worker(pipe, logs) if split else pipe.worker
+        pipe = Pipeline(stack.kafka_url, stack.mqtt_url, logs, split=split)
+        fusion_worker = pipe.incident_worker
         groups = {f"gridwatch-{pipe.prefix}": ("events", "reports", "incidents")}
         if split:
             groups[f"{INCIDENT_APP_ID}-{pipe.prefix}"] = ("events", "reports")
         pipe.start()
-        if split:
-            fusion_worker.wait_log("worker ready", 90)
         kafka = stack.kafka_url.removeprefix("kafka://")
         try:
             results["telemetry_baseline"] = telemetry_baseline(stack, pipe, city, telemetry_rounds)
@@ -350,8 +340,6 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
             print(f"event -> incident change at {rate}/s: {results['latency_ms']}", flush=True)
         finally:
             pipe.stop()
-            if split:
-                fusion_worker.stop()
     write_results(out, results)
     print(f"wrote {out}", flush=True)
     return results
@@ -363,10 +351,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--telemetry-rounds", type=int, default=20, help="readings per device for the baseline")
     p.add_argument("--rate", type=float, default=200.0, help="fixed event rate for the latency run (events/s)")
     p.add_argument("--latency-seconds", type=float, default=10.0)
-    p.add_argument("--split", action="store_true",
-                   help="run the incident agent in a worker process of its own (the others in the usual worker)")
+    p.add_argument("--shared", action="store_true",
+                   help="one worker runs every agent (default: the two workers of `gridwatch worker --role`)")
     a = p.parse_args(argv)
-    run(a.out, a.rounds, a.telemetry_rounds, a.rate, a.latency_seconds, a.split)
+    run(a.out, a.rounds, a.telemetry_rounds, a.rate, a.latency_seconds, split=not a.shared)
     return 0
 
 

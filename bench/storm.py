@@ -16,7 +16,7 @@ is the worst case (a storm front, or gateways flushing after an outage) and meas
 --pace the readings go out at their event-time pace (60 s) and each report 2 s after its spot failed:
 then the total is bounded by the minute and the per-incident lag is the figure to read.
 
-    python -m gridwatch.bench storm [--scale 1.0] [--pace] [--split] [--timeout 600] [--out FILE]
+    python -m gridwatch.bench storm [--scale 1.0] [--pace] [--shared] [--timeout 600] [--out FILE]
 
 Exits non-zero, naming what is missing, when any expected source is not in the stream within --timeout.
 """
@@ -38,7 +38,7 @@ from typing import Any
 
 from gridwatch.agents.rules.lamp import sun
 from gridwatch.bench.console import StreamClock, login, start_api
-from gridwatch.bench.incidents import cpu_s, split_incident_worker
+from gridwatch.bench.incidents import cpu_s
 from gridwatch.bench.results_io import bench_parser, write_results
 from gridwatch.bench.telemetry import AlertClock, client, percentile, publish_all, reading
 from gridwatch.core.procs import Pipeline
@@ -181,12 +181,10 @@ def pipeline(stack: EmbeddedStack, city_dir: Path | None, split: bool) -> Iterat
     the api's URL. The api's per-client POST limit is lifted: every resident posts from this one client."""
     logs = STATE_DIR / "bench-logs"
     extra = ["--city", str(city_dir)] if city_dir else []
-    pipe = Pipeline(stack.kafka_url, stack.mqtt_url, logs, extra=extra)
-    fusion = split_incident_worker(pipe, logs) if split else pipe.worker
+    pipe = Pipeline(stack.kafka_url, stack.mqtt_url, logs, extra=extra, split=split)
+    fusion = pipe.incident_worker
     try:
         pipe.start()
-        if split:
-            fusion.wait_log("worker ready", 90)
         api, url = start_api(stack, pipe, logs, extra, {"GRIDWATCH_WEB_RATE_PER_MIN": "1000000",
                                                         "GRIDWATCH_WEB_RATE_BURST": "100000"})
         try:
@@ -195,8 +193,6 @@ def pipeline(stack: EmbeddedStack, city_dir: Path | None, split: bool) -> Iterat
             api.stop()
     finally:
         pipe.stop()
-        if split:
-            fusion.stop()
 
 
 def lag_stats(xs: list[float]) -> dict[str, int]:
@@ -205,7 +201,7 @@ def lag_stats(xs: list[float]) -> dict[str, int]:
     return {"n": len(xs), "p50": round(percentile(xs, 50)), "p95": round(percentile(xs, 95)), "max": round(max(xs))}
 
 
-def run(out: Path | None, scale: float = 1.0, pace: bool = False, split: bool = False, timeout: float = 600,
+def run(out: Path | None, scale: float = 1.0, pace: bool = False, split: bool = True, timeout: float = 600,
         manholes: int = MANHOLES, circuits: int = CIRCUITS, reports: int = REPORTS,
         stack: EmbeddedStack | None = None) -> dict[str, Any]:
     """The storm; ``stack``: run on this one (a test's) instead of a new embedded stack. Raises
@@ -323,12 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     p = bench_parser("storm", __doc__)
     p.add_argument("--scale", type=float, default=1.0, help="fraction of 2,000 manholes, 50 circuits, 500 reports")
     p.add_argument("--pace", action="store_true", help="publish at event-time pace (60 s) instead of at once")
-    p.add_argument("--split", action="store_true",
-                   help="run the incident agent in a worker process of its own (the others in the usual worker)")
+    p.add_argument("--shared", action="store_true",
+                   help="one worker runs every agent (default: the incident agent in a worker of its own)")
     p.add_argument("--timeout", type=float, default=600, help="seconds from the first publish to wait for the stream")
     a = p.parse_args(argv)
     try:
-        run(a.out, a.scale, a.pace, a.split, a.timeout)
+        run(a.out, a.scale, a.pace, not a.shared, a.timeout)
     except RuntimeError as e:
         raise SystemExit(str(e)) from None
     return 0

@@ -192,7 +192,7 @@ def rules_only(city: Any, rounds: int = 3) -> dict[str, float]:
 
 
 def run(out: Path, devices: int = 100_000, total_readings: int = 300_000, latency_rate: int = 2000,
-        latency_s: float = 30.0) -> dict[str, Any]:
+        latency_s: float = 30.0, split: bool = True) -> dict[str, Any]:
     city_dir = STATE_DIR / f"bench-city-{devices}"
     if not (city_dir / "devices.csv").exists():
         print(f"generating a {devices:,}-device city in {city_dir} ...", flush=True)
@@ -219,7 +219,7 @@ def run(out: Path, devices: int = 100_000, total_readings: int = 300_000, latenc
     with EmbeddedStack() as stack:
         results["ceiling_qos1"] = mqtt_ceiling(stack.mqtt_url, msgs, n_readings)
         print(f"ceiling   paho -> mosquitto -> paho QoS 1: {results['ceiling_qos1']}", flush=True)
-        pipe = Pipeline(stack.kafka_url, stack.mqtt_url, logs, extra=["--city", str(city_dir)]).start()
+        pipe = Pipeline(stack.kafka_url, stack.mqtt_url, logs, extra=["--city", str(city_dir)], split=split).start()
         alerts = AlertClock(stack.mqtt_url)
         pub = client(stack.mqtt_url, client_id="bench-pub")
         try:
@@ -319,8 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--readings", type=int, default=300_000)
     p.add_argument("--rate", type=int, default=2000, help="fixed rate for the latency run (readings/s)")
     p.add_argument("--latency-seconds", type=float, default=30.0)
+    p.add_argument("--shared", action="store_true",
+                   help="one worker runs every agent (default: the two workers of `gridwatch worker --role`)")
     a = p.parse_args(argv)
-    run(a.out, a.devices, a.readings, a.rate, a.latency_seconds)
+    run(a.out, a.devices, a.readings, a.rate, a.latency_seconds, split=not a.shared)
     return 0
 
 

@@ -38,7 +38,7 @@ OPT_IN_AGENTS = frozenset({"vision"})
 
 def resolve_agents(spec: str | tuple[str, ...] | None, settings: Settings | None = None) -> tuple[str, ...]:
     """Agent names from ``worker.agents`` / ``--agents``: "" = defaults (all but opt-in), "all",
-    "+vision" (defaults plus), or an explicit comma-separated list. The sink agents are those of
+    "+vision" (defaults plus), "-incidents" (defaults without), or an explicit comma-separated list. The sink agents are those of
     ``settings.sinks`` (the shipped list without settings)."""
     if isinstance(spec, tuple):
         spec = ",".join(spec)
@@ -49,12 +49,14 @@ def resolve_agents(spec: str | tuple[str, ...] | None, settings: Settings | None
         return tuple(defaults)
     if items == ["all"]:
         return tuple(known)
-    names = list(defaults) if all(a.startswith("+") for a in items) else []
+    names = list(defaults) if all(a[0] in "+-" for a in items) else []
     for a in items:
-        name = a.lstrip("+")
+        name = a.lstrip("+-")
         if name not in known:
             raise ValueError(f"unknown agent {name!r} in worker.agents (known: {', '.join(known)})")
-        if name not in names:
+        if a.startswith("-"):
+            names = [n for n in names if n != name]
+        elif name not in names:
             names.append(name)
     return tuple(names)
 

@@ -136,10 +136,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     if args.app_id:
         settings.worker.app_id = args.app_id
+    agents = args.agents or None  # None: worker.agents from the settings
+    if args.role:
+        from gridwatch.roles import apply_role
+
+        agents = apply_role(args.role, settings, args.agents)
     if args.cameras:
         settings.vision.cameras = args.cameras
     prepare_broker(settings)
-    app = create_app(settings, agents=args.agents or None)  # None: worker.agents from the settings
+    app = create_app(settings, agents=agents)
     log.info("worker starting: app %s, broker %s, topics %s.*", app.conf.id, settings.kafka_bootstrap(),
              settings.kafka.topic_prefix)
     worker = bounded_worker(Worker, settings.worker.shutdown_s)(app, loglevel=args.log_level, quiet=True,
@@ -328,10 +333,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client-id", help="MQTT client id (persistent session); default from config")
     p.set_defaults(func=cmd_bridge)
 
-    p = sub.add_parser("worker", help="Faust worker running the agents (start more on other machines to scale)")
+    p = sub.add_parser("worker", help="Faust worker running the agents (start more on other machines to scale)",
+                       description="The default topology is two workers: `--role telemetry` and `--role incidents` "
+                                   "(the incident agent in a process and consumer group of its own; gridwatch/"
+                                   "roles.py). Without --role one worker runs every default agent.")
     common(p)
+    p.add_argument("--role", choices=("telemetry", "incidents"),
+                   help="telemetry: every default agent but incidents (app id worker.app_id); incidents: the "
+                        "incident agent alone (app id <worker.app_id>-incidents). --agents adds to the role "
+                        '("+vision"); --app-id sets the base the role\'s suffix goes on')
     p.add_argument("--app-id", help="Faust app id / consumer group (default from config)")
-    p.add_argument("--agents", help='agents to run: "telemetry,alerts", "+vision" (defaults plus vision), "all" '
+    p.add_argument("--agents", help='agents to run: "telemetry,alerts", "+vision" (defaults plus vision), '
+                                    '"-incidents" (defaults without), "all" '
                                     "(default: worker.agents, else every agent except the opt-in vision)")
     p.add_argument("--cameras", metavar="FILE", help="camera config for the vision agent (default vision.cameras)")
     p.set_defaults(func=cmd_worker)

@@ -1,6 +1,7 @@
 """`gridwatch demo`: the whole pipeline on an embedded stack with a live terminal view.
 
-Starts Tansu + Mosquitto (unless --kafka/--mqtt point elsewhere), a Faust worker, the MQTT bridge and
+Starts Tansu + Mosquitto (unless --kafka/--mqtt point elsewhere), two Faust workers (`--role telemetry`
+and `--role incidents`), the MQTT bridge and
 the fleet simulator as child processes, then watches MQTT (alerts and stats topics) like an operator
 tool would. Ctrl-C stops everything cleanly.
 """
@@ -186,12 +187,15 @@ def run_demo(args: argparse.Namespace) -> int:
                     "--faults-per-hour", str(args.faults_per_hour), "--allow-future"]
         if args.devices:
             sim_args += ["--devices", str(args.devices)]
-        procs: list[tuple[str, list[str]]] = [("worker", ["worker"]), ("bridge", ["bridge"]),
-                                              ("simulate", ["simulate", *sim_args])]
+        # The default topology (gridwatch/roles.py): the incident agent in a worker of its own.
+        procs: list[tuple[str, list[str]]] = [("worker", ["worker", "--role", "telemetry"]),
+                                              ("incidents", ["worker", "--role", "incidents"]),
+                                              ("bridge", ["bridge"]), ("simulate", ["simulate", *sim_args])]
         if not args.no_cameras:
             rtsp, cameras_file = start_cameras(args)
             if cameras_file is not None:
-                procs[0] = ("worker", ["worker", "--agents", "+vision", "--cameras", str(cameras_file)])
+                procs[0] = ("worker", ["worker", "--role", "telemetry", "--agents", "+vision",
+                                       "--cameras", str(cameras_file)])
                 procs.append(("cameras", ["cameras", "--cameras", str(cameras_file)]))
         api_port = console_port(args.api_port if args.api_port is not None else load_settings(args.config).web.port)
         procs.append(("api", ["api", "--port", str(api_port)]))

@@ -117,10 +117,12 @@ class Proc:
 
 
 class Pipeline:
-    """Bridge + worker for one isolated namespace (topic prefix, app id, MQTT session)."""
+    """Bridge + worker for one isolated namespace (topic prefix, app id, MQTT session). ``split``: the
+    default topology, two workers (`--role telemetry` as ``worker``, `--role incidents` as ``incidents``);
+    otherwise one worker runs every agent (quicker to start: most tests need no second worker)."""
 
     def __init__(self, kafka_url: str, mqtt_url: str, log_dir: Path, *, prefix: str | None = None,
-                 extra: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+                 extra: list[str] | None = None, env: dict[str, str] | None = None, split: bool = False) -> None:
         self.prefix = prefix or f"t{uuid.uuid4().hex[:8]}"
         self.kafka_url = kafka_url
         self.mqtt_url = mqtt_url
@@ -128,18 +130,33 @@ class Pipeline:
         self.env = dict(env or {})  # Tansu's work-arounds: the worker detects that broker itself
         self.bridge = Proc(f"{self.prefix}-bridge", ["bridge", *self.common, "--client-id", f"br-{self.prefix}"],
                            log_dir, self.env)
-        self.worker = Proc(f"{self.prefix}-worker", ["worker", *self.common], log_dir, self.env)
+        role = ["--role", "telemetry"] if split else []
+        self.worker = Proc(f"{self.prefix}-worker", ["worker", *role, *self.common], log_dir, self.env)
+        self.incidents = (Proc(f"{self.prefix}-incidents", ["worker", "--role", "incidents", *self.common], log_dir,
+                               self.env) if split else None)
+
+    @property
+    def incident_worker(self) -> Proc:
+        """The process running the incident agent (and holding the incidents table)."""
+        return self.incidents or self.worker
+
+    @property
+    def workers(self) -> list[Proc]:
+        return [self.worker, *([self.incidents] if self.incidents else [])]
 
     def start(self, timeout: float = 90) -> Pipeline:
-        self.worker.start()
+        for w in self.workers:
+            w.start()
         self.bridge.start()
         self.bridge.wait_log("bridge running", timeout)
-        self.worker.wait_log("worker ready", timeout)
+        for w in self.workers:
+            w.wait_log("worker ready", timeout)
         return self
 
     def stop(self) -> None:
         self.bridge.stop()
-        self.worker.stop()
+        for w in self.workers:
+            w.stop()
 
     def topic(self, family: str) -> str:
         return f"{self.prefix}.{family}"

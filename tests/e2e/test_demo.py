@@ -19,6 +19,8 @@ def test_demo_runs_end_to_end_and_stops_cleanly():
     assert readings and readings[-1] > 1000, text[-2000:]
     assert re.search(r"events [1-9]\d*", text), "no grid event raised in the demo:\n" + text[-2000:]
     assert "demo stopped" in text
+    # the default topology: the incident agent in a worker of its own beside the telemetry worker
+    assert "started worker" in text and "started incidents" in text, text[-2000:]
     # no child process left behind
     leftover = subprocess.run(["pgrep", "-f", "gridwatch (worker|bridge|simulate)"], capture_output=True, text=True)
     wait_for(lambda: subprocess.run(["pgrep", "-f", "-a", "python -m gridwatch (worker|bridge|simulate) .*--log-level info"],

@@ -1,4 +1,5 @@
-"""Incidents end to end: real Mosquitto, the real bridge, the real embedded broker, a real Faust worker.
+"""Incidents end to end: real Mosquitto, the real bridge, the real embedded broker, real Faust workers in
+the default topology (`--role telemetry` and `--role incidents`).
 
 Sensor readings go in over MQTT (-> bridge -> readings -> telemetry rules -> events), resident reports
 and operator actions are produced to <prefix>.reports / <prefix>.actions with aiokafka (the HTTP API
@@ -115,7 +116,8 @@ def pipe(stack, receiver) -> Iterator[Pipeline]:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"incidents-e2e-{int(time.time())}.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    p = Pipeline(stack.kafka_url, stack.mqtt_url,
+    # the default topology: the incident agent in its own worker (gridwatch/roles.py)
+    p = Pipeline(stack.kafka_url, stack.mqtt_url, split=True,
                  env={"GRIDWATCH_INCIDENTS_CONFIG": str(path), "E2E_WEBHOOK_SECRET": SECRET}).start()
     yield p
     p.stop()
@@ -237,7 +239,7 @@ def test_failing_webhook_retries_then_dead_letters(pipe, receiver):
     assert change["change"] == "created"
     delivery = f"{change['incident']['id']}:{change['incident']['version']}"
     assert receiver.down_attempts[delivery] == 3
-    assert pipe.worker.proc.poll() is None
+    assert all(w.proc.poll() is None for w in pipe.workers)
 
 
 def test_killed_worker_recovers_every_open_incident_with_its_history(pipe, watcher, pub):
@@ -251,7 +253,7 @@ def test_killed_worker_recovers_every_open_incident_with_its_history(pipe, watch
     before = {i: inc for i, inc in snapshots(watcher).items() if inc["status"] not in ("resolved", "evaluated",
                                                                                        "closed", "cancelled")}
     assert len(before) >= 3
-    pipe.worker.kill()
+    pipe.incident_worker.kill()  # the worker holding the incidents table
     # while it is down: an operator comments on every open incident, and a report is re-delivered
     acts = [OperatorAction(i, inc["grid_code"], "comment", "op-city", NIGHT + 61 * MIN, note="after restart?")
             for i, inc in before.items()]
@@ -259,7 +261,7 @@ def test_killed_worker_recovers_every_open_incident_with_its_history(pipe, watch
     again = resident_report(dev.lat, dev.lon, NIGHT + 60 * MIN + 5000, dev.grid_code, text="open cover")
     produce(pipe.kafka_url, pipe.topic("reports"), [(again.grid_code, again.encode())] * 2)
     t0 = time.monotonic()
-    pipe.worker.start()
+    pipe.incident_worker.start()
 
     def commented() -> Any:
         now = snapshots(watcher, lambda i: i["id"] in before)
