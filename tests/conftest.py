@@ -64,8 +64,10 @@ def stack(kafka_engine: str) -> Iterator[EmbeddedStack]:
 
 
 @pytest.fixture(scope="module")
-def receivers() -> Iterator[Any]:
-    """Local WeCom / DingTalk robots and a 12345 hotline system on real HTTP (tests/office_receivers.py)."""
+def receivers(kafka_engine: str) -> Iterator[Any]:
+    """Local WeCom / DingTalk robots and a 12345 hotline system on real HTTP (tests/office_receivers.py),
+    one set per engine leg: when pytest runs a module's two legs back to back, the second leg must not
+    see the first one's messages and callbacks."""
     from tests.office_receivers import OfficeReceivers
 
     r = OfficeReceivers()
