@@ -91,24 +91,19 @@ class WatermarkSender:
                 u.idle, u.wake, u.sent = True, False, u.mark
                 marks[name] = UpstreamMark(u.mark, idle=True)
             else:
-                mark = self._advanced(name, u, now, backlog)
+                mark = self._advanced(name, u, now)
                 if u.sent is None or mark > u.sent or u.wake:
                     u.sent, u.wake = mark, False
                     marks[name] = UpstreamMark(mark)
         return Watermarks(marks) if marks else None
 
-    def _advanced(self, name: str, u: _Upstream, now: float, backlog: Callable[[str], bool] | None = None) -> int:
+    def _advanced(self, name: str, u: _Upstream, now: float) -> int:
         """The mark to announce: the high mark, or between inputs (live) the high mark moved on with the
         wall clock less the slack. A reading delayed by more than the slack becomes late; a replay turns
-        this off (``worker.wall_clock_advance_slack_s: 0``) because its pace is not the recorded one.
-        A partition with input waiting in Kafka (``backlog``) is starved, not quiet: its mark stays, so
-        a busy worker does not make its own unprocessed input late; the slack only covers the way in."""
+        this off (``worker.wall_clock_advance_slack_s: 0``) because its pace is not the recorded one."""
         if self.advance_slack_s <= 0 or u.mark <= 0 or name in self.busy:
             return u.mark
-        step = max(0, int((now - u.last_input - self.advance_slack_s) * 1000))
-        if step and backlog is not None and backlog(name):
-            return u.mark
-        return u.mark + step
+        return u.mark + max(0, int((now - u.last_input - self.advance_slack_s) * 1000))
 
     def passes_at(self, partition: int, order_ts: int) -> float | None:
         """When (monotonic wall clock) the marks of every *other* active upstream, moving on with the wall

@@ -226,16 +226,6 @@ def test_live_marks_follow_the_wall_clock_between_inputs_and_never_in_a_replay()
     assert live.due(11.8) == Watermarks({"readings:1": UpstreamMark(5_100, idle=True)})
 
 
-def test_a_live_mark_does_not_follow_the_wall_clock_while_its_input_waits_in_kafka():
-    live = WatermarkSender("readings", idle_s=10.0, advance_slack_s=0.2)
-    live.assigned(1, now=0.0)
-    live.begin(1, now=10.0)
-    live.confirmed(1, 5_000, now=10.0)
-    assert live.due(10.0) == Watermarks({"readings:1": UpstreamMark(5_000)})
-    assert live.due(10.4, backlog=lambda name: True) is None  # starved: that input would become late
-    assert live.due(10.5, backlog=lambda name: False) == Watermarks({"readings:1": UpstreamMark(5_300)})
-
-
 def test_events_of_a_sparse_partition_are_passed_by_the_other_live_marks_at_the_time_given():
     live = WatermarkSender("readings", idle_s=1.0, advance_slack_s=0.2)
     for p in (1, 2, 3):
