@@ -92,6 +92,23 @@ def install(ctx: AgentContext) -> Any:
     async def _watermarks() -> None:
         await announce()
 
+    extra: list[asyncio.TimerHandle] = []  # at most one announce between ticks (bounded cost under load)
+
+    def announce_when_passed(partition: int, order_ts: int) -> None:
+        """Announce the marks right when the other upstreams' marks pass these events (a sparse city's
+        incident waits ~slack for them, not slack + up to one tick); one pending at a time."""
+        at = marks.passes_at(partition, order_ts)
+        if at is None or (extra and not extra[0].cancelled()):
+            return
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            extra.clear()
+            task = loop.create_task(announce())
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # errors: the tick retries
+
+        extra[:] = [loop.call_at(loop.time() + max(0.0, at - time.monotonic()), fire)]
+
     @app.agent(ctx.readings_topic, name="telemetry")
     async def telemetry(stream: Any) -> None:
         async for event in stream.events():
@@ -127,6 +144,8 @@ def install(ctx: AgentContext) -> Any:
                 await asyncio.gather(*futures)
                 ctx.stats["events"] += len(result.events)
             marks.confirmed(partition, processor.high_mark(partition), time.monotonic())
+            if result.events:
+                announce_when_passed(partition, max(result.order_ts))
             for key, value in result.writes.items():
                 put(table, key, value, partition)
             ctx.stats["readings"] += len(batch.readings)

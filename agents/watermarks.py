@@ -105,6 +105,26 @@ class WatermarkSender:
             return u.mark
         return u.mark + max(0, int((now - u.last_input - self.advance_slack_s) * 1000))
 
+    def passes_at(self, partition: int, order_ts: int) -> float | None:
+        """When (monotonic wall clock) the marks of every *other* active upstream, moving on with the wall
+        clock, pass ``order_ts`` (the order ts of events this partition just sent), so that the incident
+        agent may release them. Announcing right then instead of at the next ``interval`` tick saves up to
+        one interval per sparse event; it sends nothing :meth:`due` would not send a tick later.
+        None: no wall-clock advance (replay), or some upstream waits for its first input (it goes idle)."""
+        if self.advance_slack_s <= 0:
+            return None
+        own = self.name(partition)
+        at = 0.0
+        for name, u in self.ups.items():
+            if name == own or u.idle:
+                continue
+            if u.mark <= 0:
+                return None
+            # _advanced: mark + int((now - last_input - slack) * 1000) > order_ts (ties need one ms more,
+            # half a ms against float rounding)
+            at = max(at, u.last_input + self.advance_slack_s + (order_ts - u.mark + 1.5) / 1000)
+        return at or None  # no other active upstream: the incident agent releases them on arrival
+
     def ended(self, partition: int) -> None:
         """The producer of this partition's input said it has no more: idle now, at its confirmed mark
         (announced by the next :meth:`due`); new input wakes it as after any idleness."""

@@ -28,6 +28,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from gridwatch.core.settings import KafkaSettings
 from gridwatch.pipeline.kafka_io import fetch_highwaters
 
 log = logging.getLogger("gridwatch.compat")
@@ -403,3 +404,13 @@ def limit_plate_sessions(threads: int) -> None:
         if not isinstance(module.ort, _PlateOrt):
             module.ort = _PlateOrt(module.ort)
         module.ort.threads = threads
+
+
+async def fetch_wait_ms(kafka: KafkaSettings, bootstrap: str, default_ms: int) -> int:
+    """``fetch_max_wait_ms`` for a consumer outside Faust (the api's feed): :data:`FETCH_MAX_WAIT_MS` on
+    Tansu, which holds a waiting Fetch for all of it even when records arrive (every record would wait
+    up to ``default_ms``), ``default_ms`` on Apache Kafka, which answers as soon as records arrive."""
+    quirks = kafka.quirks_enabled()
+    if not quirks and kafka.tansu_quirks == "auto" and kafka.url != "embedded":
+        quirks = await detect_tansu(bootstrap)
+    return FETCH_MAX_WAIT_MS if quirks else default_ms

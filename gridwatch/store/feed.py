@@ -26,15 +26,19 @@ OnBatch = Callable[[list[tuple[str, dict[str, Any]]]], None]
 
 async def follow(store: Store, bootstrap: str, topics: dict[str, str], stop: asyncio.Event, *,
                  consumer: str = "", on_batch: OnBatch | None = None, until_caught_up: bool = False,
-                 on_caught_up: Callable[[], None] | None = None, max_records: int = BATCH_RECORDS) -> int:
+                 on_caught_up: Callable[[], None] | None = None, max_records: int = BATCH_RECORDS,
+                 fetch_max_wait_ms: int = 100) -> int:
     """Write ``topics`` (family -> topic name) into the store until ``stop`` (or until caught up).
 
     ``consumer``: the name positions are kept under (resume there); "" reads from the beginning and
     keeps none. ``on_batch`` gets each written batch's decoded records (family, record) in order.
+    ``fetch_max_wait_ms``: how long the broker may hold a Fetch with nothing new. Apache Kafka answers
+    as soon as a record arrives; Tansu sits it out, so the api passes a short one there (every new
+    incident would wait up to this long before it reaches the console stream).
     Returns the number of records written.
     """
     kafka = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                             auto_offset_reset="earliest", fetch_max_wait_ms=100)
+                             auto_offset_reset="earliest", fetch_max_wait_ms=fetch_max_wait_ms)
     await kafka.start()
     written = 0
     try:

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
+from gridwatch.compat import fetch_wait_ms
 from gridwatch.core.settings import STATE_DIR, Settings, SettingsError
 from gridwatch.store.feed import follow as follow_topics
 
@@ -203,9 +204,11 @@ async def _kafka(app: web.Application) -> AsyncIterator[None]:
 async def _consume_forever(c: WebContext, stop: asyncio.Event) -> None:
     """The live feed: incidents and reports into the store (from where it left off) and the streams."""
     topics = {"incidents": c.topic("incidents"), "reports": c.topic("reports")}
+    bootstrap = c.settings.kafka_bootstrap()
+    wait_ms = await fetch_wait_ms(c.settings.kafka, bootstrap, 100)
     while not stop.is_set():
         try:
-            await follow_topics(c.view.store, c.settings.kafka_bootstrap(), topics, stop, consumer="api",
+            await follow_topics(c.view.store, bootstrap, topics, stop, consumer="api", fetch_max_wait_ms=wait_ms,
                                 on_batch=c.view.publish, on_caught_up=c.view.caught_up.set)
         except asyncio.CancelledError:
             raise

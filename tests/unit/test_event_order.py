@@ -226,6 +226,30 @@ def test_live_marks_follow_the_wall_clock_between_inputs_and_never_in_a_replay()
     assert live.due(11.8) == Watermarks({"readings:1": UpstreamMark(5_100, idle=True)})
 
 
+def test_events_of_a_sparse_partition_are_passed_by_the_other_live_marks_at_the_time_given():
+    live = WatermarkSender("readings", idle_s=1.0, advance_slack_s=0.2)
+    for p in (1, 2, 3):
+        live.assigned(p, now=0.0)
+    live.due(0.0)
+    for p, mark, now in ((1, 5_000, 10.0), (2, 5_200, 10.2)):
+        live.begin(p, now=now)
+        live.confirmed(p, mark, now=now)
+    assert live.passes_at(1, 5_000) is None  # readings:3 has no input yet: it goes idle instead
+    live.begin(3, now=10.4)
+    live.confirmed(3, 5_400, now=10.4)
+    at = live.passes_at(3, 5_400)
+    assert at is not None and 10.6 < at < 10.61  # readings:1 and :2 both reach 5,401 at 10.6 s + slack
+    live.due(at - 0.01)
+    before = live.due(at - 0.005)
+    assert before is None or all(m.wm <= 5_400 for n, m in before.marks.items() if n != "readings:3")
+    after = live.due(at)
+    assert after is not None and {n: m.wm > 5_400 for n, m in after.marks.items() if n != "readings:3"} == {
+        "readings:1": True, "readings:2": True}
+    replay = WatermarkSender("readings", idle_s=1.0)
+    replay.confirmed(1, 5_000, now=10.0)
+    assert replay.passes_at(2, 5_400) is None  # marks move with the data only: nothing to time
+
+
 # -- the incident processor over the merge ------------------------------------------------------------
 def two_covers_one_grid() -> tuple[Any, Any]:
     by_grid: dict[str, list[Any]] = {}
