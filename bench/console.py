@@ -11,7 +11,6 @@ lifecycle) -> incidents topic -> `gridwatch api` view -> /api/stream (logged in 
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 import time
@@ -77,7 +76,6 @@ def login(url: str, user: str = "city", password: str = "city-demo") -> str:  # 
 
 
 def run(out: Path | None, probes: int = 60, interval: float = 0.5) -> dict[str, Any]:
-    os.environ.setdefault("GRIDWATCH_DEMO_CREDENTIALS", "allow")  # the bench logs in with a demo account
     city = load_city()
     manholes = [d for d in city.registry if d.kind == "manhole" and not d.gateway]
     # one probe per grid, so each makes a new incident rather than joining another probe's

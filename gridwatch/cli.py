@@ -26,6 +26,7 @@ import sys
 
 from gridwatch.core.procs import run_async
 from gridwatch.core.settings import STACK_FILE, Settings, SettingsError, load_settings
+from gridwatch.roles import ROLES, apply_role
 
 log = logging.getLogger("gridwatch")
 
@@ -113,13 +114,12 @@ def prepare_broker(settings: Settings) -> None:
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
-    from gridwatch.compat import detect_tansu
+    from gridwatch.compat import broker_is_tansu
     from gridwatch.pipeline.kafka_io import ensure_topics
 
     async def prepare() -> None:
         await ensure_topics(settings)
-        auto_by_url = settings.kafka.tansu_quirks == "auto" and settings.kafka.url != "embedded"
-        if auto_by_url and await detect_tansu(settings.kafka_bootstrap()):
+        if not settings.kafka.quirks_enabled() and await broker_is_tansu(settings.kafka, settings.kafka_bootstrap()):
             settings.kafka.tansu_quirks = "on"
             log.info("the broker is Tansu: its work-arounds are on (kafka.tansu_quirks)")
 
@@ -138,8 +138,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
         settings.worker.app_id = args.app_id
     agents = args.agents or None  # None: worker.agents from the settings
     if args.role:
-        from gridwatch.roles import apply_role
-
         agents = apply_role(args.role, settings, args.agents)
     if args.cameras:
         settings.vision.cameras = args.cameras
@@ -338,10 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(the incident agent in a process and consumer group of its own; gridwatch/"
                                    "roles.py). Without --role one worker runs every default agent.")
     common(p)
-    p.add_argument("--role", choices=("telemetry", "incidents"),
-                   help="telemetry: every default agent but incidents (app id worker.app_id); incidents: the "
-                        "incident agent alone (app id <worker.app_id>-incidents). --agents adds to the role "
-                        '("+vision"); --app-id sets the base the role\'s suffix goes on')
+    p.add_argument("--role", choices=tuple(ROLES),
+                   help="; ".join(f"{name}: {r.help}" for name, r in ROLES.items())
+                   + '. --agents adds to the role ("+vision"); --app-id sets the base the role\'s suffix goes on')
     p.add_argument("--app-id", help="Faust app id / consumer group (default from config)")
     p.add_argument("--agents", help='agents to run: "telemetry,alerts", "+vision" (defaults plus vision), '
                                     '"-incidents" (defaults without), "all" '

@@ -406,11 +406,16 @@ def limit_plate_sessions(threads: int) -> None:
         module.ort.threads = threads
 
 
+async def broker_is_tansu(kafka: KafkaSettings, bootstrap: str) -> bool:
+    """Whether Tansu's work-arounds apply: the setting says so, or (``auto``, a broker given by URL) the
+    broker answers like Tansu."""
+    if kafka.quirks_enabled():
+        return True
+    return kafka.tansu_quirks == "auto" and kafka.url != "embedded" and await detect_tansu(bootstrap)
+
+
 async def fetch_wait_ms(kafka: KafkaSettings, bootstrap: str, default_ms: int) -> int:
     """``fetch_max_wait_ms`` for a consumer outside Faust (the api's feed): :data:`FETCH_MAX_WAIT_MS` on
     Tansu, which holds a waiting Fetch for all of it even when records arrive (every record would wait
     up to ``default_ms``), ``default_ms`` on Apache Kafka, which answers as soon as records arrive."""
-    quirks = kafka.quirks_enabled()
-    if not quirks and kafka.tansu_quirks == "auto" and kafka.url != "embedded":
-        quirks = await detect_tansu(bootstrap)
-    return FETCH_MAX_WAIT_MS if quirks else default_ms
+    return FETCH_MAX_WAIT_MS if await broker_is_tansu(kafka, bootstrap) else default_ms

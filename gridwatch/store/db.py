@@ -119,7 +119,7 @@ def copy_filters(conn: Any) -> None:
     supervision), from the incidents (after a recount changed the counted columns)."""
     i, a = t.incidents, t.incident_areas
     conn.execute(a.update().where(a.c.incident_id == i.c.id).values(
-        {c: i.c[c] for c in ("category_group", "tier", "supervised", "supervised_overdue")}))
+        {c: i.c[c] for c in t.FILTER_COPIES}))
 
 
 def fill_evidence(conn: Any, chunk: int = 5000) -> int:

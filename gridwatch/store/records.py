@@ -19,6 +19,7 @@ from gridwatch.pipeline.schemas.reports import ResidentReport
 
 from .counts import CLOSED_STATUSES, COUNTER_INDEX, COUNTERS, areas, columns, contribution
 from .evidence import evidence_keys
+from .tables import FILTER_COPIES
 
 log = logging.getLogger("gridwatch.store")
 KINDS = ("incidents", "reports", "actions", "events")
@@ -105,18 +106,15 @@ class Batch:
         month = self.month(inc["created_ts"])
         rank = list_rank(inc["status"], inc["level"])
         self.incs[iid] = inc
-        cols = columns(inc, self.tz)
-        self.latest[iid] = {"id": iid, "version": ver, "status": inc["status"], "level": inc["level"],
+        self.latest[iid] = row = {"id": iid, "version": ver, "status": inc["status"], "level": inc["level"],
                             "category_group": inc["category_group"], "tier": inc["tier"],
                             "grid_code": inc["grid_code"], "created_ts": inc["created_ts"], "created_month": month,
                             "updated_ts": inc["updated_ts"], "closed_ts": inc.get("closed_ts"), "list_rank": rank,
-                            "doc": doc, **cols}
+                            "doc": doc, **columns(inc, self.tz)}
         for tier in inc.get("tiers", []):  # with the incident's columns the list filters on (their indexes)
             self.areas[(tier["code"], iid)] = {"code": tier["code"], "incident_id": iid, "version": ver,
                                                "created_month": month, "updated_ts": inc["updated_ts"],
-                                               "list_rank": rank, "category_group": inc["category_group"],
-                                               "tier": inc["tier"], "supervised": cols["supervised"],
-                                               "supervised_overdue": cols["supervised_overdue"]}
+                                               "list_rank": rank, **{c: row[c] for c in FILTER_COPIES}}
         self.evidence[iid] = evidence_keys(inc)
         for s in inc.get("sources", []):
             if s.get("kind") == "report":

@@ -52,6 +52,7 @@ incidents = Table(
 )
 
 # Area codes (city .. grid) of each incident: scope and area filters, by tier code.
+FILTER_COPIES = ("category_group", "tier", "supervised", "supervised_overdue")  # incidents -> incident_areas
 incident_areas = Table(
     "incident_areas", metadata,
     Column("code", String(40), primary_key=True),
@@ -60,7 +61,8 @@ incident_areas = Table(
     Column("created_month", String(7), nullable=False),
     Column("updated_ts", BigInteger, nullable=False),
     Column("list_rank", Integer, nullable=False),
-    # copies of the incident's columns the list filters on, so its filtered pages are index walks too
+    # copies of the incident's columns the list filters on (FILTER_COPIES), so its filtered pages are
+    # index walks too
     Column("category_group", String(60), nullable=False, server_default=""),
     Column("tier", String(20), nullable=False, server_default=""),
     Column("supervised", Integer, nullable=False, server_default="0"),
