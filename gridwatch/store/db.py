@@ -43,6 +43,7 @@ from .records import Batch, list_rank
 log = logging.getLogger("gridwatch.store")
 MIGRATIONS = Path(__file__).parent / "migrations"
 CHUNK = 1000  # ids per IN list
+COPY_MIN = 100  # rows from which a PostgreSQL upsert goes through COPY (Store._bulk)
 WRITE_LOCK = 4711014  # PostgreSQL advisory lock of the incident writers (the counters' read-modify-write)
 
 
@@ -222,7 +223,7 @@ class Store:
     # ------------------------------------------------------------------------------ writes
     def write(self, batch: Batch, offsets: Iterable[tuple[str, str, int, int]] = ()) -> None:
         """One transaction: every row of ``batch``, then (consumer, topic, partition, next offset)."""
-        offs = [{"consumer": c, "topic": tp, "partition": p, "next_offset": o} for c, tp, p, o in offsets]
+        offs = {(c, tp, p): {"consumer": c, "topic": tp, "partition": p, "next_offset": o} for c, tp, p, o in offsets}
         if batch.empty() and not offs:
             return
         with self.engine.begin() as conn:
@@ -238,10 +239,7 @@ class Store:
                          ("code", "incident_id"), newer="version")
             added = [iid for iid in batch.latest if iid not in stale]  # the new versions join the counters
             self._file_evidence(conn, batch, added)
-            if self.engine.dialect.name == "postgresql":  # summed in SQL from the rows just written
-                for k in range(0, len(added), CHUNK):
-                    self._add_counts(conn, added[k:k + CHUNK])
-            elif added:  # summed here (SQLite does the SQL sums slower than this)
+            if added:  # summed here, from the documents in hand (cheaper than summing the rows just written in SQL)
                 self._add_rows(conn, batch.counter_rows(stale))
             self._upsert(conn, t.report_incident, batch.joins, ("report_id",), update=("incident_id",))
             self._upsert(conn, t.reports, batch.reports, ("service_request_id",))
@@ -305,9 +303,8 @@ class Store:
                      ("ref", "incident_id"))
 
     def _add_rows(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
-        """SQLite: area_counts and area_months += rows of (key..., counters...) (Batch.counter_rows),
-        merged per (area, month) for area_months here. (On PostgreSQL the SQL sums measured faster than
-        these rows, unnested or not.)"""
+        """area_counts and area_months += rows of (key..., counters...) (Batch.counter_rows), merged per
+        (area, month) for area_months here."""
         if not rows:
             return
         months: dict[tuple[Any, Any], list[int]] = {}
@@ -320,39 +317,58 @@ class Store:
                     vec[n] += v
         for table, keys, part in ((t.area_counts, KEY, rows),
                                   (t.area_months, MONTH_KEY, [(*k, *v) for k, v in months.items()])):
-            conn.exec_driver_sql(self._sql(table, keys + COUNTERS, keys, add=COUNTERS), part)
+            self._bulk(conn, table, keys + COUNTERS, keys, part, add=COUNTERS)
 
     def _upsert(self, conn: Any, table: Any, rows: Any, keys: tuple[str, ...], *, newer: str = "",
                 update: tuple[str, ...] = ()) -> None:
-        """INSERT .. ON CONFLICT of ``rows`` (dicts of one shape), as the driver's executemany of tuples:
-        SQLAlchemy's per-row parameter handling cost more than the database's own work. ``newer``:
-        replace a stored row only with a higher value of that column; ``update``: these columns on
-        conflict; else keep the stored row."""
+        """INSERT .. ON CONFLICT of ``rows`` (dicts of one shape). ``newer``: replace a stored row only
+        with a higher value of that column; ``update``: these columns on conflict; else keep the stored
+        row."""
         rows = list(rows.values()) if isinstance(rows, dict) else rows
         if not rows:
             return
         cols = tuple(rows[0])
         if newer:
-            sql = self._sql(table, cols, keys, update=tuple(c for c in cols if c not in keys), newer=newer)
-        else:
-            sql = self._sql(table, cols, keys, update=update)
-        conn.exec_driver_sql(sql, [tuple(r[c] for c in cols) for r in rows])
+            update = tuple(c for c in cols if c not in keys)
+        self._bulk(conn, table, cols, keys, [tuple(r[c] for c in cols) for r in rows], update=update, newer=newer)
+
+    def _bulk(self, conn: Any, table: Any, cols: tuple[str, ...], keys: tuple[str, ...], rows: list[tuple[Any, ...]],
+              *, update: tuple[str, ...] = (), add: tuple[str, ...] = (), newer: str = "") -> None:
+        """INSERT .. ON CONFLICT of ``rows`` (tuples of ``cols``): the driver's executemany (SQLAlchemy's
+        per-row parameter handling cost more than the database's own work), or on PostgreSQL, for many
+        rows with distinct keys, COPY into a temporary table and one INSERT .. SELECT .. ON CONFLICT from
+        it (measured: the executemany's per-row round of the protocol cost more than the rows' writes).
+        No two rows may share a key (one INSERT .. SELECT .. ON CONFLICT may not touch a row twice): the
+        batch's rows are dicts keyed by their table's key."""
+        if self.engine.dialect.name != "postgresql" or len(rows) < COPY_MIN:
+            conn.exec_driver_sql(self._sql(table, cols, keys, update=update, add=add, newer=newer), rows)
+            return
+        q = self.engine.dialect.identifier_preparer.quote
+        tmp = q(f"gw_bulk_{table.name}")
+        with conn.connection.driver_connection.cursor() as cur:  # the same connection, so the same transaction
+            cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {tmp} (LIKE {q(table.name)} INCLUDING DEFAULTS) "
+                        "ON COMMIT DELETE ROWS")
+            with cur.copy(f"COPY {tmp} ({', '.join(map(q, cols))}) FROM STDIN") as copy:
+                for r in rows:
+                    copy.write_row(r)
+        conn.exec_driver_sql(self._sql(table, cols, keys, update=update, add=add, newer=newer, source=tmp))
 
     def _sql(self, table: Any, cols: tuple[str, ...], keys: tuple[str, ...], *, update: tuple[str, ...] = (),
-             add: tuple[str, ...] = (), newer: str = "") -> str:
-        """The driver's INSERT .. ON CONFLICT text for these columns (cached: one per shape)."""
-        key = (table.name, cols, keys, update, add, newer)
+             add: tuple[str, ...] = (), newer: str = "", source: str = "") -> str:
+        """The driver's INSERT .. ON CONFLICT text for these columns (cached: one per shape), of one row of
+        parameters or, with ``source``, of every row of that table."""
+        key = (table.name, cols, keys, update, add, newer, source)
         sql = self._sqls.get(key)
         if sql is None:
             mark = "?" if self.engine.dialect.name == "sqlite" else "%s"
             q = self.engine.dialect.identifier_preparer.quote  # "partition" is a keyword
-            tb = q(table.name)
+            tb, names = q(table.name), ", ".join(map(q, cols))
             sets = [f"{q(c)} = excluded.{q(c)}" for c in update] + [f"{q(c)} = {tb}.{q(c)} + excluded.{q(c)}" for c in add]
             action = f"DO UPDATE SET {', '.join(sets)}" if sets else "DO NOTHING"
             if newer:
                 action += f" WHERE {tb}.{q(newer)} < excluded.{q(newer)}"
-            sql = self._sqls[key] = (f"INSERT INTO {tb} ({', '.join(map(q, cols))}) VALUES "
-                                     f"({', '.join([mark] * len(cols))}) ON CONFLICT ({', '.join(map(q, keys))}) {action}")
+            rows = f"SELECT {names} FROM {source}" if source else f"VALUES ({', '.join([mark] * len(cols))})"
+            sql = self._sqls[key] = f"INSERT INTO {tb} ({names}) {rows} ON CONFLICT ({', '.join(map(q, keys))}) {action}"
         return sql
 
     def offsets(self, consumer: str) -> dict[tuple[str, int], int]:
