@@ -8,7 +8,7 @@
   a category), detail, a picture's scope check (/api/evidence) and a month's statistics, p95 over HTTP (the api's real handlers, in-process aiohttp server) (target
   <= 100 ms), and api ready time (app built, store opened and migrated, first list answered).
 
-`python -m gridwatch.bench store [--incidents N] [--runs 3] [--sink-records 20000]`
+`python -m gridwatch.bench store [--incidents N] [--runs 3] [--sink-records 20000] [--sink-only]`
 """
 
 from __future__ import annotations
@@ -195,6 +195,7 @@ def main(argv: list[str]) -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--sink-records", type=int, default=20_000)
     p.add_argument("--samples", type=int, default=100)
+    p.add_argument("--sink-only", action="store_true", help="measure the sink row only (no load, no reads)")
     p.add_argument("--reads-url", default="", help="measure the reads on this already loaded PostgreSQL database "
                    "(loaded by this module's load(), e.g. once for several read runs) instead of loading one")
     args = p.parse_args(argv)
@@ -219,7 +220,9 @@ def main(argv: list[str]) -> None:
                                            raws, tz)}
             print(f"run {run + 1} sink: {r}", flush=True)
             results["runs"].append(r)
-        if args.reads_url:
+        if args.sink_only:
+            pass
+        elif args.reads_url:
             big = args.reads_url
             results["reads_url"] = "given (loaded before)"
         else:
@@ -228,7 +231,7 @@ def main(argv: list[str]) -> None:
             big = pg.url.rsplit("/", 1)[0] + "/big"
             results["load_s"] = round(load(big, city, args.incidents, tz), 1)
             print(f"loaded {args.incidents} incidents in {results['load_s']} s", flush=True)
-        for run in range(args.runs):
+        for run in range(0 if args.sink_only else args.runs):
             r = asyncio.run(reads(big, city, args.samples))
             print(f"run {run + 1} reads: {r}", flush=True)
             results["runs"][run]["reads_postgresql"] = r

@@ -450,7 +450,7 @@ async def produce_report(c: WebContext, report: ResidentReport) -> None:
     await _produce(c, c.topic("reports"), report.grid_code, report.encode())
     from dataclasses import asdict
 
-    c.view.apply_report(asdict(report))
+    await c.view.apply_report(asdict(report))
     c.count(f"reports.{report.source}")
 
 

@@ -111,11 +111,13 @@ class IncidentView:
         self.publish([("incidents", change)])
         return True
 
-    def apply_report(self, report: dict[str, Any]) -> None:
-        """Store a report the api itself produced, so a GET right after the POST finds it."""
+    async def apply_report(self, report: dict[str, Any]) -> None:
+        """Store a report the api itself produced, so a GET right after the POST finds it. Off the event
+        loop: on SQLite the write waits for the live feed's transaction (a whole feed batch), and every
+        other request and stream of this api would wait with it."""
         batch = self.store.batch()
         batch.add_report(report)
-        self.store.write(batch)
+        await asyncio.to_thread(self.store.write, batch)
         self._wake()
 
     def publish(self, records: list[tuple[str, dict[str, Any]]]) -> None:
