@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from gridwatch.agents.fusion import IncidentProcessor, Outcome
 from gridwatch.agents.routing import load_incident_config
 from gridwatch.bench.results_io import bench_parser, write_results
 from gridwatch.bench.telemetry import AlertClock, client, percentile, publish_all, reading
-from gridwatch.core.procs import Pipeline, rss_mb, wait_for
+from gridwatch.core.procs import Pipeline, cpu_s, rss_mb, wait_for
 from gridwatch.core.settings import STATE_DIR
 from gridwatch.devices.registry import load_city
 from gridwatch.devices.simulator import build_messages, device_topic
@@ -79,13 +78,6 @@ def workload(city: Any, rounds: int, seed: int = 7) -> list[GridEvent | Resident
                                  t, t + 3_600_000, t + 3_600_000, "cover_open is false"))
     out.sort(key=lambda x: x.ts if isinstance(x, GridEvent) else x.requested_ms)
     return out
-
-
-def cpu_s(pid: int) -> float:
-    """CPU seconds (user + system, all threads) a process has used: on a shared, loaded machine the
-    CPU cost per input is steadier than wall-clock rates, so the JSON carries both."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def in_process(city: Any, inputs: list[GridEvent | ResidentReport]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from gridwatch.bench.results_io import bench_parser, write_results
-from gridwatch.core.procs import Proc, rss_mb
+from gridwatch.core.procs import Proc, cpu_s, rss_mb
 from gridwatch.core.settings import STATE_DIR
 from gridwatch.stack import ENGINES
 
@@ -54,13 +54,11 @@ def children(pid: int) -> list[int]:
 def broker_cpu_s(stack: Proc) -> float:
     """CPU seconds (user + system) the broker process used so far: a start cost that, unlike the wall
     time, hardly depends on what else the machine is doing."""
-    tick = os.sysconf("SC_CLK_TCK")
     for p in children(stack.pid):
         try:
             if b"kafka.Kafka" in Path(f"/proc/{p}/cmdline").read_bytes() or b"tansu" in Path(
                     f"/proc/{p}/cmdline").read_bytes():
-                fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-                return round((int(fields[11]) + int(fields[12])) / tick, 2)
+                return round(cpu_s(p), 2)
         except (OSError, IndexError, ValueError):
             continue
     return 0.0

@@ -38,10 +38,9 @@ from typing import Any
 
 from gridwatch.agents.rules.lamp import sun
 from gridwatch.bench.console import StreamClock, login, start_api
-from gridwatch.bench.incidents import cpu_s
 from gridwatch.bench.results_io import bench_parser, write_results
 from gridwatch.bench.telemetry import AlertClock, client, percentile, publish_all, reading
-from gridwatch.core.procs import Pipeline
+from gridwatch.core.procs import Pipeline, cpu_s
 from gridwatch.core.settings import STATE_DIR
 from gridwatch.devices.citygen import generate
 from gridwatch.devices.registry import SAMPLE_CITY_DIR, load_city

@@ -13,7 +13,9 @@ In one run, on one machine, beside each other:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import statistics
 import threading
 import time
@@ -24,7 +26,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from gridwatch.bench.results_io import bench_parser, write_results
-from gridwatch.core.procs import Pipeline, rss_mb, wait_for
+from gridwatch.core.procs import Pipeline, cpu_s, rss_mb, wait_for
 from gridwatch.core.settings import STATE_DIR
 from gridwatch.devices.citygen import generate
 from gridwatch.devices.registry import load_city
@@ -101,6 +103,47 @@ def mqtt_ceiling(mqtt_url: str, msgs: list[tuple[str, bytes]], readings: int) ->
         c.disconnect()
         c.loop_stop()
     return {"messages_per_s": round(len(msgs) / dt), "readings_per_s": round(readings / dt), "seconds": round(dt, 2)}
+
+
+class CpuMeter:
+    """CPU seconds of named processes (and of this one: the publishing and subscribing paho clients)
+    between ``start`` and ``stop``. Its use: where a rate is bound by the machine's cores, the CPU spent
+    per reading says so, and which process spends it; the wall-clock rate alone cannot."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.t0: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        out = {"bench (paho clients)": time.process_time()}
+        for name, pid in self.pids.items():
+            with contextlib.suppress(OSError):
+                out[name] = cpu_s(pid)
+        return out
+
+    def start(self) -> CpuMeter:
+        self.t0 = self._now()
+        return self
+
+    def stop(self, readings: int) -> dict[str, Any]:
+        """CPU ms per 1,000 readings per process and in all, and the readings/s the machine's cores
+        could carry at that cost (``cpu_bound_readings_per_s``)."""
+        used = {k: v - self.t0[k] for k, v in self._now().items() if k in self.t0}
+        total = sum(used.values())
+        per_k = {k: round(v / readings * 1e6, 1) for k, v in sorted(used.items(), key=lambda kv: -kv[1])}
+        return {"cpu_ms_per_1000_readings": per_k, "cpu_ms_per_1000_readings_total": round(total / readings * 1e6, 1),
+                "cores": os.cpu_count(), "cpu_bound_readings_per_s": round((os.cpu_count() or 1) * readings / total)
+                if total else None}
+
+
+def stack_pids(stack: EmbeddedStack) -> dict[str, int]:
+    """The broker's and Mosquitto's process ids."""
+    out = {}
+    for name, label in (("kafka", "broker"), ("mqtt", "mosquitto")):
+        proc = getattr(stack.procs.get(name), "proc", None)
+        if proc is not None:
+            out[label] = proc.pid
+    return out
 
 
 # -- helpers over the city ------------------------------------------------------------------------
@@ -217,9 +260,14 @@ def run(out: Path, devices: int = 100_000, total_readings: int = 300_000, latenc
 
     logs = STATE_DIR / "bench-logs"
     with EmbeddedStack() as stack:
+        meter = CpuMeter({"mosquitto": stack_pids(stack)["mosquitto"]}).start()
         results["ceiling_qos1"] = mqtt_ceiling(stack.mqtt_url, msgs, n_readings)
+        results["ceiling_qos1"]["cpu"] = meter.stop(n_readings)
         print(f"ceiling   paho -> mosquitto -> paho QoS 1: {results['ceiling_qos1']}", flush=True)
         pipe = Pipeline(stack.kafka_url, stack.mqtt_url, logs, extra=["--city", str(city_dir)], split=split).start()
+        pids = {**stack_pids(stack), "bridge": pipe.bridge.pid,
+                **{f"worker {w.argv[w.argv.index('--role') + 1]}" if "--role" in w.argv else "worker": w.pid
+                   for w in pipe.workers}}
         alerts = AlertClock(stack.mqtt_url)
         pub = client(stack.mqtt_url, client_id="bench-pub")
         try:
@@ -228,6 +276,7 @@ def run(out: Path, devices: int = 100_000, total_readings: int = 300_000, latenc
             for d in manholes:
                 markers.setdefault(partition_for(d.shard_key, parts), d)
             t0 = time.time()
+            meter = CpuMeter(pids).start()
             publish_all(pub, msgs)
             t_pub = time.time() - t0
             end_ts = BASE_TS + rounds * 1000
@@ -236,9 +285,10 @@ def run(out: Path, devices: int = 100_000, total_readings: int = 300_000, latenc
             wait_for(lambda: all((d.id, "new", "manhole_open") in alerts.arrived for d in markers.values()), 600,
                      "marker events from every partition")
             t_end = max(alerts.arrived[(d.id, "new", "manhole_open")] for d in markers.values())
+            cpu = meter.stop(n_readings)
             e2e = n_readings / (t_end - t0)
             results["sustained"] = {"readings": n_readings, "seconds": round(t_end - t0, 2),
-                                    "readings_per_s": round(e2e), "publish_seconds": round(t_pub, 2)}
+                                    "readings_per_s": round(e2e), "publish_seconds": round(t_pub, 2), "cpu": cpu}
             print(f"sustained end to end: {results['sustained']}", flush=True)
             cur, peak = rss_mb(pipe.worker.pid)
             bcur, bpeak = rss_mb(pipe.bridge.pid)

@@ -51,6 +51,13 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used, from /proc: on a shared, loaded
+    machine the CPU cost per input is steadier than wall-clock rates, so the benchmarks carry both."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> tuple[float, float]:
     """(current, peak) resident memory of a process in MiB, from /proc."""
     cur = peak = 0.0
