@@ -20,6 +20,7 @@ import statistics
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -177,13 +178,12 @@ class AlertClock:
         self.c.loop_stop()
 
 
-def event_produce_times(kafka_url: str, topic: str, subjects: set[str]) -> dict[str, float]:
-    """Wall time each subject's first 'new' event was produced (Kafka CreateTime)."""
+def produce_times(kafka_url: str, topic: str, keys: Callable[[bytes], Iterable[str]]) -> dict[str, float]:
+    """Wall time (Kafka CreateTime: when its producer made the record) of the first record of ``topic``
+    each key of ``keys(value)`` shows up in."""
     import asyncio
 
     from aiokafka import AIOKafkaConsumer
-
-    from gridwatch.pipeline.schemas.events import is_control
 
     async def main() -> dict[str, float]:
         c = AIOKafkaConsumer(topic, bootstrap_servers=kafka_url.removeprefix("kafka://"),
@@ -191,22 +191,41 @@ def event_produce_times(kafka_url: str, topic: str, subjects: set[str]) -> dict[
         await c.start()
         out: dict[str, float] = {}
         try:
-            for _ in range(20):
+            for _ in range(40):
                 got = await c.getmany(timeout_ms=300)
                 if not got and out:
                     break
                 for recs in got.values():
                     for r in recs:
-                        if is_control(r.value):
-                            continue
-                        ev = json.loads(r.value)
-                        if ev["subject"] in subjects and ev["phase"] == "new":
-                            out.setdefault(ev["subject"], r.timestamp / 1000)
+                        for k in keys(r.value):
+                            out.setdefault(k, r.timestamp / 1000)
         finally:
             await c.stop()
         return out
 
     return asyncio.run(main())
+
+
+def new_events_of(subjects: set[str]) -> Callable[[bytes], Iterable[str]]:
+    """Keys for :func:`produce_times` over the events topic: the subjects of 'new' events."""
+    from gridwatch.pipeline.schemas.events import is_control
+
+    def keys(raw: bytes) -> Iterable[str]:
+        if is_control(raw):
+            return ()
+        ev = json.loads(raw)
+        return (ev["subject"],) if ev["subject"] in subjects and ev["phase"] == "new" else ()
+    return keys
+
+
+def readings_of(devices: set[str], since_ts: int) -> Callable[[bytes], Iterable[str]]:
+    """Keys for :func:`produce_times` over the readings topic: the devices with a reading of event time
+    ``since_ts`` or later in the record (the bridge's batch)."""
+    from gridwatch.pipeline.schemas.readings import ReadingBatch
+
+    def keys(raw: bytes) -> Iterable[str]:
+        return [r.device_id for r in ReadingBatch.decode(raw).readings if r.device_id in devices and r.ts >= since_ts]
+    return keys
 
 
 def rules_only(city: Any, rounds: int = 3) -> dict[str, float]:
@@ -336,14 +355,19 @@ def run(out: Path, devices: int = 100_000, total_readings: int = 300_000, latenc
             }
             print(f"latency publish -> alert at {latency_rate}/s: {results['latency_ms']}", flush=True)
             # where the time goes: Kafka record timestamps of the events (set when the worker produced)
-            produced = event_produce_times(stack.kafka_url, pipe.topic("events"), set(sent))
-            hop1 = [(produced[k] - t) * 1000 for k, t in sent.items() if k in produced]
-            hop2 = [(alerts.arrived[(k, "new", "manhole_open")] - produced[k]) * 1000 for k in sent
-                    if k in produced and (k, "new", "manhole_open") in alerts.arrived]
-            results["latency_breakdown_ms"] = {
-                "publish_to_event_produced": {"p50": round(percentile(hop1, 50), 1), "p99": round(percentile(hop1, 99), 1)},
-                "event_produced_to_mqtt_alert": {"p50": round(percentile(hop2, 50), 1), "p99": round(percentile(hop2, 99), 1)},
-            }
+            produced = produce_times(stack.kafka_url, pipe.topic("events"), new_events_of(set(sent)))
+            bridged = produce_times(stack.kafka_url, pipe.topic("readings"), readings_of(set(sent), end_ts + 1000))
+            arrived = {k: alerts.arrived[(k, "new", "manhole_open")] for k in sent
+                       if (k, "new", "manhole_open") in alerts.arrived}
+            stages = (("publish_to_reading_in_kafka (MQTT, bridge)", sent, bridged),
+                      ("reading_in_kafka_to_event_produced (telemetry agent)", bridged, produced),
+                      ("publish_to_event_produced", sent, produced),
+                      ("event_produced_to_mqtt_alert (alerts agent, MQTT)", produced, arrived))
+            results["latency_breakdown_ms"] = {}
+            for name, a, b in stages:
+                xs = [(b[k] - a[k]) * 1000 for k in a if k in b]
+                results["latency_breakdown_ms"][name] = {q: round(percentile(xs, int(q[1:])), 1)
+                                                         for q in ("p50", "p95", "p99")}
             print(f"breakdown: {results['latency_breakdown_ms']}", flush=True)
             cur, peak = rss_mb(pipe.worker.pid)
             results["rss_mb"].update({"worker_after_latency": round(cur), "worker_peak_after": round(peak)})
