@@ -207,7 +207,8 @@ def main(argv: list[str]) -> None:
     tz = ZoneInfo(city.timezone)
     raws = [json.dumps(c).encode() for c in make_changes(city, args.sink_records, seed=3)]
     pg = start_local_postgres()
-    results: dict[str, Any] = {"incidents": args.incidents, "sink_records": args.sink_records, "runs": []}
+    results: dict[str, Any] = {"incidents": 0 if args.sink_only else args.incidents, "sink_only": args.sink_only,
+                               "sink_records": args.sink_records, "runs": []}
     try:
         admin = create_engine(pg.url, isolation_level="AUTOCOMMIT")
         for run in range(args.runs):
