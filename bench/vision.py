@@ -68,6 +68,7 @@ from gridwatch.models.build import (
     parse_size,
     size_name,
 )
+from gridwatch.models.detect_pipeline import DetectPipeline
 from gridwatch.models.detectors import create_detector
 from gridwatch.models.detectors.onnx_yolo import stride_size
 from gridwatch.models.regions import RegionConfig, RegionPlanner, detect_frames
@@ -102,6 +103,17 @@ def rss_mb() -> dict[str, float]:
 
         out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return out
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot (/proc/stat; zeros elsewhere)."""
+    try:
+        fields_ = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = fields_[3] + (fields_[4] if len(fields_) > 4 else 0)  # idle + iowait
+    return (sum(fields_[:8]) - idle) / tick, sum(fields_[:8]) / tick
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -148,6 +160,7 @@ def detector_config(variant: str, size: Size, threads: int = 2, batch_workers: i
 
 
 SHARDED = {"threads": 1, "batch_workers": 2}  # the shipped cameras.yaml: a batch split over 2 one-thread shards
+IN_FLIGHT = 8  # the shipped vision.in_flight: frames at the detector while the worker plans and applies rules
 
 
 def sample_frames(path: Path, n: int, step: int) -> list[np.ndarray]:
@@ -324,8 +337,10 @@ def capacity(clip: dict[str, Any], model: dict[str, Any], n_cores: int) -> dict[
 
 def bench_live(variant: str, sources: list[Path], n_cameras: int, seconds: float,
                size: Size = DEFAULT_SIZE, threading_: dict[str, int] | None = None,
-               regions: bool = False, dynamic: bool | None = None) -> dict[str, Any]:
+               regions: bool = False, dynamic: bool | None = None, in_flight: int = IN_FLIGHT) -> dict[str, Any]:
     """``n_cameras`` real-time file cameras → one batching vision worker; latency frame time → result.
+    ``in_flight``: frames at the detector while the worker plans and applies rules, as ``vision.in_flight``
+    (0: each batch planned, detected and applied in turn);
     ``threading_``: the detector's ``threads`` / ``batch_workers`` (default: the shipped two shards);
     ``regions``: detect in motion regions as the vision agent does (needs the dynamic-input model);
     ``dynamic``: the dynamic-input model (default: with regions) — whole frames padded only to the grid."""
@@ -366,6 +381,20 @@ def bench_live(variant: str, sources: list[Path], n_cameras: int, seconds: float
     busy = [0.0]  # wall seconds the worker spent on batches (not waiting for frames)
     decoder = ThreadPoolExecutor(2)
 
+    pipeline = DetectPipeline(detector, planner, in_flight)
+
+    def tracks_at(cam: str, ts: float) -> list[Any]:
+        return engines[cam].tracker.boxes_at(ts) if cam in engines else []
+
+    def apply(f: Any, dets: Any, plan: Any) -> None:  # the agent's order: frames applied as they were given
+        t0 = time.thread_time()
+        plan_counts["whole" if plan is None else "regions"] += 1
+        plan_counts["crops"] += len(plan or ())
+        eng = engines.get(f.camera_id) or engines.setdefault(f.camera_id, SceneEngine.from_config(f.camera_id, SCENE))
+        events[0] += len(eng.update(dets, f.ts, f.size).events)
+        latencies.append(time.time() - f.ts)
+        split["rules"] += time.thread_time() - t0
+
     def worker() -> None:
         while not stop.is_set():
             with lock:
@@ -378,33 +407,25 @@ def bench_live(variant: str, sources: list[Path], n_cameras: int, seconds: float
                 continue
             w0 = time.perf_counter()
             frames = [r.frame for r in decode_all([v for _, v in items], decoder)]  # as the agent does
-            results, plans = detect_frames(detector, planner, frames, lambda cam, ts: (
-                engines[cam].tracker.boxes_at(ts) if cam in engines else []))
-            t2 = time.thread_time()
-            for plan in plans:
-                plan_counts["whole" if plan is None else "regions"] += 1
-                plan_counts["crops"] += len(plan or ())
-            for f, dets in zip(frames, results, strict=True):
-                eng = engines.setdefault(f.camera_id, SceneEngine.from_config(f.camera_id, SCENE))
-                events[0] += len(eng.update(dets, f.ts, f.size).events)
-                latencies.append(time.time() - f.ts)
-            split["rules"] += time.thread_time() - t2
+            pipeline.run([frames], tracks_at, apply)  # one frame per camera: the inbox keeps the newest
             busy[0] += time.perf_counter() - w0
             batches.append(len(frames))
 
     threads = [threading.Thread(target=camera, args=(i,), daemon=True) for i in range(n_cameras)]
     wt = threading.Thread(target=worker, daemon=True)
-    w0, c0 = time.perf_counter(), time.process_time()
+    w0, c0, m0 = time.perf_counter(), time.process_time(), machine_cpu()
     for t in threads:
         t.start()
     wt.start()
     time.sleep(seconds)
     stop.set()
-    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    wall, cpu, m1 = time.perf_counter() - w0, time.process_time() - c0, machine_cpu()
+    others = max(0.0, (m1[0] - m0[0]) - cpu)  # CPU seconds of other processes: a busy machine skews the run
     wt.join(5)
     for t in threads:
         t.join(5)
     decoder.shutdown(wait=True)
+    pipeline.close()
     detector.close()
     warm = latencies[len(latencies) // 10:]  # skip the start-up
     n = max(1, len(latencies))
@@ -412,12 +433,14 @@ def bench_live(variant: str, sources: list[Path], n_cameras: int, seconds: float
     return {
         "variant": variant, "input_size": size_name(size), "capture_max_width": CAPTURE_MAX_WIDTH,
         "detector_threading": threading_, "sources": sorted({p.name for p in sources}), "cameras": n_cameras,
-        "motion_regions": plan_counts if regions else None, "dynamic_input": dynamic, "seconds": round(wall, 1),
+        "motion_regions": plan_counts if regions else None, "dynamic_input": dynamic, "in_flight": in_flight,
+        "seconds": round(wall, 1),
         "frames_offered": offered[0], "frames_processed": len(latencies), "frames_superseded": dropped[0],
         "processed_fps": round(len(latencies) / wall, 1), "mean_batch": round(statistics.mean(batches), 2) if batches else 0,
         "latency_ms": {"p50": round(pct(warm, 50) * 1000, 1), "p95": round(pct(warm, 95) * 1000, 1),
                        "p99": round(pct(warm, 99) * 1000, 1)},
         "cpu_utilisation": round(cpu / wall / cores(), 3), "scene_events": events[0],
+        "other_processes_cpu_utilisation": round(others / max(1e-9, m1[1] - m0[1]), 3),
         "worker_busy_share": round(busy[0] / wall, 3),  # near 1: the worker thread, not the CPU, is the limit
         "processed_per_camera_fps": round(len(latencies) / wall / n_cameras, 2),
         "cpu_ms_per_processed_frame": {
@@ -669,6 +692,49 @@ def run(out_json_path: str | Path | None = DEFAULT_OUT, *, seconds: float = 20.0
     return result
 
 
+def run_live_only(out_json_path: str | Path | None, *, seconds: float, cameras: int = 16, street_cameras: int = 24,
+                  in_flight: tuple[int, ...] = (IN_FLIGHT,), size: Size = DEFAULT_SIZE) -> dict[str, Any]:
+    """Only the as-shipped live rows (motion regions, the dynamic int8 model): ``cameras`` on both clips and
+    ``street_cameras`` fixed street cameras (vtest), each once per ``in_flight`` value, interleaved."""
+    build(quiet=True, size=size)
+    variant = "int8" if calibration_images() else "fp32"
+    vtest, market = footage.vtest_avi(), footage.market_street_mp4()
+    result: dict[str, Any] = {"machine": {"cpu": cpu_model(), "cores": cores()}, "live": []}
+    for sources, n in (([vtest, market], cameras), ([vtest], street_cameras)):
+        for depth in in_flight:
+            if n > 0:
+                result["live"].append(bench_live(variant, sources, n, seconds, size, regions=True, in_flight=depth))
+    result["memory"] = rss_mb()
+    if out_json_path:
+        Path(out_json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_json_path).write_text(json.dumps(result, indent=2) + "\n")
+    print_live(result["live"])
+    return result
+
+
+def print_live(rows: list[dict[str, Any]]) -> None:
+    for lv in rows:
+        lat = lv["latency_ms"]
+        split = lv.get("cpu_ms_per_processed_frame") or {}
+        mode = ("motion regions" if lv.get("motion_regions") else
+                "whole frames, dynamic input" if lv.get("dynamic_input") else "whole frames")
+        print(f"\nlive {lv['variant']} {lv.get('input_size', DEFAULT_SIZE)} {mode}, {'+'.join(lv.get('sources', []))}, "
+              f"in_flight {lv.get('in_flight', 0)}: {lv['cameras']} cameras for {lv['seconds']} s: "
+              f"{lv['frames_processed']}/{lv['frames_offered']} frames processed "
+              f"({lv['frames_processed'] / max(1, lv['frames_offered']):.1%}; {lv['processed_fps']} fps = "
+              f"{lv['processed_per_camera_fps']} per camera, mean batch {lv['mean_batch']}), "
+              f"latency p50 {lat['p50']} ms p95 {lat['p95']} ms p99 {lat['p99']} ms, CPU {lv['cpu_utilisation']:.0%} "
+              f"(other processes {lv.get('other_processes_cpu_utilisation', 0):.0%})")
+        if split:
+            print(f"  CPU ms per processed frame {split['total']}: camera threads {split['camera_threads']}, "
+                  f"JPEG decode + detector {split['decode_and_detector']}, tracker + rules "
+                  f"{split['worker_track_rules']}; worker thread busy {lv['worker_busy_share']:.0%} of the time "
+                  f"(detector {lv['detector_threading']})")
+        mr = lv.get("motion_regions")
+        if mr:
+            print(f"  motion regions: {mr['regions']} frames in {mr['crops']} crops, {mr['whole']} whole frames")
+
+
 def print_table(r: dict[str, Any]) -> None:
     m = r["machine"]
     print(f"\nvision benchmark — {m['cpu']}, {m['cores']} cores, onnxruntime {m['onnxruntime']}")
@@ -710,24 +776,7 @@ def print_table(r: dict[str, Any]) -> None:
         c = caps["vtest_plaza"]
         sweep = ", ".join(f"{k}: {n}" for k, n in c["cameras_if_gate_skips"].items())
         print(f"  {v:<13} cameras at skip {sweep}; 16 cameras need {c['gate_skip_needed_for_16_cameras']} skipped")
-    for lv in r["live"]:
-        lat = lv["latency_ms"]
-        split = lv.get("cpu_ms_per_processed_frame") or {}
-        mode = ("motion regions" if lv.get("motion_regions") else
-                "whole frames, dynamic input" if lv.get("dynamic_input") else "whole frames")
-        print(f"\nlive {lv['variant']} {lv.get('input_size', DEFAULT_SIZE)} {mode}, {'+'.join(lv.get('sources', []))}: "
-              f"{lv['cameras']} cameras for {lv['seconds']} s: "
-              f"{lv['frames_processed']}/{lv['frames_offered']} frames processed ({lv['processed_fps']} fps = "
-              f"{lv['processed_per_camera_fps']} per camera, mean batch {lv['mean_batch']}), "
-              f"latency p50 {lat['p50']} ms p95 {lat['p95']} ms p99 {lat['p99']} ms, CPU {lv['cpu_utilisation']:.0%}")
-        if split:
-            print(f"  CPU ms per processed frame {split['total']}: camera threads {split['camera_threads']}, "
-                  f"JPEG decode + detector {split['decode_and_detector']}, tracker + rules "
-                  f"{split['worker_track_rules']}; worker thread busy {lv['worker_busy_share']:.0%} of the time "
-                  f"(detector {lv['detector_threading']})")
-        mr = lv.get("motion_regions")
-        if mr:
-            print(f"  motion regions: {mr['regions']} frames in {mr['crops']} crops, {mr['whole']} whole frames")
+    print_live(r["live"])
     if "sustained" in r:
         sus = r["sustained"]
         steps = ", ".join(f"{x['cameras']}: {x['processed_per_camera_fps']} fps/camera p95 {x['p95_ms']} ms "
@@ -754,8 +803,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="detector inputs to measure (W or WxH), the first is the reference (default %(default)s)")
     ap.add_argument("--e2e-size", type=parse_size, default=None,
                     help="detector input of the end-to-end run (default: the first of --sizes, 416)")
+    ap.add_argument("--live-only", action="store_true",
+                    help="only the as-shipped live rows: --cameras on both clips, --street-cameras on vtest")
+    ap.add_argument("--cameras", type=int, default=16, help="--live-only: cameras on both clips")
+    ap.add_argument("--street-cameras", type=int, default=24, help="--live-only: fixed street cameras (vtest)")
+    ap.add_argument("--in-flight", default=str(IN_FLIGHT),
+                    help="--live-only: vision.in_flight values, each row once per value (e.g. 0,8)")
     args = ap.parse_args(argv)
-    if args.e2e_only:
+    if args.live_only:
+        out = args.out if args.out != DEFAULT_OUT else DEFAULT_OUT.with_name("vision-live.json")
+        run_live_only(out, seconds=args.seconds, cameras=args.cameras, street_cameras=args.street_cameras,
+                      in_flight=tuple(int(x) for x in args.in_flight.split(",") if x.strip()))
+    elif args.e2e_only:
         run_e2e_only(args.out, seconds=args.seconds, n_cameras=args.e2e_cameras, size=args.e2e_size or DEFAULT_SIZE)
     else:
         sizes = tuple(parse_size(x) for x in args.sizes.split(",") if x.strip())
