@@ -1,16 +1,20 @@
 """Vision agent: camera frames → batched ONNX detection → per-camera tracker and scene rules → grid events.
 
     <prefix>.frames (key = camera id) ──take_events(max_batch, within=batch_window_s)──► inference thread:
-        decode JPEG → detect (one batch across cameras) → SceneEngine per camera (tracker, zones, rules)
-        → snapshot on new / end (FileEvidenceStore) → plate read for vehicles (optional) → GridEvent
+        decode JPEG → plan each frame (whole or motion regions) → detector threads, ``in_flight`` frames
+        ahead → in order: SceneEngine per camera (tracker, zones, rules) → snapshot on new / end
+        (FileEvidenceStore) → plate read for vehicles (optional) → GridEvent
     ──► <prefix>.events (key = grid code) ──► alerts agent ──► MQTT
 
 * **Off the event loop.** Everything CPU-bound (JPEG decode, onnxruntime, tracker, rendering the snapshot)
   runs in one dedicated executor thread, so the worker's event loop keeps serving Kafka heartbeats,
-  commits and the other agents.  One thread also means the per-camera engines need no locks; onnxruntime
-  uses its own intra-op threads (``detector.threads``).
+  commits and the other agents.  One thread also means the per-camera engines need no locks.  Only the
+  detector's work on a frame's pictures runs on its own threads (``detector.batch_workers``, each with
+  ``detector.threads`` onnxruntime threads), while this thread plans the next frames and applies the
+  finished ones (models/detect_pipeline.py, ``vision.in_flight``; same results as batches in turn).
 * **Batching across cameras** as DeepStream does: the frames that arrived within ``batch_window_s`` (at
-  most ``max_batch``) go through the detector together.
+  most ``max_batch``) are taken together; with ``vision.in_flight: 0`` they go through the detector as one
+  batch, else frame by frame on the detector's threads, up to ``in_flight`` ahead of the rules.
 * **Event time.** Frames carry their capture time; a frame at or before the last one a camera's engine
   saw (a re-delivery after a restart, or out of order) is skipped — the tracker never sees time go back.
   Grid-event ids are the scene events' deterministic ids (camera, rule, zone, track start, track), so a
@@ -153,6 +157,7 @@ class VisionProcessor:
         self._regions: Any = RegionPlanner(regions) if regions.enabled else None  # motion regions (see _planner)
         self._regions_checked = False
         self._decoder: ThreadPoolExecutor | None = None  # JPEG decoding of a batch on 2 threads
+        self._pipeline: Any = None  # frames → detector → rules (see _detect_pipeline)
 
     # -- set-up ------------------------------------------------------------------------------------
     def warm(self) -> None:
@@ -380,19 +385,28 @@ class VisionProcessor:
         if self.detector is None:
             self.warm()
         changed: dict[str, bool] = {}  # camera -> a new / end in this batch (checkpoint at once)
-        detect_s = 0.0
-        for chunk in camera_rounds(keep, self.opts.max_batch):
+        rounds = camera_rounds(keep, self.opts.max_batch)
+        rec_of = {id(r.frame): r for r in keep}
+        applying = [0.0]
+
+        def apply(f: Any, dets: Any, plan: Any) -> None:
             t0 = time.perf_counter()
-            try:
-                results: list[Any] = self._detect(chunk)
-            except Exception:  # noqa: BLE001 - isolate the culprit: earlier rounds are applied already
-                log.exception("vision: a detector batch failed; retrying its frames one by one")
-                results = [self._detect_one(rec, out) for rec in chunk]
-            detect_s += time.perf_counter() - t0
-            self.batch_sizes.append(len(chunk))
-            for rec, dets in zip(chunk, results, strict=True):
-                if dets is not None:
-                    self._apply(rec.frame, dets, out, changed)
+            if isinstance(dets, Exception):  # parked with its header; the batch's other frames go on
+                self._failed(rec_of[id(f)], dets, out)
+            else:
+                self.stats["whole_frames" if plan is None else "region_frames"] += 1
+                self.stats["crops"] += len(plan or ())
+                self._apply(f, dets, out, changed)
+            applying[0] += time.perf_counter() - t0
+
+        def tracks_at(cam: str, ts: float) -> list[Any]:
+            engine = self.engines.get(cam)
+            return engine.tracker.boxes_at(ts) if engine is not None else []
+
+        t0 = time.perf_counter()
+        self._detect_pipeline().run([[r.frame for r in chunk] for chunk in rounds], tracks_at, apply)
+        detect_s = time.perf_counter() - t0 - applying[0]  # planning and the detector, not the rules
+        self.batch_sizes.extend(len(chunk) for chunk in rounds)
         self.infer_ms.extend([detect_s * 1000 / len(keep)] * len(keep))
         for cam, force in changed.items():
             engine = self.engines.get(cam)
@@ -400,17 +414,22 @@ class VisionProcessor:
                 self._checkpoint(cam, engine, out, force)
         self.stats["detections_batches"] += 1
 
-    def _detect_one(self, rec: Any, out: Outcome) -> list[Any] | None:
-        """A frame of a failed batch on its own; None (and a dead letter with its header) if it fails too."""
+    def _detect_pipeline(self) -> Any:
+        """Frames → detector → rules, the detector working while this thread plans and applies
+        (``vision.in_flight``; models/detect_pipeline.py)."""
+        if self._pipeline is None:
+            from gridwatch.models.detect_pipeline import DetectPipeline
+
+            self._pipeline = DetectPipeline(self.detector, self._planner(), self.opts.in_flight)
+        return self._pipeline
+
+    def _failed(self, rec: Any, e: Exception, out: Outcome) -> None:
+        """A frame the detector (or its planning) failed on: its header to the dead letters."""
         from gridwatch.pipeline.schemas.codec import dumps
 
-        try:
-            return self._detect([rec])[0]
-        except Exception as e:  # noqa: BLE001 - parked with the reason, the agent goes on
-            log.exception("vision: detector failed on a frame of camera %s", rec.frame.camera_id)
-            out.dead.append(("vision_error", f"{type(e).__name__}: {e}", "frames", dumps(rec.header),
-                             rec.frame.camera_id))
-            return None
+        log.error("vision: detector failed on a frame of camera %s", rec.frame.camera_id, exc_info=e)
+        out.dead.append(("vision_error", f"{type(e).__name__}: {e}", "frames", dumps(rec.header),
+                         rec.frame.camera_id))
 
     def _apply(self, f: Any, dets: list[Any], out: Outcome, changed: dict[str, bool]) -> None:
         """One frame's detections through its camera's tracker and rules."""
@@ -429,20 +448,6 @@ class VisionProcessor:
         changed[f.camera_id] = changed.get(f.camera_id, False) or any(e.type != "update" for e in result.events)
         self.stats["frames"] += 1
         self.latency_s.append(self.clock() - f.ts)
-
-    def _detect(self, recs: list[Any]) -> list[Any]:
-        """One batch through the detector: whole frames, or crops around motion and tracks."""
-        from gridwatch.models.regions import detect_frames
-
-        def tracks_at(cam: str, ts: float) -> list[Any]:
-            engine = self.engines.get(cam)
-            return engine.tracker.boxes_at(ts) if engine is not None else []
-
-        results, plans = detect_frames(self.detector, self._planner(), [r.frame for r in recs], tracks_at)
-        for plan in plans:
-            self.stats["whole_frames" if plan is None else "region_frames"] += 1
-            self.stats["crops"] += len(plan or ())
-        return results
 
     # -- scene event -> grid event -----------------------------------------------------------------
     def _snapshot(self, ev: Any, engine: Any, image: Any, tracks: list[Any]) -> str | None:

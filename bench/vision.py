@@ -1,6 +1,8 @@
 """Vision benchmark: where the CPU goes per camera, and how many cameras at 5 fps this machine sustains.
 
     python -m gridwatch.bench vision [--out bench/results/vision.json] [--seconds 20] [--quick] [--sizes 416,416x320,320]
+    python -m gridwatch.bench vision --live-only [--seconds 15] [--cameras 16] [--street-cameras 24] [--setups 0:0,shipped]
+    python -m gridwatch.bench vision --regions-only
     from gridwatch.bench.vision import run; result = run("bench/results/vision.json")
 
 In one run, on real footage (``vtest.avi``: fixed camera over a plaza; the 1906 Market Street film: a
@@ -28,6 +30,10 @@ camera on a moving cable car), frames downscaled to ``max_width`` 640 as the shi
                as shipped (dynamic-input model, motion regions: crops around motion and tracks, see
                models/regions.py); and 16 fixed street cameras (vtest only) with whole frames and regions;
                the detector as shipped: each batch split over 2 one-thread shards (batch_workers 2);
+* **live-only** just the as-shipped live rows (16 cameras on both clips, 24 fixed street cameras), each once
+               per ``--setups`` entry (``vision.in_flight``:``vision.regions.max_gap_frames``; ``0:0`` is the
+               agent before both existed: batches in turn, whole frames after any gap), interleaved;
+               ``--regions-only`` just the regions rows;
 * **sustained** cameras at 5 fps as shipped, measured live: from the 16-camera run, 4 more cameras at a
                time until a run analyses < 98 % of the offered frames or its p95 exceeds 1 s;
 * **memory**   RSS and peak RSS of this process;
@@ -68,6 +74,7 @@ from gridwatch.models.build import (
     parse_size,
     size_name,
 )
+from gridwatch.models.detect_pipeline import DetectPipeline
 from gridwatch.models.detectors import create_detector
 from gridwatch.models.detectors.onnx_yolo import stride_size
 from gridwatch.models.regions import RegionConfig, RegionPlanner, detect_frames
@@ -102,6 +109,17 @@ def rss_mb() -> dict[str, float]:
 
         out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return out
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot (/proc/stat; zeros elsewhere)."""
+    try:
+        fields_ = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = fields_[3] + (fields_[4] if len(fields_) > 4 else 0)  # idle + iowait
+    return (sum(fields_[:8]) - idle) / tick, sum(fields_[:8]) / tick
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -148,6 +166,7 @@ def detector_config(variant: str, size: Size, threads: int = 2, batch_workers: i
 
 
 SHARDED = {"threads": 1, "batch_workers": 2}  # the shipped cameras.yaml: a batch split over 2 one-thread shards
+IN_FLIGHT = 8  # the shipped vision.in_flight: frames at the detector while the worker plans and applies rules
 
 
 def sample_frames(path: Path, n: int, step: int) -> list[np.ndarray]:
@@ -256,14 +275,15 @@ def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     return iw * ih / union if union > 0 else 0.0
 
 
-def bench_regions(path: Path, variant: str, n: int = 250) -> dict[str, Any]:
+def bench_regions(path: Path, variant: str, n: int = 250, step: int = 1) -> dict[str, Any]:
     """Motion regions against whole frames on one clip (5 fps, one thread, the same dynamic model): share of
     frames cropped, input pixels, CPU ms per frame, and how many of the whole-frame pass's people and
-    vehicles (score ≥ 0.4) the regions pass also found (same label, IoU > 0.5)."""
+    vehicles (score ≥ 0.4) the regions pass also found (same label, IoU > 0.5).  ``step`` > 1: only every
+    step-th sampled frame is analysed (an agent that fell behind; gaps in ``seq``)."""
     det = create_detector(detector_config(variant, DEFAULT_SIZE, threads=1, dynamic=True))
     cap = CameraCapture({"camera_id": "c", "source": str(path), "detect_fps": DETECT_FPS, "start_ts": 0.0,
                          "max_width": CAPTURE_MAX_WIDTH})
-    frames = list(cap.frames())[:n]
+    frames = list(cap.frames())[::step][:n]
     engine = SceneEngine.from_config("c", {})
     planner = RegionPlanner(RegionConfig())
     whole_s = regions_s = 0.0
@@ -287,9 +307,16 @@ def bench_regions(path: Path, variant: str, n: int = 250) -> dict[str, Any]:
                 missed += not hit
     det.close()
     k = max(1, len(frames))
-    return {"frames": len(frames), "cropped_share": round(cropped / k, 3), "input_pixels_share": round(pixels / k, 3),
+    return {"frames": len(frames), "step": step, "cropped_share": round(cropped / k, 3), "input_pixels_share": round(pixels / k, 3),
             "cpu_ms_per_frame_whole": round(whole_s * 1000 / k, 2), "cpu_ms_per_frame_regions": round(regions_s * 1000 / k, 2),
             "recall_vs_whole": round(found / max(1, found + missed), 4), "objects_whole": found + missed}
+
+
+def regions_rows(vtest: Path, market: Path, variant: str) -> dict[str, Any]:
+    """Both clips frame by frame, and vtest with every 2nd / 3rd sampled frame missing."""
+    return {"vtest_plaza": bench_regions(vtest, variant), "market_street_1906": bench_regions(market, variant),
+            "vtest_plaza_every_2nd": bench_regions(vtest, variant, step=2),
+            "vtest_plaza_every_3rd": bench_regions(vtest, variant, step=3)}
 
 
 def capacity(clip: dict[str, Any], model: dict[str, Any], n_cores: int) -> dict[str, Any]:
@@ -324,15 +351,20 @@ def capacity(clip: dict[str, Any], model: dict[str, Any], n_cores: int) -> dict[
 
 def bench_live(variant: str, sources: list[Path], n_cameras: int, seconds: float,
                size: Size = DEFAULT_SIZE, threading_: dict[str, int] | None = None,
-               regions: bool = False, dynamic: bool | None = None) -> dict[str, Any]:
+               regions: bool = False, dynamic: bool | None = None, in_flight: int = IN_FLIGHT,
+               max_gap_frames: int | None = None) -> dict[str, Any]:
     """``n_cameras`` real-time file cameras → one batching vision worker; latency frame time → result.
+    ``in_flight``: frames at the detector while the worker plans and applies rules, as ``vision.in_flight``
+    (0: each batch planned, detected and applied in turn); ``max_gap_frames``: ``vision.regions``' (None: the
+    shipped default);
     ``threading_``: the detector's ``threads`` / ``batch_workers`` (default: the shipped two shards);
     ``regions``: detect in motion regions as the vision agent does (needs the dynamic-input model);
     ``dynamic``: the dynamic-input model (default: with regions) — whole frames padded only to the grid."""
     threading_ = dict(threading_ or SHARDED)
     dynamic = regions if dynamic is None else dynamic
     detector = create_detector(detector_config(variant, size, **threading_, dynamic=dynamic))
-    planner = RegionPlanner(RegionConfig()) if regions else None
+    gap = {} if max_gap_frames is None else {"max_gap_frames": max_gap_frames}
+    planner = RegionPlanner(RegionConfig(**gap)) if regions else None
     plan_counts = {"whole": 0, "regions": 0, "crops": 0}
     inbox: dict[str, bytes] = {}
     lock = threading.Condition()
@@ -366,6 +398,20 @@ def bench_live(variant: str, sources: list[Path], n_cameras: int, seconds: float
     busy = [0.0]  # wall seconds the worker spent on batches (not waiting for frames)
     decoder = ThreadPoolExecutor(2)
 
+    pipeline = DetectPipeline(detector, planner, in_flight)
+
+    def tracks_at(cam: str, ts: float) -> list[Any]:
+        return engines[cam].tracker.boxes_at(ts) if cam in engines else []
+
+    def apply(f: Any, dets: Any, plan: Any) -> None:  # the agent's order: frames applied as they were given
+        t0 = time.thread_time()
+        plan_counts["whole" if plan is None else "regions"] += 1
+        plan_counts["crops"] += len(plan or ())
+        eng = engines.get(f.camera_id) or engines.setdefault(f.camera_id, SceneEngine.from_config(f.camera_id, SCENE))
+        events[0] += len(eng.update(dets, f.ts, f.size).events)
+        latencies.append(time.time() - f.ts)
+        split["rules"] += time.thread_time() - t0
+
     def worker() -> None:
         while not stop.is_set():
             with lock:
@@ -378,33 +424,25 @@ def bench_live(variant: str, sources: list[Path], n_cameras: int, seconds: float
                 continue
             w0 = time.perf_counter()
             frames = [r.frame for r in decode_all([v for _, v in items], decoder)]  # as the agent does
-            results, plans = detect_frames(detector, planner, frames, lambda cam, ts: (
-                engines[cam].tracker.boxes_at(ts) if cam in engines else []))
-            t2 = time.thread_time()
-            for plan in plans:
-                plan_counts["whole" if plan is None else "regions"] += 1
-                plan_counts["crops"] += len(plan or ())
-            for f, dets in zip(frames, results, strict=True):
-                eng = engines.setdefault(f.camera_id, SceneEngine.from_config(f.camera_id, SCENE))
-                events[0] += len(eng.update(dets, f.ts, f.size).events)
-                latencies.append(time.time() - f.ts)
-            split["rules"] += time.thread_time() - t2
+            pipeline.run([frames], tracks_at, apply)  # one frame per camera: the inbox keeps the newest
             busy[0] += time.perf_counter() - w0
             batches.append(len(frames))
 
     threads = [threading.Thread(target=camera, args=(i,), daemon=True) for i in range(n_cameras)]
     wt = threading.Thread(target=worker, daemon=True)
-    w0, c0 = time.perf_counter(), time.process_time()
+    w0, c0, m0 = time.perf_counter(), time.process_time(), machine_cpu()
     for t in threads:
         t.start()
     wt.start()
     time.sleep(seconds)
     stop.set()
-    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    wall, cpu, m1 = time.perf_counter() - w0, time.process_time() - c0, machine_cpu()
+    others = max(0.0, (m1[0] - m0[0]) - cpu)  # CPU seconds of other processes: a busy machine skews the run
     wt.join(5)
     for t in threads:
         t.join(5)
     decoder.shutdown(wait=True)
+    pipeline.close()
     detector.close()
     warm = latencies[len(latencies) // 10:]  # skip the start-up
     n = max(1, len(latencies))
@@ -412,12 +450,15 @@ def bench_live(variant: str, sources: list[Path], n_cameras: int, seconds: float
     return {
         "variant": variant, "input_size": size_name(size), "capture_max_width": CAPTURE_MAX_WIDTH,
         "detector_threading": threading_, "sources": sorted({p.name for p in sources}), "cameras": n_cameras,
-        "motion_regions": plan_counts if regions else None, "dynamic_input": dynamic, "seconds": round(wall, 1),
+        "motion_regions": plan_counts if regions else None, "dynamic_input": dynamic, "in_flight": in_flight,
+        "max_gap_frames": planner.cfg.max_gap_frames if planner else None,
+        "seconds": round(wall, 1),
         "frames_offered": offered[0], "frames_processed": len(latencies), "frames_superseded": dropped[0],
         "processed_fps": round(len(latencies) / wall, 1), "mean_batch": round(statistics.mean(batches), 2) if batches else 0,
         "latency_ms": {"p50": round(pct(warm, 50) * 1000, 1), "p95": round(pct(warm, 95) * 1000, 1),
                        "p99": round(pct(warm, 99) * 1000, 1)},
         "cpu_utilisation": round(cpu / wall / cores(), 3), "scene_events": events[0],
+        "other_processes_cpu_utilisation": round(others / max(1e-9, m1[1] - m0[1]), 3),
         "worker_busy_share": round(busy[0] / wall, 3),  # near 1: the worker thread, not the CPU, is the limit
         "processed_per_camera_fps": round(len(latencies) / wall / n_cameras, 2),
         "cpu_ms_per_processed_frame": {
@@ -639,7 +680,7 @@ def run(out_json_path: str | Path | None = DEFAULT_OUT, *, seconds: float = 20.0
     result["clips"]["market_street_1906"] = bench_clip("market_street_1906", market, det, quick)
     det.close()
     fastest = variants[-1]
-    result["regions"] = {"vtest_plaza": bench_regions(vtest, fastest), "market_street_1906": bench_regions(market, fastest)}
+    result["regions"] = regions_rows(vtest, market, fastest)
     for key, mod in result["model"].items():
         result["capacity"][key] = {c: capacity(clip, mod, n_cores) for c, clip in result["clips"].items()}
     live_seconds = min(seconds, 8.0) if quick else seconds
@@ -669,6 +710,61 @@ def run(out_json_path: str | Path | None = DEFAULT_OUT, *, seconds: float = 20.0
     return result
 
 
+def run_live_only(out_json_path: str | Path | None, *, seconds: float, cameras: int = 16, street_cameras: int = 24,
+                  setups: tuple[tuple[int, int | None], ...] = ((IN_FLIGHT, None),),
+                  size: Size = DEFAULT_SIZE) -> dict[str, Any]:
+    """Only the as-shipped live rows (motion regions, the dynamic int8 model): ``cameras`` on both clips and
+    ``street_cameras`` fixed street cameras (vtest), each once per setup (``vision.in_flight``,
+    ``vision.regions.max_gap_frames``; ``(0, 0)``: batches in turn, whole frames after any gap), interleaved."""
+    build(quiet=True, size=size)
+    variant = "int8" if calibration_images() else "fp32"
+    vtest, market = footage.vtest_avi(), footage.market_street_mp4()
+    result: dict[str, Any] = {"machine": {"cpu": cpu_model(), "cores": cores()}, "live": []}
+    for sources, n in (([vtest, market], cameras), ([vtest], street_cameras)):
+        for depth, gap in setups:
+            if n > 0:
+                result["live"].append(bench_live(variant, sources, n, seconds, size, regions=True, in_flight=depth,
+                                                 max_gap_frames=gap))
+    result["memory"] = rss_mb()
+    if out_json_path:
+        Path(out_json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_json_path).write_text(json.dumps(result, indent=2) + "\n")
+    print_live(result["live"])
+    return result
+
+
+def print_live(rows: list[dict[str, Any]]) -> None:
+    for lv in rows:
+        lat = lv["latency_ms"]
+        split = lv.get("cpu_ms_per_processed_frame") or {}
+        mode = ("motion regions" if lv.get("motion_regions") else
+                "whole frames, dynamic input" if lv.get("dynamic_input") else "whole frames")
+        print(f"\nlive {lv['variant']} {lv.get('input_size', DEFAULT_SIZE)} {mode}, {'+'.join(lv.get('sources', []))}, "
+              f"in_flight {lv.get('in_flight', 0)}, max_gap_frames {lv.get('max_gap_frames')}: {lv['cameras']} cameras for {lv['seconds']} s: "
+              f"{lv['frames_processed']}/{lv['frames_offered']} frames processed "
+              f"({lv['frames_processed'] / max(1, lv['frames_offered']):.1%}; {lv['processed_fps']} fps = "
+              f"{lv['processed_per_camera_fps']} per camera, mean batch {lv['mean_batch']}), "
+              f"latency p50 {lat['p50']} ms p95 {lat['p95']} ms p99 {lat['p99']} ms, CPU {lv['cpu_utilisation']:.0%} "
+              f"(other processes {lv.get('other_processes_cpu_utilisation', 0):.0%})")
+        if split:
+            print(f"  CPU ms per processed frame {split['total']}: camera threads {split['camera_threads']}, "
+                  f"JPEG decode + detector {split['decode_and_detector']}, tracker + rules "
+                  f"{split['worker_track_rules']}; worker thread busy {lv['worker_busy_share']:.0%} of the time "
+                  f"(detector {lv['detector_threading']})")
+        mr = lv.get("motion_regions")
+        if mr:
+            print(f"  motion regions: {mr['regions']} frames in {mr['crops']} crops, {mr['whole']} whole frames")
+
+
+def print_regions(regions: dict[str, Any]) -> None:
+    for name, g in regions.items():
+        print(f"\nmotion regions, {name} ({g['frames']} frames, every {g.get('step', 1)}. sampled, 1 thread): "
+              f"{g['cropped_share']:.0%} of frames cropped, "
+              f"{g['input_pixels_share']:.0%} of the input pixels, {g['cpu_ms_per_frame_regions']} ms a frame against "
+              f"{g['cpu_ms_per_frame_whole']} ms whole; found {g['recall_vs_whole']:.1%} of the whole pass's "
+              f"{g['objects_whole']} people and vehicles")
+
+
 def print_table(r: dict[str, Any]) -> None:
     m = r["machine"]
     print(f"\nvision benchmark — {m['cpu']}, {m['cores']} cores, onnxruntime {m['onnxruntime']}")
@@ -691,11 +787,7 @@ def print_table(r: dict[str, Any]) -> None:
         print(f"  {name:<20} {c['decode_cpu_ms_per_source_frame']:>13.2f}  {c.get('downscale_ms', 0):>8.2f}  "
               f"{c['gate_ms']:>7.2f}  "
               f"{c['gate_skip_ratio']:>9.1%}  {c['jpeg_pack_ms'] + c['jpeg_unpack_ms']:>19.2f}  {c['track_rules_ms']:>14.2f}")
-    for name, g in r.get("regions", {}).items():
-        print(f"\nmotion regions, {name} ({g['frames']} frames, 1 thread): {g['cropped_share']:.0%} of frames cropped, "
-              f"{g['input_pixels_share']:.0%} of the input pixels, {g['cpu_ms_per_frame_regions']} ms a frame against "
-              f"{g['cpu_ms_per_frame_whole']} ms whole; found {g['recall_vs_whole']:.1%} of the whole pass's "
-              f"{g['objects_whole']} people and vehicles")
+    print_regions(r.get("regions", {}))
     print(f"\ncameras at {r['detect_fps']:.0f} fps ({r['target_utilisation']:.0%} of {m['cores']} cores)"
           "   CPU ms/camera/s  (decode/scale+gate+jpeg/inference/rest)  cameras  (decode elsewhere)")
     for v, caps in r["capacity"].items():
@@ -710,24 +802,7 @@ def print_table(r: dict[str, Any]) -> None:
         c = caps["vtest_plaza"]
         sweep = ", ".join(f"{k}: {n}" for k, n in c["cameras_if_gate_skips"].items())
         print(f"  {v:<13} cameras at skip {sweep}; 16 cameras need {c['gate_skip_needed_for_16_cameras']} skipped")
-    for lv in r["live"]:
-        lat = lv["latency_ms"]
-        split = lv.get("cpu_ms_per_processed_frame") or {}
-        mode = ("motion regions" if lv.get("motion_regions") else
-                "whole frames, dynamic input" if lv.get("dynamic_input") else "whole frames")
-        print(f"\nlive {lv['variant']} {lv.get('input_size', DEFAULT_SIZE)} {mode}, {'+'.join(lv.get('sources', []))}: "
-              f"{lv['cameras']} cameras for {lv['seconds']} s: "
-              f"{lv['frames_processed']}/{lv['frames_offered']} frames processed ({lv['processed_fps']} fps = "
-              f"{lv['processed_per_camera_fps']} per camera, mean batch {lv['mean_batch']}), "
-              f"latency p50 {lat['p50']} ms p95 {lat['p95']} ms p99 {lat['p99']} ms, CPU {lv['cpu_utilisation']:.0%}")
-        if split:
-            print(f"  CPU ms per processed frame {split['total']}: camera threads {split['camera_threads']}, "
-                  f"JPEG decode + detector {split['decode_and_detector']}, tracker + rules "
-                  f"{split['worker_track_rules']}; worker thread busy {lv['worker_busy_share']:.0%} of the time "
-                  f"(detector {lv['detector_threading']})")
-        mr = lv.get("motion_regions")
-        if mr:
-            print(f"  motion regions: {mr['regions']} frames in {mr['crops']} crops, {mr['whole']} whole frames")
+    print_live(r["live"])
     if "sustained" in r:
         sus = r["sustained"]
         steps = ", ".join(f"{x['cameras']}: {x['processed_per_camera_fps']} fps/camera p95 {x['p95_ms']} ms "
@@ -742,6 +817,14 @@ def print_table(r: dict[str, Any]) -> None:
         print(f"wrote {r['out']}")
 
 
+def parse_setup(text: str) -> tuple[int, int | None]:
+    """``8:2`` → (8, 2); ``shipped`` → the shipped in_flight and the planner's default gap."""
+    if text.strip() == "shipped":
+        return IN_FLIGHT, None
+    depth, _, gap = text.partition(":")
+    return int(depth), int(gap) if gap else None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m gridwatch.bench vision", description="vision benchmark")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -754,8 +837,28 @@ def main(argv: list[str] | None = None) -> int:
                     help="detector inputs to measure (W or WxH), the first is the reference (default %(default)s)")
     ap.add_argument("--e2e-size", type=parse_size, default=None,
                     help="detector input of the end-to-end run (default: the first of --sizes, 416)")
+    ap.add_argument("--live-only", action="store_true",
+                    help="only the as-shipped live rows: --cameras on both clips, --street-cameras on vtest")
+    ap.add_argument("--cameras", type=int, default=16, help="--live-only: cameras on both clips")
+    ap.add_argument("--street-cameras", type=int, default=24, help="--live-only: fixed street cameras (vtest)")
+    ap.add_argument("--setups", default="shipped",
+                    help="--live-only: IN_FLIGHT:MAX_GAP_FRAMES,... each row once per setup (vision.in_flight, "
+                         "vision.regions.max_gap_frames; 'shipped' = the defaults; e.g. 0:0,shipped)"),
+    ap.add_argument("--regions-only", action="store_true",
+                    help="only the motion-region rows (recall against whole frames; vtest also with frames missing)")
     args = ap.parse_args(argv)
-    if args.e2e_only:
+    if args.regions_only:
+        build(quiet=True)
+        rows = regions_rows(footage.vtest_avi(), footage.market_street_mp4(),
+                            "int8" if calibration_images() else "fp32")
+        out = args.out if args.out != DEFAULT_OUT else DEFAULT_OUT.with_name("vision-regions.json")
+        out.write_text(json.dumps(rows, indent=2) + "\n")
+        print_regions(rows)
+    elif args.live_only:
+        out = args.out if args.out != DEFAULT_OUT else DEFAULT_OUT.with_name("vision-live.json")
+        run_live_only(out, seconds=args.seconds, cameras=args.cameras, street_cameras=args.street_cameras,
+                      setups=tuple(parse_setup(x) for x in args.setups.split(",") if x.strip()))
+    elif args.e2e_only:
         run_e2e_only(args.out, seconds=args.seconds, n_cameras=args.e2e_cameras, size=args.e2e_size or DEFAULT_SIZE)
     else:
         sizes = tuple(parse_size(x) for x in args.sizes.split(",") if x.strip())

@@ -62,6 +62,7 @@ class VisionOptions:
     """``vision:`` — the vision agent (`gridwatch worker --agents +vision`)."""
 
     max_batch: int = 8  # frames per inference batch, across cameras
+    in_flight: int = 8  # frames at the detector while the agent's thread plans and applies rules (0 = in turn)
     batch_window_s: float = 0.05  # how long the agent waits to fill a batch
     max_lag_s: float = 1.0  # frames that waited longer: thinned to 1 per s of event time (0 = process all)
     evidence_url_prefix: str = ""  # prepended to snapshot references (e.g. /evidence/ for a web console)
@@ -170,8 +171,8 @@ def parse_camera_config(data: Any, where: str = "<cameras>") -> CameraConfig:
         raise CameraConfigError(f"{where}: detector: {e}") from None
     vision = _options(VisionOptions, data.get("vision"), f"{where}:vision")
     capture = _options(CaptureOptions, data.get("capture"), f"{where}:capture")
-    if vision.max_batch < 1 or vision.batch_window_s < 0:
-        raise CameraConfigError(f"{where}:vision: max_batch must be >= 1 and batch_window_s >= 0")
+    if vision.max_batch < 1 or vision.batch_window_s < 0 or vision.in_flight < 0:
+        raise CameraConfigError(f"{where}:vision: max_batch must be >= 1, batch_window_s and in_flight >= 0")
     try:
         from gridwatch.models.regions import RegionConfig
 

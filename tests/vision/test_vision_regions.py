@@ -85,6 +85,14 @@ def test_planner_runs_whole_frames_when_it_must() -> None:
     assert q.plan("e", (W, H), 10.2, "motion", walker, seq=1) is not None
     assert q.plan("e", (W, H), 11.2, "motion", walker, seq=6) is None  # seq 2..5 never analysed
     assert q.plan("e", (W, H), 11.4, "motion", walker, seq=7) is not None
+    # a short gap (max_gap_frames, default 2: frames superseded while the agent was behind) keeps the crops,
+    # so an overloaded agent does not search every frame whole; with 0 any gap means the whole frame
+    assert RegionConfig().max_gap_frames == 2
+    tolerant, strict = RegionPlanner(RegionConfig()), RegionPlanner(RegionConfig(max_gap_frames=0))
+    for planner in (tolerant, strict):
+        planner.full_ts["g"], planner.last_seq["g"] = 11.0, 7
+    assert tolerant.plan("g", (W, H), 12.0, "motion", walker, seq=10) is not None  # seq 8, 9 missing
+    assert strict.plan("g", (W, H), 12.0, "motion", walker, seq=10) is None
     state = q.export("e")
     r = RegionPlanner(RegionConfig())
     r.restore("e", state)  # a restarted worker continues the same choices
