@@ -64,6 +64,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from gridwatch.core.procs import cpu_s
 from gridwatch.models import footage
 from gridwatch.models.build import (
     DEFAULT_SIZE,
@@ -619,8 +620,7 @@ def bench_e2e(sources: list[Path], n_cameras: int, seconds: float, variant: str 
 def _cpu_s(pid: int) -> float:
     """user + system CPU seconds of a process and its children that were waited for (from /proc)."""
     try:
-        fields_ = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return sum(int(x) for x in fields_[11:15]) / os.sysconf("SC_CLK_TCK")
+        return cpu_s(pid, children=True)
     except (OSError, IndexError, ValueError):
         return 0.0
 

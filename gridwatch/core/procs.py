@@ -51,11 +51,12 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def cpu_s(pid: int) -> float:
-    """CPU seconds (user + system, all threads) a process has used, from /proc: on a shared, loaded
-    machine the CPU cost per input is steadier than wall-clock rates, so the benchmarks carry both."""
+def cpu_s(pid: int, children: bool = False) -> float:
+    """CPU seconds (user + system, all threads) a process has used, from /proc; ``children``: with its
+    children that were waited for. On a shared, loaded machine the CPU cost per input is steadier than
+    wall-clock rates, so the benchmarks carry both."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(int(x) for x in fields[11:15 if children else 13]) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> tuple[float, float]:
