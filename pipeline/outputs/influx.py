@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import operator
 import random
@@ -44,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from gridwatch.core.settings import InfluxSettings
-from gridwatch.pipeline.schemas.codec import SchemaError
+from gridwatch.pipeline.schemas.codec import SchemaError, loads
 
 log = logging.getLogger("gridwatch.influx")
 
@@ -141,7 +140,7 @@ class PointBuilder:
         """
         seen: list[tuple[str, int]] = []
         try:
-            doc = json.loads(raw)
+            doc = loads(raw)
             partition = int(doc["p"])
             # the readings' dicts as they are: a tuple per reading first cost a tenth of the building
             return partition, self._lines(map(_READING, doc["readings"]), seen), seen
