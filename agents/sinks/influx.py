@@ -54,8 +54,7 @@ def install(ctx: AgentContext, cfg: InfluxSettings) -> Any:
 
     @app.on_partitions_revoked.connect
     async def _forget(app_: Any, revoked: Any = None, **kwargs: Any) -> None:
-        presence.last_seen.clear()
-        presence.next_emit.clear()
+        presence.forget()
 
     def reading_lines(event: Any) -> list[str]:
         try:

@@ -108,6 +108,13 @@ def test_presence_counts_online_devices_per_kind_and_district_by_event_time():
             and f"district={district}" in x]
     total = sum(1 for d in mine if b.grid_tags(d.grid_code)["district"] == district)
     assert f"online=1i,total={total}i" in pt and pt.endswith(f" {t + 60_000}")
+    # partitions revoked: what was seen is forgotten, so the device seen before counts offline after
+    pres.forget()
+    assert pres.observe(p, [(mine[1].id, t + 61_500)]) == []
+    out = pres.observe(p, [(mine[1].id, t + 120_500)])  # mine[0], seen at t + 61 s, is within its allowance
+    [pt] = [x for x in out if "kind=water_gauge" in x and f"district={district}" in x]
+    same = b.grid_tags(mine[1].grid_code)["district"] == district
+    assert f"online={int(same)}i,total={total}i" in pt and pt.endswith(f" {t + 120_000}")
 
 
 def test_retries_with_back_off_then_writes():
