@@ -6,7 +6,6 @@ replay namespace (another topic prefix and app id) and the tests.
 
 from __future__ import annotations
 
-import gc
 import logging
 from typing import Any
 
@@ -23,6 +22,7 @@ from gridwatch.compat import (
     install_faust_seek_fix,
     install_tansu_shims,
 )
+from gridwatch.core import gc_policy
 from gridwatch.core.settings import STATE_DIR, Settings
 from gridwatch.devices.registry import city_of
 
@@ -71,10 +71,9 @@ def create_app(settings: Settings, *, city: Any = None, agents: str | tuple[str,
     if settings.kafka.idempotent:
         install_faust_idempotent_producer()  # a retried produce is not written twice (real Kafka only)
     city = city or city_of(settings)
-    # The city (100k devices, thousands of polygons) lives as long as the process: moving it out of
-    # the garbage collector's generations keeps full collections short (tail latency).
-    gc.collect()
-    gc.freeze()
+    # The city (100k devices, thousands of polygons) lives as long as the process, and so does most of
+    # what the agents build: out of the collector's walks, full collections stay short (tail latency).
+    gc_policy.install(settings.worker.gc_full_every_s)
     prefix = settings.kafka.topic_prefix
     (STATE_DIR / "faust").mkdir(parents=True, exist_ok=True)
     app = faust.App(

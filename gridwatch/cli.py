@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import logging
 import os
 import signal
 import sys
 
+from gridwatch.core import gc_policy
 from gridwatch.core.procs import run_async
 from gridwatch.core.settings import STACK_FILE, Settings, SettingsError, load_settings
 from gridwatch.roles import ROLES, apply_role
@@ -99,8 +99,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     if args.client_id:
         settings.bridge.client_id = args.client_id
     city = city_of(settings)
-    gc.collect()
-    gc.freeze()  # the registry lives as long as the bridge: keep it out of GC passes
+    gc_policy.install(settings.worker.gc_full_every_s)  # the registry lives as long as the bridge: out of GC walks
     log.info("city %s: %d devices, %d grids", city.name, len(city.registry), len(city.gridmap.areas("grid")))
     bridge = MqttBridge(settings, city.registry)
     run_async(bridge.run, settings.bridge.drain_s + 5, "bridge")
@@ -235,6 +234,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     from gridwatch.web.server import serve
 
     settings = settings_from(args)
+    gc_policy.install(settings.worker.gc_full_every_s)
     run_async(lambda stop: serve(settings, stop, host=args.host, port=args.port))
     return 0
 

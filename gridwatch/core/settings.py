@@ -118,6 +118,9 @@ class WorkerSettings:
     agents: str = ""
     # Kafka consumer-group session timeout of the Faust worker; 0 = by engine (6 s on Tansu, 30 s on Kafka).
     session_timeout_s: float = 0
+    # Worker, bridge and api processes: each full garbage collection freezes its survivors (short pauses,
+    # core/gc_policy.py); this often one full collection walks everything once (0 = never).
+    gc_full_every_s: float = 900
 
 
 @dataclass
@@ -359,7 +362,8 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "web.session_ttl_s": (1, 366 * 86_400, False), "web.max_body_bytes": (1, 1 << 31, False),
     "web.chat_import_max": (1, 1_000_000, False), "worker.offline_scan_s": (0, math.inf, True),
     "worker.presence_checkpoint_s": (0, math.inf, True), "worker.watermark_interval_s": (0, math.inf, True),
-    "worker.upstream_idle_s": (0, math.inf, True), "worker.shutdown_s": (0, 3600, True), "influx.batch_size": (1, 10_000_000, False),
+    "worker.upstream_idle_s": (0, math.inf, True), "worker.shutdown_s": (0, 3600, True),
+    "worker.gc_full_every_s": (0, math.inf, True), "influx.batch_size": (1, 10_000_000, False),
     "influx.flush_interval_ms": (1, math.inf, False), "influx.max_pending_points": (1, 1 << 40, False),
     "influx.writers": (1, 1_000, False), "influx.timeout_s": (0, math.inf, True),
     "influx.presence_interval_s": (1, math.inf, False),

@@ -34,3 +34,31 @@ def test_cpu_meter_counts_this_process_and_says_what_the_cores_carry() -> None:
     assert set(got["cpu_ms_per_1000_readings"]) == {"bench (paho clients)"}
     total_s = got["cpu_ms_per_1000_readings_total"] / 1000  # 1,000 readings
     assert abs(got["cpu_bound_readings_per_s"] - got["cores"] * 1000 / total_s) <= 1 + 1e-3 * got["cpu_bound_readings_per_s"]
+
+
+def test_the_workload_is_quiet_and_a_fault_is_not() -> None:
+    """Three rounds of every device's quiet reading raise nothing (a workload that raised one event per
+    water gauge from its second round on measured events, not readings); the fault readings raise."""
+    from gridwatch.agents.partition_state import TelemetryProcessor
+    from gridwatch.agents.rules.base import load_rules
+    from gridwatch.agents.rules.engine import RuleEngine
+    from gridwatch.bench.telemetry import BASE_TS, reading
+    from gridwatch.core.settings import CONFIG_DIR
+    from gridwatch.devices.registry import load_city
+
+    city = load_city()
+    engine = RuleEngine(load_rules(CONFIG_DIR / "rules.yaml"), city.registry, city.gridmap)
+    store: dict[str, dict] = {}
+    proc = TelemetryProcessor(engine, city.registry, store, lateness_ms=5000, scan_every_ms=10_000,
+                              checkpoint_every_ms=30_000)
+    devs = list(city.registry)
+    for fault, rounds in ((False, range(3)), (True, range(3, 6))):
+        raised: set[tuple[str, str]] = set()
+        for k in rounds:
+            res = proc.process(0, [Reading(d.id, BASE_TS + k * 1000, reading(d, 0, fault)) for d in devs])
+            store.update(res.writes)
+            raised |= {(e.type, e.phase) for e in res.events}
+        if not fault:
+            assert raised == set()
+        else:
+            assert {("water_over_level", "new"), ("manhole_open", "new")} <= raised
