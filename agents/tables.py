@@ -13,7 +13,11 @@ class TableStore:
         self.table = table
 
     def get(self, key: str) -> Any:
-        return self.table.get(key)
+        # The store, as ``put`` writes it. ``table.get`` raised and caught a KeyError per missing key (the
+        # first reading of every device): 37 % of the telemetry agent's samples in the first round of a
+        # 100k-device city.
+        data = self.table.data
+        return data[key] if key in data else None  # noqa: SIM401 - the store's get raises and catches a KeyError
 
     def items(self) -> Any:
         return self.table.data.items()

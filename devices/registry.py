@@ -246,13 +246,20 @@ class Registry:
     def group(self, attribute: str, value: str) -> list[Device]:
         """Devices whose ``attribute`` equals ``value``: the members of a group rule's group (its
         ``group_by``, e.g. the lamps of a circuit), for any device attribute, without a list to edit."""
+        return list(self._group_index(attribute).get(value, ()))
+
+    def group_size(self, attribute: str, value: str) -> int:
+        """``len(group(attribute, value))`` without copying the group (a group rule asks per reading)."""
+        return len(self._group_index(attribute).get(value, ()))
+
+    def _group_index(self, attribute: str) -> dict[str, list[Device]]:
         index = self._groups.get(attribute)
         if index is None:
             index = self._groups[attribute] = {}
             for d in self._by_id.values():
                 if (v := getattr(d, attribute, None)) not in (None, ""):
                     index.setdefault(str(v), []).append(d)
-        return list(index.get(value, ()))
+        return index
 
     def circuits(self) -> dict[str, list[Device]]:
         """Circuit id -> its lamps, sorted by circuit id."""

@@ -47,7 +47,7 @@ class RuleEngine:
 
     def group_size(self, group_by: str, key: str) -> int:
         """How many devices share the group (a rule's ``group_by`` attribute), at least the reporting one."""
-        return max(1, len(self.registry.group(group_by, key)))
+        return max(1, self.registry.group_size(group_by, key))
 
     def make_event(self, rule: Rule, device: Any, subject: str, phase: str, active: dict, ts: int,
                    message: str, evidence: list[dict[str, Any]], end_ts: int | None = None) -> GridEvent:
