@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from gridwatch.bench.results_io import bench_parser, write_results
-from gridwatch.core.procs import Proc, rss_mb
+from gridwatch.core.procs import Proc, cpu_s, rss_mb
 from gridwatch.core.settings import STATE_DIR, InfluxSettings, load_settings, with_prefix
 from gridwatch.devices.citygen import generate
 from gridwatch.devices.registry import load_city
@@ -192,8 +192,13 @@ def bench_sink(city_dir: Path, n_readings: int = 300_000) -> dict[str, Any]:
             await sink.stop()
             return dt, sink.stats, n
 
+        # CPU seconds of this process and of the server per phase: both share the machine's cores, so on a
+        # small machine the ratio is bound by the CPU the two need together, not by either alone
+        me, c0, v0 = os.getpid(), cpu_s(os.getpid()), cpu_s(vm.proc.pid)
         t_raw = asyncio.run(ceiling())
+        c1, v1 = cpu_s(me), cpu_s(vm.proc.pid)
         t_sink, stats, n_points = asyncio.run(sink_run())
+        c2, v2 = cpu_s(me), cpu_s(vm.proc.pid)
     finally:
         vm.close()
     return {
@@ -203,6 +208,8 @@ def bench_sink(city_dir: Path, n_readings: int = 300_000) -> dict[str, Any]:
         "sink_points": n_points, "sink_points_per_s": round(n_points / t_sink),
         "sink_readings_per_s": round(readings / t_sink), "sink_stats": stats.as_dict(),
         "sink_vs_raw": round((n_points / t_sink) / (len(lines) / t_raw), 2),
+        "cpu_s": {"raw_client": round(c1 - c0, 2), "raw_server": round(v1 - v0, 2), "raw_wall": round(t_raw, 2),
+                  "sink": round(c2 - c1, 2), "sink_server": round(v2 - v1, 2), "sink_wall": round(t_sink, 2)},
     }
 
 

@@ -5,6 +5,7 @@ written by the sink are read back with the right tags, values and timestamps; re
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 import uuid
 from dataclasses import replace
@@ -15,6 +16,7 @@ from aiohttp import web
 from gridwatch.core.settings import InfluxSettings
 from gridwatch.devices.registry import load_city
 from gridwatch.pipeline.kafka_io import partition_for
+from gridwatch.pipeline.outputs import influx
 from gridwatch.pipeline.outputs.influx import InfluxSink, PointBuilder, Presence, WriteRejected, line
 from gridwatch.pipeline.schemas.events import GridEvent, TierRef, event_id
 from gridwatch.pipeline.schemas.incidents import Incident, IncidentChange, incident_id
@@ -292,3 +294,37 @@ def test_a_take_is_written_while_it_is_built_and_done_only_once_confirmed():
     n, sink = asyncio.run(main())
     assert started_after[0] < 5  # the first write began before the whole take was built
     assert n == 10 and sink.stats.points == 10 and sink.stats.batches == 5
+
+
+def test_points_are_built_without_cyclic_gc_which_is_back_on_afterwards():
+    """write_take builds each record's points with the cyclic collector off (they make no cycles) and
+    turns it back on, also when building raises; a collector the caller turned off stays off."""
+    during: list[bool] = []
+
+    def lines_of(i: int) -> list[str]:
+        during.append(gc.isenabled())
+        if i == 2:
+            raise ValueError("bad record")
+        return [f"m v={i}i {i}"]
+
+    async def write(body: str) -> None:
+        pass
+
+    async def main() -> int:
+        sink = InfluxSink(cfg(batch_size=10, writers=1, max_pending_points=100), write_fn=write)
+        n = await sink.write_take(range(2), lines_of)
+        with pytest.raises(ValueError):
+            await sink.write_take(range(3), lines_of)
+        await sink.stop()
+        return n
+
+    assert gc.isenabled()
+    assert asyncio.run(main()) == 2
+    assert during == [False] * 5 and gc.isenabled()
+    gc.disable()
+    try:
+        with influx.gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
