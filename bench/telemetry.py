@@ -329,9 +329,9 @@ def run(out: Path, devices: int = 100_000, total_readings: int = 300_000, latenc
             print(f"memory: {results['rss_mb']}", flush=True)
 
             # -- 3. latency at a fixed rate -----------------------------------------------------------
-            # Probes of the first ``settle_s`` (right after the burst) are reported on their own: for
-            # about 8 s after the throughput run the path is slower (max per second 140-245 ms against
-            # 45-96 ms later, on both brokers), which is the burst's after-effect, not the fixed rate.
+            # Probes of the first ``settle_s`` are reported on their own: for about 8 s after the fixed-rate
+            # traffic starts the path is slower (max per second 140-245 ms against 45-96 ms later, on both
+            # brokers, also after 15 s of quiet; cause not found, docs/benchmarks.md), not the steady rate.
             tick = 0.05
             per_tick = int(latency_rate * tick)
             probes = [d for d in manholes if d.id not in {m.id for m in markers.values()}]

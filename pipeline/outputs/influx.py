@@ -33,19 +33,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import operator
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any, TypeVar
 
 import numpy as np
 
+from gridwatch.core.gc_policy import gc_paused
 from gridwatch.core.settings import InfluxSettings
 from gridwatch.pipeline.schemas.codec import SchemaError, loads
 
@@ -310,23 +310,6 @@ class Presence:
 
 
 # -- the writer --------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection while one record's points are built (this thread runs nothing else
-    meanwhile). Why: a readings record decodes to ~4,000 dicts that die by reference counting, without
-    cycles, yet their allocation ran about five collections per record, which collected nothing, over the
-    replay bench's records: 10-20 % of the building's CPU (decode + points + presence).
-    """
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
 class WriteRejected(Exception):
     """The server refused a batch for what it contains (4xx other than 429): retrying cannot help."""
 

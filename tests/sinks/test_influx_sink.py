@@ -13,10 +13,10 @@ from dataclasses import replace
 import pytest
 from aiohttp import web
 
+from gridwatch.core import gc_policy
 from gridwatch.core.settings import InfluxSettings
 from gridwatch.devices.registry import load_city
 from gridwatch.pipeline.kafka_io import partition_for
-from gridwatch.pipeline.outputs import influx
 from gridwatch.pipeline.outputs.influx import InfluxSink, PointBuilder, Presence, WriteRejected, line
 from gridwatch.pipeline.schemas.events import GridEvent, TierRef, event_id
 from gridwatch.pipeline.schemas.incidents import Incident, IncidentChange, incident_id
@@ -323,7 +323,7 @@ def test_points_are_built_without_cyclic_gc_which_is_back_on_afterwards():
     assert during == [False] * 5 and gc.isenabled()
     gc.disable()
     try:
-        with influx.gc_paused():
+        with gc_policy.gc_paused():
             pass
         assert not gc.isenabled()
     finally:
