@@ -61,6 +61,15 @@ class ParseResult:
     rejections: list[Rejection]
 
 
+def finite_number(value: Any) -> bool:
+    """A number every consumer reads back as itself: a finite float, or an integer within 64 bits (the
+    workers' decoder reads a larger one as a float, and ``math.isfinite`` raised OverflowError on one
+    beyond a float's range: a device could stop the bridge with a 400-digit value)."""
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**64
+    return isinstance(value, float) and math.isfinite(value)
+
+
 def check_values(values: Any, device_id: str) -> tuple[dict[str, float | int | bool] | None, str | None]:
     """Return (clean values, None) or (None, why not)."""
     if not isinstance(values, dict) or not values:
@@ -73,8 +82,8 @@ def check_values(values: Any, device_id: str) -> tuple[dict[str, float | int | b
                 return None, f"device {device_id}: {name} must be a number, got {value!r}"
             clean[name] = value
             continue
-        if not isinstance(value, int | float) or not math.isfinite(value):
-            return None, f"device {device_id}: {name} must be a finite number or boolean, got {value!r}"
+        if not finite_number(value):
+            return None, f"device {device_id}: {name} must be a finite number or boolean, got {_short(value)}"
         if spec is not None:
             typ, lo, hi = spec
             if typ is bool:
@@ -89,8 +98,8 @@ def check_values(values: Any, device_id: str) -> tuple[dict[str, float | int | b
 
 
 def check_ts(ts: Any, now_ms: int, max_future_ms: int, device_id: str) -> tuple[int | None, str | None]:
-    if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
-        return None, f"device {device_id}: 'ts' must be milliseconds since epoch, got {ts!r}"
+    if isinstance(ts, bool) or not finite_number(ts):
+        return None, f"device {device_id}: 'ts' must be milliseconds since epoch, got {_short(ts)}"
     ts = int(ts)
     if ts < MIN_TS_MS:
         hint = " (looks like seconds; send milliseconds)" if ts > 946_684_800 else ""
@@ -98,6 +107,12 @@ def check_ts(ts: Any, now_ms: int, max_future_ms: int, device_id: str) -> tuple[
     if ts > now_ms + max_future_ms:
         return None, f"device {device_id}: ts={ts} is {(ts - now_ms) / 1000:.0f}s in the future (clock skew?)"
     return ts, None
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr`` cut to ``limit`` characters: a rejection's reason must stay readable (and small)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _entries(obj: Any) -> list[Any]:
