@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from gridwatch.agents.partition_state import TelemetryProcessor
 from gridwatch.agents.rules.base import RuleConfigError, build_rule, load_rules
 from gridwatch.agents.rules.engine import RuleEngine
+from gridwatch.agents.rules.lamp import sun
 from gridwatch.core.settings import CONFIG_DIR
 from gridwatch.devices.registry import load_city
 from gridwatch.pipeline.schemas.readings import Reading
@@ -76,6 +78,16 @@ def test_lamp_rules_follow_the_sun(engine):
     st2: dict = {}
     evs = [e for k in range(3) for e in feed(engine, dev("streetlight", 1), st2, NOON + k * 60_000, lamp_on=True, current_a=0.9)]
     assert [e.type for e in evs] == ["lamp_lit_day"]
+
+
+def test_the_sun_follows_a_lamp_a_registry_reload_moved():
+    """sun() keeps each lamp's rounded position; a reloaded registry's Device (a new object) is re-read."""
+    lamp = dev("streetlight")
+    here = sun(lamp, NIGHT)
+    assert here < -6  # night at the sample city
+    moved = dataclasses.replace(lamp, lon=lamp.lon - 120)  # the same id, eight hours west: afternoon there
+    assert sun(moved, NIGHT) > 6
+    assert sun(lamp, NIGHT) == here
 
 
 def test_circuit_dark_needs_most_of_the_circuit(engine):
