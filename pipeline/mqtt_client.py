@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 
 import paho.mqtt.client as mqtt
 
@@ -26,6 +27,39 @@ def check_queued(info: mqtt.MQTTMessageInfo) -> mqtt.MQTTMessageInfo:
     return info
 
 
+class Client(mqtt.Client):
+    """paho's client, plus acknowledging a whole batch with one wake-up of its network thread.
+
+    paho's ``ack`` queues the PUBACK and writes a byte to a socket pair to wake its network thread, which
+    then sends that one PUBACK: two system calls and a loop turn per message, from the bridge's asyncio
+    thread (7 % of the bridge's samples under py-spy). ``ack_all`` queues all but the last quietly and the
+    last one the usual way, whose wake-up sends them all."""
+
+    _quiet = False
+
+    def ack_all(self, acks: Sequence[tuple[int, int]]) -> None:
+        """``client.ack(mid, qos)`` for each (mid, qos), in order; one wake-up for all of them."""
+        if not acks:
+            return
+        self._quiet = True
+        try:
+            for mid, qos in acks[:-1]:
+                self.ack(mid, qos)
+        finally:
+            self._quiet = False
+        self.ack(*acks[-1])
+
+    def _packet_queue(self, command: int, packet: bytes | bytearray, mid: int, qos: int,
+                      info: mqtt.MQTTMessageInfo | None = None) -> mqtt.MQTTErrorCode:
+        if not self._quiet:
+            return super()._packet_queue(command, packet, mid, qos, info)
+        # What paho's own _packet_queue appends (paho-mqtt 2.1-2.2; tests/e2e's bridge tests fail
+        # without acks), minus the wake-up: the batch's last ack wakes the network thread for all.
+        self._out_packet.append({"command": command, "mid": mid, "qos": qos, "pos": 0,
+                                 "to_process": len(packet), "packet": packet, "info": info})
+        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+
 def make_client(
     settings: Settings,
     client_id: str = "",
@@ -33,9 +67,9 @@ def make_client(
     clean_session: bool = True,
     manual_ack: bool = False,
     max_inflight: int = 1000,
-) -> mqtt.Client:
+) -> Client:
     host, port, user, password = settings.mqtt_endpoint()
-    client = mqtt.Client(
+    client = Client(
         mqtt.CallbackAPIVersion.VERSION2,
         client_id=client_id,
         clean_session=clean_session if client_id else True,

@@ -31,7 +31,7 @@ import paho.mqtt.client as mqtt
 
 from gridwatch.core.settings import Settings
 from gridwatch.pipeline.kafka_io import ensure_topics, start_producer
-from gridwatch.pipeline.mqtt_client import connect, make_client
+from gridwatch.pipeline.mqtt_client import Client, connect, make_client
 from gridwatch.pipeline.schemas.mqtt_topics import TELEMETRY_PATTERNS
 from gridwatch.pipeline.schemas.readings import ReadingBatch
 from gridwatch.pipeline.sources.deadletters import message_letter
@@ -131,7 +131,7 @@ class MqttBridge:
         self._wake_pending = False
         self._generation = 0
         self._connected = asyncio.Event()
-        self.client: mqtt.Client | None = None
+        self.client: Client | None = None
         self._batch_len = 0  # messages of the flush in progress
         self._flush_started: float | None = None
         self._last_stall_log = 0.0
@@ -300,11 +300,10 @@ class MqttBridge:
 
     def _ack(self, batch: list[Incoming]) -> None:
         assert self.client is not None
-        for item in batch:
-            # A message from an earlier connection will be redelivered; its mid means nothing now.
-            if item.qos > 0 and item.generation == self._generation:
-                self.client.ack(item.mid, item.qos)
-                self.stats.acked += 1
+        # A message from an earlier connection will be redelivered; its mid means nothing now.
+        acks = [(item.mid, item.qos) for item in batch if item.qos > 0 and item.generation == self._generation]
+        self.client.ack_all(acks)
+        self.stats.acked += len(acks)
 
     def _watch(self) -> None:
         """Make a stall and a bridge that dead-letters most of its input visible in the stats and the log."""
