@@ -106,8 +106,7 @@ def run(out: Path | None, probes: int = 60, interval: float = 0.5) -> dict[str, 
             api.stop()
             pipe.stop()
     console = [(sse.arrived[k] - t) * 1000 for k, t in sent.items() if k in sse.arrived]
-    alert = [(alerts.arrived[(k, "new", "manhole_open")] - t) * 1000 for k, t in sent.items()
-             if (k, "new", "manhole_open") in alerts.arrived]
+    alert = [(at - t) * 1000 for k, t in sent.items() if (at := alerts.opened(k)) is not None]
     res = {
         "probes": len(sent),
         "console_stream_ms": {"n": len(console), "p50": round(percentile(console, 50), 1),

@@ -211,9 +211,9 @@ def telemetry_baseline(stack: EmbeddedStack, pipe: Pipeline, city: Any, rounds: 
         end_ts = BASE_TS - DAY + rounds * 1000
         publish_all(pub, [(device_topic(d.id), json.dumps({"ts": end_ts, "values": reading(d, 0, True)}).encode())
                           for d in markers.values()])
-        wait_for(lambda: all((d.id, "new", "manhole_open") in alerts.arrived for d in markers.values()), 300,
+        wait_for(lambda: all(alerts.opened(d.id) for d in markers.values()), 300,
                  "telemetry markers")
-        t_end = max(alerts.arrived[(d.id, "new", "manhole_open")] for d in markers.values())
+        t_end = max(alerts.opened(d.id) or 0.0 for d in markers.values())
     finally:
         pub.disconnect()
         pub.loop_stop()

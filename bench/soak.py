@@ -115,8 +115,8 @@ def run(out: Path | None, seconds: float = 600, rate: int = 2000, sample_every: 
     lat = []
     for key, t in sent.items():
         dev_id, rnd = key.rsplit(":", 1)
-        if int(rnd) % 2 == 0 and (dev_id, "new", "manhole_open") in alerts.arrived:
-            lat.append((t, (alerts.arrived[(dev_id, "new", "manhole_open")] - t) * 1000))
+        if int(rnd) % 2 == 0 and (at := alerts.opened(dev_id)) is not None:
+            lat.append((t, (at - t) * 1000))
     lat.sort()
     expected = sum(1 for key in sent if int(key.rsplit(":", 1)[1]) % 2 == 0)
     third = max(1, len(lat) // 3)
