@@ -61,28 +61,36 @@ class ParseResult:
     rejections: list[Rejection]
 
 
+_INT_MIN, _INT_END = -(2**63), 2**64  # what orjson, the workers' decoder, reads back as an int
+
+
 def finite_number(value: Any) -> bool:
     """A number every consumer reads back as itself: a finite float, or an integer within 64 bits (the
     workers' decoder reads a larger one as a float, and ``math.isfinite`` raised OverflowError on one
     beyond a float's range: a device could stop the bridge with a 400-digit value)."""
     if isinstance(value, int):
-        return -(2**63) <= value < 2**64
+        return _INT_MIN <= value < _INT_END
     return isinstance(value, float) and math.isfinite(value)
 
 
 def check_values(values: Any, device_id: str) -> tuple[dict[str, float | int | bool] | None, str | None]:
-    """Return (clean values, None) or (None, why not)."""
+    """Return (clean values, None) or (None, why not). Every reading passes here: the exact-type tests
+    come first because JSON decodes to exactly float, int and bool (finite_number covers the rest)."""
     if not isinstance(values, dict) or not values:
         return None, f"device {device_id}: 'values' must be a non-empty object of numbers/booleans"
     clean: dict[str, float | int | bool] = {}
     for name, value in values.items():
         spec = FIELDS.get(name)
-        if isinstance(value, bool):
+        if spec is None and not name.isascii() and not _is_text(name):
+            return None, f"device {device_id}: field name {ascii(name)} is not Unicode text (a lone surrogate escape)"
+        cls = value.__class__
+        if cls is bool:
             if spec is not None and spec[0] is not bool:
                 return None, f"device {device_id}: {name} must be a number, got {value!r}"
             clean[name] = value
             continue
-        if not finite_number(value):
+        if not ((value - value == 0.0) if cls is float else (_INT_MIN <= value < _INT_END) if cls is int
+                else finite_number(value)):  # x - x is 0.0 for every finite float, NaN for inf and NaN
             return None, f"device {device_id}: {name} must be a finite number or boolean, got {_short(value)}"
         if spec is not None:
             typ, lo, hi = spec
@@ -95,6 +103,16 @@ def check_values(values: Any, device_id: str) -> tuple[dict[str, float | int | b
                 return None, f"device {device_id}: {name}={value} outside plausible range [{lo}, {hi}]"
         clean[name] = value
     return clean, None
+
+
+def _is_text(s: str) -> bool:
+    """Whether ``s`` can be written as UTF-8: JSON's ``\\ud800`` escape decodes to a lone surrogate, which
+    no record can carry (encoding the readings batch raised, and stopped the bridge's flush)."""
+    try:
+        s.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_ts(ts: Any, now_ms: int, max_future_ms: int, device_id: str) -> tuple[int | None, str | None]:

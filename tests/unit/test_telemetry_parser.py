@@ -7,6 +7,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gridwatch.pipeline.schemas.readings import ReadingBatch
 from gridwatch.pipeline.sources.telemetry_parser import FIELDS, parse_message
 
 NOW = 1_763_647_200_000
@@ -66,6 +67,15 @@ def test_seconds_instead_of_milliseconds_gets_a_hint():
     assert "milliseconds" in r.rejections[0].detail
 
 
+def test_a_field_name_that_is_not_unicode_text_is_rejected():
+    """A lone surrogate escape in a field name once passed, and encoding the batch stopped the bridge."""
+    r = parse_message("v1/devices/M1/telemetry", b'{"ts": 1763647200000, "values": {"\\ud800": 1, "a": 2}}', REG, NOW)
+    assert not r.readings and [x.reason for x in r.rejections] == ["bad_value"]
+    assert "\\ud800" in r.rejections[0].detail and r.rejections[0].detail.encode()
+    ok = parse("v1/devices/M1/telemetry", {"ts": NOW, "values": {"水位": 1.5}})  # any real text is fine
+    assert ok.readings[0].values == {"水位": 1.5}
+
+
 def test_integers_beyond_64_bits_are_rejected_not_raised():
     """A 400-digit value once raised OverflowError out of the parser (math.isfinite of a huge int)."""
     huge = b"1" + b"0" * 400
@@ -86,12 +96,14 @@ def test_good_and_bad_readings_in_one_gateway_message_are_split():
     assert len(r.readings) == 1 and sorted(x.reason for x in r.rejections) == ["bad_value", "unknown_device"]
 
 
+# Text as a device can send it: JSON's \\ud800 escapes decode to lone surrogates, which st.text() leaves out.
+any_text = st.text(st.characters(categories=["L", "N", "Cs"]), max_size=8)
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | any_text,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(any_text, inner, max_size=4),
     max_leaves=20,
 )
-field_names = st.sampled_from([*FIELDS, "ts", "values", "x"])
+field_names = st.sampled_from([*FIELDS, "ts", "values", "x"]) | any_text
 
 
 @settings(max_examples=400, deadline=None)
@@ -106,6 +118,9 @@ def test_fuzz_parser_never_raises_and_accounts_for_everything(topic, doc):
     for reading in r.readings:
         assert reading.device_id in REG and reading.ts <= NOW + 600_000 and reading.values
     assert r.readings or r.rejections
+    ReadingBatch(0, r.readings).encode()  # what passes can be written to Kafka (the bridge's next step)
+    for rej in r.rejections:
+        rej.detail.encode()  # and so can every reason (a dead letter carries it)
 
 
 @settings(max_examples=300, deadline=None)
