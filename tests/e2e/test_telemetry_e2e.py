@@ -127,6 +127,11 @@ def test_malformed_payloads_go_to_the_dead_letter_topic_and_the_bridge_survives(
          "bad_ts"),
         (f"v1/devices/{dev[0].id}/telemetry", json.dumps({"ts": NIGHT, "values": {}}).encode(), "bad_value"),
         (f"v1/devices/{dev[0].id}/telemetry", b"x" * 300_000, "oversized"),
+        # each of these two once stopped the bridge: a lone surrogate escape in a field name (the batch could
+        # not be encoded) and a 400-digit value (math.isfinite raised OverflowError)
+        (f"v1/devices/{dev[0].id}/telemetry", b'{"ts": %d, "values": {"\\ud800": 1}}' % NIGHT, "bad_value"),
+        (f"v1/devices/{dev[0].id}/telemetry", b'{"ts": %d, "values": {"tilt_deg": 1%s}}' % (NIGHT, b"0" * 400),
+         "bad_value"),
         (f"v1/gateway/{gw_dev.gateway}/telemetry", json.dumps({dev[1].id: [{"ts": NIGHT, "values": {"tilt_deg": 1}}]}).encode(),
          "unknown_device"),  # a device that is not this gateway's
     ]
