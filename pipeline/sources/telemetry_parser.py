@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import orjson
+
 from gridwatch.pipeline.schemas.mqtt_topics import DEVICE, telemetry_source
 from gridwatch.pipeline.schemas.readings import Reading
 
@@ -105,6 +107,16 @@ def check_values(values: Any, device_id: str) -> tuple[dict[str, float | int | b
     return clean, None
 
 
+def _decode(payload: bytes) -> Any:
+    """orjson first (about 4x faster: the bridge decodes every message), stdlib json for what orjson refuses,
+    so that what it reads is unchanged: NaN or Infinity in one reading rejects that reading, not the whole
+    gateway message; a byte-order mark is read. One difference: an integer beyond 64 bits reads as a float."""
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return json.loads(payload)
+
+
 def _is_text(s: str) -> bool:
     """Whether ``s`` can be written as UTF-8: JSON's ``\\ud800`` escape decodes to a lone surrogate, which
     no record can carry (encoding the readings batch raised, and stopped the bridge's flush)."""
@@ -145,7 +157,7 @@ def parse_message(
     *,
     max_payload_bytes: int = 262_144,
     max_future_ms: int = 600_000,
-    loads: Callable[[bytes], Any] = json.loads,
+    loads: Callable[[bytes], Any] | None = None,
 ) -> ParseResult:
     """Turn one MQTT message into readings and rejections; never raises on bad input."""
     readings: list[Reading] = []
@@ -158,7 +170,7 @@ def parse_message(
     if not _JSON_START.match(payload):
         return ParseResult([], [Rejection("malformed_json", f"payload is not UTF-8 JSON: starts with {payload[:16]!r}")])
     try:
-        doc = loads(payload)
+        doc = (loads or _decode)(payload)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         return ParseResult([], [Rejection("malformed_json", f"payload is not valid JSON: {str(e)[:200]}")])
 
