@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
+import orjson
+
 from gridwatch.pipeline.schemas.events import GridEvent, TierRef, event_id, tier_refs
 from gridwatch.pipeline.schemas.readings import Reading
 
@@ -91,13 +93,13 @@ class RuleEngine:
                 gstate = group_state(gkey, key)
                 rules_state = gstate.setdefault("r", {})
                 rs = rules_state.setdefault(rule.name, {"n": 0, "c": 0, "e": [], "a": None})
-                before = repr(gstate)
+                before = _fingerprint(gstate)
                 ctx = RuleContext(reading.ts, gstate, self.group_size(rule.group_by, key))
                 verdict = rule.check(reading.values, device, rs["a"] is not None, ctx)
                 ev = self._step(rule, device, key, rs, verdict, reading)
                 if ev is not None:
                     events.append(ev)
-                if ev is not None or repr(gstate) != before:
+                if ev is not None or _fingerprint(gstate) != before:
                     groups_changed.append(gkey)
                 continue
             rules_state = state.setdefault("r", {})
@@ -187,3 +189,12 @@ class RuleEngine:
         if not rules:
             return None
         return min(r.deadline(device, last_seen) for r in rules)  # type: ignore[attr-defined]
+
+
+def _fingerprint(state: dict[str, Any]) -> bytes | str:
+    """What a group rule's shared state is, to see whether a reading changed it (then it is persisted).
+    orjson over ``repr``: 0.4 s of 10 in a profile of the rules, twice per lamp reading."""
+    try:
+        return orjson.dumps(state)
+    except TypeError:  # not JSON (a plug-in's own types): repr still tells a change
+        return repr(state)
