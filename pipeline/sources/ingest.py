@@ -13,6 +13,7 @@ most one dead letter, within a quota (pipeline/deadletters.py).
 
 from __future__ import annotations
 
+import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -25,7 +26,9 @@ from gridwatch.pipeline.schemas.deadletter import DeadLetter
 from gridwatch.pipeline.schemas.readings import Reading, ReadingBatch
 from gridwatch.pipeline.sources.deadletters import LetterGate, message_letter, sender_of
 from gridwatch.pipeline.sources.kafka_limits import DEFAULT_RECORD_LIMIT, RECORD_OVERHEAD
-from gridwatch.pipeline.sources.telemetry_parser import Rejection, parse_message
+from gridwatch.pipeline.sources.telemetry_parser import ParseResult, Rejection, parse_message
+
+log = logging.getLogger("gridwatch.bridge")
 
 MAX_READINGS_PER_RECORD = 2000
 DEFAULT_RECORD_BYTES = DEFAULT_RECORD_LIMIT - RECORD_OVERHEAD
@@ -61,8 +64,13 @@ class Router:
 
     def add(self, out: Routed, topic: str, payload: bytes, recv_ms: int) -> None:
         """Route one message into ``out``; ``recv_ms`` is when it was received (live or recorded)."""
-        res = parse_message(topic, payload, self.registry, recv_ms, max_payload_bytes=self.max_payload_bytes,
-                            max_future_ms=self.max_future_ms)
+        try:
+            res = parse_message(topic, payload, self.registry, recv_ms, max_payload_bytes=self.max_payload_bytes,
+                                max_future_ms=self.max_future_ms)
+        except Exception as e:  # noqa: BLE001 - a parser bug must cost this message, not the bridge (the broker
+            # would redeliver it to every restart); it is dead-lettered with the error, to be reported
+            log.exception("the telemetry parser failed on a message from %s; it is dead-lettered", topic)
+            res = ParseResult([], [Rejection("parser_error", f"{type(e).__name__}: {str(e)[:200]}")])
         for r in res.readings:
             r.recv_ms = recv_ms
             shard = self.registry.get(r.device_id).shard_key

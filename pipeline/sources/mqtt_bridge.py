@@ -57,6 +57,7 @@ HINTS = {
               "simulator whose clock runs ahead of now?",
     "unknown_device": "devices missing from the city's registry (city.path) or a gateway speaking for others",
     "malformed_json": "senders that do not send JSON",
+    "parser_error": "a bug in the bridge's parser: the bridge log has the traceback; report it with the dead letter",
     "record_too_large": "readings larger than a Kafka record (bridge.max_record_bytes / max.message.bytes)",
     "kafka_refused": "Kafka refuses the records: check the broker log and the bridge's Kafka account",
 }

@@ -53,6 +53,7 @@ class DeviceLookup(Protocol):
 @dataclass(slots=True)
 class Rejection:
     reason: str  # malformed_json, bad_topic, bad_structure, unknown_device, bad_value, bad_ts, oversized
+    # (and parser_error: the bridge's Router when the parser itself failed)
     detail: str
     device_id: str | None = None
 

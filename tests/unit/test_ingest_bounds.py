@@ -142,3 +142,20 @@ def test_record_limit_from_the_broker_or_the_config():
     assert record_budget(None, 0, 4 << 20) == 1_000_000 - 1024  # it does not: the default
     assert record_budget(None, 300_000, 4 << 20) == 300_000 - 1024  # ... or the configured one
     assert record_budget(5_000_000, 0, 4 << 20) == (4 << 20) - 1024  # never above the producer's request
+
+
+def test_a_parser_failure_costs_its_message_not_the_bridge():
+    """Two inputs once raised out of the parser and stopped the bridge; any such bug is now a dead letter."""
+    class Broken(dict):
+        def get(self, key, default=None):
+            if key == "M2":
+                raise RuntimeError("registry lookup failed")
+            return super().get(key, default)
+
+    router = Router(Broken(REG), 8, SETTINGS.bridge)
+    ok = json.dumps({"ts": NOW, "values": {"tilt_deg": 1.0}}).encode()
+    routed = router.route([("v1/devices/M2/telemetry", ok, NOW), ("v1/devices/M1/telemetry", ok, NOW)])
+    assert [r.device_id for rs in routed.by_partition.values() for r in rs] == ["M1"]
+    assert routed.reasons == {"parser_error": 1}
+    [letter] = [d for d in routed.dead if d.reason == "parser_error"]
+    assert "RuntimeError: registry lookup failed" in letter.detail and letter.source == "v1/devices/M2/telemetry"
