@@ -23,6 +23,7 @@ from .rules.engine import RuleEngine
 
 log = logging.getLogger("gridwatch.telemetry")
 PRESENCE_SLOTS = 16
+CHECKPOINT_PHASES = 8  # partitions whose presence checkpoints fall apart in event time (see _next_checkpoint)
 
 
 class StateStore(Protocol):
@@ -97,7 +98,7 @@ class TelemetryProcessor:
                 log.info("partition %d: recovered presence of %d devices, watermark %d",
                          p, len(ps.last_seen), ps.max_ts - self.lateness_ms)
             ps.next_scan = ps.max_ts
-            ps.next_checkpoint = ps.max_ts + self.checkpoint_every_ms
+            ps.next_checkpoint = self._next_checkpoint(ps)
         return ps
 
     def high_mark(self, p: int) -> int:
@@ -154,8 +155,17 @@ class TelemetryProcessor:
             ps.next_scan = wm + self.scan_every_ms
             self._scan_offline(ps, wm, out)
         if ps.max_ts >= ps.next_checkpoint and ps.dirty_slots:
-            ps.next_checkpoint = ps.max_ts + self.checkpoint_every_ms
+            ps.next_checkpoint = self._next_checkpoint(ps)
             self.checkpoint(ps, out)
+
+    def _next_checkpoint(self, ps: PartitionState) -> int:
+        """The partition's next checkpoint: on a grid of ``checkpoint_every_ms`` of event time shifted by
+        partition. A worker's partitions share event time, so they all checkpointed in one batch: at 100k
+        devices ~3.3 MB of presence at once, and the events produced just after queued behind it (bench
+        telemetry: a 104 ms alert). Shifted, each partition's ~0.4 MB goes out on its own."""
+        every = self.checkpoint_every_ms
+        phase = (ps.partition % CHECKPOINT_PHASES) * every // CHECKPOINT_PHASES
+        return ((ps.max_ts - phase) // every + 1) * every + phase
 
     def _scan_offline(self, ps: PartitionState, wm: int, out: BatchResult) -> None:
         heap = ps.deadlines

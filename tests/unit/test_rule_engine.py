@@ -139,3 +139,23 @@ def test_rule_config_errors_name_the_problem():
         build_rule({"type": "threshold", "kinds": ["manhole"], "field": "x"}, "r")
     with pytest.raises(RuleConfigError, match="kinds"):
         build_rule({"type": "threshold", "field": "x", "above": 1}, "r")
+
+
+def test_partitions_checkpoint_presence_at_different_moments(engine):
+    """A worker's partitions share event time; their presence checkpoints must not all fall in one batch
+    (100k devices: ~3.3 MB of changelog at once, and the next events queued behind it)."""
+    proc = TelemetryProcessor(engine, CITY.registry, {}, lateness_ms=5000, scan_every_ms=10_000,
+                              checkpoint_every_ms=30_000)
+    gauges = [d for d in CITY.registry if d.kind == "water_gauge"][:8]
+    moments: dict[int, list[int]] = {p: [] for p in range(8)}
+    for step in range(0, 120):  # two minutes of event time, one reading a second on each partition
+        ts = NIGHT + step * 1000
+        for p, g in enumerate(gauges):
+            res = proc.process(p, [Reading(g.id, ts, {"water_level_cm": 10.0})])
+            if any(k.startswith("presence:") for k in res.writes):
+                moments[p].append(step)
+    later = {p: [s for s in steps if s > 0] for p, steps in moments.items()}  # step 0: every partition's first
+    assert all(len(steps) >= 3 for steps in later.values()), later  # still one at least every 30 s
+    assert all(b - a <= 30 for steps in later.values() for a, b in zip(steps, steps[1:], strict=False)), later
+    shared = {s for p in later for s in later[p] if any(s in later[q] for q in later if q != p)}
+    assert not shared, f"partitions checkpointed together at {sorted(shared)}: {later}"
