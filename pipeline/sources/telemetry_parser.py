@@ -70,15 +70,18 @@ _INT_MIN, _INT_END = -(2**63), 2**64  # what orjson, the workers' decoder, reads
 def finite_number(value: Any) -> bool:
     """A number every consumer reads back as itself: a finite float, or an integer within 64 bits (the
     workers' decoder reads a larger one as a float, and ``math.isfinite`` raised OverflowError on one
-    beyond a float's range: a device could stop the bridge with a 400-digit value)."""
+    beyond a float's range: a device could stop the bridge with a 400-digit value). Every reading's
+    values pass here, so the exact types JSON decodes to are tested first."""
+    cls = value.__class__
+    if cls is float:
+        return value - value == 0.0  # 0.0 for every finite float, NaN for an infinity or NaN
     if isinstance(value, int):
         return _INT_MIN <= value < _INT_END
     return isinstance(value, float) and math.isfinite(value)
 
 
 def check_values(values: Any, device_id: str) -> tuple[dict[str, float | int | bool] | None, str | None]:
-    """Return (clean values, None) or (None, why not). Every reading passes here: the exact-type tests
-    come first because JSON decodes to exactly float, int and bool (finite_number covers the rest)."""
+    """Return (clean values, None) or (None, why not)."""
     if not isinstance(values, dict) or not values:
         return None, f"device {device_id}: 'values' must be a non-empty object of numbers/booleans"
     clean: dict[str, float | int | bool] = {}
@@ -86,14 +89,12 @@ def check_values(values: Any, device_id: str) -> tuple[dict[str, float | int | b
         spec = FIELDS.get(name)
         if spec is None and not name.isascii() and not _is_text(name):
             return None, f"device {device_id}: field name {ascii(name)} is not Unicode text (a lone surrogate escape)"
-        cls = value.__class__
-        if cls is bool:
+        if value.__class__ is bool:
             if spec is not None and spec[0] is not bool:
                 return None, f"device {device_id}: {name} must be a number, got {value!r}"
             clean[name] = value
             continue
-        if not ((value - value == 0.0) if cls is float else (_INT_MIN <= value < _INT_END) if cls is int
-                else finite_number(value)):  # x - x is 0.0 for every finite float, NaN for inf and NaN
+        if not finite_number(value):
             return None, f"device {device_id}: {name} must be a finite number or boolean, got {_short(value)}"
         if spec is not None:
             typ, lo, hi = spec
