@@ -53,8 +53,9 @@ class Client(mqtt.Client):
                       info: mqtt.MQTTMessageInfo | None = None) -> mqtt.MQTTErrorCode:
         if not self._quiet:
             return super()._packet_queue(command, packet, mid, qos, info)
-        # What paho's own _packet_queue appends (paho-mqtt 2.1-2.2; tests/e2e's bridge tests fail
-        # without acks), minus the wake-up: the batch's last ack wakes the network thread for all.
+        # What paho's own _packet_queue appends (paho-mqtt 2.1-2.2; tests/e2e/test_mqtt_batch_acks.py
+        # fails if this layout stops being sent), minus the wake-up: the batch's last ack wakes the
+        # network thread for all.
         self._out_packet.append({"command": command, "mid": mid, "qos": qos, "pos": 0,
                                  "to_process": len(packet), "packet": packet, "info": info})
         return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
