@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from gridwatch.pipeline.schemas.codec import dumps, loads
+from gridwatch.pipeline.schemas.codec import dumps, loads, require_finite
 from gridwatch.pipeline.schemas.events import GridEvent, TierRef, Watermarks, tier_refs
 from gridwatch.pipeline.schemas.incidents import (
     VERSION,
@@ -102,6 +102,12 @@ def inc_key(partition: int, iid: str) -> str:
     return f"inc:{partition}:{iid}"
 
 
+def finite_event(ev: GridEvent) -> None:
+    """The floats a grid event brings into an incident are finite: Incident.encode relies on it (a record
+    decoded from Kafka always passes; this catches events built in Python)."""
+    require_finite((ev.lat, ev.lon, ev.evidence), f"grid event {ev.id}")
+
+
 class IncidentProcessor:
     def __init__(self, cfg: IncidentConfig, gridmap: Any, store: StateStore) -> None:
         self.cfg = cfg
@@ -176,6 +182,7 @@ class IncidentProcessor:
         Raises SchemaError (nothing buffered) when the record is not a grid event."""
         ps = self.partition(p)
         ev = GridEvent.decode(raw)
+        finite_event(ev)
         if not ps.order.push(upstream, order_ts, raw, ev, out.writes):
             out.late += 1
             if ps.order.late <= 10 or ps.order.late % 1000 == 0:
@@ -212,7 +219,9 @@ class IncidentProcessor:
 
         It moves the partition's supervision clock only where no merged upstream does: arrival order
         is not reproducible, and a camera with its own clock (or a skewed one) must not escalate the
-        sensors' incidents at a moment that differs from run to run."""
+        sensors' incidents at a moment that differs from run to run.
+        Raises SchemaError (nothing changed) for a NaN or an infinity in its position or evidence."""
+        finite_event(ev)
         ps = self.partition(p)
         if not ps.order.upstreams:
             self._advance_ts(ps, ev.ts)
@@ -239,6 +248,7 @@ class IncidentProcessor:
         self._add_source(ps, out, group, src, ev.grid_code, list(ev.tiers), ev.level, actor)
 
     def on_report(self, p: int, rep: ResidentReport, out: Outcome) -> None:
+        require_finite((rep.lat, rep.lon), f"report {rep.service_request_id}")
         ps = self.partition(p)
         self._advance_ts(ps, rep.requested_ms)
         if f"report:{rep.service_request_id}" in ps.by_source:

@@ -20,6 +20,7 @@ The bytes are still a function of the value alone, which is what replays and cha
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import orjson
@@ -46,6 +47,31 @@ def dumps(obj: Any) -> bytes:
         # cheaper than walking a whole incident in Python.
         return _stdlib_dumps(obj)
     return raw
+
+
+def dumps_record(record: Any, as_dict: Any) -> bytes:
+    """``dumps(as_dict())`` for a slots dataclass of JSON values, written by orjson straight from the
+    dataclass (the same bytes, no intermediate dicts; about half the time for an incident, which every
+    change writes whole). Unlike :func:`dumps` it does not look for NaN or infinities, which orjson writes
+    as ``null``: callers check the floats where they enter the record (:func:`require_finite`), once,
+    instead of on every write. A value orjson refuses (an integer beyond 64 bits) takes :func:`dumps`."""
+    try:
+        return orjson.dumps(record)
+    except orjson.JSONEncodeError:
+        return dumps(as_dict())
+
+
+def require_finite(value: Any, where: str) -> None:
+    """SchemaError when a float anywhere in ``value`` (dicts, lists, tuples) is NaN or an infinity."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise SchemaError(f"{where}: {value!r} is not a finite number")
+    elif isinstance(value, dict):
+        for v in value.values():
+            require_finite(v, where)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            require_finite(v, where)
 
 
 def _stdlib_dumps(obj: Any) -> bytes:

@@ -21,7 +21,7 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .codec import SchemaError, dumps, loads
+from .codec import SchemaError, dumps, dumps_record, loads
 from .events import LEVELS, TierRef, level_rank
 
 # 2: supervision notices (督办: action "supervise", ``Incident.supervision``), joint handling (吹哨报到:
@@ -185,7 +185,9 @@ class Incident:
         return d
 
     def encode(self) -> bytes:
-        return dumps(self.to_dict())
+        """Every float in an incident came from a grid event or a report, checked when it entered
+        (agents/fusion.py), so orjson may write the dataclass directly (codec.dumps_record)."""
+        return dumps_record(self, self.to_dict)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Incident:

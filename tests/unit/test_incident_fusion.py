@@ -10,6 +10,7 @@ import pytest
 from gridwatch.agents.fusion import IncidentProcessor, Outcome, distance_m
 from gridwatch.agents.routing import load_incident_config, parse_config
 from gridwatch.devices.registry import load_city
+from gridwatch.pipeline.schemas.codec import SchemaError, dumps
 from gridwatch.pipeline.schemas.events import GridEvent, TierRef, event_id
 from gridwatch.pipeline.schemas.incidents import Incident, IncidentChange, OperatorAction
 from gridwatch.pipeline.schemas.reports import ResidentReport, report_id
@@ -259,3 +260,42 @@ def test_unmapped_event_types_are_ignored_unless_configured_own():
 def test_config_errors_name_the_key(doc, msg):
     with pytest.raises(ValueError, match=msg):
         parse_config(doc, "x.yaml")
+
+
+def test_an_incident_is_written_as_its_dict_would_be_whatever_it_carries():
+    """Incident.encode lets orjson write the dataclasses: the bytes must be those of the dict form (which
+    the console, channels and changelog read), with supervision, history, assist and evidence set, and an
+    integer beyond 64 bits (orjson refuses it) still written."""
+    proc, store = make()
+    dev = MANHOLES[0]
+    ev = event(dev, "manhole_open", "new", T0)
+    ev.evidence = [{"ts": T0, "cover_open": True, "tilt_deg": 12.5, "note": "\u533a", "none": None}]
+    [inc] = latest(run(proc, store, ev, report(dev.lat + 0.0001, dev.lon, T0 + 60_000))).values()
+    inc = proc.partition(0).incidents[inc.id]
+    run(proc, store, OperatorAction(inc.id, inc.grid_code, "supervise", "jiwei", T0 + H, actor_tier_code="330100",
+                                    note="\u7763\u529e", deadline=T0 + 5 * H))
+    assert inc.supervision is not None and len(inc.history) >= 3
+    inc.assist.append("water")
+    assert inc.encode() == dumps(inc.to_dict())
+    inc.sources[0].evidence.append({"big": 2**70})
+    assert inc.encode() == dumps(inc.to_dict()) and b"1180591620717411303424" in inc.encode()
+    assert Incident.decode(inc.encode()) == inc
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_position_or_evidence_is_refused_before_it_reaches_an_incident(bad):
+    """Incident.encode does not look for NaN itself (orjson would write it as null): fusion refuses it
+    where it enters, and nothing is changed."""
+    proc, store = make()
+    dev = MANHOLES[0]
+    ev = event(dev, "manhole_open", "new", T0)
+    ev.evidence = [{"ts": T0, "tilt_deg": bad}]
+    with pytest.raises(SchemaError, match="not a finite number"):
+        proc.on_event(0, ev, Outcome())
+    rep = report(dev.lat, dev.lon, T0)
+    rep.lat = bad
+    with pytest.raises(SchemaError, match="not a finite number"):
+        proc.on_report(0, rep, Outcome())
+    assert not proc.partition(0).incidents
+    ev.evidence = [{"ts": T0, "tilt_deg": 12.5}]  # the same event, finite, goes through
+    assert [c.change for c in run(proc, store, ev)] == ["created"]
