@@ -4,9 +4,11 @@
                the baseline, on the same stack and worker as the rest
   * fusion     grid-event + report inputs/s through the incidents agent (events and reports produced
                straight to Kafka as fast as possible, until a marker incident of every partition came
-               out on <prefix>.incidents), and how many incidents and changes that made
-  * in-process the same inputs through IncidentProcessor alone (no Kafka, no Faust): the ceiling of the
-               fusion logic itself
+               out on <prefix>.incidents), and how many incidents and changes that made; the grid events
+               carry order headers and watermark control records as the telemetry agent sends them, so
+               the agent merges them in event time as in production
+  * in-process the same records through IncidentProcessor alone (no Kafka, no Faust; it decodes them and
+               merges the events, as the agent does): the ceiling of the fusion logic itself
   * latency    event produced -> its incident "created" produced (Kafka CreateTime), at a fixed rate
 
     python -m gridwatch.bench incidents [--shared] [--rounds 6] [--rate 200] [--out FILE]
@@ -35,7 +37,16 @@ from gridwatch.core.settings import STATE_DIR
 from gridwatch.devices.registry import load_city
 from gridwatch.devices.simulator import build_messages, device_topic
 from gridwatch.pipeline.kafka_io import partition_for
-from gridwatch.pipeline.schemas.events import GridEvent, TierRef, event_id
+from gridwatch.pipeline.schemas.events import (
+    GridEvent,
+    TierRef,
+    UpstreamMark,
+    Watermarks,
+    event_id,
+    is_control,
+    order_header,
+    order_of,
+)
 from gridwatch.pipeline.schemas.reports import ResidentReport, report_id
 from gridwatch.stack import EmbeddedStack
 
@@ -81,29 +92,73 @@ def workload(city: Any, rounds: int, seed: int = 7) -> list[GridEvent | Resident
     return out
 
 
-def in_process(city: Any, inputs: list[GridEvent | ResidentReport]) -> dict[str, Any]:
+Record = tuple[str, bytes, bytes, "list[tuple[str, bytes]] | None", "int | None"]  # family, key, value, headers, partition
+
+
+def input_ts(x: GridEvent | ResidentReport) -> int:
+    return x.ts if isinstance(x, GridEvent) else x.requested_ms
+
+
+def feed_records(inputs: list[GridEvent | ResidentReport], marks_every: int = 200) -> list[Record]:
+    """The inputs (in event-time order) as the incident agent gets them in production: each grid event
+    with its readings partition's order header, and a watermark control record to every events partition
+    (every readings partition at the event time reached) every ``marks_every`` inputs, about what the
+    telemetry agent's 0.1 s announcements come to at this rate; first every upstream is announced, last
+    every one is past the last input, so the merge releases everything. Reports go to their topic."""
+    # Upstreams of their own, apart from the "readings:<p>" the worker's telemetry agent announces.
+    ups = [f"bench-readings:{p}" for p in range(PARTS)]
+
+    def marks(ts: int) -> list[Record]:
+        raw = Watermarks({u: UpstreamMark(ts) for u in ups}).encode()
+        return [("events", b"~watermark", raw, None, p) for p in range(PARTS)]
+
+    out = marks(input_ts(inputs[0]) - 1)  # the first PARTS records: the bench sends them ahead
+    for i, x in enumerate(inputs, 1):
+        if isinstance(x, GridEvent):
+            up = ups[partition_for(x.subject, PARTS)]
+            out.append(("events", x.grid_code.encode(), x.encode(), order_header(up, x.ts), None))
+        else:
+            out.append(("reports", x.grid_code.encode(), x.encode(), None, None))
+        if i % marks_every == 0:
+            out += marks(input_ts(x))
+    # Last every upstream past the last input, still active (idle, the merged clock would be the highest mark of
+    # any upstream, the telemetry agent's included).
+    return out + marks(input_ts(inputs[-1]) + 1)
+
+
+def is_input(rec: Record) -> bool:
+    return not is_control(rec[2])
+
+
+def in_process(city: Any, records: list[Record]) -> dict[str, Any]:
+    """The records through IncidentProcessor as the agent applies them, one input at a time."""
     proc = IncidentProcessor(load_incident_config(), city.gridmap, MemStore())
     part = DefaultPartitioner()
+    every = list(range(PARTS))
     changes = 0
     kinds: Counter[str] = Counter()
     c0 = time.process_time()
     t0 = time.perf_counter()
-    for x in inputs:
+    for family, key, raw, headers, partition in records:
         out = Outcome()
-        p = part(x.grid_code.encode(), list(range(PARTS)), list(range(PARTS)))
-        if isinstance(x, GridEvent):
-            proc.on_event(p, x, out)
+        p = partition if partition is not None else part(key, every, every)
+        if family == "reports":
+            proc.on_report(p, ResidentReport.decode(raw), out)
+        elif is_control(raw):
+            proc.on_watermarks(p, Watermarks.decode(raw), out)
         else:
-            proc.on_report(p, x, out)
+            up, order_ts = order_of(headers) or ("", 0)
+            proc.on_ordered_event(p, up, order_ts, raw, out)
         proc.advance(p, out)
         changes += len(out.changes)
-        for _, raw in out.changes:  # the change kind follows the snapshot: a slice, not a parse (~1 % of the time)
-            at = raw.rfind(b'"change":"') + 10
-            kinds[raw[at:raw.index(b'"', at)].decode()] += 1
+        for _, change in out.changes:  # the change kind follows the snapshot: a slice, not a parse (~1 % of the time)
+            at = change.rfind(b'"change":"') + 10
+            kinds[change[at:change.index(b'"', at)].decode()] += 1
     dt = time.perf_counter() - t0
     cpu = time.process_time() - c0
-    return {"inputs": len(inputs), "seconds": round(dt, 2), "inputs_per_s": round(len(inputs) / dt),
-            "cpu_seconds": round(cpu, 2), "inputs_per_cpu_s": round(len(inputs) / cpu),
+    n = sum(1 for r in records if is_input(r))
+    return {"inputs": n, "control_records": len(records) - n, "seconds": round(dt, 2), "inputs_per_s": round(n / dt),
+            "cpu_seconds": round(cpu, 2), "inputs_per_cpu_s": round(n / cpu),
             "changes": changes, "changes_by_kind": dict(sorted(kinds.items())),
             "incidents_in_memory": len(proc.incidents())}
 
@@ -130,20 +185,15 @@ def source_id(x: GridEvent | ResidentReport) -> str:
     return x.id if isinstance(x, GridEvent) else x.service_request_id
 
 
-def record(pipe: Pipeline, x: GridEvent | ResidentReport) -> tuple[str, bytes, bytes]:
-    return (pipe.topic("events") if isinstance(x, GridEvent) else pipe.topic("reports"), x.grid_code.encode(),
-            x.encode())
-
-
-async def produce_all(kafka: str, records: list[tuple[str, bytes, bytes]], rate: float | None = None) -> None:
-    """Produce (topic, key, value) records; as fast as possible, or at ``rate`` records/s."""
+async def produce_all(kafka: str, pipe: Pipeline, records: list[Record], rate: float | None = None) -> None:
+    """Produce the records to the pipeline's topics; as fast as possible, or at ``rate`` records/s."""
     p = AIOKafkaProducer(bootstrap_servers=kafka, linger_ms=5, acks="all", max_batch_size=1 << 20)
     await p.start()
     try:
         futs = []
         t_next = time.perf_counter()
-        for topic, key, value in records:
-            futs.append(await p.send(topic, value, key=key))
+        for family, key, value, headers, partition in records:
+            futs.append(await p.send(pipe.topic(family), value, key=key, headers=headers, partition=partition))
             if rate:
                 t_next += 1 / rate
                 await asyncio.sleep(max(0.0, t_next - time.perf_counter()))
@@ -243,7 +293,9 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
                                "incident_worker": "own process" if split else "shared with every agent"}
     # the same inputs as the agent gets, end markers included: their jump in event time makes supervision
     # escalate and close what is still open, about a third of all changes
-    results["in_process"] = in_process(city, [*inputs, *ends])
+    recs = feed_records([*inputs, *ends])
+    n_inputs = sum(1 for r in recs if is_input(r))
+    results["in_process"] = in_process(city, recs)
     print(f"in-process fusion: {results['in_process']}", flush=True)
     logs = STATE_DIR / "bench-logs"
     with EmbeddedStack() as stack:
@@ -255,31 +307,32 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
         pipe.start()
         kafka = stack.kafka_url.removeprefix("kafka://")
         try:
-            results["telemetry_baseline"] = telemetry_baseline(stack, pipe, city, telemetry_rounds)
-            print(f"telemetry baseline (readings -> events -> MQTT): {results['telemetry_baseline']}", flush=True)
-
             # -- fusion throughput through the real agent ------------------------------------------
             end_ids = {source_id(m) for m in ends}
-            recs = [record(pipe, x) for x in [*inputs, *ends]]
+            # The readings upstreams are announced (active) before any input, as a running telemetry agent has
+            # them: a report read before them (another topic) would move the supervision clock days ahead.
+            asyncio.run(produce_all(kafka, pipe, recs[:PARTS]))
+            fusion_group = f"{INCIDENT_APP_ID if split else 'gridwatch'}-{pipe.prefix}"
+            asyncio.run(wait_drained(kafka, fusion_group, [pipe.topic("events")], 60))
             c0 = cpu_s(fusion_worker.pid)
             t0 = time.time()
-            asyncio.run(produce_all(kafka, recs))
+            asyncio.run(produce_all(kafka, pipe, recs[PARTS:]))
             t_prod = time.time() - t0
             changes = asyncio.run(read_changes(kafka, pipe.topic("incidents"), end_ids, 600))
             worker_cpu = cpu_s(fusion_worker.pid) - c0
             t_end = max(ts for ts, ch in changes if ch["source_id"] in end_ids)
             created = sum(1 for _, ch in changes if ch["change"] == "created")
             results["fusion"] = {
-                "inputs": len(recs), "events": sum(isinstance(x, GridEvent) for x in inputs),
+                "inputs": n_inputs, "control_records": len(recs) - n_inputs, "events": sum(isinstance(x, GridEvent) for x in inputs),
                 "reports": sum(isinstance(x, ResidentReport) for x in inputs), "seconds": round(t_end - t0, 2),
-                "inputs_per_s": round(len(recs) / (t_end - t0)), "incidents": created,
+                "inputs_per_s": round(n_inputs / (t_end - t0)), "incidents": created,
                 "incidents_per_s": round(created / (t_end - t0)), "changes": len(changes),
                 "changes_per_s": round(len(changes) / (t_end - t0)), "produce_seconds": round(t_prod, 2),
-                # inputs from two topics interleave by fetch, not by event time as in process: compare the kinds
+                # events and reports are two topics, read as fetched: compare the kinds with the in-process run's
                 "changes_by_kind": dict(sorted(Counter(ch["change"] for _, ch in changes).items())),
                 # the CPU of the worker running the incident agent (all its agents, all threads) from the first
                 # input until the markers' changes were read back; the other agents' backlog is not all in it
-                "worker_cpu_seconds": round(worker_cpu, 2), "inputs_per_worker_cpu_s": round(len(recs) / worker_cpu),
+                "worker_cpu_seconds": round(worker_cpu, 2), "inputs_per_worker_cpu_s": round(n_inputs / worker_cpu),
             }
             results["ratio"] = {"wall": round(results["fusion"]["inputs_per_s"] / results["in_process"]["inputs_per_s"], 3),
                                 "cpu": round(results["fusion"]["inputs_per_worker_cpu_s"]
@@ -287,12 +340,19 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
                                 # what Kafka and Faust add per input, whatever the fusion logic costs: the ratio
                                 # falls when only the shared logic gets faster, this does not move then
                                 "worker_overhead_us_per_input": round(
-                                    1e6 * (worker_cpu / len(recs) - results["in_process"]["cpu_seconds"]
+                                    1e6 * (worker_cpu / n_inputs - results["in_process"]["cpu_seconds"]
                                            / results["in_process"]["inputs"]))}
             print(f"fusion through the agent: {results['fusion']}", flush=True)
             print(f"agent / in-process: {results['ratio']}", flush=True)
             cur, peak = rss_mb(fusion_worker.pid)
             results["rss_mb"] = {"worker": round(cur), "worker_peak": round(peak)}
+
+            # -- the baseline, after the fusion phase: run before it, its grid events became incidents that the
+            # workload's clock then escalated tier by tier, changes (and CPU) the in-process run has no part in
+            for group, families in groups.items():
+                asyncio.run(wait_drained(kafka, group, [pipe.topic(f) for f in families], 120))
+            results["telemetry_baseline"] = telemetry_baseline(stack, pipe, city, telemetry_rounds)
+            print(f"telemetry baseline (readings -> events -> MQTT): {results['telemetry_baseline']}", flush=True)
 
             # -- latency at a fixed rate: event produced -> incident created produced ----------------
             probe_ts = last + 10 * DAY
@@ -320,7 +380,7 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
 
             # warm-up: the jump in event time makes supervision close and evict the whole workload first
             warm = markers(city, probe_ts - 1000)
-            asyncio.run(produce_all(kafka, [record(pipe, m) for m in warm]))
+            asyncio.run(produce_all(kafka, pipe, feed_records(warm)))
             asyncio.run(read_changes(kafka, pipe.topic("incidents"), {source_id(m) for m in warm}, 120))
             drained = 0.0
             for group, families in groups.items():
