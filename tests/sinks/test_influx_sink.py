@@ -12,6 +12,8 @@ from dataclasses import replace
 
 import pytest
 from aiohttp import web
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gridwatch.core import gc_policy
 from gridwatch.core.settings import InfluxSettings
@@ -260,6 +262,30 @@ def test_fast_path_over_a_raw_record_matches_the_reading_objects():
         b.batch(b'{"p": 1}')
     with pytest.raises(SchemaError):
         b.batch(b'{"p": 1, "readings": [{"d": "x", "ts": 1}]}')
+
+
+_PLAIN_VALUES = st.one_of(st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(allow_nan=False, allow_infinity=False),
+                          st.sampled_from([1e-05, -3e-07, 9.999999999999999e-05, 1e16, 1.5e22, -0.0, 0.0001, 2.5]))
+_PLAIN = st.tuples(st.integers(0, 6), st.integers(0, 2**62),  # known devices, numbers and flags, plain names
+                   st.dictionaries(st.sampled_from(["tilt_deg", "lamp_on", "battery_pct", "温度"]), _PLAIN_VALUES,
+                                   min_size=1, max_size=4))
+_ANY = st.tuples(st.integers(0, 7), st.integers(0, 2**62),  # 7: a device not in the registry
+                 st.dictionaries(st.sampled_from(["tilt_deg", "odd key", "a,b", "k=v", "x:y", 'q"t', "{b}", "e-m"]),
+                                 st.one_of(_PLAIN_VALUES, st.none(), st.text(max_size=3)), max_size=4))
+
+
+@given(st.one_of(st.lists(_PLAIN, max_size=6), st.lists(st.one_of(_PLAIN, _ANY), max_size=6)))
+def test_a_raw_record_gives_the_same_lines_as_the_reading_objects(rows):
+    """PointBuilder.batch formats a whole record with one orjson call where it can, the reading objects
+    go value by value: same bytes, the same readings seen, whatever the names, values and devices."""
+    from gridwatch.pipeline.schemas.readings import ReadingBatch
+
+    ids = [d.id for d in list(CITY.registry)[:7]] + ["NOT-IN-REGISTRY"]
+    rs = [Reading(ids[d], ts, v) for d, ts, v in rows]
+    _part, lines, seen = PointBuilder(CITY.registry, CITY.gridmap, "ns").batch(ReadingBatch(3, rs).encode())
+    assert lines == PointBuilder(CITY.registry, CITY.gridmap, "ns").readings(rs)
+    assert len(seen) == len(lines)  # a (device, ts) for each reading that gave a point, in order
+    assert all(ln.endswith(f" {ts}") and f",device={d}," in ln for ln, (d, ts) in zip(lines, seen, strict=True))
 
 
 def test_a_take_is_written_while_it_is_built_and_done_only_once_confirmed():
