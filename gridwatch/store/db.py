@@ -77,19 +77,22 @@ def make_engine(url: str) -> Engine:
 
 
 @contextlib.contextmanager
-def _migration_lock(engine: Engine, conn: Any) -> Iterator[None]:
-    """One migrator at a time (the api and a worker may start together on a new database)."""
-    if engine.dialect.name == "sqlite":
-        db = engine.url.database
-        if not db or db == ":memory:":
-            yield
-            return
-        with open(f"{db}.migrate.lock", "w") as f:
+def _migration_lock(engine: Engine) -> Iterator[Any]:
+    """A transaction of one migrator at a time (the api and the workers may start together on a new database).
+
+    The lock is held until the transaction has committed: released before (as it was), a second migrator read
+    the version table before the first one's commit and ran the first migration again ("table already exists")."""
+    if engine.dialect.name != "sqlite":
+        with engine.begin() as conn:
+            conn.execute(text("SELECT pg_advisory_xact_lock(4711013)"))  # held until the commit
+            yield conn
+        return
+    db = engine.url.database
+    with contextlib.ExitStack() as stack:
+        if db and db != ":memory:":
+            f = stack.enter_context(open(f"{db}.migrate.lock", "w"))  # noqa: SIM115 - closed by the stack
             fcntl.flock(f, fcntl.LOCK_EX)
-            yield
-    else:
-        conn.execute(text("SELECT pg_advisory_xact_lock(4711013)"))
-        yield
+        yield stack.enter_context(engine.begin())
 
 
 def migrate(engine: Engine, tz: ZoneInfo | None = None) -> None:
@@ -101,7 +104,7 @@ def migrate(engine: Engine, tz: ZoneInfo | None = None) -> None:
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn, _migration_lock(engine, conn):
+    with _migration_lock(engine) as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
         meta = t.store_meta
