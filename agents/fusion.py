@@ -248,14 +248,9 @@ class IncidentProcessor:
         self._add_source(ps, out, group, src, ev.grid_code, list(ev.tiers), ev.level, actor)
 
     def on_report(self, p: int, rep: ResidentReport, out: Outcome) -> None:
-        """A resident report: applied on arrival. It moves the supervision clock only while no merged
-        upstream is active: a worker catching up on a backlog reads the reports topic ahead of the events
-        (fewer records), and a report hours ahead must not escalate incidents whose sensors' "end" is
-        still unread (with an active upstream the merged watermark is the clock, as for camera events)."""
         require_finite((rep.lat, rep.lon), f"report {rep.service_request_id}")
         ps = self.partition(p)
-        if ps.order.merged() is None:
-            self._advance_ts(ps, rep.requested_ms)
+        self._advance_ts(ps, rep.requested_ms)
         if f"report:{rep.service_request_id}" in ps.by_source:
             out.duplicates += 1
             return

@@ -19,7 +19,7 @@ from gridwatch.pipeline.schemas.events import (
     order_of,
 )
 from gridwatch.pipeline.schemas.incidents import IncidentChange
-from tests.unit.test_incident_fusion import CITY, MANHOLES, T0, DictStore, event, report
+from tests.unit.test_incident_fusion import CITY, MANHOLES, T0, DictStore, event
 
 UPSTREAMS = ("readings:0", "readings:1", "readings:2")
 
@@ -339,30 +339,6 @@ def test_an_unordered_event_does_not_move_the_clock_of_a_merged_partition():
     alone.on_event(1, event(dev, "manhole_tilted", "new", T0, level="yellow"), out)
     alone.on_event(1, event(far, "manhole_open", "new", ahead), out)
     alone.advance(1, out)
-    assert "escalated" in [IncidentChange.decode(v).change for _, v in out.changes]
-
-
-def test_a_report_ahead_does_not_escalate_while_an_upstream_is_active_and_does_once_all_are_idle():
-    """A worker catching up reads reports ahead of the events: a report a day ahead is applied, but the
-    sensor incident (its "end" still unread) does not escalate while its upstream is active; once every
-    upstream is idle (all they sent is in), reports move the clock again."""
-    proc, store = make()
-    dev = MANHOLES[0]
-    up = "readings:4"
-    [created] = feed([("wm", {up: UpstreamMark(T0)}),
-                      ("ev", (up, T0, event(dev, "manhole_tilted", "new", T0, level="yellow"))),
-                      ("wm", {up: UpstreamMark(T0 + 1)})], proc, store)
-    far = next(d for d in MANHOLES if distance_m(dev.lat, dev.lon, d.lat, d.lon) > 2000)
-    ahead = created.incident.sla_deadline_ts + 60_000  # past the deadline and the lateness
-    out = Outcome()
-    proc.on_report(0, report(far.lat, far.lon, ahead), out)
-    proc.advance(0, out)
-    assert [IncidentChange.decode(v).change for _, v in out.changes] == ["created"]
-    assert proc.watermark(0) < T0 + 1000
-    feed([("wm", {up: UpstreamMark(T0 + 1, True)})], proc, store)  # the upstream goes idle
-    out = Outcome()
-    proc.on_report(0, report(far.lat, far.lon, ahead + 1000, text="again"), out)
-    proc.advance(0, out)
     assert "escalated" in [IncidentChange.decode(v).change for _, v in out.changes]
 
 
