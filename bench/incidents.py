@@ -294,8 +294,8 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
     # the same inputs as the agent gets, end markers included: their jump in event time makes supervision
     # escalate and close what is still open, about a third of all changes
     recs = feed_records([*inputs, *ends])
-    n_inputs = sum(1 for r in recs if is_input(r))
     results["in_process"] = in_process(city, recs)
+    n_inputs = results["in_process"]["inputs"]
     print(f"in-process fusion: {results['in_process']}", flush=True)
     logs = STATE_DIR / "bench-logs"
     with EmbeddedStack() as stack:
