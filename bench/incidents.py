@@ -309,8 +309,8 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
         try:
             # -- fusion throughput through the real agent ------------------------------------------
             end_ids = {source_id(m) for m in ends}
-            # The readings upstreams are announced (active) before any input, as a running telemetry agent has
-            # them: a report read before them (another topic) would move the supervision clock days ahead.
+            # The bench's upstreams are announced before any input, as a running telemetry agent's are: the merge
+            # waits only for upstreams it has heard of.
             asyncio.run(produce_all(kafka, pipe, recs[:PARTS]))
             fusion_group = f"{INCIDENT_APP_ID if split else 'gridwatch'}-{pipe.prefix}"
             asyncio.run(wait_drained(kafka, fusion_group, [pipe.topic("events")], 60))
