@@ -314,6 +314,7 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
             asyncio.run(produce_all(kafka, pipe, recs[:PARTS]))
             fusion_group = f"{INCIDENT_APP_ID if split else 'gridwatch'}-{pipe.prefix}"
             asyncio.run(wait_drained(kafka, fusion_group, [pipe.topic("events")], 60))
+            print(f"fusion phase: sending {len(recs) - PARTS} records to the incident agent", flush=True)
             c0 = cpu_s(fusion_worker.pid)
             t0 = time.time()
             asyncio.run(produce_all(kafka, pipe, recs[PARTS:]))
