@@ -91,6 +91,7 @@ class PartitionState:
     heap: list[tuple[int, str]] = field(default_factory=list)  # (deadline, incident id), lazily invalidated
     scheduled: dict[str, int] = field(default_factory=dict)  # incident id -> deadline last pushed
     last_ts: dict[str, int] = field(default_factory=dict)  # incident id -> latest event time of its sources
+    report_ts: int = 0  # latest report time not yet on the clock (advance() moves it once the events caught up)
     wm_dirty: bool = False
     order: MergeBuffer = field(init=False)
 
@@ -247,9 +248,11 @@ class IncidentProcessor:
         self._add_source(ps, out, group, src, ev.grid_code, list(ev.tiers), ev.level, actor)
 
     def on_report(self, p: int, rep: ResidentReport, out: Outcome) -> None:
+        """A resident report, applied on arrival. Its time moves the partition's supervision clock at the
+        batch's end (:meth:`advance`), and only once the partition's grid events caught up."""
         require_finite((rep.lat, rep.lon), f"report {rep.service_request_id}")
         ps = self.partition(p)
-        self._advance_ts(ps, rep.requested_ms)
+        ps.report_ts = max(ps.report_ts, rep.requested_ms)
         if f"report:{rep.service_request_id}" in ps.by_source:
             out.duplicates += 1
             return
@@ -418,12 +421,24 @@ class IncidentProcessor:
                 self._emit(ps, out, inc, "auto_resolved", ev.ts, t2, ev.id)
 
     # -- supervision ----------------------------------------------------------------------------
+    def reports_waiting(self) -> list[int]:
+        """Partitions whose reports' time waits for their grid events (see :meth:`advance`)."""
+        return [p for p, ps in self.partitions.items() if ps.report_ts]
+
     def watermark(self, p: int) -> int:
         return self.partition(p).max_ts - self.lateness_ms
 
-    def advance(self, p: int, out: Outcome) -> None:
-        """Run supervision up to the partition's watermark; persist the watermark and merge state if they moved."""
+    def advance(self, p: int, out: Outcome, events_behind: bool = False) -> None:
+        """Run supervision up to the partition's watermark; persist the watermark and merge state if they moved.
+
+        ``events_behind``: grid events of this partition are still unread in Kafka (a worker catching up after
+        an outage reads the small reports topic ahead of them). The reports' time then waits: moving the
+        clock to a report hours ahead would escalate incidents whose sensors' "end" is still unread. Live,
+        the events are caught up at nearly every batch's end, and a report moves the clock as before."""
         ps = self.partition(p)
+        if ps.report_ts and not events_behind:
+            self._advance_ts(ps, ps.report_ts)
+            ps.report_ts = 0
         self._supervise(ps, out)
         if ps.wm_dirty:
             out.writes[f"wm:{p}"] = (p, dumps({"max_ts": ps.max_ts}))

@@ -5,7 +5,9 @@ The three input topics are keyed by grid code with the same partition count, so 
 same partitions of all three to one worker (co-partitioned) and one agent sees a grid's events,
 reports and actions. Grid events of one grid come from several readings partitions, so they are merged
 in event time (agents/event_order.py) by the order header and the watermark control records the
-telemetry agent writes; reports and operator actions (HTTP, wall time) are applied on arrival.
+telemetry agent writes; reports and operator actions (HTTP, wall time) are applied on arrival (a report's
+time moves the supervision clock only once the partition's grid events are caught up, see
+``IncidentProcessor.advance``).
 The state (every incident with its history, the watermarks, the merge buffer) lives in
 the Faust table ``incidents`` whose changelog is written to the input's partition explicitly
 (``tables.apply_writes``), so the worker that owns a partition after a crash or rebalance recovers it.
@@ -20,6 +22,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from faust.types import TP
+
+from gridwatch.compat import unprocessed
 from gridwatch.pipeline.schemas.codec import SchemaError
 from gridwatch.pipeline.schemas.events import GridEvent, Watermarks, is_control, order_of
 from gridwatch.pipeline.schemas.incidents import OperatorAction
@@ -54,11 +59,17 @@ def install(ctx: AgentContext) -> Any:
     out_topic = family_topic(ctx, "incidents")
     out_name = settings.topic("incidents")
     names = {settings.topic(f): f for f in INPUTS}
+    events_name = settings.topic("events")
+    events_done: dict[int, int] = {}  # events partition -> offset of the last record processed
+
+    def events_behind(p: int) -> bool:
+        return unprocessed(app, TP(events_name, p), events_done.get(p))
     log.info("incidents: %d category groups from %s", len(cfg.groups), cfg.source)
 
     @app.on_partitions_revoked.connect
     async def _forget(app_: Any, revoked: Any = None, **kwargs: Any) -> None:
         processor.reset()
+        events_done.clear()
 
     def apply(family: str, partition: int, raw: bytes, headers: Any, out: Outcome) -> None:
         if family == "events":
@@ -96,12 +107,14 @@ def install(ctx: AgentContext) -> Any:
                     continue
                 finally:
                     touched.add(msg.partition)
+                    if family == "events":
+                        events_done[msg.partition] = msg.offset
                 for r in out.rejected[seen:]:
                     log.info("rejected %s from %s: %s", r.reason, msg.topic, r.detail)
                     await ctx.dead_letter("incidents", r.reason, r.detail, msg.topic, event.value)
-            for p in sorted(touched):
+            for p in sorted(touched.union(processor.reports_waiting())):
                 try:
-                    processor.advance(p, out)
+                    processor.advance(p, out, events_behind(p))
                 except Exception:  # noqa: BLE001
                     log.exception("supervision failed on partition %d", p)
             if out.changes:  # confirmed before the table moves on (see the module doc)

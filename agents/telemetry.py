@@ -20,7 +20,7 @@ from typing import Any
 
 from faust.types import TP
 
-from gridwatch.compat import fetch_position
+from gridwatch.compat import unprocessed
 from gridwatch.pipeline.schemas.codec import SchemaError
 from gridwatch.pipeline.schemas.events import order_header
 from gridwatch.pipeline.schemas.readings import ReadingBatch, is_end_of_input
@@ -70,11 +70,7 @@ def install(ctx: AgentContext) -> Any:
     def backlog(name: str) -> bool:
         """Input of this readings partition in Kafka or fetched that the agent has not processed yet."""
         partition = int(name.rpartition(":")[2])
-        highwater, position = fetch_position(app, TP(settings.topic("readings"), partition))
-        if highwater is None:
-            return False
-        done = processed.get(partition)
-        return (position is not None and highwater > position) or (done is not None and highwater > done + 1)
+        return unprocessed(app, TP(settings.topic("readings"), partition), processed.get(partition))
 
     async def announce() -> None:
         """Send the marks that are due as one control record to every events partition."""

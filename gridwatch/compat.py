@@ -331,6 +331,16 @@ def fetch_position(app: Any, tp: Any) -> tuple[int | None, int | None]:
     return state.highwater, position
 
 
+def unprocessed(app: Any, tp: Any, done: int | None) -> bool:
+    """Whether an assigned partition has input in Kafka, or fetched, that the agent has not processed yet:
+    the high water mark is past the fetch position, or past ``done`` (the offset of the last record the
+    agent processed; None: none yet). False where the consumer does not know the partition yet."""
+    highwater, position = fetch_position(app, tp)
+    if highwater is None:
+        return False
+    return (position is not None and highwater > position) or (done is not None and highwater > done + 1)
+
+
 def install_faust_event_path_fix() -> None:
     """Keep Faust's livelock check from crashing the worker on a partition that has no position yet.
 

@@ -19,7 +19,7 @@ from gridwatch.pipeline.schemas.events import (
     order_of,
 )
 from gridwatch.pipeline.schemas.incidents import IncidentChange
-from tests.unit.test_incident_fusion import CITY, MANHOLES, T0, DictStore, event
+from tests.unit.test_incident_fusion import CITY, MANHOLES, T0, DictStore, event, report
 
 UPSTREAMS = ("readings:0", "readings:1", "readings:2")
 
@@ -340,6 +340,34 @@ def test_an_unordered_event_does_not_move_the_clock_of_a_merged_partition():
     alone.on_event(1, event(far, "manhole_open", "new", ahead), out)
     alone.advance(1, out)
     assert "escalated" in [IncidentChange.decode(v).change for _, v in out.changes]
+
+
+def test_a_report_ahead_of_unread_events_waits_for_them_before_it_moves_the_clock():
+    """A worker catching up reads the reports topic ahead of the events: a report a day ahead is applied at
+    once, but while the partition's grid events are still unread (``events_behind``) its time does not move
+    the clock, so the sensor incident (its "end" maybe among the unread) does not escalate. Once the events
+    caught up, the report's time moves the clock at the next batch's end, as it does live."""
+    proc, store = make()
+    dev = MANHOLES[0]
+    up = "readings:4"
+    [created] = feed([("wm", {up: UpstreamMark(T0)}),
+                      ("ev", (up, T0, event(dev, "manhole_tilted", "new", T0, level="yellow"))),
+                      ("wm", {up: UpstreamMark(T0 + 1)})], proc, store)
+    far = next(d for d in MANHOLES if distance_m(dev.lat, dev.lon, d.lat, d.lon) > 2000)
+    ahead = created.incident.sla_deadline_ts + 60_000  # past the deadline and the lateness
+    out = Outcome()
+    proc.on_report(0, report(far.lat, far.lon, ahead), out)
+    proc.advance(0, out, events_behind=True)
+    assert [IncidentChange.decode(v).change for _, v in out.changes] == ["created"]  # the report's own incident
+    assert proc.watermark(0) < T0 + 1000
+    out = Outcome()
+    assert proc.reports_waiting() == [0]  # the agent advances it at every batch's end until the events caught up
+    proc.advance(0, out, events_behind=True)  # still behind: still waiting
+    assert not out.changes and proc.watermark(0) < T0 + 1000
+    out = Outcome()
+    proc.advance(0, out)  # the events caught up
+    assert "escalated" in [IncidentChange.decode(v).change for _, v in out.changes]
+    assert proc.watermark(0) == ahead - proc.lateness_ms and not proc.reports_waiting()
 
 
 def test_a_late_event_is_applied_counted_and_logged(caplog):
