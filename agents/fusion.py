@@ -330,7 +330,10 @@ class IncidentProcessor:
         ts = src.ts if src.kind == "report" else src.last_ts
         lc.set_level(inc, level, ts, self.cfg)
         inc.title = self._title(inc)
-        if inc.status == "resolved":  # a pending auto-resolve: the problem is back
+        # Resolved: a source after the resolution says the problem is back. One from before it (a worker
+        # catching up reads the reports topic behind the events, which resolved it meanwhile) is merged as
+        # what it was, so the incident ends as it would have had the inputs come in event-time order.
+        if inc.status == "resolved" and ts > (inc.resolved_ts or 0):
             t = lc.reopen(inc, self.cfg, ts, actor, note=f"{src.type} again", ref=ref)
             self._after_source(inc, ts)
             self._emit(ps, out, inc, "reopened", ts, t, src.id)

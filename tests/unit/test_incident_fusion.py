@@ -178,6 +178,23 @@ def test_all_sensor_events_ended_auto_resolves_pending_confirmation_and_a_new_fa
     assert not inc2.pending_confirmation and len(inc2.sources) == 2
 
 
+def test_a_report_from_before_the_resolution_read_late_is_merged_and_a_later_one_reopens():
+    """The reports topic is read as fetched: a report made while the cover was open, read after the sensor's
+    end resolved the incident, joins it without reopening it (as in event-time order); one made after the
+    resolution says the problem is back."""
+    proc, store = make()
+    dev = MANHOLES[5]
+    run(proc, store, event(dev, "manhole_open", "new", T0))
+    run(proc, store, event(dev, "manhole_open", "end", T0, T0 + 600_000))
+    changes = run(proc, store, report(dev.lat, dev.lon, T0 + 300_000))
+    assert [c.change for c in changes] == ["source_added", "source_added"]  # merged, then confirmed by a resident
+    merged = changes[-1]
+    assert merged.incident.status == "resolved" and merged.incident.history[-2].action == "merged"
+    assert merged.incident.pending_confirmation and len(merged.incident.sources) == 2
+    [reopened] = run(proc, store, report(dev.lat, dev.lon, T0 + 700_000, text="open again"))
+    assert reopened.change == "reopened" and reopened.incident.status == "reported"
+
+
 def test_sla_breach_escalates_level_and_tier_at_the_deadline_in_event_time():
     proc, store = make()
     a = MANHOLES[0]
