@@ -13,6 +13,8 @@ silently doing the wrong thing; ``GRIDWATCH_ALLOW_UNCHECKED_VERSIONS=1`` applies
   a record that one agent took and another agent's cleared buffer dropped (any broker).
 * :func:`install_faust_changelog_pause_fix` — a changelog partition Faust paused is still fetched;
   each one's first new record held every partition's fetch back 100 ms (alert latency; any broker).
+* :func:`install_faust_batch_delivery` — Faust delivers every fetched record to the streams through four
+  new tasks; one task per fetched batch cut the incident worker's CPU per input by about a fifth (any broker).
 * :func:`install_tansu_shims` — the embedded Tansu broker's ListOffsets answer and its slow waiting
   Fetch (only with ``kafka.tansu_quirks``).
 * :func:`limit_plate_sessions` — agentclpr/agentocr build their ONNX sessions with every core and no
