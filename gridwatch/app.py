@@ -16,6 +16,7 @@ from gridwatch.agents.channels import agent as incident_channels
 from gridwatch.agents.runtime import AgentContext
 from gridwatch.agents.sinks.base import build_sinks, sink_agent_names
 from gridwatch.compat import (
+    install_faust_batch_delivery,
     install_faust_changelog_pause_fix,
     install_faust_event_path_fix,
     install_faust_idempotent_producer,
@@ -70,6 +71,7 @@ def create_app(settings: Settings, *, city: Any = None, agents: str | tuple[str,
     install_faust_event_path_fix()  # any broker: the livelock check must not crash on a partition without a position
     install_faust_rebalance_wait_fix()  # any broker: a rebalance must not wait for records a clear dropped
     install_faust_changelog_pause_fix()  # any broker: a paused changelog must not hold every fetch back 100 ms
+    install_faust_batch_delivery()  # any broker: one task per fetched batch, not four per record
     if settings.kafka.idempotent:
         install_faust_idempotent_producer()  # a retried produce is not written twice (real Kafka only)
     city = city or city_of(settings)
