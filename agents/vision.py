@@ -12,11 +12,6 @@
   detector's work on a frame's pictures runs on its own threads (``detector.batch_workers``, each with
   ``detector.threads`` onnxruntime threads), while this thread plans the next frames and applies the
   finished ones (models/detect_pipeline.py, ``vision.in_flight``; same results as batches in turn).
-* **One batch ahead.** While the thread works on a batch, the event loop sends the batch before it (events,
-  dead letters, checkpoints) and takes the next, which the thread starts on as soon as it is free: the
-  thread never waits for Kafka.  A batch's records are acked only once its results are out (a reference
-  taken on each record, dropped in ``finish``), so a crash or a rebalance in between re-delivers it, as
-  before.  The processor keeps its own last checkpoint per camera, which the table may not have yet.
 * **Batching across cameras** as DeepStream does: the frames that arrived within ``batch_window_s`` (at
   most ``max_batch``) are taken together; with ``vision.in_flight: 0`` they go through the detector as one
   batch, else frame by frame on the detector's threads, up to ``in_flight`` ahead of the rules.
@@ -155,9 +150,6 @@ class VisionProcessor:
         self.batch_sizes: deque[int] = deque(maxlen=1000)
         self._unknown: dict[str, float] = {}  # camera -> when its last unknown_camera dead letter went out
         self.saved_ts: dict[str, float | None] = {}  # camera -> frame time of its last checkpoint
-        # camera -> the last checkpoint this processor made: the table's copy lags it by up to two batches
-        # while the agent overlaps them (the thread runs a batch before the one before it is written)
-        self.written: dict[str, dict[str, Any]] = {}
         self._kept_ts: dict[Any, float] = {}  # camera -> frame time of the last frame not shed for lag
         from gridwatch.models.regions import RegionConfig, RegionPlanner
 
@@ -210,7 +202,6 @@ class VisionProcessor:
             self.engines.pop(cam, None)
             self.partition_of.pop(cam, None)
             self.saved_ts.pop(cam, None)
-            self.written.pop(cam, None)
             self._kept_ts.pop(cam, None)
         if gone:
             log.info("vision: partitions %s revoked; forgot cameras %s", sorted(partitions), gone)
@@ -248,13 +239,9 @@ class VisionProcessor:
             state = engine.export_state()
             if self._regions is not None:
                 state["regions"] = self._regions.export(cam)
-            self._write(cam, state, out)
+            out.writes[cam] = (self.partition_of[cam], state)
             self.saved_ts[cam] = engine.last_ts
             self.stats["checkpoints"] += 1
-
-    def _write(self, cam: str, state: dict[str, Any], out: Outcome) -> None:
-        out.writes[cam] = (self.partition_of[cam], state)
-        self.written[cam] = state
 
     # -- one batch ---------------------------------------------------------------------------------
     def process(self, items: list[tuple[int, str, bytes | None, bytes | None]],
@@ -264,8 +251,7 @@ class VisionProcessor:
         from gridwatch.pipeline.schemas.codec import SchemaError, dumps
         from gridwatch.pipeline.schemas.frames import CameraStatusRecord, decode_all, peek_header
 
-        for cam, table_state in (restore or {}).items():
-            state = self.written.get(cam, table_state)
+        for cam, state in (restore or {}).items():
             if state and cam not in self.engines and cam in self.sites:
                 self._restore(cam, state)
         out = Outcome()
@@ -337,16 +323,6 @@ class VisionProcessor:
         self._kept_ts[cam] = max(ts, last if last is not None else ts)
         return False
 
-    def process_or_park(self, items: list[tuple[int, str, bytes | None, bytes | None]],
-                        restore: dict[str, Any] | None = None) -> Outcome:
-        """:meth:`process`; after a failure (a bug, a detector that cannot load) the same records one by one,
-        in this thread before the next batch, so only the culprit is dead-lettered."""
-        try:
-            return self.process(items, restore)
-        except Exception:  # noqa: BLE001 - park, do not crash
-            log.exception("vision: batch of %d failed; retrying its records one by one", len(items))
-            return self.process_each(items, restore)
-
     def process_each(self, items: list[tuple[int, str, bytes | None, bytes | None]],
                      restore: dict[str, Any] | None = None) -> Outcome:
         """Fallback after a failed batch: one record at a time, so only the culprit is dead-lettered."""
@@ -375,7 +351,7 @@ class VisionProcessor:
         for ev in engine.close(ts):
             out.events.append(self._grid_event(dataclasses.replace(ev, reason=reason), engine, None, []))
         if cam in self.partition_of:  # a restarted worker must not resume the closed events
-            self._write(cam, {"v": 1, "ts": ts, "reset": True}, out)
+            out.writes[cam] = (self.partition_of[cam], {"v": 1, "ts": ts, "reset": True})
         self.saved_ts.pop(cam, None)
         log.info("vision: camera %s %s; its scene state is reset", cam, reason.replace("_", " "))
 
@@ -603,46 +579,26 @@ def install(ctx: AgentContext) -> Any:
             await loop.run_in_executor(executor, processor.warm)
         except Exception:  # noqa: BLE001 - logged; the first batch tries again
             log.exception("vision: detector failed to load")
-        ahead: asyncio.Task | None = None  # the batch before: its results go out while this one runs
-        try:
-            async for batch in stream.take_events(opts.max_batch, within=opts.batch_window_s):
-                for e in batch:  # acked by finish(), once its results are out, not when the next batch is taken
-                    e.message.incref()
-                items = [(e.message.partition, e.message.topic, e.key, e.value) for e in batch]
-                # checkpoints of the batch's cameras, read here on the loop (the table is not thread-safe);
-                # the processor uses one only for a camera it has no engine for (restart, rebalance), and
-                # prefers its own newer checkpoint (the batch before may not be written yet)
-                restore = {c: scene_table.get(c) for c in {k.decode(errors="replace") for _, _, k, _ in items
-                                                           if isinstance(k, bytes | bytearray)}}
-                work = loop.run_in_executor(executor, processor.process_or_park, items, restore)
-                if ahead is not None:
-                    await asyncio.shield(ahead)  # in order; a failed send stops the agent as before
-                ahead = asyncio.ensure_future(finish(batch, work))
-                ahead.add_done_callback(_log_failure)
-        finally:
-            if ahead is not None and not ahead.done():
-                await asyncio.wait([ahead], timeout=10)  # Ctrl-C / rebalance: the batch in hand goes out
-
-    async def finish(batch: list[Any], work: Any) -> None:
-        """Send one batch's results, write its cameras' checkpoints, then ack its records: until then a
-        crash or a rebalance re-delivers the batch (same ids, the alert channel drops the copies)."""
-        result = await work
-        for reason, detail, topic, payload, cam in result.dead:
-            await ctx.dead_letter("vision", reason, detail, topic, payload, cam)
-        if result.events:
-            futures = [await events_topic.send(key=ev.grid_code.encode(), value=ev.encode())
-                       for ev in result.events]
-            await asyncio.gather(*futures)
-            ctx.stats["vision_events"] += len(result.events)
-        for cam, (partition, state) in result.writes.items():  # after the events: a crash re-raises, never loses
-            put(scene_table, cam, state, partition)
-        for e in batch:
-            if e.ack():  # the last reference: the offset may be committed now
-                app.sensors.on_message_out(e.message.tp, e.message.offset, e.message)
-
-    def _log_failure(task: asyncio.Task) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("vision: sending a batch's results failed: %r", task.exception())
+        async for batch in stream.take_events(opts.max_batch, within=opts.batch_window_s):
+            items = [(e.message.partition, e.message.topic, e.key, e.value) for e in batch]
+            # checkpoints of the batch's cameras, read here on the loop (the table is not thread-safe);
+            # the processor uses one only for a camera it has no engine for (restart, rebalance)
+            restore = {c: scene_table.get(c) for c in {k.decode(errors="replace") for _, _, k, _ in items
+                                                       if isinstance(k, bytes | bytearray)}}
+            try:
+                result = await loop.run_in_executor(executor, processor.process, items, restore)
+            except Exception:  # noqa: BLE001 - a bug or the detector cannot load: park, do not crash
+                log.exception("vision: batch of %d failed; retrying its records one by one", len(items))
+                result = await loop.run_in_executor(executor, processor.process_each, items, restore)
+            for reason, detail, topic, payload, cam in result.dead:
+                await ctx.dead_letter("vision", reason, detail, topic, payload, cam)
+            if result.events:
+                futures = [await events_topic.send(key=ev.grid_code.encode(), value=ev.encode())
+                           for ev in result.events]
+                await asyncio.gather(*futures)
+                ctx.stats["vision_events"] += len(result.events)
+            for cam, (partition, state) in result.writes.items():  # after the events: a crash re-raises, never loses
+                put(scene_table, cam, state, partition)
 
     stats_topic = f"{settings.mqtt.stats_prefix}/vision/{settings.worker.app_id}-{socket.gethostname()}-{os.getpid()}"
     publisher: list[Any] = []

@@ -576,7 +576,8 @@ def bench_e2e(sources: list[Path], n_cameras: int, seconds: float, variant: str 
                 time.sleep(0.2)
             with lock:
                 alerts.clear()  # warm-up over: measure from here
-                frames0 = (stats[-1] if stats else {}).get("frames") or 0
+                start = {k: (stats[-1] if stats else {}).get(k) or 0 for k in WINDOW_STATS}
+                frames0 = start["frames"]
             pids = {worker.name: worker.pid, capture.name: capture.pid, "rtsp-server": server.process.pid}
             cpu0 = {name: _cpu_s(pid) for name, pid in pids.items()}
             w0 = time.time()
@@ -585,6 +586,7 @@ def bench_e2e(sources: list[Path], n_cameras: int, seconds: float, variant: str 
             cpu = {name: round((_cpu_s(pid) - cpu0[name]) / wall, 3) for name, pid in pids.items()}
             with lock:
                 frames_window = ((stats[-1] if stats else {}).get("frames") or 0) - frames0
+                window = {k: ((stats[-1] if stats else {}).get(k) or 0) - start[k] for k in WINDOW_STATS}
             mem = {"worker_rss_mb": round(proc_rss(worker.pid)[0], 1),
                    "cameras_rss_mb": round(proc_rss(capture.pid)[0], 1)}
         finally:
@@ -606,6 +608,11 @@ def bench_e2e(sources: list[Path], n_cameras: int, seconds: float, variant: str 
         "agent": {k: last.get(k) for k in ("records", "frames", "skipped_lagging", "skipped_stale", "skipped_still",
                                            "latency_ms", "kafka_ms", "infer_ms_per_frame", "mean_batch",
                                            "whole_frames", "region_frames", "crops")},
+        # the measured window alone: frame records the agent took (offered: cameras x fps x seconds), and of them
+        # analysed, found still by the capture's motion gate, or shed because the agent lagged
+        "window": {**window, "offered": round(n_cameras * DETECT_FPS * wall),
+                   "taken_share": round(window["records"] / max(1.0, n_cameras * DETECT_FPS * wall), 3),
+                   "shed_share": round(window["skipped_lagging"] / max(1, window["records"]), 3)},
         "detector": config["detector"],
         "cpu_cores_used": cpu, **mem,
         # the whole worker (Faust, Kafka client, JPEG decode, detector, rules, alerts agent) per analysed frame,
@@ -615,6 +622,9 @@ def bench_e2e(sources: list[Path], n_cameras: int, seconds: float, variant: str 
             for name, cores in cpu.items()},
         "note": "frame time = decode time in the capture process; the alert time = arrival at an MQTT subscriber",
     }
+
+
+WINDOW_STATS = ("records", "frames", "skipped_still", "skipped_lagging", "skipped_stale")
 
 
 def _cpu_s(pid: int) -> float:
@@ -655,6 +665,11 @@ def print_e2e(e: dict[str, Any]) -> None:
           f"mean batch {ag.get('mean_batch')}; CPU cores {e['cpu_cores_used']}; CPU ms per analysed frame "
           f"{e.get('cpu_ms_per_analysed_frame')}; RSS worker {e['worker_rss_mb']} MB, "
           f"capture {e['cameras_rss_mb']} MB")
+    w = e.get("window") or {}
+    if w:
+        print(f"measured window: {w['records']} frame records taken of ~{w['offered']} offered "
+              f"({w['taken_share']:.1%}); {w['skipped_lagging']} shed as lagging ({w['shed_share']:.1%}), "
+              f"{w['frames']} analysed, {w['skipped_still']} still")
 
 
 def run(out_json_path: str | Path | None = DEFAULT_OUT, *, seconds: float = 20.0, quick: bool = False,

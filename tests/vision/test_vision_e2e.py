@@ -187,24 +187,6 @@ def test_processor_failure_parks_only_the_culprit(city) -> None:
     assert [e.phase for e in out.events] == ["new"] and proc.stats["frames"] == 7
 
 
-def test_a_batch_that_fails_as_a_whole_is_retried_in_the_thread_one_record_at_a_time(city) -> None:
-    class Breaks(VisionProcessor):  # a bug outside the per-frame guard that only a batch of several hits
-        def process(self, items: Any, restore: Any = None) -> Any:
-            if len(items) > 1:
-                raise RuntimeError("batch bug")
-            return super().process(items, restore)
-
-    cfg = parse_camera_config({"vision": {"plates": "off"}, "cameras": {CAM: {
-        "source": "rtsp://x/y", "zones": {"bay": {"polygon": BAY}},
-        "rules": [{"id": "bay", "type": "vehicle_parked", "zone": "bay", "min_duration_s": 0.5}]}}})
-    proc = Breaks(cfg, resolve_sites(cfg, city.registry, city.gridmap), MemoryEvidenceStore(), detector=StubDetector())
-    items = [(0, "p.frames", CAM.encode(), encode_frame(Frame(CAM, i, 1.7e9 + i * 0.2, np.full((576, 768, 3), 90,
-                                                                                             np.uint8))))
-             for i in range(8)]
-    out = proc.process_or_park(items)
-    assert not out.dead and proc.stats["frames"] == 8 and [e.phase for e in out.events] == ["new"]
-
-
 def describe_end(ev: GridEvent) -> str:
     return ev.message
 
@@ -393,8 +375,8 @@ def test_rtsp_to_mqtt_alert_offline_and_dead_letters(stack, gstreamer, vtest_pat
         assert again["ts"] > back["ts"] - 1000
         assert len(alerts("camera_offline", "new")) == 1  # one event per outage, not one per reconnect try
 
-        # 5. each batch's records are acked once its results are out (a reference the agent holds and then
-        # drops): with the camera stopped, the worker's group commits every frame record, the bad ones too
+        # 5. with the camera stopped, the worker's group commits every frame record, the bad ones too (nothing
+        # taken is left unacked, so a restart resumes after the last frame)
         capture.stop()
         wait_for(lambda: uncommitted(stack.kafka_url, f"gridwatch-{prefix}", f"{prefix}.frames") == 0, 30,
                  "the vision worker to commit every frame record")

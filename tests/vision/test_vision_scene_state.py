@@ -153,25 +153,3 @@ def test_replayed_frames_are_never_dropped_as_lagging(processor_parts) -> None:
     proc = VisionProcessor(cfg, sites, MemoryEvidenceStore(), detector=ParkedCar())
     proc.process([_item(i, sent=old, replayed=True) for i in range(11)])
     assert proc.stats["skipped_lagging"] == 0 and proc.stats["frames"] == 11
-
-
-def test_a_table_one_batch_behind_does_not_bring_back_a_closed_event(processor_parts) -> None:
-    """The agent reads a batch's checkpoints from the table while the batch before is still in the thread
-    (one batch ahead), so the table may hold an older state than the processor made: its own wins."""
-    cfg, sites = processor_parts
-    proc = VisionProcessor(cfg, sites, MemoryEvidenceStore(), detector=ParkedCar())
-    out = proc.process([_item(i) for i in range(16)])
-    new = next(e for e in out.events if e.phase == "new")
-    behind = {CAM: json.loads(json.dumps(out.writes[CAM][1]))}  # the open event, as the table still has it
-    out = proc.process([(3, "p.frames", CAM.encode(), CameraStatusRecord(CAM, False, T0 + 4, "read_failed").encode())],
-                       restore=behind)
-    assert [(e.phase, e.id) for e in out.events] == [("end", new.id)]
-    # back online, the next batch comes with the table's copy from before the "end" (not written yet)
-    out = proc.process([_item(i) for i in range(25, 41)], restore=behind)
-    again = [e for e in out.events if e.phase == "new"]
-    assert len(again) == 1 and again[0].id != new.id  # a fresh event, not the closed one continued
-    assert new.id not in {e.id for e in out.events}
-    # what that copy holds: a processor with no state of its own (a restarted worker) continues the open event
-    other = VisionProcessor(cfg, sites, MemoryEvidenceStore(), detector=ParkedCar())
-    out = other.process([_item(i) for i in range(25, 41)], restore=behind)
-    assert other.stats["restored"] == 1 and not [e for e in out.events if e.phase == "new"]
