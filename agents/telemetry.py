@@ -46,7 +46,8 @@ def install(ctx: AgentContext) -> Any:
         checkpoint_every_ms=int(w.presence_checkpoint_s * 1000),
     )
 
-    marks = WatermarkSender("readings", idle_s=w.upstream_idle_s, advance_slack_s=w.wall_clock_advance_slack_s)
+    marks = WatermarkSender("readings", idle_s=w.upstream_idle_s, advance_slack_s=w.wall_clock_advance_slack_s,
+                            min_slack_s=w.wall_clock_advance_slack_min_s)
 
     @app.on_partitions_revoked.connect
     async def _forget(app_: Any, revoked: Any = None, **kwargs: Any) -> None:
@@ -89,6 +90,10 @@ def install(ctx: AgentContext) -> Any:
         await announce()
 
     extra: list[asyncio.TimerHandle] = []  # at most one announce between ticks (bounded cost under load)
+    # ... and at most one per interval: with a slack of a few ms a busy worker would announce after
+    # nearly every batch, 8 control records each, which every events consumer reads (the alert path's p99)
+    extra_gap_s = w.watermark_interval_s
+    extra_fired = [float("-inf")]
 
     def announce_when_passed(partition: int, order_ts: int) -> None:
         """Announce the marks right when the other upstreams' marks pass these events (a sparse city's
@@ -96,10 +101,12 @@ def install(ctx: AgentContext) -> Any:
         at = marks.passes_at(partition, order_ts)
         if at is None or (extra and not extra[0].cancelled()):
             return
+        at = max(at, extra_fired[0] + extra_gap_s)
         loop = asyncio.get_running_loop()
 
         def fire() -> None:
             extra.clear()
+            extra_fired[0] = time.monotonic()
             task = loop.create_task(announce())
             task.add_done_callback(lambda t: t.cancelled() or t.exception())  # errors: the tick retries
 
@@ -139,7 +146,8 @@ def install(ctx: AgentContext) -> Any:
                            for ev, t in zip(result.events, result.order_ts, strict=True)]
                 await asyncio.gather(*futures)
                 ctx.stats["events"] += len(result.events)
-            marks.confirmed(partition, processor.high_mark(partition), time.monotonic())
+            marks.confirmed(partition, processor.high_mark(partition), time.monotonic(),
+                            min((r.ts for r in batch.readings), default=None))
             if result.events:
                 announce_when_passed(partition, max(result.order_ts))
             for key, value in result.writes.items():

@@ -40,7 +40,7 @@ from gridwatch.agents.rules.lamp import sun
 from gridwatch.bench.console import StreamClock, login, start_api
 from gridwatch.bench.results_io import bench_parser, write_results
 from gridwatch.bench.telemetry import AlertClock, client, percentile, publish_all, reading
-from gridwatch.core.procs import Pipeline, cpu_s
+from gridwatch.core.procs import Pipeline, cpu_s, late_events
 from gridwatch.core.settings import STATE_DIR
 from gridwatch.devices.citygen import generate
 from gridwatch.devices.registry import SAMPLE_CITY_DIR, load_city
@@ -315,6 +315,7 @@ def run_on(stack: EmbeddedStack, out: Path | None, city: Any, city_dir: Path | N
                                  "alert_lag_ms": lag_stats(alert_lag)},
         "ratio_console_to_alerts": round(console_s / alert_s, 2),
         "incident_worker_cpu_seconds": round(worker_cpu, 2),
+        "late_grid_events": late_events(fusion.log()),  # applied out of event-time order by the merge
     }
     print(json.dumps(res, indent=2, ensure_ascii=False), flush=True)
     write_results(out, res)

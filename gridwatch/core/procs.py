@@ -124,6 +124,11 @@ class Proc:
         self.stop(signal.SIGKILL)
 
 
+def late_events(log_text: str) -> int:
+    """Grid events the incident worker's event-time merge applied late (it logs a warning for each)."""
+    return log_text.count(": late grid event ")
+
+
 class Pipeline:
     """Bridge + worker for one isolated namespace (topic prefix, app id, MQTT session). ``split``: the
     default topology, two workers (`--role telemetry` as ``worker``, `--role incidents` as ``incidents``);

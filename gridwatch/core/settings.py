@@ -107,7 +107,8 @@ class WorkerSettings:
     # readings a partition is announced idle so it does not hold the incident agent back.
     watermark_interval_s: float = 0.1
     upstream_idle_s: float = 1.0
-    wall_clock_advance_slack_s: float = 0.2  # 0 = off (replay workers)
+    wall_clock_advance_slack_s: float = 0.2  # 0 = off (replay workers); else the slack's ceiling
+    wall_clock_advance_slack_min_s: float = 0.02  # its floor: between them it follows how late inputs come
     # The alerts agent forgets which (event, phase) it published once that is this much older (event
     # time) than the newest event of its partition.
     alert_dedupe_retention_s: float = 604800
@@ -362,7 +363,8 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "web.session_ttl_s": (1, 366 * 86_400, False), "web.max_body_bytes": (1, 1 << 31, False),
     "web.chat_import_max": (1, 1_000_000, False), "worker.offline_scan_s": (0, math.inf, True),
     "worker.presence_checkpoint_s": (0, math.inf, True), "worker.watermark_interval_s": (0, math.inf, True),
-    "worker.upstream_idle_s": (0, math.inf, True), "worker.shutdown_s": (0, 3600, True),
+    "worker.upstream_idle_s": (0, math.inf, True), "worker.wall_clock_advance_slack_s": (0, 60, False),
+    "worker.wall_clock_advance_slack_min_s": (0, 60, False), "worker.shutdown_s": (0, 3600, True),
     "worker.gc_full_every_s": (0, math.inf, True), "influx.batch_size": (1, 10_000_000, False),
     "influx.flush_interval_ms": (1, math.inf, False), "influx.max_pending_points": (1, 1 << 40, False),
     "influx.writers": (1, 1_000, False), "influx.timeout_s": (0, math.inf, True),

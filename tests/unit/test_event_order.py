@@ -10,7 +10,7 @@ from typing import Any
 from gridwatch.agents.event_order import MergeBuffer
 from gridwatch.agents.fusion import IncidentProcessor, Outcome, distance_m
 from gridwatch.agents.routing import load_incident_config
-from gridwatch.agents.watermarks import WatermarkSender
+from gridwatch.agents.watermarks import SlackEstimate, WatermarkSender
 from gridwatch.pipeline.schemas.events import (
     UpstreamMark,
     Watermarks,
@@ -248,6 +248,73 @@ def test_events_of_a_sparse_partition_are_passed_by_the_other_live_marks_at_the_
     replay = WatermarkSender("readings", idle_s=1.0)
     replay.confirmed(1, 5_000, now=10.0)
     assert replay.passes_at(2, 5_400) is None  # marks move with the data only: nothing to time
+
+
+def _feed(s: WatermarkSender, delays_ms: list[float], partition: int = 1) -> None:
+    """A reading every 100 ms of event time on one partition, each arriving (one batch) ``delay`` after it."""
+    u = s.ups.get(s.name(partition))
+    ts0 = u.mark + 100 if u is not None and u.mark > 0 else 10_000
+    for i, d in enumerate(delays_ms):
+        ts = ts0 + 100 * i
+        now = (ts + d) / 1000
+        s.begin(partition, now=now)
+        s.confirmed(partition, ts, now=now + 0.002, oldest_ms=ts)
+
+
+def test_the_slack_follows_how_late_inputs_come_between_its_floor_and_its_ceiling():
+    fixed = WatermarkSender("readings", idle_s=1.0, advance_slack_s=0.2)
+    live = WatermarkSender("readings", idle_s=1.0, advance_slack_s=0.2, min_slack_s=0.02)
+    for s in (fixed, live):
+        s.assigned(1, now=0.0)
+        _feed(s, [25.0])
+    assert live.slack_s() == 0.2  # no input measured yet (the first one has no mark to fall short of): the ceiling
+    for s in (fixed, live):
+        _feed(s, [30.0])
+    assert live.slack_s() == 0.02  # the first one 5 ms late: 5 + 4 x 2.5 ms, below the floor
+    for s in (fixed, live):
+        _feed(s, [25.0 + (i % 3) for i in range(40)])  # 25-27 ms: a quiet machine
+    assert fixed.slack_s() == 0.2  # no floor: a fixed slack, as before
+    assert live.slack_s() == 0.02  # the floor: no input came more than 2 ms later than the one before
+    _feed(live, [30.0 + 16 * (i % 2) for i in range(40)])  # every other input 16 ms later than the one before
+    assert 0.025 < live.slack_s() < 0.06
+    _feed(live, [25.0, 95.0, 30.0, 90.0, 20.0, 95.0] * 3)  # a loaded machine: every other input 60-75 ms late
+    assert 0.14 < live.slack_s() < 0.2  # covers them, with room
+    devices = SlackEstimate()  # devices whose clocks disagree by seconds: the ceiling
+    for shortfall in [0.0, 2.5] * 10:
+        devices.add(shortfall)
+    assert devices.slack(0.02, 0.2) == 0.2
+    _feed(live, [25.0] * 60)  # quiet again: back down
+    assert live.slack_s() == 0.02
+    # the mark of a partition between inputs follows the wall clock less the slack in force
+    live.assigned(2, now=0.0)
+    live.begin(2, now=200.0)
+    live.confirmed(2, 9_000, now=200.0)
+    live.due(200.0)
+    assert live.due(200.5) == Watermarks({"readings:2": UpstreamMark(9_480)})  # 9,000 + 0.5 s - 0.02 s
+    # an input after idleness counts too (a sparse city's partitions are idle between most inputs); one
+    # 1.5 s below the mark extrapolated from the last input sends the slack to the ceiling
+    live.due(202.0)  # readings:2 goes idle
+    live.begin(2, now=203.0)
+    live.confirmed(2, 10_500, now=203.0, oldest_ms=10_500)
+    assert live.slack_s() == 0.2
+
+
+def test_a_sparse_partitions_events_are_passed_sooner_on_a_quiet_machine():
+    def passes(s: WatermarkSender) -> float:
+        _feed(s, [26.0], partition=2)
+        _feed(s, [26.0], partition=3)
+        u = s.ups[s.name(3)]
+        at = s.passes_at(3, u.mark)
+        assert at is not None
+        return at - u.last_input
+
+    fixed = WatermarkSender("readings", idle_s=1.0, advance_slack_s=0.2)
+    quiet = WatermarkSender("readings", idle_s=1.0, advance_slack_s=0.2, min_slack_s=0.02)
+    for s in (fixed, quiet):
+        for p in (1, 2, 3):
+            s.assigned(p, now=0.0)
+        _feed(s, [25.0 + (i % 3) for i in range(40)])
+    assert 0.2 < passes(fixed) < 0.21 and 0.02 < passes(quiet) < 0.03
 
 
 # -- the incident processor over the merge ------------------------------------------------------------
