@@ -33,6 +33,7 @@ No Kafka here.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -49,6 +50,8 @@ class SlackEstimate:
     n: int = 0
 
     def add(self, shortfall_s: float) -> None:
+        if not math.isfinite(shortfall_s):
+            return
         if self.n == 0:
             self.mean, self.dev = shortfall_s, shortfall_s / 2
         else:
@@ -102,7 +105,7 @@ class WatermarkSender:
         u = self.ups.setdefault(name, _Upstream(0, now))
         # where the mark would be now had it followed the wall clock with no slack since the last input (also
         # after idleness: how late the input is says the same about the delays; not after a failed batch)
-        following = u.mark > 0 and name not in self.busy
+        following = u.mark > 0 and name not in self.busy and math.isfinite(u.last_input)  # not after an end
         u.zero_slack_mark = u.mark + (now - u.last_input) * 1000 if following else None
         self.busy.add(name)
         urgent = u.sent is None

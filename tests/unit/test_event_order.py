@@ -4,6 +4,7 @@ incident processor: same inputs in any interleaving of their upstreams -> same i
 from __future__ import annotations
 
 import logging
+import math
 import random
 from typing import Any
 
@@ -297,6 +298,19 @@ def test_the_slack_follows_how_late_inputs_come_between_its_floor_and_its_ceilin
     live.begin(2, now=203.0)
     live.confirmed(2, 10_500, now=203.0, oldest_ms=10_500)
     assert live.slack_s() == 0.2
+
+
+def test_input_after_the_producer_said_it_ended_does_not_poison_the_slack():
+    live = WatermarkSender("readings", idle_s=1.0, advance_slack_s=0.2, min_slack_s=0.02)
+    live.assigned(1, now=0.0)
+    _feed(live, [25.0 + 20 * (i % 2) for i in range(20)])
+    before = live.slack_s()
+    assert 0.02 < before < 0.2
+    live.ended(1)  # the recording's end marker: idle at once
+    _feed(live, [25.0])  # new input afterwards: no mark extrapolated from an infinitely old input
+    assert live.slack_s() == before and math.isfinite(live.estimate.mean) and math.isfinite(live.estimate.dev)
+    _feed(live, [25.0] * 40)
+    assert live.slack_s() == 0.02
 
 
 def test_a_sparse_partitions_events_are_passed_sooner_on_a_quiet_machine():
