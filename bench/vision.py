@@ -577,7 +577,6 @@ def bench_e2e(sources: list[Path], n_cameras: int, seconds: float, variant: str 
             with lock:
                 alerts.clear()  # warm-up over: measure from here
                 start = {k: (stats[-1] if stats else {}).get(k) or 0 for k in WINDOW_STATS}
-                frames0 = start["frames"]
             pids = {worker.name: worker.pid, capture.name: capture.pid, "rtsp-server": server.process.pid}
             cpu0 = {name: _cpu_s(pid) for name, pid in pids.items()}
             w0 = time.time()
@@ -585,8 +584,8 @@ def bench_e2e(sources: list[Path], n_cameras: int, seconds: float, variant: str 
             wall = time.time() - w0
             cpu = {name: round((_cpu_s(pid) - cpu0[name]) / wall, 3) for name, pid in pids.items()}
             with lock:
-                frames_window = ((stats[-1] if stats else {}).get("frames") or 0) - frames0
                 window = {k: ((stats[-1] if stats else {}).get(k) or 0) - start[k] for k in WINDOW_STATS}
+            frames_window = window["frames"]
             mem = {"worker_rss_mb": round(proc_rss(worker.pid)[0], 1),
                    "cameras_rss_mb": round(proc_rss(capture.pid)[0], 1)}
         finally:
@@ -599,6 +598,7 @@ def bench_e2e(sources: list[Path], n_cameras: int, seconds: float, variant: str 
         new = [(t, b) for t, b in alerts if b.get("phase") == "new"]
         last = stats[-1] if stats else {}
     lat = [t - b["ts"] / 1000 for t, b in new]
+    offered = n_cameras * DETECT_FPS * wall  # frames the cameras were due to send in the measured window
     return {
         "variant": variant, "input_size": size_name(size), "cameras": n_cameras, "detect_fps": DETECT_FPS,
         "seconds": round(wall, 1),
@@ -610,8 +610,8 @@ def bench_e2e(sources: list[Path], n_cameras: int, seconds: float, variant: str 
                                            "whole_frames", "region_frames", "crops")},
         # the measured window alone: frame records the agent took (offered: cameras x fps x seconds), and of them
         # analysed, found still by the capture's motion gate, or shed because the agent lagged
-        "window": {**window, "offered": round(n_cameras * DETECT_FPS * wall),
-                   "taken_share": round(window["records"] / max(1.0, n_cameras * DETECT_FPS * wall), 3),
+        "window": {**window, "offered": round(offered),
+                   "taken_share": round(window["records"] / max(1.0, offered), 3),
                    "shed_share": round(window["skipped_lagging"] / max(1, window["records"]), 3)},
         "detector": config["detector"],
         "cpu_cores_used": cpu, **mem,
