@@ -26,6 +26,33 @@ log = logging.getLogger("gridwatch.agents")
 Record = tuple[str, int | None, bytes | None, bytes | None]  # topic, partition (None: by key), key, value
 
 
+class KeyPartitions:
+    """The key's partition under the producer's partitioner, remembered per (topic, key, count).
+
+    Why: the default partitioner hashes each key with murmur2 in Python (~2 % of the incident worker's
+    CPU, one hash per change record), and the incident agent's keys are the city's grid codes, a few
+    thousand. Bounded: past ``limit`` keys the memo starts again (a city's grid codes fit many times).
+    A record without a key is not remembered: the partitioner spreads those at random."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self.limit = limit
+        self.memo: dict[tuple[str, bytes, int], int] = {}
+
+    def __call__(self, app: Any, topic: str, key: bytes | None, count: int) -> int:
+        if key is None:
+            return app.producer.key_partition(topic, key).partition
+        slot = (topic, key, count)
+        partition = self.memo.get(slot)
+        if partition is None:
+            if len(self.memo) >= self.limit:
+                self.memo.clear()
+            partition = self.memo[slot] = app.producer.key_partition(topic, key).partition
+        return partition
+
+
+_key_partition = KeyPartitions()
+
+
 def _log_failure(fut: asyncio.Future) -> None:
     if not fut.cancelled() and fut.exception() is not None:
         log.error("batched produce failed: %s", fut.exception())
@@ -39,12 +66,12 @@ async def send_all(app: Any, records: Iterable[Record], *, wait: bool = True) ->
     records = list(records)
     # The key's partition needs the topic's partition count in the producer's metadata, which holds only
     # topics it was asked about: on Apache Kafka a first send to a topic found none and crashed the agent.
-    for topic in {t for t, partition, _, _ in records if partition is None}:
-        await producer.partitions_for(topic)
+    counts = {t: len(await producer.partitions_for(t)) for t in {t for t, partition, _, _ in records
+                                                                  if partition is None}}
     groups: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]] = {}
     for topic, partition, key, value in records:
-        if partition is None:
-            partition = app.producer.key_partition(topic, key).partition
+        if partition is None:  # the count in the slot: a topic given more partitions hashes its keys again
+            partition = _key_partition(app, topic, key, counts[topic])
         groups.setdefault((topic, partition), []).append((key, value))
     futures = []
     for (topic, partition), recs in groups.items():

@@ -18,6 +18,7 @@ from gridwatch.agents.sinks.base import build_sinks, sink_agent_names
 from gridwatch.compat import (
     install_faust_batch_delivery,
     install_faust_changelog_pause_fix,
+    install_faust_event_class_cache,
     install_faust_event_path_fix,
     install_faust_idempotent_producer,
     install_faust_rebalance_wait_fix,
@@ -72,6 +73,7 @@ def create_app(settings: Settings, *, city: Any = None, agents: str | tuple[str,
     install_faust_rebalance_wait_fix()  # any broker: a rebalance must not wait for records a clear dropped
     install_faust_changelog_pause_fix()  # any broker: a paused changelog must not hold every fetch back 100 ms
     install_faust_batch_delivery()  # any broker: one task per fetched batch, not four per record
+    install_faust_event_class_cache()  # any broker: the Event class looked up once, not per record
     if settings.kafka.idempotent:
         install_faust_idempotent_producer()  # a retried produce is not written twice (real Kafka only)
     city = city or city_of(settings)
@@ -91,6 +93,10 @@ def create_app(settings: Settings, *, city: Any = None, agents: str | tuple[str,
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
         broker_commit_interval=1.0,
+        # At most 500 records per fetch handed to the streams: an agent's buffer (4,096 records) pauses its
+        # partition at 80 %, and a larger fetch overshot the rest, so that Faust delivered every record past
+        # the brim through a task of its own (the incident worker under a backlog, bench incidents).
+        broker_max_poll_records=500,
         producer_linger=0.002,
         # Batches of up to 256 KB per partition instead of aiokafka's 16 KB: the producer has one request in
         # flight per partition, so a burst of incident changes (whole incidents, a few KB each) went out as a
