@@ -21,6 +21,7 @@ from gridwatch.compat import (
     install_faust_event_class_cache,
     install_faust_event_path_fix,
     install_faust_idempotent_producer,
+    install_faust_raw_passthrough,
     install_faust_rebalance_wait_fix,
     install_faust_seek_fix,
     install_tansu_shims,
@@ -74,6 +75,7 @@ def create_app(settings: Settings, *, city: Any = None, agents: str | tuple[str,
     install_faust_changelog_pause_fix()  # any broker: a paused changelog must not hold every fetch back 100 ms
     install_faust_batch_delivery()  # any broker: one task per fetched batch, not four per record
     install_faust_event_class_cache()  # any broker: the Event class looked up once, not per record
+    install_faust_raw_passthrough()  # any broker: raw topics' bytes not taken through the codec registry
     if settings.kafka.idempotent:
         install_faust_idempotent_producer()  # a retried produce is not written twice (real Kafka only)
     city = city or city_of(settings)
