@@ -10,6 +10,8 @@
   * in-process the same records through IncidentProcessor alone (no Kafka, no Faust; it decodes them and
                merges the events, as the agent does): the ceiling of the fusion logic itself
   * latency    event produced -> its incident "created" produced (Kafka CreateTime), at a fixed rate
+  * written    the records and bytes the worker wrote for the fusion phase's inputs, to the incidents topic
+               and to its table's changelog (whole incidents in both: what its producing costs scale with)
 
     python -m gridwatch.bench incidents [--shared] [--rounds 6] [--rate 200] [--out FILE]
 """
@@ -226,6 +228,42 @@ async def read_changes(kafka: str, topic: str, until: set[str], timeout: float) 
     return out
 
 
+async def topic_bytes(kafka: str, topic: str) -> tuple[int, int]:
+    """Records and value bytes on every partition of ``topic``, from its start to its end now."""
+    c = AIOKafkaConsumer(bootstrap_servers=kafka, enable_auto_commit=False, max_partition_fetch_bytes=8 << 20)
+    await c.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
+        if not tps:
+            raise RuntimeError(f"topic {topic} not found on {kafka}")
+        c.assign(tps)
+        await c.seek_to_beginning(*tps)
+        ends = await c.end_offsets(tps)
+        left = {tp for tp in tps if ends[tp] > 0}
+        records = size = 0
+        deadline = time.monotonic() + 120
+        while left:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}: {len(left)} partitions not read to their end in 120 s")
+            for tp, recs in (await c.getmany(*left, timeout_ms=1000)).items():
+                records += len(recs)
+                size += sum(len(r.value or b"") for r in recs)
+                if recs and recs[-1].offset + 1 >= ends[tp]:
+                    left.discard(tp)
+        return records, size
+    finally:
+        await c.stop()
+
+
+def written(kafka: str, topics: dict[str, str], inputs: int) -> dict[str, dict[str, float]]:
+    """What the worker wrote for the inputs, per topic: the bytes its producing costs scale with."""
+    out = {}
+    for name, topic in topics.items():
+        records, size = asyncio.run(topic_bytes(kafka, topic))
+        out[name] = {"records": records, "mib": round(size / (1 << 20), 1), "bytes_per_input": round(size / inputs)}
+    return out
+
+
 async def wait_drained(kafka: str, group: str, topics: list[str], timeout: float) -> float:
     """Seconds until the worker's consumer group has committed every record of ``topics`` (its agents
     digested what came before): the latency run then measures 200 events/s, not the backlog of the
@@ -352,6 +390,11 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
             # workload's clock then escalated tier by tier, changes (and CPU) the in-process run has no part in
             for group, families in groups.items():
                 asyncio.run(wait_drained(kafka, group, [pipe.topic(f) for f in families], 120))
+            # Each change record carries the whole incident, and so does the table's changelog: producing those
+            # bytes is most of what the worker adds to the fusion (docs/benchmarks.md, "Incidents")
+            results["written"] = written(kafka, {"incidents topic": pipe.topic("incidents"),
+                                                 "table changelog": f"{fusion_group}-incidents-changelog"}, n_inputs)
+            print(f"written for the {n_inputs} inputs: {results['written']}", flush=True)
             results["telemetry_baseline"] = telemetry_baseline(stack, pipe, city, telemetry_rounds)
             print(f"telemetry baseline (readings -> events -> MQTT): {results['telemetry_baseline']}", flush=True)
 
