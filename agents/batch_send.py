@@ -19,6 +19,8 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from aiokafka.partitioner import DefaultPartitioner
+
 from gridwatch.compat import worker_producer
 
 log = logging.getLogger("gridwatch.agents")
@@ -32,14 +34,15 @@ class KeyPartitions:
     Why: the default partitioner hashes each key with murmur2 in Python (~2 % of the incident worker's
     CPU, one hash per change record), and the incident agent's keys are the city's grid codes, a few
     thousand. Bounded: past ``limit`` keys the memo starts again (a city's grid codes fit many times).
-    A record without a key is not remembered: the partitioner spreads those at random."""
+    Only for aiokafka's default partitioner (murmur2 of the key over all partitions) and bytes keys: a record
+    without a key is spread at random, and another partitioner may not be a function of the key alone."""
 
     def __init__(self, limit: int = 100_000) -> None:
         self.limit = limit
         self.memo: dict[tuple[str, bytes, int], int] = {}
 
-    def __call__(self, app: Any, topic: str, key: bytes | None, count: int) -> int:
-        if key is None:
+    def __call__(self, app: Any, topic: str, key: bytes | None, count: int, *, memo: bool = True) -> int:
+        if not memo or type(key) is not bytes:
             return app.producer.key_partition(topic, key).partition
         slot = (topic, key, count)
         partition = self.memo.get(slot)
@@ -66,12 +69,13 @@ async def send_all(app: Any, records: Iterable[Record], *, wait: bool = True) ->
     records = list(records)
     # The key's partition needs the topic's partition count in the producer's metadata, which holds only
     # topics it was asked about: on Apache Kafka a first send to a topic found none and crashed the agent.
+    memo = type(producer._partitioner) is DefaultPartitioner  # see KeyPartitions
     counts = {t: len(await producer.partitions_for(t)) for t in {t for t, partition, _, _ in records
                                                                   if partition is None}}
     groups: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]] = {}
     for topic, partition, key, value in records:
         if partition is None:  # the count in the slot: a topic given more partitions hashes its keys again
-            partition = _key_partition(app, topic, key, counts[topic])
+            partition = _key_partition(app, topic, key, counts[topic], memo=memo)
         groups.setdefault((topic, partition), []).append((key, value))
     futures = []
     for (topic, partition), recs in groups.items():

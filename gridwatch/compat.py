@@ -523,11 +523,11 @@ def install_faust_event_class_cache() -> None:
     from faust.app.base import App
 
     def create_event(self, key, value, headers, message):  # type: ignore[no-untyped-def]
-        try:
-            cls = self._gridwatch_event_cls
-        except AttributeError:
-            cls = self._gridwatch_event_cls = self.conf.Event
-        return cls(self, key, value, headers, message)
+        cached = self.__dict__.get("_gridwatch_event_cls")
+        if cached is None or cached[0] is not self._conf:  # first event, or the app was configured anew
+            cls = self.conf.Event  # configures the app if nothing did yet
+            cached = self._gridwatch_event_cls = (self._conf, cls)
+        return cached[1](self, key, value, headers, message)
 
     App.create_event = create_event
     _installed.add("event_class_cache")
@@ -545,13 +545,22 @@ def install_faust_raw_passthrough() -> None:
     if "raw_passthrough" in _installed:
         return
     require_checked("the Faust raw passthrough", "faust-streaming")
+    from faust.serializers.codecs import get_codec, raw
+    from faust.serializers.registry import Registry
     from faust.serializers.schemas import Schema
 
     compile_ = Schema.compile
 
+    def plain_raw(schema, app):  # type: ignore[no-untyped-def]
+        """Faust's own decode of this schema gives back the record's bytes: raw both ways, no types, no
+        subclass or registry of the user's own, Faust's own raw codec."""
+        return (schema.key_type is None and schema.value_type is None and schema.key_serializer == "raw"
+                and schema.value_serializer == "raw" and type(schema).loads_key is Schema.loads_key
+                and type(schema).loads_value is Schema.loads_value and type(app.serializers) is Registry
+                and type(get_codec("raw")) is raw)
+
     def compile(self, app, **kwargs):  # type: ignore[no-untyped-def]
-        if not (self.key_type is None and self.value_type is None and self.key_serializer == "raw"
-                and self.value_serializer == "raw"):
+        if not plain_raw(self, app):
             return compile_(self, app, **kwargs)
         create_event = app.create_event
 

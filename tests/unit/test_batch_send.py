@@ -61,3 +61,10 @@ def test_the_memo_starts_again_past_its_limit():
     for i in range(10):
         memo(app, "p.incidents", str(i).encode(), 8)
     assert 1 <= len(memo.memo) <= 4 and app.producer.calls == 10
+
+
+def test_without_the_default_partitioner_every_key_is_asked_for():
+    app, memo = app_with(8), KeyPartitions()
+    for _ in range(3):
+        memo(app, "p.incidents", b"330108004003006", 8, memo=False)
+    assert app.producer.calls == 3 and not memo.memo

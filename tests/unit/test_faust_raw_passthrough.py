@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import faust
+from faust.serializers.schemas import Schema
 
 from gridwatch.compat import install_faust_raw_passthrough
 
@@ -41,3 +42,17 @@ def test_a_typed_or_json_topic_still_decodes_through_faust():
     as_str = app.topic("t3", key_type=str, value_type=str, key_serializer="raw", value_serializer="raw")
     ev = decode(as_str, message(b"k", b"text"))
     assert (ev.key, ev.value) == ("k", "text")  # typed: Faust's own conversion, not the bytes
+
+
+class Upper(Schema):
+    """A user's schema with its own value decoding (raw both ways, no types)."""
+
+    def loads_value(self, app: Any, message: Any, **kwargs: Any) -> Any:
+        return message.value.upper()
+
+
+def test_a_schema_with_its_own_decoding_is_not_passed_through():
+    install_faust_raw_passthrough()
+    app = faust.App("gw-test-raw-passthrough-own")
+    own = app.topic("t4", schema=Upper(key_serializer="raw", value_serializer="raw"))
+    assert decode(own, message(b"k", b"text")).value == b"TEXT"
