@@ -35,10 +35,11 @@ from gridwatch.agents.routing import load_incident_config
 from gridwatch.bench.results_io import bench_parser, write_results
 from gridwatch.bench.telemetry import AlertClock, client, percentile, publish_all, reading
 from gridwatch.core.procs import Pipeline, cpu_s, rss_mb, wait_for
-from gridwatch.core.settings import STATE_DIR
+from gridwatch.core.settings import STATE_DIR, load_settings
 from gridwatch.devices.registry import load_city
 from gridwatch.devices.simulator import build_messages, device_topic
 from gridwatch.pipeline.kafka_io import partition_for
+from gridwatch.pipeline.recordreplay.compare import read_topic_all
 from gridwatch.pipeline.schemas.events import (
     GridEvent,
     TierRef,
@@ -228,41 +229,15 @@ async def read_changes(kafka: str, topic: str, until: set[str], timeout: float) 
     return out
 
 
-async def topic_bytes(kafka: str, topic: str) -> tuple[int, int]:
-    """Records and value bytes on every partition of ``topic``, from its start to its high watermark (as
-    fetch responses report it: the embedded broker's ListOffsets answer is not trusted, pipeline/kafka_io.py)."""
-    c = AIOKafkaConsumer(bootstrap_servers=kafka, enable_auto_commit=False, max_partition_fetch_bytes=8 << 20)
-    await c.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
-        if not tps:
-            raise RuntimeError(f"topic {topic} not found on {kafka}")
-        c.assign(tps)
-        await c.seek_to_beginning(*tps)
-        left = set(tps)
-        records = size = 0
-        deadline = time.monotonic() + 120
-        while left:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{topic}: {len(left)} partitions not read to their end in 120 s")
-            for recs in (await c.getmany(*left, timeout_ms=500)).values():
-                records += len(recs)
-                size += sum(len(r.value or b"") for r in recs)
-            for tp in list(left):
-                high = c.highwater(tp)
-                if high is not None and await c.position(tp) >= high:
-                    left.discard(tp)
-        return records, size
-    finally:
-        await c.stop()
-
-
-def written(kafka: str, topics: dict[str, str], inputs: int) -> dict[str, dict[str, float]]:
-    """What the worker wrote for the inputs, per topic: the bytes its producing costs scale with."""
+def written(kafka_url: str, topics: dict[str, str], inputs: int) -> dict[str, dict[str, float]]:
+    """What the worker wrote for the inputs, per topic (each read to its high watermark): the bytes its
+    producing costs scale with."""
+    settings = load_settings(None, {"kafka.url": kafka_url})
     out = {}
     for name, topic in topics.items():
-        records, size = asyncio.run(topic_bytes(kafka, topic))
-        out[name] = {"records": records, "mib": round(size / (1 << 20), 1), "bytes_per_input": round(size / inputs)}
+        values = asyncio.run(read_topic_all(settings, topic))
+        size = sum(len(v or b"") for v in values)
+        out[name] = {"records": len(values), "mib": round(size / (1 << 20), 1), "bytes_per_input": round(size / inputs)}
     return out
 
 
@@ -394,7 +369,7 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
                 asyncio.run(wait_drained(kafka, group, [pipe.topic(f) for f in families], 120))
             # Each change record carries the whole incident, and so does the table's changelog: producing those
             # bytes is most of what the worker adds to the fusion (docs/benchmarks.md, "Incidents")
-            results["written"] = written(kafka, {"incidents topic": pipe.topic("incidents"),
+            results["written"] = written(stack.kafka_url, {"incidents topic": pipe.topic("incidents"),
                                                  "table changelog": f"{fusion_group}-incidents-changelog"}, n_inputs)
             print(f"written for the {n_inputs} inputs: {results['written']}", flush=True)
             results["telemetry_baseline"] = telemetry_baseline(stack, pipe, city, telemetry_rounds)
