@@ -88,6 +88,7 @@ class PartitionState:
     incidents: dict[str, Incident] = field(default_factory=dict)
     by_source: dict[str, str] = field(default_factory=dict)  # "event:<id>" / "report:<id>" -> incident id
     fusable: dict[str, set[str]] = field(default_factory=dict)  # group -> incident ids open to new sources
+    finished: dict[str, set[str]] = field(default_factory=dict)  # group -> the others still in the table (late sources)
     heap: list[tuple[int, str]] = field(default_factory=list)  # (deadline, incident id), lazily invalidated
     scheduled: dict[str, int] = field(default_factory=dict)  # incident id -> deadline last pushed
     last_ts: dict[str, int] = field(default_factory=dict)  # incident id -> latest event time of its sources
@@ -150,10 +151,13 @@ class IncidentProcessor:
             ps.by_source[f"{s.kind}:{s.id}"] = inc.id
         ps.last_ts[inc.id] = max(s.last_ts for s in inc.sources)
         ids = ps.fusable.setdefault(inc.category_group, set())
+        done = ps.finished.setdefault(inc.category_group, set())
         if lc.fusable(inc):
             ids.add(inc.id)
+            done.discard(inc.id)
         else:
             ids.discard(inc.id)
+            done.add(inc.id)
         d = lc.next_deadline(inc, self.cfg)
         if d is not None and ps.scheduled.get(inc.id) != d:
             ps.scheduled[inc.id] = d
@@ -297,12 +301,21 @@ class IncidentProcessor:
     # -- fusion ---------------------------------------------------------------------------------
     def _candidate(self, ps: PartitionState, group: str, grid: str, src: IncidentSource) -> Incident | None:
         """The open incident of the same group this source joins: same device first, then same grid,
-        then nearest within the radius; ties by age and id, so the choice is deterministic."""
+        then nearest within the radius; ties by age and id, so the choice is deterministic.
+
+        A late source (the partition's watermark already passed its time) may also join an incident that
+        was open at its time and has been resolved or closed since: a worker catching up can read the
+        reports topic days of event time behind the grid events, and in event-time order such a report
+        would have joined that incident, not opened a new one that at once breaches its SLA. Only late
+        sources look there, so live inputs pay nothing for the finished incidents the table keeps."""
         best: tuple[Any, ...] | None = None
         found: Incident | None = None
         radius = self.cfg.fusion.radius_m
         max_dlat = radius / 111_000.0  # a cheap box test before the great circle
-        for iid in ps.fusable.get(group, ()):
+        ids: Iterable[str] = ps.fusable.get(group, ())
+        if src.ts < ps.max_ts - self.lateness_ms and ps.finished.get(group):
+            ids = [*ids, *(i for i in ps.finished[group] if src.ts <= lc.open_until(ps.incidents[i]))]
+        for iid in ids:
             inc = ps.incidents[iid]
             if not (inc.created_ts - self.window_ms <= src.ts <= ps.last_ts[iid] + self.window_ms):
                 continue
@@ -472,6 +485,7 @@ class IncidentProcessor:
         for s in inc.sources:
             ps.by_source.pop(f"{s.kind}:{s.id}", None)
         ps.fusable.get(inc.category_group, set()).discard(inc.id)
+        ps.finished.get(inc.category_group, set()).discard(inc.id)
         out.writes[inc_key(ps.partition, inc.id)] = (ps.partition, None)
 
     # -- queries (tests, bench, diagnostics) ------------------------------------------------------

@@ -65,6 +65,14 @@ def fusable(inc: Incident) -> bool:
     return inc.open or (inc.status == "resolved" and inc.pending_confirmation)
 
 
+def open_until(inc: Incident) -> int:
+    """The event time up to which a finished (not fusable) incident was open to new sources: its (last)
+    resolution (resolved, then evaluated or closed), else its closing (cancelled while open). A source from
+    before then would have joined it."""
+    end = inc.resolved_ts if inc.status != "cancelled" else inc.closed_ts
+    return end if end is not None else inc.updated_ts
+
+
 def supervision_deadline(inc: Incident) -> int | None:
     """The deadline of a supervision notice still running (open incident, not yet overdue)."""
     sv = inc.supervision

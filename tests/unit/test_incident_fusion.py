@@ -195,6 +195,53 @@ def test_a_report_from_before_the_resolution_read_late_is_merged_and_a_later_one
     assert reopened.change == "reopened" and reopened.incident.status == "reported"
 
 
+def test_a_report_read_after_its_incident_closed_joins_it_as_in_event_time_order():
+    """A worker catching up can read the reports topic days of event time behind the grid events: the
+    incident a report was made about has been auto-resolved and closed by then. The report joins it (no
+    new incident, which would at once breach its SLA and escalate), as it would have in event-time order."""
+    cfg = load_incident_config()
+    dev = MANHOLES[5]
+    far = far_pair(1800, 2600)[1]
+    later = T0 + int(cfg.lifecycle.evaluation_window_s * 1000) + 2 * H  # past the closing of the auto-resolved one
+    opened, rep, ended = (event(dev, "manhole_open", "new", T0), report(dev.lat, dev.lon, T0 + 60_000),
+                          event(dev, "manhole_open", "end", T0, T0 + H))
+    jump = report(far.lat, far.lon, later, code="garbage")
+
+    in_order, store = make(cfg)
+    ordered = [c for x in (opened, rep, ended, jump) for c in run(in_order, store, x)]
+    catching_up, store2 = make(cfg)
+    behind = [c for x in (opened, ended, jump) for c in run(catching_up, store2, x)]
+    [closing] = [c for c in behind if c.change == "closed"]
+    assert closing.incident.status == "closed" and closing.incident.closed_ts is not None
+    late = run(catching_up, store2, rep)
+
+    assert [c.change for c in late] == ["source_added", "source_added"]  # merged, then confirmed by a resident
+    joined = late[-1].incident
+    assert joined.id == closing.incident.id and joined.status == "closed" and len(joined.sources) == 2
+    assert [h.action for h in joined.history[-2:]] == ["merged", "confirmed"]
+    assert sorted(i.id for i in catching_up.incidents()) == sorted(i.id for i in in_order.incidents())
+    assert sum(c.change == "created" for c in behind + late) == sum(c.change == "created" for c in ordered) == 2
+    run(catching_up, store2, rep)  # read again (a re-delivery): recognised, nothing changes
+    assert run.last.changes == [] and run.last.duplicates == 1  # type: ignore[attr-defined]
+
+
+def test_a_report_made_after_its_incident_closed_opens_a_new_one():
+    """Only what precedes the resolution joins a finished incident: a report made after it is new work."""
+    cfg = load_incident_config()
+    dev = MANHOLES[5]
+    far = far_pair(1800, 2600)[1]
+    later = T0 + int(cfg.lifecycle.evaluation_window_s * 1000) + 2 * H
+    proc, store = make(cfg)
+    for x in (event(dev, "manhole_open", "new", T0), event(dev, "manhole_open", "end", T0, T0 + H),
+              report(far.lat, far.lon, later, code="garbage")):
+        run(proc, store, x)
+    [closed] = [i for i in proc.incidents() if i.status == "closed"]
+    # late (behind the watermark) yet after the resolution, and live after the closing: both new incidents
+    for ts in (T0 + 2 * H, later + 60_000):
+        [c] = [c for c in run(proc, store, report(dev.lat, dev.lon, ts, text=f"open {ts}")) if c.change == "created"]
+        assert c.incident.id != closed.id
+
+
 def test_sla_breach_escalates_level_and_tier_at_the_deadline_in_event_time():
     proc, store = make()
     a = MANHOLES[0]
