@@ -43,14 +43,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
-import socket
 import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from gridwatch.pipeline.outputs.stats_publisher import StatsPublisher
 from gridwatch.pipeline.schemas.events import GridEvent
 
 from .runtime import AgentContext
@@ -600,8 +599,7 @@ def install(ctx: AgentContext) -> Any:
             for cam, (partition, state) in result.writes.items():  # after the events: a crash re-raises, never loses
                 put(scene_table, cam, state, partition)
 
-    stats_topic = f"{settings.mqtt.stats_prefix}/vision/{settings.worker.app_id}-{socket.gethostname()}-{os.getpid()}"
-    publisher: list[Any] = []
+    figures = StatsPublisher(settings, "vision")
     logged = [0]
 
     @app.timer(max(0.5, opts.stats_interval_s))
@@ -610,17 +608,6 @@ def install(ctx: AgentContext) -> Any:
         if snap.get("records", 0) != logged[0]:  # log only when something arrived
             logged[0] = snap.get("records", 0)
             log.info("vision stats: %s", snap)
-        try:
-            if not publisher:
-                from gridwatch.pipeline.outputs.mqtt_publisher import AsyncMqttPublisher
-
-                pub = AsyncMqttPublisher(settings, client_id="")
-                await pub.start()
-                publisher.append(pub)
-            from gridwatch.pipeline.schemas.codec import dumps
-
-            await publisher[0].publish(stats_topic, dumps(snap), qos=0)
-        except Exception as e:  # noqa: BLE001 - stats are best effort
-            log.debug("vision stats not published: %s", e)
+        await figures.publish(snap)
 
     return vision

@@ -11,7 +11,7 @@ from typing import Any
 
 import faust
 
-from gridwatch.agents import alerts, incidents, telemetry, vision
+from gridwatch.agents import alerts, incidents, telemetry, vision, worker_stats
 from gridwatch.agents.channels import agent as incident_channels
 from gridwatch.agents.runtime import AgentContext
 from gridwatch.agents.sinks.base import build_sinks, sink_agent_names
@@ -135,4 +135,5 @@ def create_app(settings: Settings, *, city: Any = None, agents: str | tuple[str,
             AGENT_MODULES[name].install(ctx)
         elif name in sinks:  # a sink its entry turned off (enabled: false) is known but not installed
             sinks[name].install(ctx)
+    worker_stats.install(ctx)
     return app

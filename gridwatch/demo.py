@@ -55,6 +55,7 @@ class DemoState:
     started: float = field(default_factory=time.time)
     bridge: dict[str, Any] = field(default_factory=dict)
     sim: dict[str, Any] = field(default_factory=dict)
+    workers: dict[str, dict[str, int]] = field(default_factory=dict)  # worker topic -> its counters (totals)
     rate: float = 0.0
     _last: tuple[float, int] = (0.0, 0)
     by_type: Counter = field(default_factory=Counter)
@@ -78,6 +79,8 @@ class DemoState:
                 self.bridge = body
             elif topic.startswith(stats_prefix + "/simulator"):
                 self.sim = body
+            elif topic.startswith(stats_prefix + "/worker/") and isinstance(body, dict):
+                self.workers[topic] = body.get("counts", {})
             elif isinstance(body, dict) and "phase" in body:
                 if body["phase"] == "new":
                     self.by_type[body["type"]] += 1
@@ -87,6 +90,11 @@ class DemoState:
                 else:
                     self.active[body["id"]] = body
                 self.latest.appendleft(body)
+
+
+def worker_total(state: DemoState, prefix: str) -> int:
+    """A counter summed over the workers (``dead_letters.`` sums every reason)."""
+    return sum(n for counts in state.workers.values() for k, n in counts.items() if k.startswith(prefix))
 
 
 def render(state: DemoState) -> Any:
@@ -101,7 +109,8 @@ def render(state: DemoState) -> Any:
         head.add_row(
             Text(f"readings/s {state.rate:8.0f}", style="bold"),
             f"readings {b.get('readings', 0):,}",
-            f"dead letters {b.get('dead_letters_total', 0):,}",
+            f"incident changes {worker_total(state, 'incident_changes'):,}",
+            f"dead letters {b.get('dead_letters_total', 0) + worker_total(state, 'dead_letters.'):,}",
             f"active events {len(state.active)}",
             f"sim time {datetime.fromtimestamp(sim_ts, state.tz):%Y-%m-%d %H:%M}" if sim_ts else "",
         )
@@ -126,7 +135,8 @@ def plain_line(state: DemoState) -> str:
     with state.lock:
         last = state.latest[0] if state.latest else None
         return (f"readings/s {state.rate:7.0f} | readings {state.bridge.get('readings', 0):,} | "
-                f"dead letters {state.bridge.get('dead_letters_total', 0)} | events {sum(state.by_type.values())} "
+                f"dead letters {state.bridge.get('dead_letters_total', 0) + worker_total(state, 'dead_letters.')} | "
+                f"incident changes {worker_total(state, 'incident_changes')} | events {sum(state.by_type.values())} "
                 f"{dict(state.by_level)} | active {len(state.active)}"
                 + (f" | latest: {last['phase']} {last['level']} {last['type']} grid {last['grid_code']}" if last else ""))
 
@@ -183,6 +193,7 @@ def run_demo(args: argparse.Namespace) -> int:
         # must not reject its readings as "from the future".
         env.setdefault("GRIDWATCH_BRIDGE_MAX_FUTURE_SKEW_S", str(30 * 86400))
         env["GRIDWATCH_DEMO_CREDENTIALS"] = "allow"  # the shipped demo logins (web/demo_guard.py)
+        env.setdefault("GRIDWATCH_WORKER_STATS_INTERVAL_S", "2")  # the workers' figures on the dashboard
         sim_args = ["--speed", str(args.speed), "--start", str(args.start or default_start(args.city)),
                     "--faults-per-hour", str(args.faults_per_hour), "--allow-future"]
         if args.devices:

@@ -83,15 +83,16 @@ def service_accounts(secret: bytes, alert_prefix: str = ALERT_PREFIX, stats_pref
     """The pipeline's own MQTT users, each allowed exactly the topics its service uses.
 
     bridge (also ``gridwatch record``): reads device telemetry, publishes ``<stats>/bridge/<client id>``.
-    worker: publishes alerts (and reads and writes the publish ledgers, ``gridwatch/ledger/#``), incident changes (the MQTT channel's ``topic_prefix``) and the vision
-    agent's ``<stats>/vision/<worker>``; a replay's worker (``gridwatch replay``) publishes the same under
+    worker: publishes alerts (and reads and writes the publish ledgers, ``gridwatch/ledger/#``), incident changes (the MQTT channel's ``topic_prefix``), the vision
+    agent's ``<stats>/vision/<worker>`` and its own figures, ``<stats>/worker/<worker>``; a replay's worker (``gridwatch replay``) publishes the same under
     ``replay/<ns>/`` (:func:`gridwatch.pipeline.schemas.mqtt_topics.replay_prefix`). operator: reads all of it.
     simulator: publishes any device's telemetry and ``<stats>/simulator``.
     """
     pw = lambda name: device_password(secret, "service:" + name)  # noqa: E731
     # a replay's worker: the replay namespace as a single-level wildcard
-    worker_writes = (f"{alert_prefix}/#", f"{incidents_prefix}/#", f"{stats_prefix}/vision/#",
-                     f"{replay_prefix('+', ALERT_PREFIX)}/#", f"{replay_prefix('+', STATS_PREFIX)}/vision/#")
+    worker_writes = (f"{alert_prefix}/#", f"{incidents_prefix}/#", f"{stats_prefix}/vision/#", f"{stats_prefix}/worker/#",
+                     f"{replay_prefix('+', ALERT_PREFIX)}/#", f"{replay_prefix('+', STATS_PREFIX)}/vision/#",
+                     f"{replay_prefix('+', STATS_PREFIX)}/worker/#")
     return [
         ServiceAccount("gridwatch-bridge", pw("gridwatch-bridge"),
                        (*(f"topic read {t}" for t in TELEMETRY_PATTERNS),

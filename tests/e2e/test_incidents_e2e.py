@@ -103,7 +103,15 @@ def receiver() -> Iterator[WebhookReceiver]:
 
 
 @pytest.fixture(scope="module")
-def pipe(stack, receiver) -> Iterator[Pipeline]:
+def stats(stack) -> Iterator[MqttWatcher]:
+    """Every worker's figures, from before the workers start."""
+    w = MqttWatcher(stack.mqtt_url, ["gridwatch/stats/worker/#"])
+    yield w
+    w.close()
+
+
+@pytest.fixture(scope="module")
+def pipe(stack, receiver, stats) -> Iterator[Pipeline]:
     cfg = yaml.safe_load(DEFAULT_PATH.read_text())
     cfg["lifecycle"]["sla_s"] = {"red": 300, "yellow": 600, "blue": 3600}  # short SLAs: tests drive event time
     cfg["channels"] = [
@@ -118,7 +126,8 @@ def pipe(stack, receiver) -> Iterator[Pipeline]:
     path.write_text(yaml.safe_dump(cfg))
     # the default topology: the incident agent in its own worker (gridwatch/roles.py)
     p = Pipeline(stack.kafka_url, stack.mqtt_url, split=True,
-                 env={"GRIDWATCH_INCIDENTS_CONFIG": str(path), "E2E_WEBHOOK_SECRET": SECRET}).start()
+                 env={"GRIDWATCH_INCIDENTS_CONFIG": str(path), "E2E_WEBHOOK_SECRET": SECRET,
+                      "GRIDWATCH_WORKER_STATS_INTERVAL_S": "1"}).start()
     yield p
     p.stop()
     Path(path).unlink(missing_ok=True)
@@ -240,6 +249,25 @@ def test_failing_webhook_retries_then_dead_letters(pipe, receiver):
     delivery = f"{change['incident']['id']}:{change['incident']['version']}"
     assert receiver.down_attempts[delivery] == 3
     assert all(w.proc.poll() is None for w in pipe.workers)
+
+
+def test_each_worker_tells_what_its_agents_did_on_mqtt_and_in_its_log(pipe, stats):
+    """What an operator sees of the workers at work: each one's counters, the totals on MQTT (one topic per
+    worker process) and what moved in its log. The tests above made incidents and dead-lettered a webhook."""
+    def totals() -> dict[str, dict[str, int]]:  # the newest message of each worker topic
+        return {t: b["counts"] for t, b in stats.matching(lambda t, b: isinstance(b, dict) and "counts" in b)}
+
+    def both() -> tuple[dict[str, int], dict[str, int]] | None:
+        by_kind = {("incidents" if "incident_inputs" in c else "telemetry"): c for c in totals().values()}
+        inc, tel = by_kind.get("incidents", {}), by_kind.get("telemetry", {})
+        return (inc, tel) if inc.get("incident_changes") and tel.get("dead_letters.webhook_failed") else None
+
+    inc, tel = wait_for(both, 30, "both workers' figures on MQTT")
+    assert inc["incident_inputs"] >= 4 and inc["incident_changes"] >= 4  # watermark records are inputs too
+    assert tel["readings"] > 0 and tel["events"] > 0 and tel["alerts"] > 0 and tel["channel.ok-hook"] > 0
+    assert len(totals()) == 2 and all(t.startswith("gridwatch/stats/worker/gridwatch") for t in totals())
+    log = pipe.incident_worker.log()
+    assert "worker figures, last" in log and "incident_changes +" in log
 
 
 def test_killed_worker_recovers_every_open_incident_with_its_history(pipe, watcher, pub):

@@ -140,7 +140,8 @@ def test_logins_acls_and_gateway_ownership(secure):
 
 
 def test_each_service_publishes_only_its_own_stats(secure):
-    """The worker may publish the vision agent's stats (agents/vision.py's topic form); a device may not,
+    """The worker may publish the vision agent's stats and its own figures (agents/vision.py's and
+    agents/worker_stats.py's topic forms); a device may not,
     and no service may publish another's stats. An operator subscribed to all stats is the witness."""
     stack, secret = secure
     acc = {a.user: a for a in service_accounts(secret)}
@@ -152,8 +153,11 @@ def test_each_service_publishes_only_its_own_stats(secure):
     op.subscribe("gridwatch/stats/#", qos=1)
     time.sleep(0.5)
     vision = "gridwatch/stats/vision/gridwatch-host-1234"
+    worker = "gridwatch/stats/worker/gridwatch-incidents-host-1234"  # agents/worker_stats.py's topic form
     tries = [  # (user, password, topic, door or None for an allowed publish)
         ("gridwatch-worker", acc["gridwatch-worker"].password, vision, None),
+        ("gridwatch-worker", acc["gridwatch-worker"].password, worker, None),
+        (dev.id, device_password(secret, dev.id), worker + "-device", "device -> a worker's figures"),
         ("gridwatch-bridge", acc["gridwatch-bridge"].password, "gridwatch/stats/bridge/gridwatch-bridge-1", None),
         (dev.id, device_password(secret, dev.id), vision + "-device", "device -> the vision stats"),
         ("gridwatch-worker", acc["gridwatch-worker"].password, "gridwatch/stats/bridge/fake", "worker -> the bridge's stats"),
