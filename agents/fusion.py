@@ -88,7 +88,8 @@ class PartitionState:
     incidents: dict[str, Incident] = field(default_factory=dict)
     by_source: dict[str, str] = field(default_factory=dict)  # "event:<id>" / "report:<id>" -> incident id
     fusable: dict[str, set[str]] = field(default_factory=dict)  # group -> incident ids open to new sources
-    finished: dict[str, set[str]] = field(default_factory=dict)  # group -> the others still in the table (late sources)
+    # group -> the others still in the table -> until when they were open (lifecycle.open_until): late sources
+    finished: dict[str, dict[str, int]] = field(default_factory=dict)
     heap: list[tuple[int, str]] = field(default_factory=list)  # (deadline, incident id), lazily invalidated
     scheduled: dict[str, int] = field(default_factory=dict)  # incident id -> deadline last pushed
     last_ts: dict[str, int] = field(default_factory=dict)  # incident id -> latest event time of its sources
@@ -151,13 +152,13 @@ class IncidentProcessor:
             ps.by_source[f"{s.kind}:{s.id}"] = inc.id
         ps.last_ts[inc.id] = max(s.last_ts for s in inc.sources)
         ids = ps.fusable.setdefault(inc.category_group, set())
-        done = ps.finished.setdefault(inc.category_group, set())
+        done = ps.finished.setdefault(inc.category_group, {})
         if lc.fusable(inc):
             ids.add(inc.id)
-            done.discard(inc.id)
+            done.pop(inc.id, None)
         else:
             ids.discard(inc.id)
-            done.add(inc.id)
+            done[inc.id] = lc.open_until(inc)
         d = lc.next_deadline(inc, self.cfg)
         if d is not None and ps.scheduled.get(inc.id) != d:
             ps.scheduled[inc.id] = d
@@ -314,7 +315,7 @@ class IncidentProcessor:
         max_dlat = radius / 111_000.0  # a cheap box test before the great circle
         ids: Iterable[str] = ps.fusable.get(group, ())
         if src.ts < ps.max_ts - self.lateness_ms and ps.finished.get(group):
-            ids = [*ids, *(i for i in ps.finished[group] if src.ts <= lc.open_until(ps.incidents[i]))]
+            ids = [*ids, *(i for i, until in ps.finished[group].items() if src.ts <= until)]
         for iid in ids:
             inc = ps.incidents[iid]
             if not (inc.created_ts - self.window_ms <= src.ts <= ps.last_ts[iid] + self.window_ms):
@@ -485,7 +486,7 @@ class IncidentProcessor:
         for s in inc.sources:
             ps.by_source.pop(f"{s.kind}:{s.id}", None)
         ps.fusable.get(inc.category_group, set()).discard(inc.id)
-        ps.finished.get(inc.category_group, set()).discard(inc.id)
+        ps.finished.get(inc.category_group, {}).pop(inc.id, None)
         out.writes[inc_key(ps.partition, inc.id)] = (ps.partition, None)
 
     # -- queries (tests, bench, diagnostics) ------------------------------------------------------
