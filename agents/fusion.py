@@ -88,8 +88,10 @@ class PartitionState:
     incidents: dict[str, Incident] = field(default_factory=dict)
     by_source: dict[str, str] = field(default_factory=dict)  # "event:<id>" / "report:<id>" -> incident id
     fusable: dict[str, set[str]] = field(default_factory=dict)  # group -> incident ids open to new sources
-    # group -> the others still in the table -> until when they were open (lifecycle.open_until): late sources
+    # group -> finished incidents still in the table -> until when they were open (lifecycle.open_until; those
+    # with an event time only), and per group a bound on those times (never lowered): see _candidate
     finished: dict[str, dict[str, int]] = field(default_factory=dict)
+    finished_max: dict[str, int] = field(default_factory=dict)
     heap: list[tuple[int, str]] = field(default_factory=list)  # (deadline, incident id), lazily invalidated
     scheduled: dict[str, int] = field(default_factory=dict)  # incident id -> deadline last pushed
     last_ts: dict[str, int] = field(default_factory=dict)  # incident id -> latest event time of its sources
@@ -99,6 +101,12 @@ class PartitionState:
 
     def __post_init__(self) -> None:
         self.order = MergeBuffer(self.partition, GridEvent.decode)
+
+
+def seen_ts(src: IncidentSource) -> int:
+    """When a source was seen: a report's time, an event's latest phase (its ``ts`` is when the condition
+    began, which a dwell or grace rule reports long after)."""
+    return src.ts if src.kind == "report" else src.last_ts
 
 
 def inc_key(partition: int, iid: str) -> str:
@@ -153,12 +161,16 @@ class IncidentProcessor:
         ps.last_ts[inc.id] = max(s.last_ts for s in inc.sources)
         ids = ps.fusable.setdefault(inc.category_group, set())
         done = ps.finished.setdefault(inc.category_group, {})
-        if lc.fusable(inc):
-            ids.add(inc.id)
+        until = None if lc.fusable(inc) else lc.open_until(inc)
+        if until is None:
             done.pop(inc.id, None)
         else:
+            done[inc.id] = until
+            ps.finished_max[inc.category_group] = max(until, ps.finished_max.get(inc.category_group, until))
+        if lc.fusable(inc):
+            ids.add(inc.id)
+        else:
             ids.discard(inc.id)
-            done[inc.id] = lc.open_until(inc)
         d = lc.next_deadline(inc, self.cfg)
         if d is not None and ps.scheduled.get(inc.id) != d:
             ps.scheduled[inc.id] = d
@@ -304,18 +316,20 @@ class IncidentProcessor:
         """The open incident of the same group this source joins: same device first, then same grid,
         then nearest within the radius; ties by age and id, so the choice is deterministic.
 
-        A late source (the partition's watermark already passed its time) may also join an incident that
-        was open at its time and has been resolved or closed since: a worker catching up can read the
-        reports topic days of event time behind the grid events, and in event-time order such a report
-        would have joined that incident, not opened a new one that at once breaches its SLA. Only late
-        sources look there, so live inputs pay nothing for the finished incidents the table keeps."""
+        A source seen before a finished incident's sensors auto-resolved it (lifecycle.open_until) may also join
+        that incident, closed or evaluated since: a worker catching up can read the reports topic days of event
+        time behind the grid events, and in event-time order such a report would have joined the incident, not
+        opened a new one that at once breaches its SLA. Whether it joins depends on event times alone, never on
+        the worker's clock or where a batch ended (an incident still resolved, pending confirmation, takes it
+        the same way). A live source is seen after every auto-resolve the table holds, and skips the scan."""
         best: tuple[Any, ...] | None = None
         found: Incident | None = None
         radius = self.cfg.fusion.radius_m
         max_dlat = radius / 111_000.0  # a cheap box test before the great circle
         ids: Iterable[str] = ps.fusable.get(group, ())
-        if src.ts < ps.max_ts - self.lateness_ms and ps.finished.get(group):
-            ids = [*ids, *(i for i, until in ps.finished[group].items() if src.ts <= until)]
+        seen = seen_ts(src)
+        if ps.finished.get(group) and seen <= ps.finished_max.get(group, seen - 1):
+            ids = [*ids, *(i for i, until in ps.finished[group].items() if seen <= until)]
         for iid in ids:
             inc = ps.incidents[iid]
             if not (inc.created_ts - self.window_ms <= src.ts <= ps.last_ts[iid] + self.window_ms):
@@ -340,9 +354,11 @@ class IncidentProcessor:
             self._create(ps, out, group, src, grid, tiers, level, actor)
             return
         was_confirmed = {s.kind for s in inc.sources} >= {"event", "report"}
+        finished = not lc.fusable(inc)  # a late source joining a closed incident: its level stays as it closed
         inc.sources.append(src)
-        ts = src.ts if src.kind == "report" else src.last_ts
-        lc.set_level(inc, level, ts, self.cfg)
+        ts = seen_ts(src)
+        if not finished:
+            lc.set_level(inc, level, ts, self.cfg)
         inc.title = self._title(inc)
         # Resolved: a source after the resolution says the problem is back. One from before it (a worker
         # catching up reads the reports topic behind the events, which resolved it meanwhile) is merged as
@@ -356,11 +372,12 @@ class IncidentProcessor:
         self._after_source(inc, ts)
         self._emit(ps, out, inc, "source_added", ts, t, src.id)
         if not was_confirmed and {s.kind for s in inc.sources} >= {"event", "report"}:
-            self._confirmed(ps, out, inc, ts, actor, src.id)
+            self._confirmed(ps, out, inc, ts, actor, src.id, raise_level=not finished)
 
-    def _confirmed(self, ps: PartitionState, out: Outcome, inc: Incident, ts: int, actor: str, sid: str) -> None:
+    def _confirmed(self, ps: PartitionState, out: Outcome, inc: Incident, ts: int, actor: str, sid: str, *,
+                   raise_level: bool = True) -> None:
         """A sensor and a resident agree: priority (and once, the level) goes up."""
-        if self.cfg.priority.confirmation_raises_level:
+        if raise_level and self.cfg.priority.confirmation_raises_level:
             lc.set_level(inc, lc.raise_level(inc.level), ts, self.cfg)
         inc.priority = lc.priority(inc, self.cfg)
         t = lc.record(inc, ts, "confirmed", actor, note="a sensor event and a resident report agree")

@@ -65,12 +65,15 @@ def fusable(inc: Incident) -> bool:
     return inc.open or (inc.status == "resolved" and inc.pending_confirmation)
 
 
-def open_until(inc: Incident) -> int:
-    """The event time up to which a finished (not fusable) incident was open to new sources: its (last)
-    resolution (resolved, then evaluated or closed), else its closing (cancelled while open). A source from
-    before then would have joined it."""
-    end = inc.resolved_ts if inc.status != "cancelled" else inc.closed_ts
-    return end if end is not None else inc.updated_ts
+def open_until(inc: Incident) -> int | None:
+    """The event time up to which a finished incident (not fusable, still in the table) was open to new
+    sources, where that time is event time: its sensors' auto-resolve (then closed or evaluated). None after
+    an operator's resolve or cancel: those carry the console's clock, which no source's event time can be
+    compared with."""
+    if inc.status == "cancelled":
+        return None
+    last = next((h for h in reversed(inc.history) if h.to_status == "resolved"), None)
+    return last.ts if last is not None and last.action == "auto_resolve" else None
 
 
 def supervision_deadline(inc: Incident) -> int | None:

@@ -61,7 +61,8 @@ class AsyncMqttPublisher:
         self.client: mqtt.Client | None = None
         self._subscriptions: dict[str, Callable[[str, bytes], None]] = {}
 
-    async def start(self) -> None:
+    async def start(self, connect_timeout: float = 30.0) -> None:
+        """Connect (retrying up to ``connect_timeout`` s: a component may start before its broker)."""
         self._loop = asyncio.get_running_loop()
         client = make_client(self.settings, self.client_id)
         client.on_publish = self._on_publish
@@ -69,7 +70,7 @@ class AsyncMqttPublisher:
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
         self.client = client
-        await asyncio.to_thread(connect, client)
+        await asyncio.to_thread(connect, client, connect_timeout)
         client.loop_start()
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any = None, props: Any = None) -> None:

@@ -34,7 +34,7 @@ class StatsPublisher:
                 from .mqtt_publisher import AsyncMqttPublisher
 
                 pub = AsyncMqttPublisher(self.settings, client_id="")
-                await pub.start()
+                await pub.start(connect_timeout=0)  # one try per tick: no retry loop, no warning per try
                 self._publisher = pub
             await self._publisher.publish(self.topic, dumps(figures), qos=0)
             return True

@@ -254,8 +254,10 @@ def test_failing_webhook_retries_then_dead_letters(pipe, receiver):
 def test_each_worker_tells_what_its_agents_did_on_mqtt_and_in_its_log(pipe, stats):
     """What an operator sees of the workers at work: each one's counters, the totals on MQTT (one topic per
     worker process) and what moved in its log. The tests above made incidents and dead-lettered a webhook."""
-    def totals() -> dict[str, dict[str, int]]:  # the newest message of each worker topic
-        return {t: b["counts"] for t, b in stats.matching(lambda t, b: isinstance(b, dict) and "counts" in b)}
+    ours = tuple(f"-{w.pid}" for w in pipe.workers)  # topics end in the worker process's pid
+
+    def totals() -> dict[str, dict[str, int]]:  # the newest message of each of this pipeline's worker topics
+        return {t: b["counts"] for t, b in stats.matching(lambda t, b: t.endswith(ours) and isinstance(b, dict))}
 
     def both() -> tuple[dict[str, int], dict[str, int]] | None:
         by_kind = {("incidents" if "incident_inputs" in c else "telemetry"): c for c in totals().values()}

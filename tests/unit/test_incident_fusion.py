@@ -242,6 +242,42 @@ def test_a_report_made_after_its_incident_closed_opens_a_new_one():
         assert c.incident.id != closed.id
 
 
+def test_where_a_batch_ends_does_not_change_what_a_late_report_joins():
+    """The same inputs in one batch (supervision runs at its end: the incident is still resolved, pending
+    confirmation, when the report comes) or one per batch (closed by then) give the same incidents: a
+    re-processed backlog, cut into other batches after a crash, produces the same changes."""
+    cfg = load_incident_config()
+    dev = MANHOLES[5]
+    far = far_pair(1800, 2600)[1]
+    later = T0 + int(cfg.lifecycle.evaluation_window_s * 1000) + 2 * H
+    inputs = [event(dev, "manhole_open", "new", T0), event(dev, "manhole_open", "end", T0, T0 + H),
+              report(far.lat, far.lon, later, code="garbage"), report(dev.lat, dev.lon, T0 + 600_000)]
+    together, store = make(cfg)
+    run(together, store, *inputs)
+    apart, store2 = make(cfg)
+    for x in inputs:
+        run(apart, store2, x)
+    assert {i.id: len(i.sources) for i in together.incidents()} == {i.id: len(i.sources) for i in apart.incidents()}
+    assert len(apart.incidents()) == 2
+
+
+@pytest.mark.parametrize("end", ["resolve", "cancel"])
+def test_a_late_report_does_not_join_what_an_operator_resolved_or_cancelled(end):
+    """An operator's resolve or cancel carries the console's clock, which a report's event time cannot be
+    compared with: a report read after such an incident closed is new work, as before."""
+    cfg = load_incident_config()
+    dev = MANHOLES[5]
+    far = far_pair(1800, 2600)[1]
+    proc, store = make(cfg)
+    [c] = run(proc, store, event(dev, "manhole_open", "new", T0))
+    run(proc, store, OperatorAction(c.incident.id, c.incident.grid_code, end, "op", T0 + H))
+    run(proc, store, report(far.lat, far.lon, T0 + int(cfg.lifecycle.evaluation_window_s * 1000) + 2 * H,
+                            code="garbage"))
+    assert proc.partitions[0].incidents[c.incident.id].status in ("closed", "cancelled")
+    changes = run(proc, store, report(dev.lat, dev.lon, T0 + 600_000))
+    assert changes[0].change == "created" and changes[0].incident.id != c.incident.id
+
+
 def test_sla_breach_escalates_level_and_tier_at_the_deadline_in_event_time():
     proc, store = make()
     a = MANHOLES[0]
