@@ -72,7 +72,8 @@ def open_until(inc: Incident) -> int | None:
     compared with."""
     if inc.status == "cancelled":
         return None
-    last = next((h for h in reversed(inc.history) if h.to_status == "resolved"), None)
+    # the last entry that moved it to resolved (a source merged while resolved records resolved -> resolved)
+    last = next((h for h in reversed(inc.history) if h.to_status == "resolved" != h.from_status), None)
     return last.ts if last is not None and last.action == "auto_resolve" else None
 
 

@@ -225,6 +225,23 @@ def test_a_report_read_after_its_incident_closed_joins_it_as_in_event_time_order
     assert run.last.changes == [] and run.last.duplicates == 1  # type: ignore[attr-defined]
 
 
+def test_a_report_merged_while_resolved_does_not_hide_when_the_sensors_resolved_it():
+    """Two reports of one open cover: the first read while the incident is resolved (pending confirmation),
+    the second after it closed. Both join: the merge recorded while resolved does not count as the resolution."""
+    cfg = load_incident_config()
+    dev = MANHOLES[5]
+    far = far_pair(1800, 2600)[1]
+    later = T0 + int(cfg.lifecycle.evaluation_window_s * 1000) + 2 * H
+    proc, store = make(cfg)
+    for x in (event(dev, "manhole_open", "new", T0), event(dev, "manhole_open", "end", T0, T0 + H),
+              report(dev.lat, dev.lon, T0 + 60_000), report(far.lat, far.lon, later, code="garbage")):
+        run(proc, store, x)
+    [inc] = [i for i in proc.incidents() if i.category_group == "manhole"]
+    assert inc.status == "closed" and len(inc.sources) == 2
+    changes = run(proc, store, report(dev.lat, dev.lon, T0 + 120_000, text="still open"))
+    assert [c.change for c in changes] == ["source_added"] and changes[0].incident.id == inc.id
+
+
 def test_a_report_made_after_its_incident_closed_opens_a_new_one():
     """Only what precedes the resolution joins a finished incident: a report made after it is new work."""
     cfg = load_incident_config()
