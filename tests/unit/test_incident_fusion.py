@@ -225,17 +225,25 @@ def test_a_report_read_after_its_incident_closed_joins_it_as_in_event_time_order
     assert run.last.changes == [] and run.last.duplicates == 1  # type: ignore[attr-defined]
 
 
+def closed_cover(*before_closing: Any) -> tuple[IncidentProcessor, DictStore, int]:
+    """A cover opens at T0 and its sensor clears at T0 + 1 h (auto-resolved, pending confirmation); then
+    ``before_closing``; then a report far away, past the evaluation window, whose time makes supervision close
+    the incident. Returns the processor, its store and that report's time."""
+    cfg = load_incident_config()
+    dev, far = MANHOLES[5], far_pair(1800, 2600)[1]
+    later = T0 + int(cfg.lifecycle.evaluation_window_s * 1000) + 2 * H
+    proc, store = make(cfg)
+    for x in (event(dev, "manhole_open", "new", T0), event(dev, "manhole_open", "end", T0, T0 + H), *before_closing,
+              report(far.lat, far.lon, later, code="garbage")):
+        run(proc, store, x)
+    return proc, store, later
+
+
 def test_a_report_merged_while_resolved_does_not_hide_when_the_sensors_resolved_it():
     """Two reports of one open cover: the first read while the incident is resolved (pending confirmation),
     the second after it closed. Both join: the merge recorded while resolved does not count as the resolution."""
-    cfg = load_incident_config()
     dev = MANHOLES[5]
-    far = far_pair(1800, 2600)[1]
-    later = T0 + int(cfg.lifecycle.evaluation_window_s * 1000) + 2 * H
-    proc, store = make(cfg)
-    for x in (event(dev, "manhole_open", "new", T0), event(dev, "manhole_open", "end", T0, T0 + H),
-              report(dev.lat, dev.lon, T0 + 60_000), report(far.lat, far.lon, later, code="garbage")):
-        run(proc, store, x)
+    proc, store, _ = closed_cover(report(dev.lat, dev.lon, T0 + 60_000))
     [inc] = [i for i in proc.incidents() if i.category_group == "manhole"]
     assert inc.status == "closed" and len(inc.sources) == 2
     changes = run(proc, store, report(dev.lat, dev.lon, T0 + 120_000, text="still open"))
@@ -244,14 +252,8 @@ def test_a_report_merged_while_resolved_does_not_hide_when_the_sensors_resolved_
 
 def test_a_report_made_after_its_incident_closed_opens_a_new_one():
     """Only what precedes the resolution joins a finished incident: a report made after it is new work."""
-    cfg = load_incident_config()
     dev = MANHOLES[5]
-    far = far_pair(1800, 2600)[1]
-    later = T0 + int(cfg.lifecycle.evaluation_window_s * 1000) + 2 * H
-    proc, store = make(cfg)
-    for x in (event(dev, "manhole_open", "new", T0), event(dev, "manhole_open", "end", T0, T0 + H),
-              report(far.lat, far.lon, later, code="garbage")):
-        run(proc, store, x)
+    proc, store, later = closed_cover()
     [closed] = [i for i in proc.incidents() if i.status == "closed"]
     # late (behind the watermark) yet after the resolution, and live after the closing: both new incidents
     for ts in (T0 + 2 * H, later + 60_000):
