@@ -161,16 +161,17 @@ class IncidentProcessor:
         ps.last_ts[inc.id] = max(s.last_ts for s in inc.sources)
         ids = ps.fusable.setdefault(inc.category_group, set())
         done = ps.finished.setdefault(inc.category_group, {})
-        until = None if lc.fusable(inc) else lc.open_until(inc)
+        fusable = lc.fusable(inc)
+        until = None if fusable else lc.open_until(inc)
+        if fusable:
+            ids.add(inc.id)
+        else:
+            ids.discard(inc.id)
         if until is None:
             done.pop(inc.id, None)
         else:
             done[inc.id] = until
             ps.finished_max[inc.category_group] = max(until, ps.finished_max.get(inc.category_group, until))
-        if lc.fusable(inc):
-            ids.add(inc.id)
-        else:
-            ids.discard(inc.id)
         d = lc.next_deadline(inc, self.cfg)
         if d is not None and ps.scheduled.get(inc.id) != d:
             ps.scheduled[inc.id] = d

@@ -22,9 +22,9 @@ def process_name(settings: Settings) -> str:
 
 
 class StatsPublisher:
-    def __init__(self, settings: Settings, service: str, name: str = "") -> None:
+    def __init__(self, settings: Settings, service: str) -> None:
         self.settings = settings
-        self.topic = f"{settings.mqtt.stats_prefix}/{service}/{name or process_name(settings)}"
+        self.topic = f"{settings.mqtt.stats_prefix}/{service}/{process_name(settings)}"
         self._publisher: Any = None
 
     async def publish(self, figures: dict[str, Any]) -> bool:
