@@ -13,7 +13,7 @@
   * written    the records and bytes the worker wrote for the fusion phase's inputs, to the incidents topic
                and to its table's changelog (whole incidents in both: what its producing costs scale with)
 
-    python -m gridwatch.bench incidents [--shared] [--rounds 6] [--rate 200] [--out FILE]
+    python -m gridwatch.bench incidents [--shared] [--engine tansu|kafka] [--rounds 6] [--rate 200] [--out FILE]
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from gridwatch.pipeline.schemas.events import (
     order_of,
 )
 from gridwatch.pipeline.schemas.reports import ResidentReport, report_id
-from gridwatch.stack import EmbeddedStack
+from gridwatch.stack import DEFAULT_ENGINE, ENGINES, EmbeddedStack
 
 BASE_TS = 1_763_600_000_000
 DAY = 86_400_000
@@ -299,12 +299,12 @@ INCIDENT_APP_ID = "gridwatch-incidents"
 
 
 def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 200.0,
-        latency_s: float = 10.0, split: bool = True) -> dict[str, Any]:
+        latency_s: float = 10.0, split: bool = True, engine: str = DEFAULT_ENGINE) -> dict[str, Any]:
     city = load_city()
     inputs = workload(city, rounds)
     last = max(x.ts if isinstance(x, GridEvent) else x.requested_ms for x in inputs)
     ends = markers(city, last + 3 * DAY)
-    results: dict[str, Any] = {"city": "sample", "devices": len(city.registry), "partitions": PARTS,
+    results: dict[str, Any] = {"city": "sample", "devices": len(city.registry), "partitions": PARTS, "broker": engine,
                                "incident_worker": "own process" if split else "shared with every agent"}
     # the same inputs as the agent gets, end markers included: their jump in event time makes supervision
     # escalate and close what is still open, about a third of all changes
@@ -313,7 +313,7 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
     n_inputs = results["in_process"]["inputs"]
     print(f"in-process fusion: {results['in_process']}", flush=True)
     logs = STATE_DIR / "bench-logs"
-    with EmbeddedStack() as stack:
+    with EmbeddedStack(engine=engine) as stack:
         pipe = Pipeline(stack.kafka_url, stack.mqtt_url, logs, split=split)
         fusion_worker = pipe.incident_worker
         groups = {f"gridwatch-{pipe.prefix}": ("events", "reports", "incidents")}
@@ -439,8 +439,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency-seconds", type=float, default=10.0)
     p.add_argument("--shared", action="store_true",
                    help="one worker runs every agent (default: the two workers of `gridwatch worker --role`)")
+    p.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
+                   help="the embedded stack's Kafka broker: tansu (in memory, the default) or kafka (one Apache "
+                        "Kafka node, as a city runs it; starts in ~10 s)")
     a = p.parse_args(argv)
-    run(a.out, a.rounds, a.telemetry_rounds, a.rate, a.latency_seconds, split=not a.shared)
+    run(a.out, a.rounds, a.telemetry_rounds, a.rate, a.latency_seconds, split=not a.shared, engine=a.engine)
     return 0
 
 
