@@ -146,6 +146,10 @@ class MergeBuffer:
     def __len__(self) -> int:
         return len(self.heap)
 
+    def head(self) -> int | None:
+        """The order ts of the first input still buffered; None when nothing is."""
+        return self.heap[0].order_ts if self.heap else None
+
     # -- persistence ----------------------------------------------------------------------------
     def flush(self, writes: Writes) -> None:
         """Queue the upstream marks for the table if they changed (buffered inputs are written by push)."""

@@ -469,11 +469,18 @@ class IncidentProcessor:
         ``events_behind``: grid events of this partition are still unread in Kafka (a worker catching up after
         an outage reads the small reports topic ahead of them). The reports' time then waits: moving the
         clock to a report hours ahead would escalate incidents whose sensors' "end" is still unread. Live,
-        the events are caught up at nearly every batch's end, and a report moves the clock as before."""
+        the events are caught up at nearly every batch's end, and a report moves the clock as before.
+        Grid events read but still in the merge buffer (waiting for another upstream's watermark) hold it
+        back the same way: the clock moves to the first of them, the rest of the report's time waits until
+        they are applied, so whether a report came before or after their release changes nothing."""
         ps = self.partition(p)
         if ps.report_ts and not events_behind:
-            self._advance_ts(ps, ps.report_ts)
-            ps.report_ts = 0
+            head = ps.order.head()
+            if head is None or ps.report_ts <= head:
+                self._advance_ts(ps, ps.report_ts)
+                ps.report_ts = 0
+            else:
+                self._advance_ts(ps, head)
         self._supervise(ps, out)
         if ps.wm_dirty:
             out.writes[f"wm:{p}"] = (p, dumps({"max_ts": ps.max_ts}))

@@ -140,11 +140,14 @@ def in_process(city: Any, records: list[Record]) -> dict[str, Any]:
     every = list(range(PARTS))
     changes = 0
     kinds: Counter[str] = Counter()
+    parts = [partition if partition is not None else part(key, every, every) for _, key, _, _, partition in records]
+    # Where each partition's grid events end in the feed: until then its reports' time waits, as the agent's
+    # does while grid events of the partition are unread in Kafka (IncidentProcessor.advance, events_behind).
+    last_event = {p: i for i, (rec, p) in enumerate(zip(records, parts, strict=True)) if rec[0] == "events"}
     c0 = time.process_time()
     t0 = time.perf_counter()
-    for family, key, raw, headers, partition in records:
+    for i, ((family, _key, raw, headers, _), p) in enumerate(zip(records, parts, strict=True)):
         out = Outcome()
-        p = partition if partition is not None else part(key, every, every)
         if family == "reports":
             proc.on_report(p, ResidentReport.decode(raw), out)
         elif is_control(raw):
@@ -152,7 +155,7 @@ def in_process(city: Any, records: list[Record]) -> dict[str, Any]:
         else:
             up, order_ts = order_of(headers) or ("", 0)
             proc.on_ordered_event(p, up, order_ts, raw, out)
-        proc.advance(p, out)
+        proc.advance(p, out, last_event.get(p, -1) > i)
         changes += len(out.changes)
         for _, change in out.changes:  # the change kind follows the snapshot: a slice, not a parse (~1 % of the time)
             at = change.rfind(b'"change":"') + 10

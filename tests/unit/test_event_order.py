@@ -451,6 +451,44 @@ def test_a_report_ahead_of_unread_events_waits_for_them_before_it_moves_the_cloc
     assert proc.watermark(0) == ahead - proc.lateness_ms and not proc.reports_waiting()
 
 
+def test_a_report_ahead_of_buffered_events_moves_the_clock_only_as_far_as_the_first_of_them():
+    """A grid event read but held in the merge buffer (another upstream's watermark is behind it) is as unread to
+    supervision as one still in Kafka: a report past the incident's deadline moves the clock only to that event.
+    The event ends the incident's only source, so once it is released the incident resolves, and the report's
+    time, applied then, finds nothing to escalate: the same as when the report is read after the release."""
+    dev = MANHOLES[0]
+    far = next(d for d in MANHOLES if distance_m(dev.lat, dev.lon, d.lat, d.lon) > 2000)
+    up, other = "readings:4", "readings:7"
+    start = [("wm", {up: UpstreamMark(T0), other: UpstreamMark(T0)}),
+             ("ev", (up, T0, event(dev, "manhole_tilted", "new", T0, level="yellow"))),
+             ("wm", {other: UpstreamMark(T0 + 1)})]
+    runs = []
+    for report_first in (True, False):
+        proc, store = make()
+        [created] = feed(start, proc, store)
+        end_ts = T0 + 60_000
+        ahead = created.incident.sla_deadline_ts + 60_000  # past the deadline and the lateness
+        # the end waits for the other upstream, whose watermark is still at T0 + 1
+        assert not feed([("ev", (up, end_ts, event(dev, "manhole_tilted", "end", T0, ts=end_ts)))], proc, store)
+        release = [("wm", {other: UpstreamMark(end_ts + 1)})]
+        if not report_first:
+            changes = feed(release, proc, store)
+        out = Outcome()
+        proc.on_report(0, report(far.lat, far.lon, ahead), out)
+        proc.advance(0, out)
+        store.apply(out)
+        changes = [IncidentChange.decode(v) for _, v in out.changes]
+        if report_first:
+            assert [c.change for c in changes] == ["created"]  # the report's own incident; nothing escalated
+            assert proc.watermark(0) <= end_ts - proc.lateness_ms and proc.reports_waiting() == [0]
+            changes = feed(release, proc, store)
+        assert "escalated" not in [c.change for c in changes]
+        assert proc.watermark(0) == ahead - proc.lateness_ms and not proc.reports_waiting()
+        runs.append(sorted((i.id, i.status, i.level, i.tier) for i in proc.incidents()))
+    assert runs[0] == runs[1]
+    assert ("resolved", "yellow") in [(st, lv) for _, st, lv, _ in runs[0]]
+
+
 def test_a_late_event_is_applied_counted_and_logged(caplog):
     proc, store = make()
     here = MANHOLES[0]
