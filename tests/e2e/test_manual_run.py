@@ -16,7 +16,7 @@ import pytest
 from gridwatch.core.procs import Proc
 from tests.harness import ARTIFACTS, MqttWatcher, Pipeline, read_topic, wait_for
 
-SIM_WALL_S = 75
+SIM_WALL_S = 40
 
 
 @pytest.fixture(scope="module")
