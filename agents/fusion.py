@@ -16,10 +16,12 @@ not when it was noticed.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import logging
 import math
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -96,6 +98,9 @@ class PartitionState:
     scheduled: dict[str, int] = field(default_factory=dict)  # incident id -> deadline last pushed
     last_ts: dict[str, int] = field(default_factory=dict)  # incident id -> latest event time of its sources
     report_ts: int = 0  # latest report time not yet on the clock (advance() moves it once the events caught up)
+    # reports waiting for the grid events before them (see on_report): sorted (time, id, report, wall time held)
+    held: list[tuple[int, str, ResidentReport, float]] = field(default_factory=list)
+    held_ids: set[str] = field(default_factory=set)
     wm_dirty: bool = False
     order: MergeBuffer = field(init=False)
 
@@ -113,6 +118,10 @@ def inc_key(partition: int, iid: str) -> str:
     return f"inc:{partition}:{iid}"
 
 
+def held_key(partition: int, report_id: str) -> str:
+    return f"rq:{partition}:{report_id}"
+
+
 def finite_event(ev: GridEvent) -> None:
     """The floats a grid event brings into an incident are finite: Incident.encode relies on it (a record
     decoded from Kafka always passes; this catches events built in Python)."""
@@ -120,10 +129,14 @@ def finite_event(ev: GridEvent) -> None:
 
 
 class IncidentProcessor:
-    def __init__(self, cfg: IncidentConfig, gridmap: Any, store: StateStore) -> None:
+    def __init__(self, cfg: IncidentConfig, gridmap: Any, store: StateStore,
+                 wall_clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg = cfg
         self.gridmap = gridmap
         self.store = store
+        # how long a report has waited for a silent upstream (fusion.report_hold_s); a replay of records passes a
+        # clock that stands still, so that no report is released by the hold and the result is the same every run
+        self.wall_clock = wall_clock
         self.partitions: dict[int, PartitionState] = {}
         self.lateness_ms = int(cfg.supervision.lateness_s * 1000)
         self.window_ms = int(cfg.fusion.window_s * 1000)
@@ -149,10 +162,17 @@ class IncidentProcessor:
                     ps.incidents[inc.id] = inc
                     self._index(ps, inc)
             ps.order.restore(items)
-            if ps.incidents or ps.order.upstreams:
+            held = f"rq:{p}:"
+            now = self.wall_clock()
+            ps.held = sorted((r.requested_ms, r.service_request_id, r, now) for key, value in items
+                             if isinstance(key, str) and key.startswith(held) and value
+                             for r in (ResidentReport.decode(value),))
+            ps.held_ids = {h[1] for h in ps.held}
+            if ps.incidents or ps.order.upstreams or ps.held:
                 log.info("partition %d: recovered %d incidents (%d open), watermark %d, %d grid events buffered "
-                         "from %d upstreams", p, len(ps.incidents), sum(1 for i in ps.incidents.values() if i.open),
-                         ps.max_ts - self.lateness_ms, len(ps.order), len(ps.order.upstreams))
+                         "from %d upstreams, %d reports waiting for them", p, len(ps.incidents),
+                         sum(1 for i in ps.incidents.values() if i.open), ps.max_ts - self.lateness_ms, len(ps.order),
+                         len(ps.order.upstreams), len(ps.held))
         return ps
 
     def _index(self, ps: PartitionState, inc: Incident) -> None:
@@ -219,10 +239,40 @@ class IncidentProcessor:
 
     def _release(self, ps: PartitionState, out: Outcome) -> None:
         for item in ps.order.release(out.writes):
+            while ps.held and ps.held[0][0] < item.order_ts:  # a report before this event in event time
+                self._apply_held(ps, out)
             self._ordered(ps, item.item, item.order_ts, out)
+        self._release_reports(ps, out)
         clock = ps.order.clock()
         if clock is not None:
             self._advance_ts(ps, clock)
+
+    def _report_ready(self, ps: PartitionState, t: int) -> bool:
+        """Can no grid event from before ``t`` still come? None buffered at or before it, and every active
+        upstream's watermark past it (a report and an event of the same millisecond: the event first)."""
+        head = ps.order.head()
+        if head is not None and head <= t:
+            return False
+        merged = ps.order.merged()
+        return merged is None or merged > t
+
+    def _release_reports(self, ps: PartitionState, out: Outcome, now: float | None = None) -> None:
+        """Apply the held reports the grid events allow, in time order; with ``now`` (wall clock, the grid
+        events all read) also those held longer than ``fusion.report_hold_s``."""
+        hold = self.cfg.fusion.report_hold_s
+        while ps.held and (self._report_ready(ps, ps.held[0][0])
+                           or (now is not None and now - ps.held[0][3] >= hold)):
+            self._apply_held(ps, out)
+
+    def _apply_held(self, ps: PartitionState, out: Outcome) -> None:
+        _, rid, rep, _ = ps.held.pop(0)
+        ps.held_ids.discard(rid)
+        key = held_key(ps.partition, rid)
+        if out.writes.get(key, (0, None))[1] is not None:
+            del out.writes[key]  # held and applied in the same batch: never written
+        else:
+            out.writes[key] = (ps.partition, None)
+        self._apply_report(ps, rep, out)
 
     def _ordered(self, ps: PartitionState, ev: GridEvent, order_ts: int, out: Outcome) -> None:
         """Apply a merged event after supervision has run up to its order ts, so that deadlines and
@@ -266,24 +316,47 @@ class IncidentProcessor:
         self._add_source(ps, out, group, src, ev.grid_code, list(ev.tiers), ev.level, actor)
 
     def on_report(self, p: int, rep: ResidentReport, out: Outcome) -> None:
-        """A resident report, applied on arrival. Its time moves the partition's supervision clock at the
-        batch's end (:meth:`advance`), and only once the partition's grid events caught up."""
+        """A resident report. In a partition with merged grid events it waits, persisted, until no grid event
+        from before it can still come (:meth:`_report_ready`), so that which source opens an incident follows
+        event time, not which topic the worker read first; applied at once where no upstream merges.
+        Its time moves the partition's supervision clock at the batch's end (:meth:`advance`)."""
         require_finite((rep.lat, rep.lon), f"report {rep.service_request_id}")
         ps = self.partition(p)
-        ps.report_ts = max(ps.report_ts, rep.requested_ms)
-        if f"report:{rep.service_request_id}" in ps.by_source:
+        rid = rep.service_request_id
+        if f"report:{rid}" in ps.by_source or rid in ps.held_ids:
             out.duplicates += 1
             return
+        placed = self._placed(rep, out)
+        if placed is None:
+            return
+        if not ps.order.upstreams or self._report_ready(ps, rep.requested_ms):
+            self._apply_report(ps, rep, out, placed)
+            return
+        bisect.insort(ps.held, (rep.requested_ms, rid, rep, self.wall_clock()), key=lambda h: (h[0], h[1]))
+        ps.held_ids.add(rid)
+        out.writes[held_key(p, rid)] = (p, rep.encode())
+
+    def _placed(self, rep: ResidentReport, out: Outcome) -> tuple[str, str] | None:
+        """(group, grid) of a report, or None with the reason in ``out.rejected``."""
         group = self.cfg.group_of_service(rep.service_code)
         if group is None:
             out.rejected.append(Rejected("unmapped_service", f"service_code {rep.service_code!r} is in no incident "
                                                              "group (incidents.yaml)"))
-            return
+            return None
         grid = rep.grid_code if rep.grid_code in self.gridmap else self.gridmap.locate(rep.lat, rep.lon)
         if not grid:
             out.rejected.append(Rejected("outside_grid", f"report {rep.service_request_id} at {rep.lat},{rep.lon} "
                                                          f"(grid {rep.grid_code!r}) is in no grid of the city"))
+            return None
+        return group, grid
+
+    def _apply_report(self, ps: PartitionState, rep: ResidentReport, out: Outcome,
+                      placed: tuple[str, str] | None = None) -> None:
+        placed = placed or self._placed(rep, out)
+        if placed is None:
             return
+        group, grid = placed
+        ps.report_ts = max(ps.report_ts, rep.requested_ms)
         tiers = list(tier_refs(self.gridmap, grid))
         src = IncidentSource(kind="report", id=rep.service_request_id, type=rep.service_code, ts=rep.requested_ms,
                              last_ts=rep.requested_ms, subject=rep.device_id, lat=rep.lat, lon=rep.lon,
@@ -456,14 +529,18 @@ class IncidentProcessor:
                 self._emit(ps, out, inc, "auto_resolved", ev.ts, t2, ev.id)
 
     # -- supervision ----------------------------------------------------------------------------
+    def reports_held_since(self, before: float) -> list[int]:
+        """Partitions with a report held (waiting for grid events) since before ``before`` (wall clock)."""
+        return [p for p, ps in self.partitions.items() if ps.held and min(h[3] for h in ps.held) <= before]
+
     def reports_waiting(self) -> list[int]:
         """Partitions whose reports' time waits for their grid events (see :meth:`advance`)."""
-        return [p for p, ps in self.partitions.items() if ps.report_ts]
+        return [p for p, ps in self.partitions.items() if ps.report_ts or ps.held]
 
     def watermark(self, p: int) -> int:
         return self.partition(p).max_ts - self.lateness_ms
 
-    def advance(self, p: int, out: Outcome, events_behind: bool = False) -> None:
+    def advance(self, p: int, out: Outcome, events_behind: bool = False, now: float | None = None) -> None:
         """Run supervision up to the partition's watermark; persist the watermark and merge state if they moved.
 
         ``events_behind``: grid events of this partition are still unread in Kafka (a worker catching up after
@@ -474,6 +551,8 @@ class IncidentProcessor:
         back the same way: the clock moves to the first of them, the rest of the report's time waits until
         they are applied, so whether a report came before or after their release changes nothing."""
         ps = self.partition(p)
+        if ps.held and not events_behind:  # the grid events are all read: a silent upstream holds reports so long
+            self._release_reports(ps, out, self.wall_clock() if now is None else now)
         if ps.report_ts and not events_behind:
             head = ps.order.head()
             if head is None or ps.report_ts <= head:

@@ -84,6 +84,18 @@ def install(ctx: AgentContext) -> Any:
         else:
             processor.on_action(partition, OperatorAction.decode(raw), out)
 
+    hold = cfg.fusion.report_hold_s
+    wake = Watermarks({}).encode()  # a control record with no marks: it only makes the agent run a batch
+
+    @app.timer(1.0)
+    async def _wake_held_reports() -> None:
+        """A report waits in the merge for the grid events before it (fusion.report_hold_s); the agent looks at
+        it again only when an input arrives, and with the telemetry agent down none may. An empty control record
+        on its events partition makes the agent run a batch, and that batch's end applies the report."""
+        due = processor.reports_held_since(processor.wall_clock() - hold)
+        if due:
+            await send_all(app, [(events_name, p, b"~wake", wake) for p in due])
+
     @app.agent(source, name="incidents")
     async def incidents(stream: Any) -> None:
         await out_topic.maybe_declare()

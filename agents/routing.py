@@ -40,6 +40,7 @@ class FusionConfig:
     window_s: float = 86400.0
     unmapped_events: str = "ignore"
     unmapped_reports: str = "own"
+    report_hold_s: float = 5.0
 
 
 @dataclass(slots=True)
@@ -183,6 +184,8 @@ def parse_config(data: dict[str, Any], source: str = "<memory>") -> IncidentConf
         raise IncidentConfigError(f"{source}:lifecycle.sla_s: every SLA must be > 0 s")
     if cfg.lifecycle.start_tier not in WORK_TIERS:
         raise IncidentConfigError(f"{source}:lifecycle.start_tier: one of {', '.join(WORK_TIERS)}")
+    if cfg.fusion.report_hold_s < 0:
+        raise IncidentConfigError(f"{source}:fusion.report_hold_s: a number of seconds >= 0")
     for key in ("unmapped_events", "unmapped_reports"):
         if getattr(cfg.fusion, key) not in ("own", "ignore"):
             raise IncidentConfigError(f"{source}:fusion.{key}: 'own' or 'ignore'")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import time
 from typing import Any
 
 from gridwatch.agents.event_order import MergeBuffer
@@ -19,7 +20,7 @@ from gridwatch.pipeline.schemas.events import (
     order_header,
     order_of,
 )
-from gridwatch.pipeline.schemas.incidents import IncidentChange
+from gridwatch.pipeline.schemas.incidents import IncidentChange, incident_id
 from tests.unit.test_incident_fusion import CITY, MANHOLES, T0, DictStore, event, report
 
 UPSTREAMS = ("readings:0", "readings:1", "readings:2")
@@ -424,10 +425,11 @@ def test_an_unordered_event_does_not_move_the_clock_of_a_merged_partition():
 
 
 def test_a_report_ahead_of_unread_events_waits_for_them_before_it_moves_the_clock():
-    """A worker catching up reads the reports topic ahead of the events: a report a day ahead is applied at
-    once, but while the partition's grid events are still unread (``events_behind``) its time does not move
-    the clock, so the sensor incident (its "end" maybe among the unread) does not escalate. Once the events
-    caught up, the report's time moves the clock at the next batch's end, as it does live."""
+    """A worker catching up reads the reports topic ahead of the events: a report a day ahead waits, persisted,
+    while the partition's grid events are still unread (``events_behind``), so the sensor incident (its "end" maybe
+    among the unread) does not escalate, however long that takes. Once the events are all read and the merge
+    still waits for a silent upstream, the report is applied after ``fusion.report_hold_s`` of wall time, and its
+    time moves the clock."""
     proc, store = make()
     dev = MANHOLES[0]
     up = "readings:4"
@@ -438,24 +440,70 @@ def test_a_report_ahead_of_unread_events_waits_for_them_before_it_moves_the_cloc
     ahead = created.incident.sla_deadline_ts + 60_000  # past the deadline and the lateness
     out = Outcome()
     proc.on_report(0, report(far.lat, far.lon, ahead), out)
-    proc.advance(0, out, events_behind=True)
-    assert [IncidentChange.decode(v).change for _, v in out.changes] == ["created"]  # the report's own incident
-    assert proc.watermark(0) < T0 + 1000
+    proc.advance(0, out, events_behind=True, now=time.monotonic() + 86_400)
+    assert not out.changes and any(k.startswith("rq:0:") for k in out.writes)  # held, and persisted
+    assert proc.watermark(0) < T0 + 1000 and proc.reports_waiting() == [0]
+    store.apply(out)
+    hold = proc.cfg.fusion.report_hold_s
     out = Outcome()
-    assert proc.reports_waiting() == [0]  # the agent advances it at every batch's end until the events caught up
-    proc.advance(0, out, events_behind=True)  # still behind: still waiting
+    proc.advance(0, out)  # the events caught up, but the hold has not passed
     assert not out.changes and proc.watermark(0) < T0 + 1000
     out = Outcome()
-    proc.advance(0, out)  # the events caught up
-    assert "escalated" in [IncidentChange.decode(v).change for _, v in out.changes]
+    proc.advance(0, out, now=time.monotonic() + hold)
+    assert [IncidentChange.decode(v).change for _, v in out.changes][:2] == ["created", "escalated"]
     assert proc.watermark(0) == ahead - proc.lateness_ms and not proc.reports_waiting()
+    store.apply(out)
+    assert not any(k.startswith("rq:") for k in store.data)
+
+
+def test_a_report_read_before_an_earlier_grid_event_joins_the_incident_that_event_opens():
+    """A worker catching up may read a report before the sensor event that came a minute earlier. The report
+    waits in the merge until the event is applied, so the event opens the incident and the report joins it,
+    exactly as when the event is read first; a restart while the report waits keeps it (the table holds it)."""
+    dev = MANHOLES[0]
+    up = "readings:4"
+    ev = event(dev, "manhole_open", "new", T0 + 10_000)
+    rep = report(dev.lat, dev.lon, T0 + 70_000, device=dev.id)
+    start = ("wm", {up: UpstreamMark(T0)})
+    ev_rec, wm_rec = ("ev", (up, T0 + 10_000, ev)), ("wm", {up: UpstreamMark(T0 + 120_000)})
+    runs = []
+    for report_first in (True, False):
+        proc, store = make()
+        changes = feed([start] if report_first else [start, ev_rec], proc, store)
+        out = Outcome()
+        proc.on_report(0, rep, out)
+        proc.advance(0, out)
+        store.apply(out)
+        changes += [IncidentChange.decode(v) for _, v in out.changes]
+        if report_first:
+            assert not changes and proc.reports_waiting() == [0]
+            proc = IncidentProcessor(proc.cfg, CITY.gridmap, store)  # a restart: the table holds the report
+        changes += feed([ev_rec, wm_rec] if report_first else [wm_rec], proc, store)
+        [inc] = proc.incidents()
+        assert inc.id == incident_id("event", ev.id) and [s.id for s in inc.sources] == [ev.id, rep.service_request_id]
+        assert not proc.reports_waiting() and not any(k.startswith("rq:") for k in store.data)
+        runs.append([c.encode() for c in changes])
+    assert runs[0] == runs[1]
+
+
+def test_a_redelivered_report_that_is_still_waiting_counts_as_a_duplicate():
+    proc, store = make()
+    dev = MANHOLES[0]
+    feed([("wm", {"readings:4": UpstreamMark(T0)})], proc, store)
+    rep = report(dev.lat, dev.lon, T0 + 70_000)
+    out = Outcome()
+    proc.on_report(0, rep, out)
+    proc.on_report(0, rep, out)
+    assert out.duplicates == 1 and not out.changes
+    changes = feed([("wm", {"readings:4": UpstreamMark(T0 + 80_000)})], proc, store)
+    assert [c.change for c in changes] == ["created"]
 
 
 def test_a_report_ahead_of_buffered_events_moves_the_clock_only_as_far_as_the_first_of_them():
     """A grid event read but held in the merge buffer (another upstream's watermark is behind it) is as unread to
-    supervision as one still in Kafka: a report past the incident's deadline moves the clock only to that event.
-    The event ends the incident's only source, so once it is released the incident resolves, and the report's
-    time, applied then, finds nothing to escalate: the same as when the report is read after the release."""
+    supervision as one still in Kafka: a report past the incident's deadline waits for it. The event ends the
+    incident's only source, so once it is released the incident resolves; the report, applied when the silent
+    upstream's hold passed, finds nothing to escalate, the same as when it is read after the release."""
     dev = MANHOLES[0]
     far = next(d for d in MANHOLES if distance_m(dev.lat, dev.lon, d.lat, d.lon) > 2000)
     up, other = "readings:4", "readings:7"
@@ -471,18 +519,19 @@ def test_a_report_ahead_of_buffered_events_moves_the_clock_only_as_far_as_the_fi
         # the end waits for the other upstream, whose watermark is still at T0 + 1
         assert not feed([("ev", (up, end_ts, event(dev, "manhole_tilted", "end", T0, ts=end_ts)))], proc, store)
         release = [("wm", {other: UpstreamMark(end_ts + 1)})]
-        if not report_first:
-            changes = feed(release, proc, store)
+        changes = [] if report_first else feed(release, proc, store)
         out = Outcome()
         proc.on_report(0, report(far.lat, far.lon, ahead), out)
         proc.advance(0, out)
         store.apply(out)
-        changes = [IncidentChange.decode(v) for _, v in out.changes]
+        changes += [IncidentChange.decode(v) for _, v in out.changes]
         if report_first:
-            assert [c.change for c in changes] == ["created"]  # the report's own incident; nothing escalated
-            assert proc.watermark(0) <= end_ts - proc.lateness_ms and proc.reports_waiting() == [0]
-            changes = feed(release, proc, store)
-        assert "escalated" not in [c.change for c in changes]
+            assert not out.changes and proc.watermark(0) <= end_ts - proc.lateness_ms
+            changes += feed(release, proc, store)
+        out = Outcome()  # the other upstream stays silent: the report is applied when its hold passed
+        proc.advance(0, out, now=time.monotonic() + proc.cfg.fusion.report_hold_s)
+        changes += [IncidentChange.decode(v) for _, v in out.changes]
+        assert "escalated" not in [c.change for c in changes] and "created" in [c.change for c in changes]
         assert proc.watermark(0) == ahead - proc.lateness_ms and not proc.reports_waiting()
         runs.append(sorted((i.id, i.status, i.level, i.tier) for i in proc.incidents()))
     assert runs[0] == runs[1]

@@ -1,0 +1,108 @@
+"""A resident report waits in the event-time merge for the grid events before it, but a dead telemetry agent
+cannot hold it back for longer than ``fusion.report_hold_s``: the real incident worker (`--role incidents`)
+alone, no telemetry agent, one readings partition it has heard of and that then fell silent.
+
+Without the worker's wake-up record nothing would ever make it look at the report again (no input arrives),
+and the report would never become an incident.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from gridwatch.core.procs import Proc
+from gridwatch.pipeline.schemas.events import UpstreamMark, Watermarks
+from tests.e2e.test_incidents_e2e import resident_report
+from tests.harness import ARTIFACTS, Pipeline, read_topic, wait_for
+from tests.unit.test_incident_fusion import MANHOLES
+
+HOLD_S = 5.0  # fusion.report_hold_s as shipped (gridwatch/config/incidents.yaml)
+
+
+@pytest.fixture()
+def incidents_worker(stack) -> Iterator[tuple[Pipeline, Proc]]:
+    pipe = Pipeline(stack.kafka_url, stack.mqtt_url)  # only for its prefix and arguments: nothing else runs
+    worker = Proc(f"{pipe.prefix}-incidents", ["worker", "--role", "incidents", *pipe.common], ARTIFACTS,
+                  pipe.env).start()
+    try:
+        worker.wait_log("worker ready", 90)
+        yield pipe, worker
+    finally:
+        worker.stop()
+
+
+def produce_all(kafka_url: str, topic: str, records: list[tuple[bytes, bytes, bool]]) -> None:
+    """(key, value, to every partition?) records, in order."""
+
+    async def main() -> None:
+        p = AIOKafkaProducer(bootstrap_servers=kafka_url.removeprefix("kafka://"), acks="all")
+        await p.start()
+        try:
+            for key, value, everywhere in records:
+                parts = sorted(await p.partitions_for(topic)) if everywhere else [None]
+                for part in parts:
+                    await p.send_and_wait(topic, value, key=key, partition=part)
+        finally:
+            await p.stop()
+
+    asyncio.run(main())
+
+
+def wait_committed(kafka_url: str, group: str, topic: str, timeout: float = 60) -> None:
+    """Until the worker's group committed every record of ``topic``: it has applied them."""
+
+    async def main() -> bool:
+        kafka = kafka_url.removeprefix("kafka://")
+        p = AIOKafkaProducer(bootstrap_servers=kafka)
+        await p.start()
+        try:
+            tps = [TopicPartition(topic, i) for i in sorted(await p.partitions_for(topic))]
+        finally:
+            await p.stop()
+        admin, c = AIOKafkaAdminClient(bootstrap_servers=kafka), AIOKafkaConsumer(bootstrap_servers=kafka)
+        await admin.start()
+        await c.start()
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                ends = await c.end_offsets(tps)
+                done = await admin.list_consumer_group_offsets(group, partitions=tps)
+                if all(done.get(tp) is not None and done[tp].offset >= ends[tp] for tp in tps):
+                    return True
+                await asyncio.sleep(0.3)
+            return False
+        finally:
+            await c.stop()
+            await admin.close()
+
+    assert asyncio.run(main()), f"{group} did not commit all of {topic} in {timeout}s"
+
+
+def test_a_report_waiting_for_a_silent_telemetry_agent_becomes_an_incident_after_the_hold(incidents_worker):
+    pipe, worker = incidents_worker
+    t0 = int(time.time() * 1000) - 60_000
+    dev = MANHOLES[0]
+    # a readings partition announces itself (as the telemetry agent does), then goes silent, never idle
+    produce_all(pipe.kafka_url, pipe.topic("events"),
+                [(b"~watermark", Watermarks({"readings:0": UpstreamMark(t0)}).encode(), True)])
+    wait_committed(pipe.kafka_url, f"gridwatch-incidents-{pipe.prefix}", pipe.topic("events"))
+    rep = resident_report(dev.lat, dev.lon, t0 + 30_000, dev.grid_code)
+    sent = time.monotonic()
+    produce_all(pipe.kafka_url, pipe.topic("reports"), [(dev.grid_code.encode(), rep.encode(), False)])
+
+    def created() -> dict | None:
+        return next((c for c in read_topic(pipe.kafka_url, pipe.topic("incidents"), 1.0)
+                     if c["source_id"] == rep.service_request_id and c["change"] == "created"), None)
+
+    change = wait_for(created, 60, "the report's incident after the hold")
+    waited = time.monotonic() - sent
+    # the premise: it waited for the grid events (a slow machine only makes this later, never earlier)
+    assert waited >= HOLD_S - 1.0, waited
+    assert change["incident"]["sources"][0]["id"] == rep.service_request_id
+    assert not worker.dead(), worker.log()[-2000:]
