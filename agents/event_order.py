@@ -60,6 +60,14 @@ def state_key(partition: int) -> str:
     return f"up:{partition}"
 
 
+def forget(writes: Writes, partition: int, key: str) -> None:
+    """Delete a table key that held something waiting; if it was queued in this same batch, it is never written."""
+    if writes.get(key, (0, None))[1] is not None:
+        del writes[key]
+    else:
+        writes[key] = (partition, None)
+
+
 class MergeBuffer:
     """The merge of one input partition: upstream marks, buffered inputs, what was released."""
 
@@ -136,11 +144,7 @@ class MergeBuffer:
             if self.frontier is None or p.order_ts > self.frontier:
                 self.frontier = p.order_ts
                 self.dirty = True
-            key = queue_key(self.partition, p.seq)
-            if writes.get(key, (0, None))[1] is not None:
-                del writes[key]  # buffered and released in the same batch: never written
-            else:
-                writes[key] = (self.partition, None)
+            forget(writes, self.partition, queue_key(self.partition, p.seq))
             yield p
 
     def __len__(self) -> int:

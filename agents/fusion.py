@@ -39,7 +39,7 @@ from gridwatch.pipeline.schemas.incidents import (
 from gridwatch.pipeline.schemas.reports import ResidentReport
 
 from . import lifecycle as lc
-from .event_order import MergeBuffer
+from .event_order import MergeBuffer, forget
 from .routing import IncidentConfig
 
 log = logging.getLogger("gridwatch.incidents")
@@ -267,11 +267,7 @@ class IncidentProcessor:
     def _apply_held(self, ps: PartitionState, out: Outcome) -> None:
         _, rid, rep, _ = ps.held.pop(0)
         ps.held_ids.discard(rid)
-        key = held_key(ps.partition, rid)
-        if out.writes.get(key, (0, None))[1] is not None:
-            del out.writes[key]  # held and applied in the same batch: never written
-        else:
-            out.writes[key] = (ps.partition, None)
+        forget(out.writes, ps.partition, held_key(ps.partition, rid))
         self._apply_report(ps, rep, out)
 
     def _ordered(self, ps: PartitionState, ev: GridEvent, order_ts: int, out: Outcome) -> None:
@@ -329,7 +325,7 @@ class IncidentProcessor:
         placed = self._placed(rep, out)
         if placed is None:
             return
-        if not ps.order.upstreams or self._report_ready(ps, rep.requested_ms):
+        if self._report_ready(ps, rep.requested_ms):  # always where no upstream merges
             self._apply_report(ps, rep, out, placed)
             return
         bisect.insort(ps.held, (rep.requested_ms, rid, rep, self.wall_clock()), key=lambda h: (h[0], h[1]))

@@ -311,7 +311,7 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
     results: dict[str, Any] = {"city": "sample", "devices": len(city.registry), "partitions": PARTS, "broker": engine,
                                "incident_worker": "own process" if split else "shared with every agent"}
     # the same inputs as the agent gets, end markers included: their jump in event time makes supervision
-    # escalate and close what is still open, about a third of all changes
+    # close what is still open
     recs = feed_records([*inputs, *ends])
     results["in_process"] = in_process(city, recs)
     n_inputs = results["in_process"]["inputs"]
