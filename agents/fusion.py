@@ -260,8 +260,12 @@ class IncidentProcessor:
         """Apply the held reports the grid events allow, in time order; with ``now`` (wall clock, the grid
         events all read) also those held longer than ``fusion.report_hold_s``."""
         hold = self.cfg.fusion.report_hold_s
-        while ps.held and (self._report_ready(ps, ps.held[0][0])
-                           or (now is not None and now - ps.held[0][3] >= hold)):
+        while ps.held:
+            if not self._report_ready(ps, ps.held[0][0]):
+                if now is None or now - ps.held[0][3] < hold:
+                    break
+                log.info("partition %d: report %s applied after waiting %.0f s for grid events of silent readings "
+                         "partitions (fusion.report_hold_s)", ps.partition, ps.held[0][1], now - ps.held[0][3])
             self._apply_held(ps, out)
 
     def _apply_held(self, ps: PartitionState, out: Outcome) -> None:
