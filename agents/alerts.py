@@ -24,6 +24,7 @@ from typing import Any
 from gridwatch.pipeline.schemas.codec import SchemaError
 from gridwatch.pipeline.schemas.events import GridEvent, is_control
 
+from .batch_take import take_batches
 from .channels.base import CHANNELS, Channel, ChannelConfigError, EventChannel, EventItem
 from .routing import load_incident_config
 from .runtime import AgentContext
@@ -123,7 +124,7 @@ def _install_one(ctx: AgentContext, channel: EventChannel) -> Any:
         try:
             # Batches: an alert storm (a feeder fault takes a whole district offline) goes out with many
             # acknowledgements in flight instead of one round trip per alert.
-            async for batch in stream.take_events(500, within=0.005):
+            async for batch in take_batches(stream, 500, within=0.005):
                 await deliver_batch(batch)
         finally:
             await channel.stop()

@@ -31,6 +31,7 @@ from gridwatch.pipeline.schemas.incidents import OperatorAction
 from gridwatch.pipeline.schemas.reports import ResidentReport
 
 from .batch_send import send_all
+from .batch_take import take_batches
 from .fusion import IncidentProcessor, Outcome
 from .routing import load_incident_config
 from .runtime import AgentContext
@@ -99,7 +100,7 @@ def install(ctx: AgentContext) -> Any:
     @app.agent(source, name="incidents")
     async def incidents(stream: Any) -> None:
         await out_topic.maybe_declare()
-        async for batch in stream.take_events(500, within=0.01):
+        async for batch in take_batches(stream, 500):
             out = Outcome()
             touched: set[int] = set()
             for event in batch:

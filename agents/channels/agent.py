@@ -14,6 +14,7 @@ from typing import Any
 
 from gridwatch.pipeline.schemas.codec import SchemaError
 
+from ..batch_take import take_batches
 from ..incidents import family_topic
 from ..routing import load_incident_config
 from ..runtime import AgentContext
@@ -67,7 +68,7 @@ def _install_one(ctx: AgentContext, channel: Channel, topic: Any, sent: Any) -> 
     async def fan_out(stream: Any) -> None:
         await channel.start()
         try:
-            async for batch in stream.take_events(BATCH, within=0.005):
+            async for batch in take_batches(stream, BATCH, within=0.005):
                 per_incident: dict[str, list[tuple[str, ChangeInfo, bytes, int]]] = {}
                 versions: dict[str, int] = {}
                 for i, event in enumerate(batch):

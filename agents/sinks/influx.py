@@ -21,6 +21,7 @@ from gridwatch.pipeline.outputs.influx import InfluxSink, PointBuilder, Presence
 from gridwatch.pipeline.schemas.codec import SchemaError
 from gridwatch.pipeline.schemas.events import GridEvent, is_control
 
+from ..batch_take import take_batches
 from ..runtime import AgentContext
 from .base import Sink, register
 
@@ -65,7 +66,7 @@ def install(ctx: AgentContext, cfg: InfluxSettings) -> Any:
 
     @app.agent(ctx.readings_topic, name="influx_readings")
     async def influx_readings(stream: Any) -> None:
-        async for events in stream.take_events(TAKE, within=WITHIN_S):
+        async for events in take_batches(stream, TAKE, within=WITHIN_S):
             await sink.write_take(events, reading_lines)  # returns once InfluxDB confirmed the take
 
     async def write_points(stream: Any, to_point: Callable[[bytes], str | None]) -> None:
@@ -78,7 +79,7 @@ def install(ctx: AgentContext, cfg: InfluxSettings) -> Any:
                 return []
             return [p] if p else []
 
-        async for events in stream.take_events(TAKE, within=WITHIN_S):
+        async for events in take_batches(stream, TAKE, within=WITHIN_S):
             await sink.write_take(events, lines_of)
 
     @app.agent(ctx.events_topic, name="influx_events")

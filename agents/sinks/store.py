@@ -19,6 +19,7 @@ from typing import Any
 from gridwatch.core.settings import StoreSettings
 from gridwatch.store import open_store
 
+from ..batch_take import take_batches
 from ..runtime import AgentContext
 from .base import Sink, register
 
@@ -49,7 +50,7 @@ def install(ctx: AgentContext, cfg: StoreSettings) -> Any:
 
     def make(family: str) -> Any:
         async def sink(stream: Any) -> None:
-            async for events in stream.take_events(cfg.batch_size, within=cfg.within_s):
+            async for events in take_batches(stream, cfg.batch_size, within=cfg.within_s):
                 batch = store.batch()
                 for ev in events:
                     batch.add_raw(family, ev.value)

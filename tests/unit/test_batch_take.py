@@ -1,0 +1,121 @@
+"""take_batches: an agent's records in batches straight from its channel. Every record once and in order, up to
+``max_`` a batch; acked only after the agent asked for the next batch (a batch it did not finish stays unacked);
+records of a previous consumer generation or of a stopped flow acked and never handed over; records of acking
+topics tracked. A unit test of the one function, with a stand-in for the stream's app (the end-to-end suites run
+every agent through it on a real worker)."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from mode.utils.queues import FlowControlEvent, ThrowableQueue
+
+from gridwatch.agents.batch_take import take_batches
+
+
+class Stream:
+    """What take_batches reads of a Faust stream: its channel's queue, the app's consumer, flow and topics."""
+
+    def __init__(self, generation: int = 1) -> None:
+        self.channel = SimpleNamespace(queue=ThrowableQueue(maxsize=100, flow_control=FlowControlEvent()))
+        self.acked: list[int] = []
+        self.tracked: list[int] = []
+        self.active = True
+        self.app = SimpleNamespace(
+            consumer=SimpleNamespace(track_message=lambda m: self.tracked.append(m.offset)),
+            flow_control=SimpleNamespace(is_active=lambda: self.active),
+            topics=SimpleNamespace(acking_topics={"gw.events"}),
+            consumer_generation_id=generation)
+
+    def put(self, *offsets: int, topic: str = "gw.events", generation: int = 1) -> None:
+        for o in offsets:
+            self.channel.queue.put_nowait(SimpleNamespace(message=SimpleNamespace(
+                topic=topic, offset=o, generation_id=generation, tracked=False)))
+
+    async def ack(self, event: Any) -> bool:
+        self.acked.append(event.message.offset)
+        return True
+
+
+def offsets(batch: list[Any]) -> list[int]:
+    return [e.message.offset for e in batch]
+
+
+def test_takes_what_is_queued_up_to_max_in_order_and_acks_after_the_batch() -> None:
+    async def go() -> None:
+        s = Stream()
+        s.put(*range(7))
+        it = take_batches(s, 3)
+        assert offsets(await it.__anext__()) == [0, 1, 2]
+        assert s.acked == []  # the agent is still on it
+        assert offsets(await it.__anext__()) == [3, 4, 5]
+        assert s.acked == [0, 1, 2]
+        assert offsets(await it.__anext__()) == [6]  # what is there, no waiting for a full batch
+        assert s.acked == [0, 1, 2, 3, 4, 5]
+        assert s.tracked == list(range(7))
+        await it.aclose()
+        assert s.acked == [0, 1, 2, 3, 4, 5]  # closed mid-batch: the last batch is read again by the next owner
+    asyncio.run(go())
+
+
+def test_waits_for_a_first_record_then_within_the_window_for_more() -> None:
+    async def go() -> None:
+        s = Stream()
+        it = take_batches(s, 10, within=0.3)
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.05, s.put, 1)
+        loop.call_later(0.1, s.put, 2)
+        assert offsets(await it.__anext__()) == [1, 2]
+        loop.call_later(0.05, s.put, 3)
+        assert offsets(await asyncio.wait_for(it.__anext__(), 5)) == [3]
+        s2 = Stream()
+        it2 = take_batches(s2, 10)  # no window: only what is there when the first arrives
+        loop.call_later(0.05, s2.put, 1)
+        loop.call_later(0.15, s2.put, 2)
+        assert offsets(await it2.__anext__()) == [1]
+        assert offsets(await it2.__anext__()) == [2]
+        assert s2.acked == [1]
+    asyncio.run(go())
+
+
+def test_skips_records_of_an_old_generation_or_a_stopped_flow_and_acks_them() -> None:
+    async def go() -> None:
+        s = Stream(generation=2)
+        s.put(1, generation=1)  # fetched before the rebalance
+        s.put(2, 3, generation=2)
+        it = take_batches(s, 10)
+        assert offsets(await it.__anext__()) == [2, 3]
+        s.put(4)
+        assert s.acked == []
+        s.active = False  # a rebalance suspended the flow
+        s.put(5, generation=2)
+        with pytest.raises(asyncio.TimeoutError):  # nothing to hand over: waits for the next record
+            await asyncio.wait_for(it.__anext__(), 0.2)
+        assert s.acked == [1, 2, 3, 4, 5]
+        assert s.tracked == [2, 3]  # a skipped record was never pending
+    asyncio.run(go())
+
+
+def test_tracks_records_of_acking_topics_once() -> None:
+    async def go() -> None:
+        s = Stream()
+        s.put(1, topic="gw.events")
+        s.put(2, topic="gw.reports")  # not an acking topic
+        it = take_batches(s, 10)
+        batch = await it.__anext__()
+        assert offsets(batch) == [1, 2] and s.tracked == [1]
+        assert batch[0].message.tracked and not batch[1].message.tracked
+    asyncio.run(go())
+
+
+def test_an_error_thrown_into_the_channel_reaches_the_agent() -> None:
+    async def go() -> None:
+        s = Stream()
+        it = take_batches(s, 10)
+        await s.channel.queue.throw(RuntimeError("stream failed"))
+        with pytest.raises(RuntimeError, match="stream failed"):
+            await it.__anext__()
+    asyncio.run(go())
