@@ -119,3 +119,22 @@ def test_an_error_thrown_into_the_channel_reaches_the_agent() -> None:
         with pytest.raises(RuntimeError, match="stream failed"):
             await it.__anext__()
     asyncio.run(go())
+
+
+def test_the_stop_faust_throws_into_the_channel_ends_the_batches_and_leaves_what_was_taken_unacked() -> None:
+    async def go() -> None:
+        s = Stream()
+        s.put(1)
+        seen = []
+
+        async def agent() -> None:
+            async for batch in take_batches(s, 10, within=5.0):
+                seen.append(offsets(batch))
+
+        task = asyncio.ensure_future(agent())
+        await asyncio.sleep(0.05)
+        s.put(2)  # the first batch waits within its window for more
+        await s.channel.queue.throw(StopAsyncIteration())  # Faust stopping the worker's streams
+        await asyncio.wait_for(task, 5)  # the agent's loop ends; no RuntimeError out of the generator
+        assert seen == [] and s.acked == []
+    asyncio.run(go())
