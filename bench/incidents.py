@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -34,6 +36,7 @@ from gridwatch.agents.fusion import IncidentProcessor, Outcome
 from gridwatch.agents.routing import load_incident_config
 from gridwatch.bench.results_io import bench_parser, write_results
 from gridwatch.bench.telemetry import AlertClock, client, percentile, publish_all, reading
+from gridwatch.bench.transport_floor import end_positions
 from gridwatch.core.procs import Pipeline, cpu_s, rss_mb, wait_for
 from gridwatch.core.settings import STATE_DIR, load_settings
 from gridwatch.devices.registry import load_city
@@ -296,6 +299,25 @@ def telemetry_baseline(stack: EmbeddedStack, pipe: Pipeline, city: Any, rounds: 
     return {"readings": n, "seconds": round(t_end - t0, 2), "readings_per_s": round(n / (t_end - t0))}
 
 
+def transport_floor(kafka: str, inputs: list[str], outputs: list[str], start: dict[str, int],
+                    results: dict[str, Any]) -> dict[str, Any]:
+    """The fusion phase's records moved again by bare aiokafka in a process of its own (bench/transport_floor.py),
+    beside the worker's overhead: how much of it any aiokafka worker pays, and the best ratio that leaves."""
+    n = results["in_process"]["inputs"]
+    cmd = [sys.executable, "-m", "gridwatch.bench.transport_floor", "--kafka", kafka, "--inputs", ",".join(inputs),
+           "--outputs", ",".join(outputs), "--inputs-counted", str(n), "--start", json.dumps(start)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if done.returncode:
+        raise RuntimeError(f"transport floor failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    floor = json.loads(done.stdout.strip().splitlines()[-1])
+    fusion_us = 1e6 * results["in_process"]["cpu_seconds"] / n
+    floor["worker_overhead_above_floor_us"] = round(results["ratio"]["worker_overhead_us_per_input"]
+                                                    - floor["us_per_input"], 1)
+    # the agent ÷ in-process CPU ratio of a worker that added nothing to the fusion but this floor
+    floor["best_cpu_ratio_on_aiokafka"] = round(fusion_us / (fusion_us + floor["us_per_input"]), 3)
+    return floor
+
+
 # The default topology (gridwatch/roles.py): the incident agent alone in a worker of its own (app id
 # <app_id>-incidents, so its own consumer group and tables), the other default agents in the usual worker.
 # --shared: one worker runs every agent (the single-worker deployment).
@@ -333,6 +355,7 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
             asyncio.run(produce_all(kafka, pipe, recs[:PARTS]))
             fusion_group = f"{INCIDENT_APP_ID if split else 'gridwatch'}-{pipe.prefix}"
             asyncio.run(wait_drained(kafka, fusion_group, [pipe.topic("events")], 60))
+            inputs_from = asyncio.run(end_positions(kafka, [pipe.topic("events"), pipe.topic("reports")]))
             print(f"fusion phase: sending {len(recs) - PARTS} records to the incident agent", flush=True)
             c0 = cpu_s(fusion_worker.pid)
             t0 = time.time()
@@ -376,6 +399,10 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
             results["written"] = written(stack.kafka_url, {"incidents topic": pipe.topic("incidents"),
                                                  "table changelog": f"{fusion_group}-incidents-changelog"}, n_inputs)
             print(f"written for the {n_inputs} inputs: {results['written']}", flush=True)
+            results["transport_floor"] = transport_floor(
+                kafka, [pipe.topic("events"), pipe.topic("reports")],
+                [pipe.topic("incidents"), f"{fusion_group}-incidents-changelog"], inputs_from, results)
+            print(f"the same records moved by bare aiokafka: {results['transport_floor']}", flush=True)
             results["telemetry_baseline"] = telemetry_baseline(stack, pipe, city, telemetry_rounds)
             print(f"telemetry baseline (readings -> events -> MQTT): {results['telemetry_baseline']}", flush=True)
 
