@@ -55,5 +55,5 @@ def test_floor_moves_exactly_the_phase_inputs_and_every_output(stack: EmbeddedSt
     for expected, written in zip(seen["expected"], seen["written"], strict=True):
         assert _by_partition(written) == _by_partition(expected)  # same partition, key, bytes and order
     assert result["change_records"] == 1200 + PARTS and result["changelog_records"] == 500 + PARTS
-    assert result["us_per_input"] > 0
+    assert result["us_per_input"] > 0 and result["fetch_only_us_per_input"] > 0
 
