@@ -28,8 +28,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
 from gridwatch.agents.fusion import IncidentProcessor, Outcome
@@ -41,6 +40,7 @@ from gridwatch.core.procs import Pipeline, cpu_s, rss_mb, wait_for
 from gridwatch.core.settings import STATE_DIR, load_settings
 from gridwatch.devices.registry import load_city
 from gridwatch.devices.simulator import build_messages, device_topic
+from gridwatch.pipeline.group_progress import wait_caught_up
 from gridwatch.pipeline.kafka_io import partition_for
 from gridwatch.pipeline.recordreplay.compare import read_topic_all
 from gridwatch.pipeline.schemas.events import (
@@ -248,27 +248,11 @@ def written(kafka_url: str, topics: dict[str, str], inputs: int) -> dict[str, di
     return out
 
 
-async def wait_drained(kafka: str, group: str, topics: list[str], timeout: float) -> float:
+def wait_drained(kafka: str, group: str, topics: list[str], timeout: float) -> float:
     """Seconds until the worker's consumer group has committed every record of ``topics`` (its agents
     digested what came before): the latency run then measures 200 events/s, not the backlog of the
     throughput phase that every agent of the one worker still works through."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
-    c = AIOKafkaConsumer(bootstrap_servers=kafka)
-    await admin.start()
-    await c.start()
-    t0 = time.monotonic()
-    try:
-        tps = [TopicPartition(t, p) for t in topics for p in sorted(c.partitions_for_topic(t) or [])]
-        while time.monotonic() - t0 < timeout:
-            ends = await c.end_offsets(tps)
-            done = await admin.list_consumer_group_offsets(group, partitions=tps)
-            if all(done.get(tp) is not None and done[tp].offset >= ends[tp] for tp in tps):
-                break
-            await asyncio.sleep(0.5)
-    finally:
-        await c.stop()
-        await admin.close()
-    return time.monotonic() - t0
+    return asyncio.run(wait_caught_up(kafka, group, topics, timeout))
 
 
 def telemetry_baseline(stack: EmbeddedStack, pipe: Pipeline, city: Any, rounds: int) -> dict[str, Any]:
@@ -354,7 +338,7 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
             # waits only for upstreams it has heard of.
             asyncio.run(produce_all(kafka, pipe, recs[:PARTS]))
             fusion_group = f"{INCIDENT_APP_ID if split else 'gridwatch'}-{pipe.prefix}"
-            asyncio.run(wait_drained(kafka, fusion_group, [pipe.topic("events")], 60))
+            wait_drained(kafka, fusion_group, [pipe.topic("events")], 60)
             inputs_from = asyncio.run(end_positions(kafka, [pipe.topic("events"), pipe.topic("reports")]))
             print(f"fusion phase: sending {len(recs) - PARTS} records to the incident agent", flush=True)
             c0 = cpu_s(fusion_worker.pid)
@@ -393,7 +377,7 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
             # -- the baseline, after the fusion phase: run before it, its grid events became incidents that the
             # workload's clock then escalated tier by tier, changes (and CPU) the in-process run has no part in
             for group, families in groups.items():
-                asyncio.run(wait_drained(kafka, group, [pipe.topic(f) for f in families], 120))
+                wait_drained(kafka, group, [pipe.topic(f) for f in families], 120)
             # Each change record carries the whole incident, and so does the table's changelog: producing those
             # bytes is most of what the worker adds to the fusion (docs/benchmarks.md, "Incidents")
             results["written"] = written(stack.kafka_url, {"incidents topic": pipe.topic("incidents"),
@@ -436,7 +420,7 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
             asyncio.run(read_changes(kafka, pipe.topic("incidents"), {source_id(m) for m in warm}, 120))
             drained = 0.0
             for group, families in groups.items():
-                drained += asyncio.run(wait_drained(kafka, group, [pipe.topic(f) for f in families], 120))
+                drained += wait_drained(kafka, group, [pipe.topic(f) for f in families], 120)
             results["drain_seconds"] = round(drained, 1)
             print(f"worker drained the throughput phase {drained:.1f} s after the warm-up markers", flush=True)
             asyncio.run(timed())

@@ -27,6 +27,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from gridwatch.pipeline.group_progress import log_ends
+
 OutRecord = tuple[int, bytes | None, bytes | None]  # partition, key, value
 
 SUFFIX = "-transport-floor"  # the floor writes beside the worker's topics, never into them
@@ -43,20 +45,22 @@ async def assign(c: AIOKafkaConsumer, topics: list[str], start: dict[str, int] |
     return first
 
 
-async def read_to_end(c: AIOKafkaConsumer, tps: list[TopicPartition], timeout: float = 120.0,
-                      ) -> tuple[list[OutRecord], dict[TopicPartition, int]]:
-    """The records from each partition's position to its high watermark, and where that left each one.
-
-    The high watermark of fetch responses, not ``end_offsets``: the embedded broker answers that wrong."""
+async def read_to_end(kafka: str, c: AIOKafkaConsumer, tps: list[TopicPartition], timeout: float = 120.0,
+                      ) -> list[OutRecord]:
+    """The records from each partition's position to its end now."""
+    ends = await log_ends(kafka, c, tps)
     out: list[OutRecord] = []
+    left = {tp for tp in tps if await c.position(tp) < ends[tp]}
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for tp, recs in (await c.getmany(*tps, timeout_ms=200)).items():
-            out += [(tp.partition, r.key, r.value) for r in recs]
-        ends = {tp: await c.position(tp) for tp in tps}
-        if all(c.highwater(tp) is not None and ends[tp] >= c.highwater(tp) for tp in tps):
-            return out, ends
-    raise TimeoutError(f"transport floor: {', '.join(t.topic for t in tps)} not read to the end in {timeout} s")
+    while left:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"transport floor: {', '.join(sorted({tp.topic for tp in left}))} not read to the end "
+                               f"in {timeout} s")
+        for tp, recs in (await c.getmany(*left, timeout_ms=200)).items():
+            out += [(tp.partition, r.key, r.value) for r in recs if r.offset < ends[tp]]
+            if recs and recs[-1].offset + 1 >= ends[tp]:
+                left.discard(tp)
+    return out
 
 
 async def end_positions(kafka: str, topics: list[str]) -> dict[str, int]:
@@ -65,7 +69,7 @@ async def end_positions(kafka: str, topics: list[str]) -> dict[str, int]:
     c = AIOKafkaConsumer(bootstrap_servers=kafka, enable_auto_commit=False, group_id=None)
     await c.start()
     try:
-        _, ends = await read_to_end(c, list(await assign(c, topics, None)))
+        ends = await log_ends(kafka, c, await assign(c, topics, None))
         return {f"{tp.topic}:{tp.partition}": o for tp, o in ends.items()}
     finally:
         await c.stop()
@@ -75,7 +79,7 @@ async def read_all(kafka: str, topic: str) -> list[OutRecord]:
     c = AIOKafkaConsumer(bootstrap_servers=kafka, enable_auto_commit=False, group_id=None)
     await c.start()
     try:
-        return (await read_to_end(c, list(await assign(c, [topic], None))))[0]
+        return await read_to_end(kafka, c, list(await assign(c, [topic], None)))
     finally:
         await c.stop()
 
@@ -126,10 +130,10 @@ async def measure(kafka: str, inputs: list[str], outputs: list[str], counted: in
         first = await assign(c, inputs, start)
         tps = list(first)
         await ensure_topics(kafka, targets, len({tp.partition for tp in tps}))
-        _, ends = await read_to_end(c, tps)  # untimed: where the inputs end
+        ends = await log_ends(kafka, c, tps)
         for t in targets:
             await p.partitions_for(t)  # metadata before the clock starts
-        span = sum(ends[tp] - first[tp] for tp in tps)  # offsets, not records: a broker may leave gaps
+        span = sum(ends[tp] - first[tp] for tp in tps)
 
         async def one_pass(produce: bool) -> tuple[int, float, float]:
             for tp, offset in first.items():

@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer
 
 from gridwatch.core.procs import Pipeline as _Pipeline
 from gridwatch.core.procs import wait_for as _wait_for
+from gridwatch.pipeline.group_progress import uncommitted as group_uncommitted
 from gridwatch.pipeline.schemas.events import is_control
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,21 +148,5 @@ class LocalHttpServer:
 
 
 def uncommitted(kafka_url: str, group: str, topic: str) -> int:
-    """Records of ``topic`` the consumer group has not committed (OffsetFetch through a consumer of the
-    group that does not join it: the admin client's calls are not all served by the embedded broker)."""
-    from aiokafka import TopicPartition
-
-    async def main() -> int:
-        c = AIOKafkaConsumer(bootstrap_servers=kafka_url.removeprefix("kafka://"), group_id=group,
-                             enable_auto_commit=False)
-        await c.start()
-        try:
-            await c.topics()
-            tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
-            ends = await c.end_offsets(tps)
-            committed = {tp: await c.committed(tp) or 0 for tp in tps}
-            return sum(max(0, ends[tp] - committed[tp]) for tp in tps)
-        finally:
-            await c.stop()
-
-    return asyncio.run(main())
+    """Records of ``topic`` the consumer group has not committed."""
+    return asyncio.run(group_uncommitted(kafka_url.removeprefix("kafka://"), group, [topic]))
