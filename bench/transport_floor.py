@@ -28,16 +28,18 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from gridwatch.pipeline.group_progress import log_ends
+from gridwatch.pipeline.kafka_io import topic_partitions
 
 OutRecord = tuple[int, bytes | None, bytes | None]  # partition, key, value
 
 SUFFIX = "-transport-floor"  # the floor writes beside the worker's topics, never into them
 
 
-async def assign(c: AIOKafkaConsumer, topics: list[str], start: dict[str, int] | None) -> dict[TopicPartition, int]:
+async def assign(kafka: str, c: AIOKafkaConsumer, topics: list[str], start: dict[str, int] | None,
+                 ) -> dict[TopicPartition, int]:
     """Every partition of ``topics``, each at its offset in ``start`` (``"topic:partition"``; else 0)."""
-    await c.topics()  # fills the metadata partitions_for_topic reads
-    tps = [TopicPartition(t, n) for t in topics for n in sorted(c.partitions_for_topic(t) or [])]
+    parts = await topic_partitions(kafka, topics, wait_s=30)
+    tps = [TopicPartition(t, n) for t in topics for n in parts[t]]
     c.assign(tps)
     first = {tp: (start or {}).get(f"{tp.topic}:{tp.partition}", 0) for tp in tps}
     for tp, offset in first.items():
@@ -69,7 +71,7 @@ async def end_positions(kafka: str, topics: list[str]) -> dict[str, int]:
     c = AIOKafkaConsumer(bootstrap_servers=kafka, enable_auto_commit=False, group_id=None)
     await c.start()
     try:
-        ends = await log_ends(kafka, c, await assign(c, topics, None))
+        ends = await log_ends(kafka, c, await assign(kafka, c, topics, None))
         return {f"{tp.topic}:{tp.partition}": o for tp, o in ends.items()}
     finally:
         await c.stop()
@@ -79,7 +81,7 @@ async def read_all(kafka: str, topic: str) -> list[OutRecord]:
     c = AIOKafkaConsumer(bootstrap_servers=kafka, enable_auto_commit=False, group_id=None)
     await c.start()
     try:
-        return await read_to_end(kafka, c, list(await assign(c, [topic], None)))
+        return await read_to_end(kafka, c, list(await assign(kafka, c, [topic], None)))
     finally:
         await c.stop()
 
@@ -127,10 +129,11 @@ async def measure(kafka: str, inputs: list[str], outputs: list[str], counted: in
     await c.start()
     await p.start()
     try:
-        first = await assign(c, inputs, start)
+        first = await assign(kafka, c, inputs, start)
         tps = list(first)
         await ensure_topics(kafka, targets, len({tp.partition for tp in tps}))
         ends = await log_ends(kafka, c, tps)
+        await topic_partitions(kafka, targets, wait_s=30)  # created, on every broker
         for t in targets:
             await p.partitions_for(t)  # metadata before the clock starts
         span = sum(ends[tp] - first[tp] for tp in tps)

@@ -10,6 +10,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
+from gridwatch.bench.transport_floor import ensure_topics
 from gridwatch.pipeline.group_progress import uncommitted, wait_caught_up
 from gridwatch.stack import EmbeddedStack
 
@@ -35,6 +36,7 @@ async def _commit(kafka: str, group: str, topic: str, offset: int) -> None:
 
 
 async def _scenario(kafka: str, topic: str, group: str) -> list[int]:
+    await ensure_topics(kafka, [topic], 1)
     await _batched(kafka, topic, 300)
     await _batched(kafka, topic, 200)  # two batches: ListOffsets would say 301 at most
     seen = [await uncommitted(kafka, group, [topic])]

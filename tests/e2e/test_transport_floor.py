@@ -10,7 +10,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from gridwatch.bench.transport_floor import SUFFIX, end_positions, measure, read_all
+from gridwatch.bench.transport_floor import SUFFIX, end_positions, ensure_topics, measure, read_all
 from gridwatch.stack import EmbeddedStack
 
 PARTS = 3
@@ -29,7 +29,8 @@ async def _scenario(kafka: str, prefix: str) -> tuple[dict[str, Any], dict[str, 
     ins = [f"{prefix}.events", f"{prefix}.reports"]
     outs = [f"{prefix}.incidents", f"{prefix}.changelog"]
     before = [(i % PARTS, b"k%d" % i, b"before-%d" % i) for i in range(40)]
-    for t in ins + outs:  # every topic with PARTS partitions, and records before the measured phase
+    await ensure_topics(kafka, ins + outs, PARTS)
+    for t in ins + outs:  # records before the measured phase
         await _produce(kafka, t, [(part, b"x", b"x") for part in range(PARTS)])
     await _produce(kafka, ins[0], before)
     start = await end_positions(kafka, ins)
