@@ -12,6 +12,9 @@
   * latency    event produced -> its incident "created" produced (Kafka CreateTime), at a fixed rate
   * written    the records and bytes the worker wrote for the fusion phase's inputs, to the incidents topic
                and to its table's changelog (whole incidents in both: what its producing costs scale with)
+  * floor      the fusion phase's records moved again by bare aiokafka, the worker's outputs included
+               (bench/transport_floor.py): what any aiokafka worker pays per input, and the worker's overhead
+               above it (what Faust adds)
 
     python -m gridwatch.bench incidents [--shared] [--engine tansu|kafka] [--rounds 6] [--rate 200] [--out FILE]
 """
