@@ -61,6 +61,22 @@ def _log_failure(fut: asyncio.Future) -> None:
         log.error("batched produce failed: %s", fut.exception())
 
 
+async def send_partition(producer: Any, topic: str, partition: int,
+                         records: Iterable[tuple[bytes | None, bytes | None]]) -> list[asyncio.Future]:
+    """(key, value) records of one partition, in order, in as few Kafka batches as they fit: the futures of
+    the batches' sends."""
+    futures = []
+    batch = producer.create_batch()
+    for key, value in records:
+        if batch.append(key=key, value=value, timestamp=None) is None:  # full (a first record always fits)
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
+            batch = producer.create_batch()
+            batch.append(key=key, value=value, timestamp=None)
+    batch.close()
+    futures.append(await producer.send_batch(batch, topic, partition=partition))
+    return futures
+
+
 async def send_all(app: Any, records: Iterable[Record], *, wait: bool = True) -> int:
     """Produce ``records``; with ``wait`` return once the broker confirmed all of them (raises like
     a failed send), else once they are queued (a failure is logged; the commit-time flush waits for
@@ -79,14 +95,7 @@ async def send_all(app: Any, records: Iterable[Record], *, wait: bool = True) ->
         groups.setdefault((topic, partition), []).append((key, value))
     futures = []
     for (topic, partition), recs in groups.items():
-        batch = producer.create_batch()
-        for key, value in recs:
-            if batch.append(key=key, value=value, timestamp=None) is None:  # full (a first record always fits)
-                futures.append(await producer.send_batch(batch, topic, partition=partition))
-                batch = producer.create_batch()
-                batch.append(key=key, value=value, timestamp=None)
-        batch.close()
-        futures.append(await producer.send_batch(batch, topic, partition=partition))
+        futures += await send_partition(producer, topic, partition, recs)
     if wait:
         await asyncio.gather(*futures)
     else:

@@ -27,6 +27,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from gridwatch.agents.batch_send import send_partition
 from gridwatch.pipeline.group_progress import log_ends
 from gridwatch.pipeline.kafka_io import topic_partitions
 
@@ -99,21 +100,11 @@ async def ensure_topics(kafka: str, names: list[str], partitions: int) -> None:
 
 
 async def send_grouped(producer: AIOKafkaProducer, topic: str, records: list[OutRecord]) -> list[asyncio.Future]:
-    """One batch per partition, as the agent's ``send_all`` does."""
-    groups: dict[int, list[OutRecord]] = {}
-    for r in records:
-        groups.setdefault(r[0], []).append(r)
-    futures = []
-    for partition, recs in groups.items():
-        batch = producer.create_batch()
-        for _, key, value in recs:
-            if batch.append(key=key, value=value, timestamp=None) is None:
-                futures.append(await producer.send_batch(batch, topic, partition=partition))
-                batch = producer.create_batch()
-                batch.append(key=key, value=value, timestamp=None)
-        batch.close()
-        futures.append(await producer.send_batch(batch, topic, partition=partition))
-    return futures
+    """One batch per partition, by the agents' own ``send_partition``."""
+    groups: dict[int, list[tuple[bytes | None, bytes | None]]] = {}
+    for partition, key, value in records:
+        groups.setdefault(partition, []).append((key, value))
+    return [f for partition, recs in groups.items() for f in await send_partition(producer, topic, partition, recs)]
 
 
 async def measure(kafka: str, inputs: list[str], outputs: list[str], counted: int,
