@@ -7,8 +7,10 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 
+from gridwatch.cluster import CLUSTER_ENV
 from gridwatch.stack import ENGINES, EmbeddedStack
 
+SESSION_TIMEOUT = "GRIDWATCH_WORKER_SESSION_TIMEOUT_S"
 os.environ.setdefault("GRIDWATCH_DEMO_CREDENTIALS", "allow")  # the shipped operator accounts (demo_guard.py)
 
 # Property tests: "ci" (the default) is deterministic (derandomized, no example database) and bounded,
@@ -62,9 +64,9 @@ def stack(kafka_engine: str) -> Iterator[EmbeddedStack]:
     with pytest.MonkeyPatch.context() as mp:
         if kafka_engine == "kafka":
             # Workers on Apache Kafka default to a 30 s session timeout (app.py): a test that kills one waits
-            # that long before the group gives its partitions to another. 10 s (the broker allows 6 s and up)
-            # keeps the same fail-over, a third of the wait. Tansu workers keep their 6 s.
-            mp.setenv("GRIDWATCH_WORKER_SESSION_TIMEOUT_S", "10")
+            # that long before the group gives its partitions to another. The cluster runs' 10 s keeps the same
+            # fail-over, a third of the wait. Tansu workers keep their 6 s.
+            mp.setenv(SESSION_TIMEOUT, CLUSTER_ENV[SESSION_TIMEOUT])
         with EmbeddedStack(engine=kafka_engine) as s:
             yield s
 
