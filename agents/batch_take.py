@@ -24,16 +24,39 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from faust.types import Message
 
-async def take_batches(stream: Any, max_: int, within: float = 0.0) -> AsyncIterator[list[Any]]:
+from gridwatch.compat import raw_lanes, track_lane_message
+
+
+class LaneEvent:
+    """A record of a raw lane as the agent sees it: the Faust Message and its value (raw bytes), as an Event
+    of a raw topic would carry them."""
+
+    __slots__ = ("message", "value")
+
+    def __init__(self, message: Any) -> None:
+        self.message = message
+        self.value = message.value
+
+
+async def take_batches(stream: Any, max_: int, within: float = 0.0, *, lane: bool = False,
+                       ) -> AsyncIterator[list[Any]]:
     """Yield lists of up to ``max_`` events of ``stream``'s channel: at least one, waited for, then what
     arrives within ``within`` seconds of it (0: only what is already there). The events of a list are acked
     when the agent asks for the next list. Unlike ``Stream.take_events``, which acks them when the generator is
     closed too, a batch the agent did not finish (it stopped or failed in the middle) stays unacked, so the
-    consumer does not commit past it and the next owner of its partitions reads it again."""
+    consumer does not commit past it and the next owner of its partitions reads it again.
+
+    ``lane``: the channel's topics (raw bytes, this agent their only subscriber) take the raw lane
+    (gridwatch/compat.py): the consumer puts their Messages in the channel without the conductor, and the agent
+    gets ``LaneEvent``s (``.message``, ``.value``) and acks them straight to the consumer."""
     app = stream.app
     queue = stream.channel.queue
     consumer = app.consumer
+    if lane:
+        for name in stream.channel.topics:
+            raw_lanes(app)[name] = stream.channel
     flow = app.flow_control
     acking_topics = app.topics.acking_topics
     while True:
@@ -57,6 +80,12 @@ async def take_batches(stream: Any, max_: int, within: float = 0.0) -> AsyncIter
         generation = app.consumer_generation_id
         active = flow.is_active()
         for event in batch:
+            if isinstance(event, Message):  # a raw lane's record
+                if active and event.generation_id == generation:
+                    if event.topic in acking_topics:
+                        track_lane_message(consumer, event)
+                    live.append(LaneEvent(event))
+                continue  # else skipped as below
             message = event.message
             if not active or message.generation_id != generation:
                 continue  # skipped as Faust's stream skips it: acked below, never processed
@@ -67,5 +96,8 @@ async def take_batches(stream: Any, max_: int, within: float = 0.0) -> AsyncIter
         if live:
             yield live  # closed here (the agent stopped or failed mid-batch): none acked, all read again
         for event in batch:
-            await stream.ack(event)
+            if isinstance(event, Message):
+                consumer.ack(event)
+            else:
+                await stream.ack(event)
         await asyncio.sleep(0)  # a full channel: the conductor's delivery runs between batches

@@ -100,7 +100,7 @@ def install(ctx: AgentContext) -> Any:
     @app.agent(source, name="incidents")
     async def incidents(stream: Any) -> None:
         await out_topic.maybe_declare()
-        async for batch in take_batches(stream, 500):
+        async for batch in take_batches(stream, 500, lane=True):
             out = Outcome()
             touched: set[int] = set()
             for event in batch:

@@ -99,6 +99,7 @@ def create_app(settings: Settings, *, city: Any = None, agents: str | tuple[str,
         # partition at 80 %, and a larger fetch overshot the rest, so that Faust delivered every record past
         # the brim through a task of its own (the incident worker under a backlog, bench incidents).
         broker_max_poll_records=500,
+        stream_buffer_maxsize=settings.worker.stream_buffer,
         producer_linger=0.002,
         # Batches of up to 256 KB per partition instead of aiokafka's 16 KB: the producer has one request in
         # flight per partition, so a burst of incident changes (whole incidents, a few KB each) went out as a

@@ -125,6 +125,8 @@ class WorkerSettings:
     # The agents' counters (readings, incident changes, dead letters, ...) to the log and to MQTT
     # <stats_prefix>/worker/<worker> this often, when they moved (agents/worker_stats.py); 0 = never.
     stats_interval_s: float = 30.0
+    # Records each agent's channel holds before fetching its partitions pauses (Faust's stream buffer).
+    stream_buffer: int = 4096
 
 
 @dataclass
@@ -368,7 +370,8 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "worker.presence_checkpoint_s": (0, math.inf, True), "worker.watermark_interval_s": (0, math.inf, True),
     "worker.upstream_idle_s": (0, math.inf, True), "worker.wall_clock_advance_slack_s": (0, 60, False),
     "worker.wall_clock_advance_slack_min_s": (0, 60, False), "worker.shutdown_s": (0, 3600, True),
-    "worker.gc_full_every_s": (0, math.inf, False), "worker.stats_interval_s": (0, math.inf, False), "influx.batch_size": (1, 10_000_000, False),
+    "worker.gc_full_every_s": (0, math.inf, False), "worker.stats_interval_s": (0, math.inf, False),
+    "worker.stream_buffer": (1, 1_000_000, False), "influx.batch_size": (1, 10_000_000, False),
     "influx.flush_interval_ms": (1, math.inf, False), "influx.max_pending_points": (1, 1 << 40, False),
     "influx.writers": (1, 1_000, False), "influx.timeout_s": (0, math.inf, True),
     "influx.presence_interval_s": (1, math.inf, False),

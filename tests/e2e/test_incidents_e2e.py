@@ -270,6 +270,9 @@ def test_each_worker_tells_what_its_agents_did_on_mqtt_and_in_its_log(pipe, stat
     assert len(totals()) == 2 and all(t.startswith("gridwatch/stats/worker/gridwatch") for t in totals())
     log = pipe.incident_worker.log()
     assert "worker figures, last" in log and "incident_changes +" in log
+    # the incident agent's inputs took the raw lane (gridwatch/compat.py), not the conductor
+    lanes = " ".join(line for line in log.splitlines() if "raw lane: " in line)
+    assert pipe.topic("events") in lanes and pipe.topic("reports") in lanes, lanes
 
 
 def test_killed_worker_recovers_every_open_incident_with_its_history(pipe, watcher, pub):

@@ -11,9 +11,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from faust.types.tuples import ConsumerMessage, Message
 from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
-from gridwatch.agents.batch_take import take_batches
+from gridwatch.agents.batch_take import LaneEvent, take_batches
+from gridwatch.compat import raw_lanes
 
 
 class Stream:
@@ -137,4 +139,67 @@ def test_the_stop_faust_throws_into_the_channel_ends_the_batches_and_leaves_what
         await s.channel.queue.throw(StopAsyncIteration())  # Faust stopping the worker's streams
         await asyncio.wait_for(task, 5)  # the agent's loop ends; no RuntimeError out of the generator
         assert seen == [] and s.acked == []
+    asyncio.run(go())
+
+
+class LaneStream(Stream):
+    """The stand-in with a raw lane: the channel's topics, and the consumer's unacked set and ack."""
+
+    def __init__(self, generation: int = 1) -> None:
+        super().__init__(generation)
+        self.channel.topics = ("gw.events", "gw.reports")
+        self.unacked: set[Message] = set()
+        self.consumer_acked: list[int] = []
+
+        def ack(message: Message) -> bool:
+            self.unacked.discard(message)
+            self.consumer_acked.append(message.offset)
+            return True
+
+        self.app.consumer._unacked_messages = self.unacked
+        self.app.consumer.ack = ack
+
+    def put_lane(self, *offsets: int, topic: str = "gw.events", generation: int = 1) -> list[Message]:
+        sent = [ConsumerMessage(topic, 0, o, 0.0, 0, [], b"g1", f"v{o}".encode(), None, generation_id=generation)
+                for o in offsets]
+        for m in sent:
+            self.channel.queue.put_nowait(m)
+        return sent
+
+
+def test_a_lane_registers_its_topics_and_hands_over_its_messages_in_order_with_their_events() -> None:
+    async def go() -> None:
+        s = LaneStream()
+        first = s.put_lane(1, 2)
+        s.put(3)  # an Event (the conductor's path) between lane records keeps its place
+        last = s.put_lane(4, topic="gw.reports")
+        it = take_batches(s, 10, lane=True)
+        batch = await it.__anext__()
+        assert raw_lanes(s.app) == {"gw.events": s.channel, "gw.reports": s.channel}
+        assert offsets(batch) == [1, 2, 3, 4]
+        assert [type(e) for e in batch] == [LaneEvent, LaneEvent, SimpleNamespace, LaneEvent]
+        assert [e.message for e in batch if type(e) is LaneEvent] == [*first, *last]
+        assert [e.value for e in batch if type(e) is LaneEvent] == [b"v1", b"v2", b"v4"]
+        assert s.unacked == set(first)  # pending until acked; gw.reports acks nothing here (not an acking topic)
+        assert s.tracked == [3] and s.consumer_acked == [] and s.acked == []
+        s.put_lane(5)
+        await it.__anext__()
+        assert s.consumer_acked == [1, 2, 4] and s.acked == [3]  # the lane's acks go straight to the consumer
+        assert [m.offset for m in s.unacked] == [5]  # the first batch's acked; the next one's pending
+    asyncio.run(go())
+
+
+def test_a_lane_skips_messages_of_an_old_generation_or_a_stopped_flow_and_acks_them() -> None:
+    async def go() -> None:
+        s = LaneStream(generation=2)
+        stale = s.put_lane(1, generation=1)
+        s.put_lane(2, generation=2)
+        it = take_batches(s, 10, lane=True)
+        assert offsets(await it.__anext__()) == [2]
+        s.active = False
+        s.put_lane(3, generation=2)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(it.__anext__(), 0.2)
+        assert s.consumer_acked == [1, 2, 3]
+        assert not stale[0].tracked  # a skipped record was never pending
     asyncio.run(go())

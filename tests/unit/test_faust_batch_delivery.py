@@ -10,11 +10,13 @@ from collections import defaultdict
 from types import SimpleNamespace
 from typing import Any
 
+from aiokafka import TopicPartition
 from faust.transport.consumer import Consumer
 from faust.types import TP
 from mode import Service
+from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
-from gridwatch.compat import install_faust_batch_delivery
+from gridwatch.compat import install_faust_batch_delivery, raw_lanes
 
 TP0, TP1 = TP("x.events", 0), TP("x.events", 1)
 
@@ -93,3 +95,88 @@ def test_a_rebalance_interrupts_a_blocked_batch_and_leaves_the_rest_unread() -> 
     assert d.delivered == [(TP0, 5)]  # 6 was interrupted, 7 never started
     assert d._read_offset[TP0] == 5  # the partition's next owner (or this worker, after the seek) reads 6 again
     assert d.fetches == 2  # the loop went back to fetching, it did not wait for the blocked record
+
+
+class Channel:
+    """A subscriber of a topic in the conductor's index (hashable, as Faust's channels are)."""
+
+    def __init__(self, queue: Any = None) -> None:
+        self.queue = queue
+
+
+class Lanes(Drain):
+    """The same loop with a raw lane registered for ``x.events`` (agents/batch_take.py, ``lane=True``): the parts
+    of the app that the lane reads besides."""
+
+    def __init__(self, batches: list[list[tuple[TP, Any]]], subscribers: int = 1, maxsize: int = 100) -> None:
+        super().__init__(batches, Fetcher())
+        self.channel = Channel(ThrowableQueue(maxsize=maxsize, flow_control=FlowControlEvent()))
+        self.channel.queue._flow_control.resume()
+        others = {Channel() for _ in range(subscribers - 1)}
+        self.paused: list[TP] = []
+        self.resumed: list[TP] = []
+        self.flow_waits = 0
+
+        async def acquire() -> None:
+            self.flow_waits += 1
+
+        async def ebb() -> None:
+            return None
+
+        self.app = SimpleNamespace(
+            topics=SimpleNamespace(acks_enabled_for=lambda topic: False,
+                                   _topic_name_index={"x.events": {self.channel, *others}}),
+            flow_control=SimpleNamespace(acquire=acquire), producer=SimpleNamespace(buffer=SimpleNamespace(
+                wait_until_ebb=ebb)), sensors=SimpleNamespace(on_topic_buffer_full=lambda tp: None),
+            consumer=SimpleNamespace(on_buffer_full=self.pause, on_buffer_drop=self.resume))
+        raw_lanes(self.app)["x.events"] = self.channel
+
+    def pause(self, tp: Any) -> None:
+        assert isinstance(tp, TP), tp  # Faust's consumer asserts it too, when it pauses or resumes partitions
+        self.paused.append(tp)
+
+    def resume(self, tp: Any) -> None:
+        assert isinstance(tp, TP), tp
+        self.resumed.append(tp)
+
+
+def lane_msg(tp: TP, offset: int) -> tuple[TP, Any]:
+    return tp, SimpleNamespace(tp=tp, topic=tp.topic, offset=offset)
+
+
+async def drain_lanes(d: Lanes) -> Lanes:
+    install_faust_batch_delivery()
+    await asyncio.wait_for(Consumer._drain_messages(d, d.fetcher), 5)
+    return d
+
+
+def test_a_raw_lane_takes_its_topic_records_into_the_channel_and_the_rest_goes_through_the_conductor() -> None:
+    reports = TP("x.reports", 0)
+    batches = [[lane_msg(TP0, 0), lane_msg(reports, 0), lane_msg(TP1, 0)], [lane_msg(TP0, 1)]]
+    sent = [m for b in batches for _, m in b]
+    d = asyncio.run(drain_lanes(Lanes([list(b) for b in batches])))
+    queued = [d.channel.queue.get_nowait() for _ in range(d.channel.queue.qsize())]
+    assert queued == [m for m in sent if m.topic == "x.events"]  # the Messages themselves, in order
+    assert d.delivered == [(reports, 0)]  # the conductor's callback saw only the other topic
+    assert dict(d._read_offset) == {TP0: 1, TP1: 0, reports: 0}  # read offsets as for every record
+    assert d.flow_waits == 2  # the flow control, once per delivered batch
+
+
+def test_a_topic_with_a_second_subscriber_keeps_the_conductor() -> None:
+    batch = [lane_msg(TP0, 0), lane_msg(TP0, 1)]
+    d = asyncio.run(drain_lanes(Lanes([list(batch)], subscribers=2)))
+    assert d.channel.queue.qsize() == 0
+    assert d.delivered == [(TP0, 0), (TP0, 1)]
+
+
+def test_a_filling_lane_pauses_its_partition_and_a_drained_one_resumes_it() -> None:
+    """Queue of 10: under pressure from 8 records (mode's 1.25 ratio), drained at 4 (0.4). The fetched batch is
+    keyed by aiokafka's TopicPartition, as the consumer's is."""
+    fetched = TopicPartition(TP0.topic, TP0.partition)
+    d = asyncio.run(drain_lanes(Lanes([[lane_msg(fetched, o) for o in range(9)]], maxsize=10)))
+    assert d.paused == [TP0] and d.resumed == []
+    q = d.channel.queue
+    while q.qsize() > 4:
+        q.get_nowait()
+    q.get_nowait()  # the get that finds the queue at the drop size endorses the drop
+    assert d.resumed == [TP0]
