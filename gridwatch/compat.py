@@ -452,13 +452,12 @@ def install_faust_batch_delivery() -> None:
     import asyncio
 
     from faust.transport.consumer import CONSUMER_FETCHING, Consumer
-    from faust.types import TP
 
     async def _drain_messages(self, fetcher):  # type: ignore[no-untyped-def]
         callback = self.callback
         app = self.app
         lanes = raw_lanes(app)
-        pressure: dict[Any, tuple[Callable[[], None], Callable[[], None]]] = {}
+        pressure: dict[Any, LanePressure] = {}
         announced: set[str] = set()
         getmany = self.getmany
         consumer_should_stop = self._stopped.is_set
@@ -494,12 +493,13 @@ def install_faust_batch_delivery() -> None:
                     queue = queues.get(message.topic) if queues else None
                     if queue is None:
                         await callback(message)
-                    elif queue.full():  # as the conductor: wait for room (a rebalance or stop interrupts it)
-                        app.sensors.on_topic_buffer_full(TP(tp.topic, tp.partition))
-                        await queue.put(message)
                     else:
-                        high, drop = pressure.get(tp) or pressure.setdefault(tp, _pressure_callbacks(app, tp))
-                        queue.put_nowait_enhanced(message, on_pressure_high=high, on_pressure_drop=drop)
+                        p = pressure.get(tp) or pressure.setdefault(tp, LanePressure(app, tp))
+                        if queue.full():  # as the conductor: wait for room (a rebalance or stop interrupts it)
+                            p.on_full(p.tp)
+                            await queue.put(message)
+                        else:
+                            queue.put_nowait_enhanced(message, on_pressure_high=p.high, on_pressure_drop=p.drop)
                     set_read_offset(tp, offset)
 
         try:
@@ -559,24 +559,25 @@ def lane_queues(app: Any, lanes: Mapping[str, Any]) -> dict[str, Any]:
     return {name: channel.queue for name, channel in lanes.items() if index.get(name) == {channel}}
 
 
-def _pressure_callbacks(app: Any, tp: Any) -> tuple[Callable[[], None], Callable[[], None]]:
+class LanePressure:
     """The conductor's per-partition pressure callbacks: a buffer filling up pauses fetching its partition,
     and fetching resumes once it drained. ``tp`` as Faust's own TP: the fetched batch's keys are aiokafka's
-    TopicPartition, which Faust's consumer refuses (an assertion) when it pauses or resumes the partition."""
-    from faust.types import TP
+    TopicPartition, which Faust's consumer refuses (an assertion) when it pauses or resumes the partition.
+    One per partition: the queue keeps ``drop`` in a set, and bound methods of one object compare equal."""
 
-    tp = TP(tp.topic, tp.partition)
-    consumer = app.consumer
-    on_full = app.sensors.on_topic_buffer_full
+    def __init__(self, app: Any, tp: Any) -> None:
+        from faust.types import TP
 
-    def high() -> None:
-        on_full(tp)
-        consumer.on_buffer_full(tp)
+        self.tp = TP(tp.topic, tp.partition)
+        self.consumer = app.consumer
+        self.on_full = app.sensors.on_topic_buffer_full
 
-    def drop() -> None:
-        consumer.on_buffer_drop(tp)
+    def high(self) -> None:
+        self.on_full(self.tp)
+        self.consumer.on_buffer_full(self.tp)
 
-    return high, drop
+    def drop(self) -> None:
+        self.consumer.on_buffer_drop(self.tp)
 
 
 def track_lane_message(consumer: Any, message: Any) -> None:

@@ -136,10 +136,11 @@ def remove_embedded_store(prefix: str, env: dict[str, str]) -> list[Path]:
     Returns what was deleted."""
     if env.get("GRIDWATCH_STORE_URL"):
         return []
-    from gridwatch.core.settings import STATE_DIR
+    from gridwatch.core.settings import STATE_DIR, embedded_store_path
 
     state = Path(env["GRIDWATCH_STATE_DIR"]) if env.get("GRIDWATCH_STATE_DIR") else STATE_DIR
-    gone = [p for pattern in (f"store-{prefix}.db*", f"store-{prefix}-*.db*") for p in state.glob(pattern)]
+    store = embedded_store_path(prefix, state)  # store-<prefix>.db: its -wal/-shm/.migrate.lock files and replays'
+    gone = [p for pattern in (f"{store.name}*", f"{store.stem}-*{store.suffix}*") for p in state.glob(pattern)]
     for p in gone:
         p.unlink(missing_ok=True)
     return gone

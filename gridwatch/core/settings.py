@@ -22,6 +22,11 @@ STATE_DIR = Path(os.environ.get("GRIDWATCH_STATE_DIR", PROJECT_ROOT / "var"))
 STACK_FILE = STATE_DIR / "stack.json"
 
 
+def embedded_store_path(prefix: str, state: Path = STATE_DIR) -> Path:
+    """The embedded SQLite store of topic prefix ``prefix`` (``store.url`` empty) under the state folder."""
+    return state / f"store-{prefix}.db"
+
+
 class SettingsError(ValueError):
     """A setting is missing or malformed; the message names the key to fix."""
 

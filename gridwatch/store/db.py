@@ -32,7 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from gridwatch.core.settings import STATE_DIR, Settings
+from gridwatch.core.settings import Settings, embedded_store_path
 from gridwatch.pipeline.schemas.incidents import LEVELS, STATUSES
 
 from . import tables as t
@@ -51,7 +51,7 @@ def store_url(settings: Settings) -> str:
     """``store.url``, or the embedded SQLite file of this topic prefix under the state folder."""
     if settings.store.url:
         return settings.store.url
-    return f"sqlite:///{STATE_DIR / f'store-{settings.kafka.topic_prefix}.db'}"
+    return f"sqlite:///{embedded_store_path(settings.kafka.topic_prefix)}"
 
 
 def make_engine(url: str) -> Engine:

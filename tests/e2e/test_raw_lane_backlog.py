@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import asyncio
 
-from gridwatch.bench.incidents import PARTS, feed_records, input_ts, markers, produce_all, source_id, workload
+from gridwatch.bench.incidents import (
+    DAY,
+    PARTS,
+    feed_records,
+    input_ts,
+    markers,
+    produce_all,
+    source_id,
+    workload,
+)
 from gridwatch.core.procs import Proc
 from gridwatch.devices.registry import load_city
 from gridwatch.pipeline.group_progress import wait_caught_up
 from tests.harness import ARTIFACTS, Pipeline, read_topic
-
-DAY = 86_400_000
 
 
 def test_a_backlog_through_a_small_stream_buffer_is_fused_completely(stack) -> None:
