@@ -16,8 +16,10 @@ from gridwatch.agents.channels import agent as incident_channels
 from gridwatch.agents.runtime import AgentContext
 from gridwatch.agents.sinks.base import build_sinks, sink_agent_names
 from gridwatch.compat import (
+    consumer_in_loop,
     install_faust_batch_delivery,
     install_faust_changelog_pause_fix,
+    install_faust_consumer_in_loop,
     install_faust_event_class_cache,
     install_faust_event_path_fix,
     install_faust_idempotent_producer,
@@ -76,6 +78,7 @@ def create_app(settings: Settings, *, city: Any = None, agents: str | tuple[str,
     install_faust_batch_delivery()  # any broker: one task per fetched batch, not four per record
     install_faust_event_class_cache()  # any broker: the Event class looked up once, not per record
     install_faust_raw_passthrough()  # any broker: raw topics' bytes not taken through the codec registry
+    install_faust_consumer_in_loop()  # any broker: where worker.consumer_in_loop, no consumer thread
     if settings.kafka.idempotent:
         install_faust_idempotent_producer()  # a retried produce is not written twice (real Kafka only)
     city = city or city_of(settings)
@@ -116,6 +119,7 @@ def create_app(settings: Settings, *, city: Any = None, agents: str | tuple[str,
         table_standby_replicas=0 if quirks else 1,
         logging_config=None,
     )
+    consumer_in_loop(app, settings.worker.consumer_in_loop)
     topics = {
         name: app.topic(settings.topic(name), key_serializer="raw", value_serializer="raw",
                         partitions=settings.kafka.partitions)

@@ -132,6 +132,8 @@ class WorkerSettings:
     stats_interval_s: float = 30.0
     # Records each agent's channel holds before fetching its partitions pauses (Faust's stream buffer).
     stream_buffer: int = 4096
+    # Faust's Kafka consumer in the worker's own event loop (true) or in a thread of its own, as Faust ships it.
+    consumer_in_loop: bool = True
 
 
 @dataclass
