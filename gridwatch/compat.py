@@ -553,6 +553,9 @@ class _InLoopWorker:
         import asyncio
 
         self.task = asyncio.get_running_loop().create_task(self.service._serve(), name="faust-consumer")
+        # A crash is already reported by ``_serve`` (the log, the service's start, the app's crash); taking the
+        # exception here keeps asyncio from logging it once more as never retrieved.
+        self.task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     def stop(self) -> None:  # the thread's join: ServiceThread.stop already waited for the shutdown
         return None
