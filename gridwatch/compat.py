@@ -535,9 +535,9 @@ def install_faust_batch_delivery() -> None:
 # other loop's selector, a future resolved back across, and the two threads handing the GIL to each other. In
 # the incident worker that thread cost ~10 µs of CPU per input where bare aiokafka's fetch costs ~2 µs
 # (bench incidents, /proc per-thread CPU). Run in the worker's loop, the same aiokafka consumer does the same
-# work and a call into it is a plain await: 40.9 -> 35.0 µs per input above the fusion (bench incidents, 7
-# interleaved pairs); the telemetry worker's CPU and alert latency did not move beyond the noise (bench
-# telemetry, 5 pairs). Faust's service bookkeeping (start, stop, crash, the rebalance callbacks through its
+# work and a call into it is a plain await: 3-6 µs per input less above the fusion (bench incidents, 9
+# interleaved pairs, mean 5, median 3: the thread's cost goes, the fetch itself moves into the main thread); the
+# telemetry worker's CPU and alert latency did not move beyond the noise (bench telemetry, 5 pairs). Faust's service bookkeeping (start, stop, crash, the rebalance callbacks through its
 # method queue) is kept as it is; only where it runs changes. Its heartbeats now share the worker's loop, which
 # is why blocking work stays in executor threads (the store's writes, model inference).
 
@@ -559,9 +559,6 @@ class _InLoopWorker:
 
     def stop(self) -> None:  # the thread's join: ServiceThread.stop already waited for the shutdown
         return None
-
-    def is_alive(self) -> bool:
-        return self.task is not None and not self.task.done()
 
 
 def consumer_in_loop(app: Any, value: bool | None = None) -> bool:
@@ -586,9 +583,6 @@ def install_faust_consumer_in_loop() -> None:
 
         async def call_thread(self, fun, *args, **kwargs):  # type: ignore[no-untyped-def]
             return await maybe_async(fun(*args, **kwargs))  # as mode's method queue: some are plain functions
-
-        async def cast_thread(self, fun, *args, **kwargs):  # type: ignore[no-untyped-def]
-            self.add_future(maybe_async(fun(*args, **kwargs)))
 
         async def _gather_remaining_tasks(self) -> None:
             # the thread's sweep of its own loop's tasks: here that loop is the worker's, and its tasks are not ours
