@@ -8,7 +8,9 @@
                carry order headers and watermark control records as the telemetry agent sends them, so
                the agent merges them in event time as in production
   * in-process the same records through IncidentProcessor alone (no Kafka, no Faust; it decodes them and
-               merges the events, as the agent does): the ceiling of the fusion logic itself
+               merges the events, as the agent does): the ceiling of the fusion logic itself, before the stack
+               starts; and again in a fresh process right after the fusion phase, with the stack's processes
+               beside it as they were beside the worker (ratio.cpu_baseline_bracketed pools the two)
   * latency    event produced -> its incident "created" produced (Kafka CreateTime), at a fixed rate
   * written    the records and bytes the worker wrote for the fusion phase's inputs, to the incidents topic
                and to its table's changelog (whole incidents in both: what its producing costs scale with)
@@ -17,6 +19,7 @@
                above it (what Faust adds)
 
     python -m gridwatch.bench incidents [--shared] [--engine tansu|kafka] [--rounds 6] [--rate 200] [--out FILE]
+    python -m gridwatch.bench incidents --in-process-only [--rounds 6]   (prints the in-process figures as JSON)
 """
 
 from __future__ import annotations
@@ -176,6 +179,30 @@ def in_process(city: Any, records: list[Record]) -> dict[str, Any]:
             "incidents_in_memory": len(proc.incidents())}
 
 
+def fusion_records(city: Any, rounds: int) -> list[Record]:
+    """The bench's records: the workload and, later in event time, the end markers (their jump in event time
+    makes supervision close what is still open)."""
+    inputs = workload(city, rounds)
+    last = max(input_ts(x) for x in inputs)
+    return feed_records([*inputs, *markers(city, last + 3 * DAY)])
+
+
+def in_process_fresh(rounds: int) -> dict[str, Any]:
+    """:func:`in_process` in a new Python process: as cold as the first measurement (no caches warmed by it)."""
+    cmd = [sys.executable, "-m", "gridwatch.bench.incidents", "--in-process-only", "--rounds", str(rounds)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if done.returncode:
+        raise RuntimeError(f"in-process run failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def pooled(*runs: dict[str, Any]) -> dict[str, Any]:
+    """Several in-process runs of the same records as one: inputs and CPU seconds summed."""
+    n, cpu = sum(r["inputs"] for r in runs), sum(r["cpu_seconds"] for r in runs)
+    return {"runs": len(runs), "inputs_per_cpu_s": round(n / cpu), "us_per_input": round(1e6 * cpu / n, 1),
+            "inputs_per_cpu_s_each": [r["inputs_per_cpu_s"] for r in runs]}
+
+
 def markers(city: Any, ts: int) -> list[GridEvent | ResidentReport]:
     """A report and an event per Kafka partition (by the grid key), later in event time than the
     workload: events and reports are different topics, consumed independently, so the end of the
@@ -315,13 +342,11 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
         latency_s: float = 10.0, split: bool = True, engine: str = DEFAULT_ENGINE) -> dict[str, Any]:
     city = load_city()
     inputs = workload(city, rounds)
-    last = max(x.ts if isinstance(x, GridEvent) else x.requested_ms for x in inputs)
+    last = max(input_ts(x) for x in inputs)
     ends = markers(city, last + 3 * DAY)
     results: dict[str, Any] = {"city": "sample", "devices": len(city.registry), "partitions": PARTS, "broker": engine,
                                "incident_worker": "own process" if split else "shared with every agent"}
-    # the same inputs as the agent gets, end markers included: their jump in event time makes supervision
-    # close what is still open
-    recs = feed_records([*inputs, *ends])
+    recs = fusion_records(city, rounds)  # the same inputs as the agent gets, end markers included
     results["in_process"] = in_process(city, recs)
     n_inputs = results["in_process"]["inputs"]
     print(f"in-process fusion: {results['in_process']}", flush=True)
@@ -364,15 +389,27 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
                 # input until the markers' changes were read back; the other agents' backlog is not all in it
                 "worker_cpu_seconds": round(worker_cpu, 2), "inputs_per_worker_cpu_s": round(n_inputs / worker_cpu),
             }
-            results["ratio"] = {"wall": round(results["fusion"]["inputs_per_s"] / results["in_process"]["inputs_per_s"], 3),
-                                "cpu": round(results["fusion"]["inputs_per_worker_cpu_s"]
-                                             / results["in_process"]["inputs_per_cpu_s"], 3),
+            print(f"fusion through the agent: {results['fusion']}", flush=True)
+            # The baseline again, right after the phase (the worker idle again), in a fresh process: pooled with
+            # the first run, it brackets the worker's run in time
+            for group, families in groups.items():
+                wait_drained(kafka, group, [pipe.topic(f) for f in families], 120)
+            results["in_process_after"] = in_process_fresh(rounds)
+            base = results["in_process_pooled"] = pooled(results["in_process"], results["in_process_after"])
+            print(f"in-process fusion again, after the phase: {results['in_process_after']}", flush=True)
+            first = results["in_process"]
+            results["ratio"] = {"wall": round(results["fusion"]["inputs_per_s"] / first["inputs_per_s"], 3),
+                                "cpu": round(results["fusion"]["inputs_per_worker_cpu_s"] / first["inputs_per_cpu_s"], 3),
+                                # against both in-process runs pooled: the baseline measured around the worker's
+                                # run rather than before it (docs/benchmarks.md, "Incidents")
+                                "cpu_baseline_bracketed": round(results["fusion"]["inputs_per_worker_cpu_s"]
+                                                                / base["inputs_per_cpu_s"], 3),
                                 # what Kafka and Faust add per input, whatever the fusion logic costs: the ratio
                                 # falls when only the shared logic gets faster, this does not move then
                                 "worker_overhead_us_per_input": round(
-                                    1e6 * (worker_cpu / n_inputs - results["in_process"]["cpu_seconds"]
-                                           / results["in_process"]["inputs"]))}
-            print(f"fusion through the agent: {results['fusion']}", flush=True)
+                                    1e6 * (worker_cpu / n_inputs - first["cpu_seconds"] / first["inputs"])),
+                                "worker_overhead_us_per_input_bracketed": round(1e6 * worker_cpu / n_inputs
+                                                                                - base["us_per_input"])}
             print(f"agent / in-process: {results['ratio']}", flush=True)
             cur, peak = rss_mb(fusion_worker.pid)
             results["rss_mb"] = {"worker": round(cur), "worker_peak": round(peak)}
@@ -460,7 +497,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
                    help="the embedded stack's Kafka broker: tansu (in memory, the default) or kafka (one Apache "
                         "Kafka node, as a city runs it; starts in ~10 s)")
+    p.add_argument("--in-process-only", action="store_true",
+                   help="only the fusion in process, no stack: print its figures as one JSON line (the bench runs "
+                        "this in a fresh process after the fusion phase)")
     a = p.parse_args(argv)
+    if a.in_process_only:
+        city = load_city()
+        print(json.dumps(in_process(city, fusion_records(city, a.rounds))), flush=True)
+        return 0
     run(a.out, a.rounds, a.telemetry_rounds, a.rate, a.latency_seconds, split=not a.shared, engine=a.engine)
     return 0
 
