@@ -179,12 +179,11 @@ def in_process(city: Any, records: list[Record]) -> dict[str, Any]:
             "incidents_in_memory": len(proc.incidents())}
 
 
-def fusion_records(city: Any, rounds: int) -> list[Record]:
-    """The bench's records: the workload and, later in event time, the end markers (their jump in event time
-    makes supervision close what is still open)."""
+def fusion_inputs(city: Any, rounds: int) -> tuple[list[GridEvent | ResidentReport], list[GridEvent | ResidentReport]]:
+    """The bench's inputs: the workload, and the end markers later in event time (their jump in event time makes
+    supervision close what is still open)."""
     inputs = workload(city, rounds)
-    last = max(input_ts(x) for x in inputs)
-    return feed_records([*inputs, *markers(city, last + 3 * DAY)])
+    return inputs, markers(city, max(input_ts(x) for x in inputs) + 3 * DAY)
 
 
 def in_process_fresh(rounds: int) -> dict[str, Any]:
@@ -286,6 +285,12 @@ def wait_drained(kafka: str, group: str, topics: list[str], timeout: float) -> f
     return asyncio.run(wait_caught_up(kafka, group, topics, timeout))
 
 
+def drain_all(kafka: str, pipe: Pipeline, groups: dict[str, tuple[str, ...]], timeout: float = 120) -> float:
+    """:func:`wait_drained` for every consumer group of the pipeline; the seconds it took in all."""
+    return sum(wait_drained(kafka, group, [pipe.topic(f) for f in families], timeout)
+               for group, families in groups.items())
+
+
 def telemetry_baseline(stack: EmbeddedStack, pipe: Pipeline, city: Any, rounds: int) -> dict[str, Any]:
     devs = list(city.registry)
     msgs: list[tuple[str, bytes]] = []
@@ -342,12 +347,11 @@ INCIDENT_APP_ID = "gridwatch-incidents"
 def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 200.0,
         latency_s: float = 10.0, split: bool = True, engine: str = DEFAULT_ENGINE) -> dict[str, Any]:
     city = load_city()
-    inputs = workload(city, rounds)
+    inputs, ends = fusion_inputs(city, rounds)
     last = max(input_ts(x) for x in inputs)
-    ends = markers(city, last + 3 * DAY)
     results: dict[str, Any] = {"city": "sample", "devices": len(city.registry), "partitions": PARTS, "broker": engine,
                                "incident_worker": "own process" if split else "shared with every agent"}
-    recs = fusion_records(city, rounds)  # the same inputs as the agent gets, end markers included
+    recs = feed_records([*inputs, *ends])  # the same inputs as the agent gets, end markers included
     results["in_process"] = in_process(city, recs)
     n_inputs = results["in_process"]["inputs"]
     print(f"in-process fusion: {results['in_process']}", flush=True)
@@ -391,10 +395,11 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
                 "worker_cpu_seconds": round(worker_cpu, 2), "inputs_per_worker_cpu_s": round(n_inputs / worker_cpu),
             }
             print(f"fusion through the agent: {results['fusion']}", flush=True)
-            # The baseline again, right after the phase (the worker idle again), in a fresh process: pooled with
-            # the first run, it brackets the worker's run in time
-            for group, families in groups.items():
-                wait_drained(kafka, group, [pipe.topic(f) for f in families], 120)
+            # Every worker idle again: the in-process baseline again, in a fresh process (pooled with the first
+            # run, it brackets the worker's run in time), then the telemetry baseline (run before the fusion phase,
+            # its grid events became incidents that the workload's clock then escalated tier by tier, changes and
+            # CPU the in-process run has no part in)
+            drain_all(kafka, pipe, groups)
             results["in_process_after"] = in_process_fresh(rounds)
             base = results["in_process_pooled"] = pooled(results["in_process"], results["in_process_after"])
             print(f"in-process fusion again, after the phase: {results['in_process_after']}", flush=True)
@@ -402,7 +407,7 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
             results["ratio"] = {"wall": round(results["fusion"]["inputs_per_s"] / first["inputs_per_s"], 3),
                                 "cpu": round(results["fusion"]["inputs_per_worker_cpu_s"] / first["inputs_per_cpu_s"], 3),
                                 # against both in-process runs pooled: the baseline measured around the worker's
-                                # run rather than before it (docs/benchmarks.md, "Incidents")
+                                # run, not only before it (docs/benchmarks.md, "Incidents")
                                 "cpu_baseline_bracketed": round(results["fusion"]["inputs_per_worker_cpu_s"]
                                                                 / base["inputs_per_cpu_s"], 3),
                                 # what Kafka and Faust add per input, whatever the fusion logic costs: the ratio
@@ -415,10 +420,6 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
             cur, peak = rss_mb(fusion_worker.pid)
             results["rss_mb"] = {"worker": round(cur), "worker_peak": round(peak)}
 
-            # -- the baseline, after the fusion phase: run before it, its grid events became incidents that the
-            # workload's clock then escalated tier by tier, changes (and CPU) the in-process run has no part in
-            for group, families in groups.items():
-                wait_drained(kafka, group, [pipe.topic(f) for f in families], 120)
             # Each change record carries the whole incident, and so does the table's changelog: producing those
             # bytes is most of what the worker adds to the fusion (docs/benchmarks.md, "Incidents")
             results["written"] = written(stack.kafka_url, {"incidents topic": pipe.topic("incidents"),
@@ -459,9 +460,7 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
             warm = markers(city, probe_ts - 1000)
             asyncio.run(produce_all(kafka, pipe, feed_records(warm)))
             asyncio.run(read_changes(kafka, pipe.topic("incidents"), {source_id(m) for m in warm}, 120))
-            drained = 0.0
-            for group, families in groups.items():
-                drained += wait_drained(kafka, group, [pipe.topic(f) for f in families], 120)
+            drained = drain_all(kafka, pipe, groups)
             results["drain_seconds"] = round(drained, 1)
             print(f"worker drained the throughput phase {drained:.1f} s after the warm-up markers", flush=True)
             asyncio.run(timed())
@@ -504,7 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.in_process_only:
         city = load_city()
-        print(json.dumps(in_process(city, fusion_records(city, a.rounds))), flush=True)
+        inputs, ends = fusion_inputs(city, a.rounds)
+        print(json.dumps(in_process(city, feed_records([*inputs, *ends]))), flush=True)
         return 0
     run(a.out, a.rounds, a.telemetry_rounds, a.rate, a.latency_seconds, split=not a.shared, engine=a.engine)
     return 0

@@ -537,9 +537,10 @@ def install_faust_batch_delivery() -> None:
 # (bench incidents, /proc per-thread CPU). Run in the worker's loop, the same aiokafka consumer does the same
 # work and a call into it is a plain await: 3-6 µs per input less above the fusion (bench incidents, 9
 # interleaved pairs, mean 5, median 3: the thread's cost goes, the fetch itself moves into the main thread); the
-# telemetry worker's CPU and alert latency did not move beyond the noise (bench telemetry, 5 pairs). Faust's service bookkeeping (start, stop, crash, the rebalance callbacks through its
-# method queue) is kept as it is; only where it runs changes. Its heartbeats now share the worker's loop, which
-# is why blocking work stays in executor threads (the store's writes, model inference).
+# telemetry worker's CPU and alert latency did not move beyond the noise (bench telemetry, 5 pairs). Faust's
+# service bookkeeping (start, stop, crash, the rebalance callbacks through its method queue) is kept as it is;
+# only where it runs changes. Its heartbeats now share the worker's loop, which is why blocking work stays in
+# executor threads (the store's writes, model inference).
 
 
 class _InLoopWorker:

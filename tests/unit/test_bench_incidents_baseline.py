@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from gridwatch.bench.incidents import fusion_records, in_process, in_process_fresh, pooled
+from gridwatch.bench.incidents import feed_records, fusion_inputs, in_process, in_process_fresh, pooled
 from gridwatch.devices.registry import load_city
 
 
 def test_the_fresh_process_run_makes_the_same_changes_and_pooling_sums_the_runs() -> None:
     city = load_city()
-    here = in_process(city, fusion_records(city, 1))
+    inputs, ends = fusion_inputs(city, 1)
+    here = in_process(city, feed_records([*inputs, *ends]))
     fresh = in_process_fresh(1)
     assert here["inputs"] > 1000 and here["changes"] > here["inputs"] // 2  # the premise: a real workload was fused
     for key in ("inputs", "control_records", "changes", "changes_by_kind", "incidents_in_memory"):
