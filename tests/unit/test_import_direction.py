@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("gridwatch.core",)),
     ("contracts", ("gridwatch.pipeline.schemas",)),
-    ("transport", ("gridwatch.pipeline.kafka_io", "gridwatch.pipeline.mqtt_client", "gridwatch.compat")),
+    ("transport", ("gridwatch.pipeline.kafka_io", "gridwatch.pipeline.record_batch", "gridwatch.pipeline.mqtt_client",
+                   "gridwatch.compat")),
     ("domain", ("gridwatch.devices", "gridwatch.models")),
     ("pipeline", ("gridwatch.pipeline.sources", "gridwatch.pipeline.outputs", "gridwatch.pipeline.recordreplay")),
     ("store", ("gridwatch.store",)),
