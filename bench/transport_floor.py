@@ -6,7 +6,8 @@ rest is moving records. This loop moves the same records and does nothing else. 
 phase's inputs from their topics, and for each fetched batch it produces the worker's own outputs in the
 same proportion (the change and changelog records the worker wrote, read back from its topics: same keys,
 partitions and bytes), one Kafka batch per partition, waiting for the change records before the next fetch
-as the agent does. No Faust, no consumer thread, no fusion.
+as the agent does, through the agents' own ``send_partition`` (so the same record batches,
+pipeline/record_batch.py). No Faust, no consumer thread, no fusion.
 
 Its CPU per input is what any worker built on aiokafka pays at least; the worker's overhead above it is
 what Faust adds per record (the consumer thread and its hand-over, the conductor, events, acks, sensors).
