@@ -57,6 +57,14 @@ _SMALL = 8192
 _VARINTS = [varint(n) for n in range(-1, _SMALL)]  # -1 (no key / value) up to 8 KB lengths: two bytes at most
 
 
+def _as_bytes(data: Any, what: str) -> bytes:
+    """A record's key or value as bytes, refused here (as aiokafka's builder refuses it on append) rather than when
+    the producer's sender builds the batch."""
+    if isinstance(data, bytearray | memoryview):
+        return bytes(data)
+    raise TypeError(f"a record's {what} must be bytes or None, not {type(data).__name__}")
+
+
 class RecordBatch(BatchBuilder):
     """aiokafka's ``BatchBuilder`` interface (``producer.send_batch`` queues it like its own), built in Python.
 
@@ -85,6 +93,10 @@ class RecordBatch(BatchBuilder):
         if first is None:
             first = self._first_ts = int(time.time() * 1000) if timestamp is None else timestamp
         ts = first if timestamp is None else timestamp
+        if type(key) is not bytes and key is not None:
+            key = _as_bytes(key, "key")
+        if type(value) is not bytes and value is not None:
+            value = _as_bytes(value, "value")
         offset = self._relative_offset
         v = _VARINTS
         klen = -1 if key is None else len(key)

@@ -85,6 +85,11 @@ def test_a_closed_or_built_batch_takes_no_more_records() -> None:
     assert b.record_count() == 1 and b.size() == len(b._build())
     with pytest.raises(ValueError, match="headers"):
         RecordBatch(1 << 20).append(timestamp=None, key=b"k", value=b"v", headers=[("h", b"x")])
+    with pytest.raises(TypeError, match="value must be bytes"):
+        RecordBatch(1 << 20).append(timestamp=None, key=b"k", value="text")
+    b = RecordBatch(1 << 20)
+    b.append(timestamp=BASE_TS, key=bytearray(b"k"), value=memoryview(b"v"))
+    assert [(r.key, r.value) for r in DefaultRecordBatch(bytes(b._build()))] == [(b"k", b"v")]
 
 
 def test_new_batch_is_aiokafkas_own_where_this_one_would_write_other_bytes() -> None:
