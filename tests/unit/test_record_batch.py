@@ -17,9 +17,10 @@ from gridwatch.pipeline.record_batch import RecordBatch, hardware_crc, new_batch
 BASE_TS = 1_763_600_000_000
 
 
-def c_builder(limit: int, state: tuple[int, int, int] = (-1, -1, 0)) -> DefaultRecordBatchBuilder:
-    """aiokafka's builder as its producer makes it (BatchBuilder: magic 2, no compression, not transactional)."""
-    return DefaultRecordBatchBuilder(2, 0, 0, state[0], state[1], state[2], limit)
+def c_builder(limit: int) -> DefaultRecordBatchBuilder:
+    """aiokafka's builder as its producer makes it (BatchBuilder: magic 2, no compression, not transactional,
+    producer id and epoch -1, base sequence 0)."""
+    return DefaultRecordBatchBuilder(2, 0, 0, -1, -1, 0, limit)
 
 
 def payload(rnd: random.Random) -> bytes | None:
