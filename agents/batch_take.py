@@ -26,7 +26,7 @@ from typing import Any
 
 from faust.types import Message
 
-from gridwatch.compat import raw_lanes, track_lane_message
+from gridwatch.compat import LaneBatch, ack_lane_messages, raw_lanes
 
 
 class LaneEvent:
@@ -50,7 +50,8 @@ async def take_batches(stream: Any, max_: int, within: float = 0.0, *, lane: boo
 
     ``lane``: the channel's topics (raw bytes, this agent their only subscriber) take the raw lane
     (gridwatch/compat.py): the consumer puts their Messages in the channel without the conductor, and the agent
-    gets ``LaneEvent``s (``.message``, ``.value``) and acks them straight to the consumer."""
+    gets ``LaneEvent``s (``.message``, ``.value``) and acks them straight to the consumer, a batch at a time: the
+    batch's records are pending in the consumer's unacked set as one entry (``LaneBatch``) until then."""
     app = stream.app
     queue = stream.channel.queue
     consumer = app.consumer
@@ -77,13 +78,16 @@ async def take_batches(stream: Any, max_: int, within: float = 0.0, *, lane: boo
         except StopAsyncIteration:
             return  # Faust ends its streams so when the worker stops: what was taken stays unacked, read again
         live = []
+        lane: list[Message] = []  # the raw lane's records, acked together after the batch
+        pending = 0  # of them, those the consumer must not commit past before they are acked
         generation = app.consumer_generation_id
         active = flow.is_active()
         for event in batch:
             if isinstance(event, Message):  # a raw lane's record
+                lane.append(event)
                 if active and event.generation_id == generation:
                     if event.topic in acking_topics:
-                        track_lane_message(consumer, event)
+                        pending += 1
                     live.append(LaneEvent(event))
                 continue  # else skipped as below
             message = event.message
@@ -93,11 +97,15 @@ async def take_batches(stream: Any, max_: int, within: float = 0.0, *, lane: boo
                 message.tracked = True
                 consumer.track_message(message)
             live.append(event)
+        tracked = LaneBatch(consumer, pending) if pending else None  # pending until acked: a rebalance waits
         if live:
             yield live  # closed here (the agent stopped or failed mid-batch): none acked, all read again
-        for event in batch:
-            if isinstance(event, Message):
-                consumer.ack(event)
-            else:
-                await stream.ack(event)
+        if lane:
+            ack_lane_messages(consumer, lane)
+            if tracked is not None:
+                tracked.done(consumer)
+        if len(lane) < len(batch):
+            for event in batch:
+                if not isinstance(event, Message):
+                    await stream.ack(event)
         await asyncio.sleep(0)  # a full channel: the conductor's delivery runs between batches

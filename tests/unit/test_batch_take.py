@@ -7,15 +7,18 @@ every agent through it on a real worker)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from types import SimpleNamespace
 from typing import Any
 
+import faust
 import pytest
+from faust.types import TP
 from faust.types.tuples import ConsumerMessage, Message
 from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
 from gridwatch.agents.batch_take import LaneEvent, take_batches
-from gridwatch.compat import raw_lanes
+from gridwatch.compat import ack_lane_messages, raw_lanes
 
 
 class Stream:
@@ -142,22 +145,23 @@ def test_the_stop_faust_throws_into_the_channel_ends_the_batches_and_leaves_what
     asyncio.run(go())
 
 
+def faust_consumer(*acking: str) -> Any:
+    """A real Faust consumer, never started: its ack bookkeeping (acked offsets, the unacked set) is what the
+    lane writes to, and what its commits read."""
+    app = faust.App("batch-take-test", broker="kafka://localhost:1")
+    app.topics._acking_topics = set(acking)
+    return app.consumer
+
+
 class LaneStream(Stream):
-    """The stand-in with a raw lane: the channel's topics, and the consumer's unacked set and ack."""
+    """The stand-in with a raw lane: the channel's topics, and a real Faust consumer for the lane's acks."""
 
     def __init__(self, generation: int = 1) -> None:
         super().__init__(generation)
         self.channel.topics = ("gw.events", "gw.reports")
-        self.unacked: set[Message] = set()
-        self.consumer_acked: list[int] = []
-
-        def ack(message: Message) -> bool:
-            self.unacked.discard(message)
-            self.consumer_acked.append(message.offset)
-            return True
-
-        self.app.consumer._unacked_messages = self.unacked
-        self.app.consumer.ack = ack
+        consumer = faust_consumer("gw.events")
+        consumer.track_message = self.app.consumer.track_message  # the conductor's events, as Stream records them
+        self.app.consumer = self.consumer = consumer
 
     def put_lane(self, *offsets: int, topic: str = "gw.events", generation: int = 1) -> list[Message]:
         sent = [ConsumerMessage(topic, 0, o, 0.0, 0, [], b"g1", f"v{o}".encode(), None, generation_id=generation)
@@ -165,6 +169,13 @@ class LaneStream(Stream):
         for m in sent:
             self.channel.queue.put_nowait(m)
         return sent
+
+    def consumer_acked(self, topic: str = "gw.events") -> list[int]:
+        return list(self.consumer._acked[TP(topic, 0)])
+
+    def pending(self) -> list[int]:
+        """The sizes of the lane batches in the consumer's unacked set (a rebalance waits until it is empty)."""
+        return sorted(x.size for x in self.consumer._unacked_messages)
 
 
 def test_a_lane_registers_its_topics_and_hands_over_its_messages_in_order_with_their_events() -> None:
@@ -180,12 +191,18 @@ def test_a_lane_registers_its_topics_and_hands_over_its_messages_in_order_with_t
         assert [type(e) for e in batch] == [LaneEvent, LaneEvent, SimpleNamespace, LaneEvent]
         assert [e.message for e in batch if type(e) is LaneEvent] == [*first, *last]
         assert [e.value for e in batch if type(e) is LaneEvent] == [b"v1", b"v2", b"v4"]
-        assert s.unacked == set(first)  # pending until acked; gw.reports acks nothing here (not an acking topic)
-        assert s.tracked == [3] and s.consumer_acked == [] and s.acked == []
+        assert s.pending() == [2]  # gw.events' two records pending until acked; gw.reports is not an acking topic
+        assert s.tracked == [3] and s.consumer_acked() == [] and s.acked == []
+        assert not any(m.acked for m in [*first, *last])
         s.put_lane(5)
         await it.__anext__()
-        assert s.consumer_acked == [1, 2, 4] and s.acked == [3]  # the lane's acks go straight to the consumer
-        assert [m.offset for m in s.unacked] == [5]  # the first batch's acked; the next one's pending
+        assert s.consumer_acked() == [1, 2] and s.acked == [3]  # the lane's acks go straight to the consumer
+        assert all(m.acked for m in [*first, *last]) and s.consumer._n_acked == 2
+        assert s.pending() == [1]  # the first batch's acked; the next one's pending
+        waiting = asyncio.ensure_future(it.__anext__())
+        await asyncio.sleep(0.05)  # the agent is done with the batch, and nothing more has come
+        assert s.pending() == [] and s.consumer_acked() == [1, 2, 5]
+        waiting.cancel()
     asyncio.run(go())
 
 
@@ -196,10 +213,50 @@ def test_a_lane_skips_messages_of_an_old_generation_or_a_stopped_flow_and_acks_t
         s.put_lane(2, generation=2)
         it = take_batches(s, 10, lane=True)
         assert offsets(await it.__anext__()) == [2]
+        assert s.pending() == [1]  # the skipped record was never pending
         s.active = False
         s.put_lane(3, generation=2)
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(it.__anext__(), 0.2)
-        assert s.consumer_acked == [1, 2, 3]
-        assert not stale[0].tracked  # a skipped record was never pending
+        assert s.consumer_acked() == [1, 2, 3] and stale[0].acked
+        assert s.pending() == []
     asyncio.run(go())
+
+
+def test_a_lane_batch_the_agent_did_not_finish_stays_unacked_and_leaves_the_pending_set_with_it() -> None:
+    async def go() -> None:
+        s = LaneStream()
+        sent = s.put_lane(1, 2, 3)
+        it = take_batches(s, 10, lane=True)
+        await it.__anext__()
+        assert s.pending() == [3]
+        await it.aclose()  # the agent failed mid-batch
+        gc.collect()
+        assert s.consumer_acked() == [] and not any(m.acked for m in sent)  # read again by the next owner
+        assert s.pending() == []  # as a dropped Message leaves Faust's weak set: nothing left to wait for
+    asyncio.run(go())
+
+
+def test_lane_acks_keep_the_books_faust_keeps_for_each_ack() -> None:
+    """ack_lane_messages against Faust's own ``Consumer.ack``, record by record, on the same messages: acking and
+    non-acking topics, offsets below the committed one, an offset acked twice, a message acked before."""
+    def messages() -> list[Message]:
+        out = [ConsumerMessage(t, p, o, 0.0, 0, [], b"k", b"v", None)
+               for t, p, o in [("gw.events", 0, 5), ("gw.events", 0, 6), ("gw.reports", 0, 1), ("gw.events", 1, 2),
+                               ("gw.events", 0, 3), ("gw.events", 1, 2), ("gw.events", 1, 9), ("gw.events", 0, 7)]]
+        out[-1].acked = True
+        return out
+
+    books = []
+    for lane in (False, True):
+        consumer = faust_consumer("gw.events")
+        consumer._committed_offset[TP("gw.events", 0)] = 4  # offset 3 is below it: not counted again
+        ms = messages()
+        if lane:
+            ack_lane_messages(consumer, ms)
+        else:
+            for m in ms:
+                consumer.ack(m)
+        books.append((dict(consumer._acked), dict(consumer._acked_index), consumer._n_acked, [m.acked for m in ms]))
+    assert books[0] == books[1]
+    assert books[1][0] == {TP("gw.events", 0): [5, 6], TP("gw.events", 1): [2, 9]} and books[1][2] == 4

@@ -12,11 +12,12 @@ from typing import Any
 
 from aiokafka import TopicPartition
 from faust.transport.consumer import Consumer
+from faust.transport.utils import DefaultSchedulingStrategy
 from faust.types import TP
 from mode import Service
 from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
-from gridwatch.compat import install_faust_batch_delivery, raw_lanes
+from gridwatch.compat import fetched_batch, install_faust_batch_delivery, raw_lanes
 
 TP0, TP1 = TP("x.events", 0), TP("x.events", 1)
 
@@ -33,12 +34,19 @@ class Drain(Service):
         self.batches, self.fetcher = batches, fetcher
         self.delivered: list[tuple[TP, int]] = []
         self.fetches = 0
+        self.end_offsets: dict[TP, int] = {}
+        self.flow_active = True
+        self.active: set[TP] | None = None  # the assigned partitions the fetch reports (None: those fetched)
+        self._buffered_partitions: set[TP] = set()
+        self.scheduler = DefaultSchedulingStrategy()
         self.block_at: int | None = None  # offset whose delivery waits for ``release``
         self.release = asyncio.Event()
         self._read_offset: dict[TP, int | None] = defaultdict(lambda: None)
         self._commit_every = None
         self._n_acked = 0
-        self.app = SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: False))
+        self.app = SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: False),
+                                   monitor=SimpleNamespace(track_tp_end_offset=self.end_offsets.__setitem__),
+                                   consumer_generation_id=1)
         self.diag = SimpleNamespace(set_flag=lambda flag: None, unset_flag=lambda flag: None)
         self.suspend_flow = asyncio.Event()
         self.consumer_stopped_errors = ()
@@ -53,13 +61,22 @@ class Drain(Service):
             await self.release.wait()
         self.delivered.append((message.tp, message.offset))
 
-    async def getmany(self, timeout: float) -> Any:
+    async def _wait_next_records(self, timeout: float) -> tuple[dict[TP, list[Any]], set[TP]]:
+        """One fetch: the next batch's records by partition, as aiokafka's fetch returns them."""
         self.fetches += 1
         if not self.batches:
             self.fetcher._stopped.set()  # nothing more: the fetcher stops, so does the loop
-            return
+            return {}, set()
+        records: dict[TP, list[Any]] = {}
         for tp, message in self.batches.pop(0):
-            yield tp, message
+            records.setdefault(tp, []).append(message)
+        return records, set(records) if self.active is None else self.active
+
+    def _to_message(self, tp: TP, record: Any) -> Any:
+        return record  # the stand-in's records are Messages already
+
+    def highwater(self, tp: TP) -> int:
+        return 100 + tp.partition
 
 
 def msg(tp: TP, offset: int) -> tuple[TP, Any]:
@@ -86,6 +103,36 @@ def test_every_record_is_delivered_once_in_order_one_task_per_batch() -> None:
     assert d.delivered == [(tp, m.offset) for b in batches for tp, m in b]
     assert dict(d._read_offset) == {TP0: 2, TP1: 1}
     assert len(d.tasks) == 2  # one per fetched batch (Faust made one per record)
+
+
+def test_a_fetch_is_taken_as_faust_getmany_yields_it() -> None:
+    """fetched_batch against Faust's own getmany on the same fetches: the same messages in the same (round-robin)
+    order, a partition no longer assigned left out, the end offsets noted; nothing while the flow is stopped."""
+    reports = TP("x.reports", 0)
+    gone = TP("x.events", 7)  # fetched, then revoked before the fetch returned
+
+    def fetches() -> list[list[tuple[TP, Any]]]:
+        return [[msg(TP0, 0), msg(TP0, 1), msg(TP1, 0), msg(reports, 3), msg(gone, 9), msg(TP1, 1), msg(reports, 4)]]
+
+    async def go() -> None:
+        taken = []
+        for take in ("faust", "gridwatch"):
+            d = Drain(fetches(), Fetcher())
+            d.active = {TP0, TP1, reports}
+            got = [x async for x in Consumer.getmany(d, 1.0)] if take == "faust" else await fetched_batch(d, 1.0)
+            taken.append(([(tp, m.offset) for tp, m in got], d.end_offsets))
+        assert taken[0] == taken[1]
+        assert taken[1][0] == [(TP0, 0), (reports, 3), (TP1, 0), (reports, 4), (TP0, 1), (TP1, 1)]
+        assert taken[1][1] == {TP0: 100, TP1: 101, reports: 100}
+        d = Drain(fetches(), Fetcher())
+        d.flow_active = False  # a rebalance stopped the flow while the fetch waited: Faust seeks back instead
+        seeks = []
+
+        async def perform_seek() -> None:
+            seeks.append(1)
+        d.perform_seek = perform_seek
+        assert await fetched_batch(d, 1.0) == [] and seeks == [1]
+    asyncio.run(go())
 
 
 def test_a_rebalance_interrupts_a_blocked_batch_and_leaves_the_rest_unread() -> None:
@@ -124,6 +171,7 @@ class Lanes(Drain):
             return None
 
         self.app = SimpleNamespace(
+            monitor=self.app.monitor, consumer_generation_id=1,
             topics=SimpleNamespace(acks_enabled_for=lambda topic: False,
                                    _topic_name_index={"x.events": {self.channel, *others}}),
             flow_control=SimpleNamespace(acquire=acquire), producer=SimpleNamespace(buffer=SimpleNamespace(
