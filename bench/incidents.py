@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import subprocess
 import sys
 import time
@@ -342,6 +343,15 @@ def transport_floor(kafka: str, inputs: list[str], outputs: list[str], start: di
 # <app_id>-incidents, so its own consumer group and tables), the other default agents in the usual worker.
 # --shared: one worker runs every agent (the single-worker deployment).
 INCIDENT_APP_ID = "gridwatch-incidents"
+# How often the bench's workers log their figures (agents/worker_stats.py): the CPU the fusion took inside the
+# incident worker is read from those lines (``incident_fusion_cpu_us``), before and after the fusion phase.
+STATS_EVERY_S = 0.5
+
+
+def logged_total(proc: Any, counter: str) -> int:
+    """The last total of ``counter`` in a worker's figures lines (0 before it first moved)."""
+    totals = re.findall(rf"\b{re.escape(counter)} [+-][\d,]+ \(([\d,]+)\)", proc.log())
+    return int(totals[-1].replace(",", "")) if totals else 0
 
 
 def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 200.0,
@@ -357,7 +367,8 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
     print(f"in-process fusion: {results['in_process']}", flush=True)
     logs = STATE_DIR / "bench-logs"
     with EmbeddedStack(engine=engine) as stack:
-        pipe = Pipeline(stack.kafka_url, stack.mqtt_url, logs, split=split)
+        pipe = Pipeline(stack.kafka_url, stack.mqtt_url, logs, split=split,
+                        env={"GRIDWATCH_WORKER_STATS_INTERVAL_S": str(STATS_EVERY_S)})
         fusion_worker = pipe.incident_worker
         groups = {f"gridwatch-{pipe.prefix}": ("events", "reports", "incidents")}
         if split:
@@ -374,12 +385,16 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
             wait_drained(kafka, fusion_group, [pipe.topic("events")], 60)
             inputs_from = asyncio.run(end_positions(kafka, [pipe.topic("events"), pipe.topic("reports")]))
             print(f"fusion phase: sending {len(recs) - PARTS} records to the incident agent", flush=True)
+            time.sleep(3 * STATS_EVERY_S)  # the warm-up's figures logged: the worker is idle, its totals final
+            f0 = logged_total(fusion_worker, "incident_fusion_cpu_us")
             c0 = cpu_s(fusion_worker.pid)
             t0 = time.time()
             asyncio.run(produce_all(kafka, pipe, recs[PARTS:]))
             t_prod = time.time() - t0
             changes = asyncio.run(read_changes(kafka, pipe.topic("incidents"), end_ids, 600))
             worker_cpu = cpu_s(fusion_worker.pid) - c0
+            time.sleep(3 * STATS_EVERY_S)
+            fusion_cpu = (logged_total(fusion_worker, "incident_fusion_cpu_us") - f0) / 1e6
             t_end = max(ts for ts, ch in changes if ch["source_id"] in end_ids)
             created = sum(1 for _, ch in changes if ch["change"] == "created")
             results["fusion"] = {
@@ -393,6 +408,9 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
                 # the CPU of the worker running the incident agent (all its agents, all threads) from the first
                 # input until the markers' changes were read back; the other agents' backlog is not all in it
                 "worker_cpu_seconds": round(worker_cpu, 2), "inputs_per_worker_cpu_s": round(n_inputs / worker_cpu),
+                # of it, what the agent's fusion took (decoding, fusion, supervision), timed inside the worker
+                "fusion_cpu_seconds_in_worker": round(fusion_cpu, 3),
+                "fusion_us_per_input_in_worker": round(1e6 * fusion_cpu / n_inputs, 1),
             }
             print(f"fusion through the agent: {results['fusion']}", flush=True)
             # Every worker idle again: the in-process baseline again, in a fresh process (pooled with the first
@@ -415,7 +433,12 @@ def run(out: Path, rounds: int = 6, telemetry_rounds: int = 20, rate: float = 20
                                 "worker_overhead_us_per_input": round(
                                     1e6 * (worker_cpu / n_inputs - first["cpu_seconds"] / first["inputs"])),
                                 "worker_overhead_us_per_input_bracketed": round(1e6 * worker_cpu / n_inputs
-                                                                                - base["us_per_input"])}
+                                                                                - base["us_per_input"]),
+                                # the fusion's share of the worker's CPU, both measured in the worker over the same
+                                # phase: what the ratio is where the fusion costs in the worker what it costs in
+                                # process (fusion.fusion_us_per_input_in_worker against in_process), and free of
+                                # the machine's drift between the in-process runs and the phase
+                                "cpu_fusion_share_in_worker": round(fusion_cpu / worker_cpu, 3)}
             print(f"agent / in-process: {results['ratio']}", flush=True)
             cur, peak = rss_mb(fusion_worker.pid)
             results["rss_mb"] = {"worker": round(cur), "worker_peak": round(peak)}

@@ -251,6 +251,26 @@ def test_failing_webhook_retries_then_dead_letters(pipe, receiver):
     assert all(w.proc.poll() is None for w in pipe.workers)
 
 
+def test_malformed_inputs_of_the_incident_agent_are_dead_lettered_and_the_next_input_still_fuses(pipe, watcher):
+    """A grid event and a report that do not decode, each before a good report on the same partition: each goes to
+    the dead-letter topic with its reason and bytes, and the agent goes on with the next record."""
+    dev = MANHOLES[3]
+    good = resident_report(dev.lat, dev.lon, NIGHT + 45 * MIN, dev.grid_code, text="cover rattles under every car")
+    produce(pipe.kafka_url, pipe.topic("events"), [(dev.grid_code, b"{not an event")])
+    produce(pipe.kafka_url, pipe.topic("reports"), [(dev.grid_code, b"[1, 2"), (good.grid_code, good.encode())])
+
+    def dead() -> dict[str, dict[str, Any]] | None:
+        got = {r["reason"]: r for r in read_topic(pipe.kafka_url, pipe.topic("deadletter"), timeout=1.5)
+               if r["stage"] == "incidents"}
+        return got if {"bad_event", "bad_report"} <= set(got) else None
+
+    letters = wait_for(dead, 60, "the incident agent's dead letters")
+    assert letters["bad_event"]["payload"] == "{not an event" and letters["bad_event"]["source"] == pipe.topic("events")
+    assert letters["bad_report"]["payload"] == "[1, 2" and letters["bad_report"]["source"] == pipe.topic("reports")
+    wait_for(lambda: with_source(watcher, good.service_request_id), 60, "the good report's incident")
+    assert all(w.proc.poll() is None for w in pipe.workers)
+
+
 def test_each_worker_tells_what_its_agents_did_on_mqtt_and_in_its_log(pipe, stats):
     """What an operator sees of the workers at work: each one's counters, the totals on MQTT (one topic per
     worker process) and what moved in its log. The tests above made incidents and dead-lettered a webhook."""
@@ -266,6 +286,8 @@ def test_each_worker_tells_what_its_agents_did_on_mqtt_and_in_its_log(pipe, stat
 
     inc, tel = wait_for(both, 30, "both workers' figures on MQTT")
     assert inc["incident_inputs"] >= 4 and inc["incident_changes"] >= 4  # watermark records are inputs too
+    assert inc["dead_letters.bad_event"] == 1 and inc["dead_letters.bad_report"] == 1
+    assert inc["incident_fusion_cpu_us"] > 0  # the fusion's own CPU (bench incidents sets it beside the worker's)
     assert tel["readings"] > 0 and tel["events"] > 0 and tel["alerts"] > 0 and tel["channel.ok-hook"] > 0
     assert len(totals()) == 2 and all(t.startswith("gridwatch/stats/worker/gridwatch") for t in totals())
     log = pipe.incident_worker.log()
