@@ -468,9 +468,8 @@ def install_faust_batch_delivery() -> None:
     machinery was about a tenth of the worker's CPU. Here the whole batch of one fetch is delivered
     by one task under the same ``wait_first`` (the batch is taken first, outside it, as Faust takes each
     record, with ``fetched_batch``: what ``getmany`` yields, as one list): a rebalance or a stop still
-    interrupts it, and what it had
-    not delivered is not marked read (Faust seeks the partitions to their committed offsets after a
-    rebalance either way). The gap bookkeeping and the periodic commit run shielded, as they ran outside
+    interrupts it, and what it had not delivered is not marked read (Faust seeks the partitions to their
+    committed offsets after a rebalance either way). The gap bookkeeping and the periodic commit run shielded, as they ran outside
     the per-record wait before. Idempotent.
     """
     if "batch_delivery" in _installed:
@@ -493,6 +492,7 @@ def install_faust_batch_delivery() -> None:
         commit_every = self._commit_every
         acks_enabled_for = self.app.topics.acks_enabled_for
         sleep = asyncio.sleep
+
         async def deliver(batch):  # type: ignore[no-untyped-def]
             since_yield = 0
             queues = lane_queues(app, lanes) if lanes else None
