@@ -123,10 +123,9 @@ def install(ctx: AgentContext) -> Any:
                     touched.add(msg.partition)
                     if family == "events":
                         events_done[msg.partition] = msg.offset
-                if len(out.rejected) > seen:
-                    for r in out.rejected[seen:]:
-                        log.info("rejected %s from %s: %s", r.reason, msg.topic, r.detail)
-                        dead.append((r.reason, r.detail, msg.topic, event.value))
+                for r in out.rejected[seen:]:
+                    log.info("rejected %s from %s: %s", r.reason, msg.topic, r.detail)
+                    dead.append((r.reason, r.detail, msg.topic, event.value))
             for p in sorted(touched.union(processor.reports_waiting())):
                 try:
                     processor.advance(p, out, events_behind(p))

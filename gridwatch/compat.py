@@ -453,8 +453,6 @@ async def fetched_batch(consumer: Any, timeout: float) -> list[tuple[Any, Any]]:
     for tp in live:
         track_end(tp, consumer.highwater(tp))
     to_message = consumer._to_message
-    if len(live) == len(records):
-        return [(tp, to_message(tp, record)) for tp, record in consumer.scheduler.iterate(records)]
     return [(tp, to_message(tp, record)) for tp, record in consumer.scheduler.iterate(records) if tp in live]
 
 
