@@ -24,20 +24,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from faust.types import Message
-
-from gridwatch.compat import LaneBatch, ack_lane_messages, raw_lanes
-
-
-class LaneEvent:
-    """A record of a raw lane as the agent sees it: the Faust Message and its value (raw bytes), as an Event
-    of a raw topic would carry them."""
-
-    __slots__ = ("message", "value")
-
-    def __init__(self, message: Any) -> None:
-        self.message = message
-        self.value = message.value
+from gridwatch.compat import LaneBatch, LaneRun, ack_lane_runs, lane_gate, raw_lanes
 
 
 async def take_batches(stream: Any, max_: int, within: float = 0.0, *, lane: bool = False,
@@ -49,63 +36,73 @@ async def take_batches(stream: Any, max_: int, within: float = 0.0, *, lane: boo
     consumer does not commit past it and the next owner of its partitions reads it again.
 
     ``lane``: the channel's topics (raw bytes, this agent their only subscriber) take the raw lane
-    (gridwatch/compat.py): the consumer puts their Messages in the channel without the conductor, and the agent
-    gets ``LaneEvent``s (``.message``, ``.value``) and acks them straight to the consumer, a batch at a time: the
-    batch's records are pending in the consumer's unacked set as one entry (``LaneBatch``) until then."""
+    (gridwatch/compat.py): the consumer puts a fetch's records of each partition in the channel as one
+    ``LaneRun``, without the conductor, and the agent acks them straight to the consumer, a batch at a time: the
+    batch's records are pending in the consumer's unacked set as one entry (``LaneBatch``) until then. The lists
+    then hold records, not events: each with ``topic``, ``partition``, ``offset``, ``value`` (the raw bytes) and
+    ``headers`` (aiokafka's records from the lane; Faust's Message of a record the conductor delivered, which a
+    topic with a second subscriber keeps). A list holds whole runs: up to ``max_`` records and the rest of the
+    run that reached it."""
     app = stream.app
     queue = stream.channel.queue
     consumer = app.consumer
+    gate = None
     if lane:
         for name in stream.channel.topics:
             raw_lanes(app)[name] = stream.channel
+        gate = lane_gate(app, queue)
     flow = app.flow_control
     acking_topics = app.topics.acking_topics
     while True:
         try:
             batch = [await queue.get()]
             deadline = time.monotonic() + within if within > 0 else None
-            while len(batch) < max_:
+            size = len(batch[0].records) if type(batch[0]) is LaneRun else 1
+            while size < max_:
                 if not queue.empty():
-                    batch.append(queue.get_nowait())
-                    continue
-                left = deadline - time.monotonic() if deadline is not None else 0.0
-                if left <= 0:
+                    item = queue.get_nowait()
+                elif (left := deadline - time.monotonic() if deadline is not None else 0.0) <= 0:
                     break
-                try:
-                    batch.append(await asyncio.wait_for(queue.get(), left))
-                except TimeoutError:
-                    break
+                else:
+                    try:
+                        item = await asyncio.wait_for(queue.get(), left)
+                    except TimeoutError:
+                        break
+                batch.append(item)
+                size += len(item.records) if type(item) is LaneRun else 1
         except StopAsyncIteration:
             return  # Faust ends its streams so when the worker stops: what was taken stays unacked, read again
-        live = []
-        lane: list[Message] = []  # the raw lane's records, acked together after the batch
+        live: list[Any] = []
+        runs: list[LaneRun] = []  # the raw lane's records, acked together after the batch
         pending = 0  # of them, those the consumer must not commit past before they are acked
         generation = app.consumer_generation_id
         active = flow.is_active()
-        for event in batch:
-            if isinstance(event, Message):  # a raw lane's record
-                lane.append(event)
-                if active and event.generation_id == generation:
-                    if event.topic in acking_topics:
-                        pending += 1
-                    live.append(LaneEvent(event))
+        for item in batch:
+            if type(item) is LaneRun:
+                runs.append(item)
+                if active and item.generation_id == generation:
+                    if item.topic in acking_topics:
+                        pending += len(item.records)
+                    live += item.records
                 continue  # else skipped as below
-            message = event.message
+            message = item.message
             if not active or message.generation_id != generation:
                 continue  # skipped as Faust's stream skips it: acked below, never processed
             if message.topic in acking_topics and not message.tracked:
                 message.tracked = True
                 consumer.track_message(message)
-            live.append(event)
+            live.append(message if lane else item)
+        if gate is not None and runs:
+            gate.taken(queue, sum(len(run.records) for run in runs))
         tracked = LaneBatch(consumer, pending) if pending else None  # pending until acked: a rebalance waits
         if live:
             yield live  # closed here (the agent stopped or failed mid-batch): none acked, all read again
-        if lane:
-            ack_lane_messages(consumer, lane)
+        if runs:
+            ack_lane_runs(consumer, runs)
             if tracked is not None:
                 tracked.done(consumer)
-        if len(lane) < len(batch):
-            for event in batch:
-                if not isinstance(event, Message):
-                    await stream.ack(event)
+        if len(runs) < len(batch):
+            for item in batch:
+                if type(item) is not LaneRun:
+                    await stream.ack(item)
         await asyncio.sleep(0)  # a full channel: the conductor's delivery runs between batches

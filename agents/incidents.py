@@ -106,26 +106,25 @@ def install(ctx: AgentContext) -> Any:
             out = Outcome()
             touched: set[int] = set()
             dead: list[tuple[str, str, str, bytes]] = []  # reason, detail, topic, value: dead-lettered after the fusion
-            for event in batch:
-                msg = event.message
-                family = names.get(msg.topic, "")
+            for rec in batch:  # the lane's records: topic, partition, offset, value (raw bytes), headers
+                family = names.get(rec.topic, "")
                 seen = len(out.rejected)
                 try:
-                    apply(family, msg.partition, event.value, msg.headers, out)
+                    apply(family, rec.partition, rec.value, rec.headers, out)
                 except SchemaError as e:
-                    dead.append((f"bad_{family.rstrip('s') or 'record'}", str(e), msg.topic, event.value))
+                    dead.append((f"bad_{family.rstrip('s') or 'record'}", str(e), rec.topic, rec.value))
                     continue
                 except Exception as e:  # noqa: BLE001 - one bad input must not stop fusion
-                    log.exception("incident processing failed on %s[%d]", msg.topic, msg.partition)
-                    dead.append(("fusion_error", f"{type(e).__name__}: {e}", msg.topic, event.value))
+                    log.exception("incident processing failed on %s[%d]", rec.topic, rec.partition)
+                    dead.append(("fusion_error", f"{type(e).__name__}: {e}", rec.topic, rec.value))
                     continue
                 finally:
-                    touched.add(msg.partition)
+                    touched.add(rec.partition)
                     if family == "events":
-                        events_done[msg.partition] = msg.offset
+                        events_done[rec.partition] = rec.offset
                 for r in out.rejected[seen:]:
-                    log.info("rejected %s from %s: %s", r.reason, msg.topic, r.detail)
-                    dead.append((r.reason, r.detail, msg.topic, event.value))
+                    log.info("rejected %s from %s: %s", r.reason, rec.topic, r.detail)
+                    dead.append((r.reason, r.detail, rec.topic, rec.value))
             for p in sorted(touched.union(processor.reports_waiting())):
                 try:
                     processor.advance(p, out, events_behind(p))

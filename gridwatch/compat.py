@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Container, Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -432,11 +432,15 @@ def install_faust_rebalance_wait_fix() -> None:
     _installed.add("rebalance_wait")
 
 
-async def fetched_batch(consumer: Any, timeout: float) -> list[tuple[Any, Any]]:
+async def fetched_batch(consumer: Any, timeout: float, lanes: Container[str] = ()) -> list[tuple[Any, Any]]:
     """What ``Consumer.getmany`` yields for one fetch, as one list and in the same order (the consumer's
     scheduler). getmany is an async generator that checks the flow, the consumer's generation and the
     partition's assignment and notes the partition's end offset for every record; drained into a list at once,
-    as here, nothing can change between two records, so each is done once per fetch or partition."""
+    as here, nothing can change between two records, so each is done once per fetch or partition.
+
+    ``lanes``: topics whose records go to a raw lane. Each of their partitions comes first, as one
+    ``(tp, LaneRun)`` entry with the fetch's records of it (aiokafka's, no Message built for each); the other
+    topics follow as getmany yields them."""
     records, active = await consumer._wait_next_records(timeout)
     if records is None or consumer.should_stop:
         return []
@@ -452,8 +456,17 @@ async def fetched_batch(consumer: Any, timeout: float) -> list[tuple[Any, Any]]:
     track_end = consumer.app.monitor.track_tp_end_offset
     for tp in live:
         track_end(tp, consumer.highwater(tp))
+    out: list[tuple[Any, Any]] = []
+    if lanes:
+        generation = consumer.app.consumer_generation_id
+        runs = [tp for tp, rs in records.items() if tp in live and tp.topic in lanes and rs]  # in fetch order
+        out = [(tp, LaneRun(tp, records[tp], generation)) for tp in runs]
+        if runs:
+            live.difference_update(runs)
+            records = {tp: rs for tp, rs in records.items() if tp in live}
     to_message = consumer._to_message
-    return [(tp, to_message(tp, record)) for tp, record in consumer.scheduler.iterate(records) if tp in live]
+    out += [(tp, to_message(tp, record)) for tp, record in consumer.scheduler.iterate(records) if tp in live]
+    return out
 
 
 def install_faust_batch_delivery() -> None:
@@ -491,9 +504,50 @@ def install_faust_batch_delivery() -> None:
         acks_enabled_for = self.app.topics.acks_enabled_for
         sleep = asyncio.sleep
 
-        async def deliver(batch):  # type: ignore[no-untyped-def]
+        async def read_up_to(tp, offset, acks):  # type: ignore[no-untyped-def]
+            """What Faust does per record before it hands one over: a gap in the offsets noted, the periodic
+            commit. False: the record was read before (a fetch after a seek back), not handed over again."""
+            r_offset = get_read_offset(tp)
+            if r_offset is not None and offset < r_offset:
+                return False
+            if offset - (r_offset or 0) > 1 and r_offset and acks:
+                await asyncio.shield(self._add_gap(tp, r_offset + 1, offset))
+            if commit_every is not None and self._n_acked >= commit_every:
+                self._n_acked = 0
+                await asyncio.shield(self.commit())
+            return True
+
+        async def deliver_run(tp, run, queue):  # type: ignore[no-untyped-def]
+            """A lane's records of one partition, into its queue as one item, read offsets and gaps kept as
+            :func:`read_up_to` keeps them record by record (one call for a run without gaps)."""
+            records = run.records
+            acks = acks_enabled_for(run.topic)
+            first, last = records[0].offset, records[-1].offset
+            if last - first + 1 == len(records) and (get_read_offset(tp) or 0) <= first:
+                if not await read_up_to(tp, first, acks):  # contiguous: only the first can open a gap
+                    return
+            else:  # a gap inside the run, or records read before: record by record
+                kept = []
+                for record in records:
+                    if await read_up_to(tp, record.offset, acks):
+                        kept.append(record)
+                        set_read_offset(tp, record.offset)
+                if not kept:
+                    return
+                run.records = kept
+            gate = lane_gate(app, queue)
+            p = pressure.get(tp) or pressure.setdefault(tp, LanePressure(app, tp))
+            if queue.full():  # as the conductor: wait for room (a rebalance or stop interrupts it)
+                p.on_full(p.tp)
+                await queue.put(run)
+                gate.added(queue, run, p)
+            else:
+                queue.put_nowait(run)
+                gate.added(queue, run, p)
+            set_read_offset(tp, last)
+
+        async def deliver(batch, queues):  # type: ignore[no-untyped-def]
             since_yield = 0
-            queues = lane_queues(app, lanes) if lanes else None
             if queues:  # what the conductor awaits per record, once for the batch's lane records
                 if not announced.issuperset(queues):
                     announced.update(queues)
@@ -501,38 +555,27 @@ def install_faust_batch_delivery() -> None:
                 await app.flow_control.acquire()
                 await app.producer.buffer.wait_until_ebb()
             for tp, message in batch:
+                if type(message) is LaneRun:
+                    await deliver_run(tp, message, queues[tp.topic])
+                    continue
                 since_yield += 1
                 if since_yield > 100:  # as Faust: let the loop breathe on a long batch
                     await sleep(0)
                     since_yield = 0
                 offset = message.offset
-                r_offset = get_read_offset(tp)
-                if r_offset is None or offset >= r_offset:
-                    if offset - (r_offset or 0) > 1 and r_offset and acks_enabled_for(message.topic):
-                        await asyncio.shield(self._add_gap(tp, r_offset + 1, offset))
-                    if commit_every is not None and self._n_acked >= commit_every:
-                        self._n_acked = 0
-                        await asyncio.shield(self.commit())
-                    queue = queues.get(message.topic) if queues else None
-                    if queue is None:
-                        await callback(message)
-                    else:
-                        p = pressure.get(tp) or pressure.setdefault(tp, LanePressure(app, tp))
-                        if queue.full():  # as the conductor: wait for room (a rebalance or stop interrupts it)
-                            p.on_full(p.tp)
-                            await queue.put(message)
-                        else:
-                            queue.put_nowait_enhanced(message, on_pressure_high=p.high, on_pressure_drop=p.drop)
+                if await read_up_to(tp, offset, acks_enabled_for(message.topic)):
+                    await callback(message)
                     set_read_offset(tp, offset)
 
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 self.diag.set_flag(CONSUMER_FETCHING)
                 # taken outside the wait, as Faust does: the fetch itself waits while the flow is stopped
-                batch = await fetched_batch(self, 1.0)
+                queues = lane_queues(app, lanes) if lanes else {}
+                batch = await fetched_batch(self, 1.0, queues)
                 await self.sleep(0)
                 if batch and not self.should_stop:
-                    await self.wait_first(deliver(batch), self.suspend_flow.wait())
+                    await self.wait_first(deliver(batch, queues), self.suspend_flow.wait())
                 self.diag.unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
@@ -674,6 +717,65 @@ class LanePressure:
         self.consumer.on_buffer_drop(self.tp)
 
 
+class LaneRun:
+    """One fetch's records of one partition of a raw lane: what the lane delivers, the agent takes and the consumer
+    acks as one item. ``records`` are aiokafka's ConsumerRecords (``topic``, ``partition``, ``offset``, ``key``,
+    ``value``, ``headers``); ``generation_id`` is the consumer generation they were fetched in, as a Message's."""
+
+    __slots__ = ("acked", "generation_id", "records", "topic", "tp")
+
+    def __init__(self, tp: Any, records: list[Any], generation_id: int) -> None:
+        from faust.types import TP
+
+        self.tp = TP(tp.topic, tp.partition)  # Faust's own: its consumer's books are keyed by it
+        self.topic = tp.topic
+        self.records = records
+        self.generation_id = generation_id
+        self.acked = False
+
+    def __repr__(self) -> str:
+        return f"<LaneRun {self.tp.topic}[{self.tp.partition}] {len(self.records)} records>"
+
+
+class LaneGate:
+    """A raw lane's buffer bound, counted in records. Its queue holds runs (a fetch's records of a partition as
+    one item), so the queue's own size no longer says how many records wait. As Faust's queue does for Messages
+    (mode's ratios), a lane at ``maxsize / 1.25`` records pauses fetching the partitions that fill it, and they
+    resume once the agent took it down to ``0.4 * maxsize``."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.queued = 0
+        self.high = maxsize / 1.25
+        self.low = maxsize * 0.4
+        self.paused: set[LanePressure] = set()
+
+    def added(self, queue: Any, run: LaneRun, pressure: LanePressure) -> None:
+        if queue.qsize() == 1:
+            self.queued = 0  # the agent took all before this one, or Faust cleared the queue (a resume does)
+        self.queued += len(run.records)
+        if self.queued >= self.high and pressure not in self.paused:
+            self.paused.add(pressure)
+            pressure.high()
+
+    def taken(self, queue: Any, records: int) -> None:
+        self.queued = max(0, self.queued - records) if queue.qsize() else 0
+        if self.paused and self.queued <= self.low:
+            for pressure in self.paused:
+                pressure.drop()
+            self.paused.clear()
+
+
+def lane_gate(app: Any, queue: Any) -> LaneGate:
+    """The gate of the lane whose queue is ``queue`` (made on first use, sized by the queue's maxsize)."""
+    gates = getattr(app, "_gridwatch_lane_gates", None)
+    if gates is None:
+        gates = app._gridwatch_lane_gates = weakref.WeakKeyDictionary()
+    gate = gates.get(queue)
+    if gate is None:
+        gate = gates[queue] = LaneGate(queue.maxsize or 4096)
+    return gate
+
+
 class LaneBatch:
     """A batch of a raw lane's records, pending in the consumer's unacked set as one entry until it is acked.
 
@@ -700,12 +802,12 @@ class LaneBatch:
         return f"<LaneBatch of {self.size} records{', acked' if self.acked else ''}>"
 
 
-def ack_lane_messages(consumer: Any, messages: Iterable[Any]) -> None:
-    """``Consumer.ack`` for each of a lane's messages, in order: the same bookkeeping (the acked offsets the
-    consumer commits up to), under one hold of Faust's ack lock and with one wake-up of a waiting ``wait_empty``
-    for them all. The messages themselves are never in the unacked set: their LaneBatch is. Per record, Faust's
-    ack takes the lock, looks its settings up and notifies: about 0.5 µs a record more (a micro-benchmark on
-    the checked Faust)."""
+def ack_lane_runs(consumer: Any, runs: Iterable[LaneRun]) -> None:
+    """``Consumer.ack`` for each record of a lane's runs, in order: the same bookkeeping (the acked offsets the
+    consumer commits up to), under one hold of Faust's ack lock, a run's offsets added at once, and with one
+    wake-up of a waiting ``wait_empty`` for them all. The runs themselves are never in the unacked set: their
+    LaneBatch is. Per record, Faust's ack takes the lock, looks its settings up and notifies: about 0.5 µs a
+    record more (a micro-benchmark on the checked Faust)."""
     from faust.types.tuples import ack_lock
     from mode.utils.futures import notify
 
@@ -716,25 +818,26 @@ def ack_lane_messages(consumer: Any, messages: Iterable[Any]) -> None:
     enabled: dict[str, bool] = {}
     n = 0
     with ack_lock:
-        for message in messages:
-            if message.acked:
+        for run in runs:
+            if run.acked:
                 continue
-            message.acked = True
-            topic = message.topic
-            on = enabled.get(topic)
+            run.acked = True
+            on = enabled.get(run.topic)
             if on is None:
-                on = enabled[topic] = acks_enabled_for(topic)
+                on = enabled[run.topic] = acks_enabled_for(run.topic)
             if not on:
                 continue
-            tp = message.tp
-            offset = message.offset
+            tp = run.tp
+            offsets = [r.offset for r in run.records]
             committed = committed_offsets[tp]
-            if committed is None or offset >= committed:
-                acked_index = acked_indexes[tp]
-                if offset not in acked_index:
-                    acked_index.add(offset)
-                    acked_lists[tp].append(offset)
-                    n += 1
+            if committed is not None and offsets[0] < committed:  # offsets ascend within a partition
+                offsets = [o for o in offsets if o >= committed]
+            acked_index = acked_indexes[tp]
+            if not acked_index.isdisjoint(offsets):
+                offsets = [o for o in offsets if o not in acked_index]
+            acked_index.update(offsets)
+            acked_lists[tp].extend(offsets)
+            n += len(offsets)
         consumer._n_acked += n
         notify(consumer._waiting_for_ack)
 

@@ -13,12 +13,14 @@ from typing import Any
 
 import faust
 import pytest
+from aiokafka import TopicPartition
+from aiokafka.structs import ConsumerRecord
 from faust.types import TP
-from faust.types.tuples import ConsumerMessage, Message
+from faust.types.tuples import ConsumerMessage
 from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
-from gridwatch.agents.batch_take import LaneEvent, take_batches
-from gridwatch.compat import ack_lane_messages, raw_lanes
+from gridwatch.agents.batch_take import take_batches
+from gridwatch.compat import LaneRun, ack_lane_runs, raw_lanes
 
 
 class Stream:
@@ -153,6 +155,13 @@ def faust_consumer(*acking: str) -> Any:
     return app.consumer
 
 
+def run_of(topic: str, partition: int, *offsets: int, generation: int = 1) -> LaneRun:
+    """A fetch's records of one partition as the lane delivers them: aiokafka's records in one LaneRun."""
+    return LaneRun(TopicPartition(topic, partition), [
+        ConsumerRecord(topic, partition, o, 0, 0, b"g1", f"v{o}".encode(), None, 2, 2, [("h", b"1")])
+        for o in offsets], generation)
+
+
 class LaneStream(Stream):
     """The stand-in with a raw lane: the channel's topics, and a real Faust consumer for the lane's acks."""
 
@@ -163,12 +172,10 @@ class LaneStream(Stream):
         consumer.track_message = self.app.consumer.track_message  # the conductor's events, as Stream records them
         self.app.consumer = self.consumer = consumer
 
-    def put_lane(self, *offsets: int, topic: str = "gw.events", generation: int = 1) -> list[Message]:
-        sent = [ConsumerMessage(topic, 0, o, 0.0, 0, [], b"g1", f"v{o}".encode(), None, generation_id=generation)
-                for o in offsets]
-        for m in sent:
-            self.channel.queue.put_nowait(m)
-        return sent
+    def put_lane(self, *offsets: int, topic: str = "gw.events", generation: int = 1) -> LaneRun:
+        run = run_of(topic, 0, *offsets, generation=generation)
+        self.channel.queue.put_nowait(run)
+        return run
 
     def consumer_acked(self, topic: str = "gw.events") -> list[int]:
         return list(self.consumer._acked[TP(topic, 0)])
@@ -178,26 +185,30 @@ class LaneStream(Stream):
         return sorted(x.size for x in self.consumer._unacked_messages)
 
 
-def test_a_lane_registers_its_topics_and_hands_over_its_messages_in_order_with_their_events() -> None:
+def record_offsets(batch: list[Any]) -> list[int]:
+    return [r.offset for r in batch]
+
+
+def test_a_lane_registers_its_topics_and_hands_over_its_records_in_order_with_the_conductors() -> None:
     async def go() -> None:
         s = LaneStream()
         first = s.put_lane(1, 2)
-        s.put(3)  # an Event (the conductor's path) between lane records keeps its place
+        s.put(3)  # an Event (the conductor's path) between lane runs keeps its place
         last = s.put_lane(4, topic="gw.reports")
         it = take_batches(s, 10, lane=True)
         batch = await it.__anext__()
         assert raw_lanes(s.app) == {"gw.events": s.channel, "gw.reports": s.channel}
-        assert offsets(batch) == [1, 2, 3, 4]
-        assert [type(e) for e in batch] == [LaneEvent, LaneEvent, SimpleNamespace, LaneEvent]
-        assert [e.message for e in batch if type(e) is LaneEvent] == [*first, *last]
-        assert [e.value for e in batch if type(e) is LaneEvent] == [b"v1", b"v2", b"v4"]
+        assert record_offsets(batch) == [1, 2, 3, 4]
+        assert batch[:2] == first.records and batch[3:] == last.records  # aiokafka's records themselves
+        assert [r.value for r in [*batch[:2], batch[3]]] == [b"v1", b"v2", b"v4"]
+        assert not isinstance(batch[2], ConsumerRecord) and batch[2].topic == "gw.events"  # the Event's Message
         assert s.pending() == [2]  # gw.events' two records pending until acked; gw.reports is not an acking topic
         assert s.tracked == [3] and s.consumer_acked() == [] and s.acked == []
-        assert not any(m.acked for m in [*first, *last])
+        assert not first.acked and not last.acked
         s.put_lane(5)
         await it.__anext__()
         assert s.consumer_acked() == [1, 2] and s.acked == [3]  # the lane's acks go straight to the consumer
-        assert all(m.acked for m in [*first, *last]) and s.consumer._n_acked == 2
+        assert first.acked and last.acked and s.consumer._n_acked == 2
         assert s.pending() == [1]  # the first batch's acked; the next one's pending
         waiting = asyncio.ensure_future(it.__anext__())
         await asyncio.sleep(0.05)  # the agent is done with the batch, and nothing more has come
@@ -206,19 +217,32 @@ def test_a_lane_registers_its_topics_and_hands_over_its_messages_in_order_with_t
     asyncio.run(go())
 
 
-def test_a_lane_skips_messages_of_an_old_generation_or_a_stopped_flow_and_acks_them() -> None:
+def test_a_lane_batch_holds_whole_runs_up_to_max() -> None:
+    async def go() -> None:
+        s = LaneStream()
+        s.put_lane(1, 2, 3)
+        s.put_lane(4, 5, 6)
+        s.put_lane(7)
+        it = take_batches(s, 4, lane=True)
+        assert record_offsets(await it.__anext__()) == [1, 2, 3, 4, 5, 6]  # the run that reached 4, whole
+        assert record_offsets(await it.__anext__()) == [7]
+        assert s.consumer_acked() == [1, 2, 3, 4, 5, 6]
+    asyncio.run(go())
+
+
+def test_a_lane_skips_runs_of_an_old_generation_or_a_stopped_flow_and_acks_them() -> None:
     async def go() -> None:
         s = LaneStream(generation=2)
         stale = s.put_lane(1, generation=1)
         s.put_lane(2, generation=2)
         it = take_batches(s, 10, lane=True)
-        assert offsets(await it.__anext__()) == [2]
+        assert record_offsets(await it.__anext__()) == [2]
         assert s.pending() == [1]  # the skipped record was never pending
         s.active = False
         s.put_lane(3, generation=2)
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(it.__anext__(), 0.2)
-        assert s.consumer_acked() == [1, 2, 3] and stale[0].acked
+        assert s.consumer_acked() == [1, 2, 3] and stale.acked
         assert s.pending() == []
     asyncio.run(go())
 
@@ -232,31 +256,35 @@ def test_a_lane_batch_the_agent_did_not_finish_stays_unacked_and_leaves_the_pend
         assert s.pending() == [3]
         await it.aclose()  # the agent failed mid-batch
         gc.collect()
-        assert s.consumer_acked() == [] and not any(m.acked for m in sent)  # read again by the next owner
+        assert s.consumer_acked() == [] and not sent.acked  # read again by the next owner
         assert s.pending() == []  # as a dropped Message leaves Faust's weak set: nothing left to wait for
     asyncio.run(go())
 
 
 def test_lane_acks_keep_the_books_faust_keeps_for_each_ack() -> None:
-    """ack_lane_messages against Faust's own ``Consumer.ack``, record by record, on the same messages: acking and
-    non-acking topics, offsets below the committed one, an offset acked twice, a message acked before."""
-    def messages() -> list[Message]:
-        out = [ConsumerMessage(t, p, o, 0.0, 0, [], b"k", b"v", None)
-               for t, p, o in [("gw.events", 0, 5), ("gw.events", 0, 6), ("gw.reports", 0, 1), ("gw.events", 1, 2),
-                               ("gw.events", 0, 3), ("gw.events", 1, 2), ("gw.events", 1, 9), ("gw.events", 0, 7)]]
+    """ack_lane_runs against Faust's own ``Consumer.ack``, record by record, on the same records: acking and
+    non-acking topics, offsets below the committed one (a run across it too), an offset acked twice, a run
+    acked before."""
+    def runs() -> list[LaneRun]:
+        out = [run_of("gw.events", 0, 5, 6), run_of("gw.reports", 0, 1), run_of("gw.events", 1, 2),
+               run_of("gw.events", 0, 2, 3, 4), run_of("gw.events", 1, 2, 9), run_of("gw.events", 0, 7)]
         out[-1].acked = True
         return out
 
     books = []
     for lane in (False, True):
         consumer = faust_consumer("gw.events")
-        consumer._committed_offset[TP("gw.events", 0)] = 4  # offset 3 is below it: not counted again
-        ms = messages()
+        consumer._committed_offset[TP("gw.events", 0)] = 4  # offsets 2 and 3 are below it: not counted again
+        rs = runs()
         if lane:
-            ack_lane_messages(consumer, ms)
+            ack_lane_runs(consumer, rs)
         else:
-            for m in ms:
-                consumer.ack(m)
-        books.append((dict(consumer._acked), dict(consumer._acked_index), consumer._n_acked, [m.acked for m in ms]))
+            for run in rs:
+                for r in run.records:
+                    m = ConsumerMessage(r.topic, r.partition, r.offset, 0.0, 0, [], r.key, r.value, None)
+                    m.acked = run.acked
+                    consumer.ack(m)
+                run.acked = True
+        books.append((dict(consumer._acked), dict(consumer._acked_index), consumer._n_acked, [r.acked for r in rs]))
     assert books[0] == books[1]
-    assert books[1][0] == {TP("gw.events", 0): [5, 6], TP("gw.events", 1): [2, 9]} and books[1][2] == 4
+    assert books[1][0] == {TP("gw.events", 0): [5, 6, 4], TP("gw.events", 1): [2, 9]} and books[1][2] == 5

@@ -17,7 +17,7 @@ from faust.types import TP
 from mode import Service
 from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
-from gridwatch.compat import fetched_batch, install_faust_batch_delivery, raw_lanes
+from gridwatch.compat import fetched_batch, install_faust_batch_delivery, lane_gate, raw_lanes
 
 TP0, TP1 = TP("x.events", 0), TP("x.events", 1)
 
@@ -132,6 +132,14 @@ def test_a_fetch_is_taken_as_faust_getmany_yields_it() -> None:
             seeks.append(1)
         d.perform_seek = perform_seek
         assert await fetched_batch(d, 1.0) == [] and seeks == [1]
+        d = Drain(fetches(), Fetcher())
+        d.active = {TP0, TP1, reports}
+        got = await fetched_batch(d, 1.0, {"x.events"})  # a raw lane's topic: one run per partition, first
+        assert [(tp, type(x).__name__) for tp, x in got] == [(TP0, "LaneRun"), (TP1, "LaneRun"),
+                                                             (reports, "SimpleNamespace"), (reports, "SimpleNamespace")]
+        assert [[r.offset for r in x.records] for _, x in got[:2]] == [[0, 1], [0, 1]]
+        assert [x.offset for _, x in got[2:]] == [3, 4] and got[0][1].generation_id == 1
+        assert d.end_offsets == {TP0: 100, TP1: 101, reports: 100}  # the revoked partition left out, as above
     asyncio.run(go())
 
 
@@ -198,16 +206,38 @@ async def drain_lanes(d: Lanes) -> Lanes:
     return d
 
 
+def runs_of(queue: Any) -> list[tuple[TP, list[int]]]:
+    return [(run.tp, [r.offset for r in run.records]) for run in (queue.get_nowait() for _ in range(queue.qsize()))]
+
+
 def test_a_raw_lane_takes_its_topic_records_into_the_channel_and_the_rest_goes_through_the_conductor() -> None:
     reports = TP("x.reports", 0)
     batches = [[lane_msg(TP0, 0), lane_msg(reports, 0), lane_msg(TP1, 0)], [lane_msg(TP0, 1)]]
-    sent = [m for b in batches for _, m in b]
     d = asyncio.run(drain_lanes(Lanes([list(b) for b in batches])))
-    queued = [d.channel.queue.get_nowait() for _ in range(d.channel.queue.qsize())]
-    assert queued == [m for m in sent if m.topic == "x.events"]  # the Messages themselves, in order
+    first = d.channel.queue._queue[0]
+    assert first.records[0] is batches[0][0][1]  # the fetched records themselves, no Message built
+    assert runs_of(d.channel.queue) == [(TP0, [0]), (TP1, [0]), (TP0, [1])]  # a run per partition and fetch
     assert d.delivered == [(reports, 0)]  # the conductor's callback saw only the other topic
     assert dict(d._read_offset) == {TP0: 1, TP1: 0, reports: 0}  # read offsets as for every record
     assert d.flow_waits == 2  # the flow control, once per delivered batch
+
+
+def test_a_lane_run_keeps_gaps_and_read_offsets_as_faust_keeps_them_per_record() -> None:
+    """A gap inside a run is noted (for an acking topic); after a seek back, what was read is not handed over
+    again (an offset below the read one), as Faust's loop skips it record by record."""
+    d = Lanes([[lane_msg(TP0, o) for o in (0, 1, 3)], [lane_msg(TP0, o) for o in (2, 3, 4)],
+               [lane_msg(TP1, o) for o in (7, 8)]])
+    gaps: list[tuple[TP, int, int]] = []
+
+    async def add_gap(tp: TP, start: int, end: int) -> None:
+        gaps.append((tp, start, end))
+    d._add_gap = add_gap
+    d._read_offset[TP1] = 5  # read up to 5 before: 6 is missing
+    d.app.topics.acks_enabled_for = lambda topic: True
+    asyncio.run(drain_lanes(d))
+    assert gaps == [(TP0, 2, 3), (TP1, 6, 7)]
+    assert runs_of(d.channel.queue) == [(TP0, [0, 1, 3]), (TP0, [3, 4]), (TP1, [7, 8])]
+    assert dict(d._read_offset) == {TP0: 4, TP1: 8}
 
 
 def test_a_topic_with_a_second_subscriber_keeps_the_conductor() -> None:
@@ -218,13 +248,19 @@ def test_a_topic_with_a_second_subscriber_keeps_the_conductor() -> None:
 
 
 def test_a_filling_lane_pauses_its_partition_and_a_drained_one_resumes_it() -> None:
-    """Queue of 10: under pressure from 8 records (mode's 1.25 ratio), drained at 4 (0.4). The fetched batch is
-    keyed by aiokafka's TopicPartition, as the consumer's is."""
+    """A lane of 10 records: under pressure from 8 (mode's 1.25 ratio), counted in records, not in the runs its
+    queue holds; drained at 4 (0.4), as the agent takes runs. The fetched batch is keyed by aiokafka's
+    TopicPartition, as the consumer's is."""
     fetched = TopicPartition(TP0.topic, TP0.partition)
-    d = asyncio.run(drain_lanes(Lanes([[lane_msg(fetched, o) for o in range(9)]], maxsize=10)))
+    d = asyncio.run(drain_lanes(Lanes([[lane_msg(fetched, o) for o in range(5)],
+                                       [lane_msg(fetched, o) for o in range(5, 9)]], maxsize=10)))
     assert d.paused == [TP0] and d.resumed == []
     q = d.channel.queue
-    while q.qsize() > 4:
-        q.get_nowait()
-    q.get_nowait()  # the get that finds the queue at the drop size endorses the drop
-    assert d.resumed == [TP0]
+    gate = lane_gate(d.app, q)
+    assert gate.queued == 9 and q.qsize() == 2
+    q.get_nowait()
+    gate.taken(q, 5)
+    assert d.resumed == [TP0] and gate.queued == 4
+    q.get_nowait()
+    gate.taken(q, 4)
+    assert gate.queued == 0 and d.resumed == [TP0]
