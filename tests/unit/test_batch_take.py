@@ -220,13 +220,18 @@ def test_a_lane_registers_its_topics_and_hands_over_its_records_in_order_with_th
 def test_a_lane_batch_holds_whole_runs_up_to_max() -> None:
     async def go() -> None:
         s = LaneStream()
-        s.put_lane(1, 2, 3)
-        s.put_lane(4, 5, 6)
-        s.put_lane(7)
+        s.put_lane(1, 2)
+        s.put_lane(3, 4)
+        s.put_lane(5)
         it = take_batches(s, 4, lane=True)
-        assert record_offsets(await it.__anext__()) == [1, 2, 3, 4, 5, 6]  # the run that reached 4, whole
-        assert record_offsets(await it.__anext__()) == [7]
-        assert s.consumer_acked() == [1, 2, 3, 4, 5, 6]
+        assert record_offsets(await it.__anext__()) == [1, 2, 3, 4]  # counted in records, not runs
+        assert record_offsets(await it.__anext__()) == [5]
+        s.put_lane(6, 7, 8)
+        s.put_lane(9, 10)
+        s.put_lane(11)
+        assert record_offsets(await it.__anext__()) == [6, 7, 8, 9, 10]  # the run that reached 4, whole
+        assert record_offsets(await it.__anext__()) == [11]
+        assert s.consumer_acked() == list(range(1, 11))
     asyncio.run(go())
 
 
