@@ -504,34 +504,39 @@ def install_faust_batch_delivery() -> None:
         acks_enabled_for = self.app.topics.acks_enabled_for
         sleep = asyncio.sleep
 
-        async def read_up_to(tp, offset, acks):  # type: ignore[no-untyped-def]
-            """What Faust does per record before it hands one over: a gap in the offsets noted, the periodic
-            commit. False: the record was read before (a fetch after a seek back), not handed over again."""
-            r_offset = get_read_offset(tp)
-            if r_offset is not None and offset < r_offset:
-                return False
-            if offset - (r_offset or 0) > 1 and r_offset and acks:
+        def due(r_offset, offset):  # type: ignore[no-untyped-def]
+            """Whether a record needs :func:`catch_up` first: a gap after the read offset, or the commit due."""
+            return (r_offset and offset - r_offset > 1) or (commit_every is not None and self._n_acked >= commit_every)
+
+        async def catch_up(tp, r_offset, offset, topic):  # type: ignore[no-untyped-def]
+            """What Faust does before it hands over a record, the rare part: a gap in an acking topic's offsets
+            noted, the periodic commit."""
+            if r_offset and offset - r_offset > 1 and acks_enabled_for(topic):
                 await asyncio.shield(self._add_gap(tp, r_offset + 1, offset))
             if commit_every is not None and self._n_acked >= commit_every:
                 self._n_acked = 0
                 await asyncio.shield(self.commit())
-            return True
 
         async def deliver_run(tp, run, queue):  # type: ignore[no-untyped-def]
-            """A lane's records of one partition, into its queue as one item, read offsets and gaps kept as
-            :func:`read_up_to` keeps them record by record (one call for a run without gaps)."""
+            """A lane's records of one partition, into its queue as one item, with the read offsets and gaps
+            Faust keeps record by record: a run without a gap, past the read offset, is checked at its first
+            record; else record by record, and records read before (a fetch after a seek back) are left out."""
             records = run.records
-            acks = acks_enabled_for(run.topic)
             first, last = records[0].offset, records[-1].offset
-            if last - first + 1 == len(records) and (get_read_offset(tp) or 0) <= first:
-                if not await read_up_to(tp, first, acks):  # contiguous: only the first can open a gap
-                    return
-            else:  # a gap inside the run, or records read before: record by record
+            r_offset = get_read_offset(tp)
+            if last - first + 1 == len(records) and (r_offset is None or r_offset <= first):
+                if due(r_offset, first):
+                    await catch_up(tp, r_offset, first, run.topic)
+            else:
                 kept = []
                 for record in records:
-                    if await read_up_to(tp, record.offset, acks):
-                        kept.append(record)
-                        set_read_offset(tp, record.offset)
+                    offset, r_offset = record.offset, get_read_offset(tp)
+                    if r_offset is not None and offset < r_offset:
+                        continue
+                    if due(r_offset, offset):
+                        await catch_up(tp, r_offset, offset, run.topic)
+                    kept.append(record)
+                    set_read_offset(tp, offset)
                 if not kept:
                     return
                 run.records = kept
@@ -540,10 +545,9 @@ def install_faust_batch_delivery() -> None:
             if queue.full():  # as the conductor: wait for room (a rebalance or stop interrupts it)
                 p.on_full(p.tp)
                 await queue.put(run)
-                gate.added(queue, run, p)
             else:
                 queue.put_nowait(run)
-                gate.added(queue, run, p)
+            gate.added(queue, run, p)
             set_read_offset(tp, last)
 
         async def deliver(batch, queues):  # type: ignore[no-untyped-def]
@@ -563,7 +567,10 @@ def install_faust_batch_delivery() -> None:
                     await sleep(0)
                     since_yield = 0
                 offset = message.offset
-                if await read_up_to(tp, offset, acks_enabled_for(message.topic)):
+                r_offset = get_read_offset(tp)
+                if r_offset is None or offset >= r_offset:
+                    if due(r_offset, offset):
+                        await catch_up(tp, r_offset, offset, message.topic)
                     await callback(message)
                     set_read_offset(tp, offset)
 
