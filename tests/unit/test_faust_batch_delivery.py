@@ -105,6 +105,27 @@ def test_every_record_is_delivered_once_in_order_one_task_per_batch() -> None:
     assert len(d.tasks) == 2  # one per fetched batch (Faust made one per record)
 
 
+def test_records_read_before_are_not_delivered_again_and_a_gap_is_noted() -> None:
+    """As Faust's loop: after a seek back, an offset below the read one is not handed over again; a jump in an
+    acking topic's offsets is noted as a gap before the record after it."""
+    async def go() -> Drain:
+        install_faust_batch_delivery()
+        d = Drain([[msg(TP0, 4), msg(TP0, 5), msg(TP0, 6), msg(TP1, 9)]], Fetcher())
+        d._read_offset[TP0] = 5
+        d._read_offset[TP1] = 6
+        d.gaps = []
+
+        async def add_gap(tp: TP, start: int, end: int) -> None:
+            d.gaps.append((tp, start, end))
+        d._add_gap = add_gap
+        d.app.topics.acks_enabled_for = lambda topic: True
+        await asyncio.wait_for(Consumer._drain_messages(d, d.fetcher), 5)
+        return d
+    d = asyncio.run(go())
+    assert sorted(d.delivered) == [(TP0, 5), (TP0, 6), (TP1, 9)]  # 4 was read before
+    assert d.gaps == [(TP1, 7, 9)] and dict(d._read_offset) == {TP0: 6, TP1: 9}
+
+
 def test_a_fetch_is_taken_as_faust_getmany_yields_it() -> None:
     """fetched_batch against Faust's own getmany on the same fetches: the same messages in the same (round-robin)
     order, a partition no longer assigned left out, the end offsets noted; nothing while the flow is stopped."""
