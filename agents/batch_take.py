@@ -53,11 +53,20 @@ async def take_batches(stream: Any, max_: int, within: float = 0.0, *, lane: boo
         gate = lane_gate(app, queue)
     flow = app.flow_control
     acking_topics = app.topics.acking_topics
+
+    def taken(item: Any) -> int:
+        """How many records ``item`` holds; a run's are counted off its lane's bound as soon as it is taken."""
+        if type(item) is not LaneRun:
+            return 1
+        if gate is not None:
+            gate.taken(queue, len(item.records))
+        return len(item.records)
+
     while True:
         try:
             batch = [await queue.get()]
             deadline = time.monotonic() + within if within > 0 else None
-            size = len(batch[0].records) if type(batch[0]) is LaneRun else 1
+            size = taken(batch[0])
             while size < max_:
                 if not queue.empty():
                     item = queue.get_nowait()
@@ -69,7 +78,7 @@ async def take_batches(stream: Any, max_: int, within: float = 0.0, *, lane: boo
                     except TimeoutError:
                         break
                 batch.append(item)
-                size += len(item.records) if type(item) is LaneRun else 1
+                size += taken(item)
         except StopAsyncIteration:
             return  # Faust ends its streams so when the worker stops: what was taken stays unacked, read again
         live: list[Any] = []
@@ -92,8 +101,6 @@ async def take_batches(stream: Any, max_: int, within: float = 0.0, *, lane: boo
                 message.tracked = True
                 consumer.track_message(message)
             live.append(message if lane else item)
-        if gate is not None and runs:
-            gate.taken(queue, sum(len(run.records) for run in runs))
         tracked = LaneBatch(consumer, pending) if pending else None  # pending until acked: a rebalance waits
         if live:
             yield live  # closed here (the agent stopped or failed mid-batch): none acked, all read again

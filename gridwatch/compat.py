@@ -762,14 +762,16 @@ class LaneGate:
         self.paused: set[LanePressure] = set()
 
     def added(self, queue: Any, run: LaneRun, pressure: LanePressure) -> None:
-        if queue.qsize() == 1:
-            self.queued = 0  # the agent took all before this one, or Faust cleared the queue (a resume does)
+        """``run`` was just put in ``queue``."""
+        if queue.qsize() == 1:  # the queue was empty: every run before was taken, or Faust cleared the queue
+            self.queued = 0  # (it does on a resume after a rebalance), and those were never taken
         self.queued += len(run.records)
         if self.queued >= self.high and pressure not in self.paused:
             self.paused.add(pressure)
             pressure.high()
 
     def taken(self, queue: Any, records: int) -> None:
+        """A run of ``records`` was just taken from ``queue``."""
         self.queued = max(0, self.queued - records) if queue.qsize() else 0
         if self.paused and self.queued <= self.low:
             for pressure in self.paused:

@@ -20,7 +20,7 @@ from faust.types.tuples import ConsumerMessage
 from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
 from gridwatch.agents.batch_take import take_batches
-from gridwatch.compat import LaneRun, ack_lane_runs, raw_lanes
+from gridwatch.compat import LaneRun, ack_lane_runs, lane_gate, raw_lanes
 
 
 class Stream:
@@ -293,3 +293,47 @@ def test_lane_acks_keep_the_books_faust_keeps_for_each_ack() -> None:
         books.append((dict(consumer._acked), dict(consumer._acked_index), consumer._n_acked, [r.acked for r in rs]))
     assert books[0] == books[1]
     assert books[1][0] == {TP("gw.events", 0): [5, 6, 4], TP("gw.events", 1): [2, 9]} and books[1][2] == 5
+
+
+class Pressure:
+    """What the lane's gate calls on a partition: pause its fetching (high), resume it (drop)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def high(self) -> None:
+        self.calls.append("pause")
+
+    def drop(self) -> None:
+        self.calls.append("resume")
+
+
+def test_a_lane_counts_its_bound_in_records_and_the_take_resumes_a_paused_partition() -> None:
+    """A queue of 100: pressure from 80 records, drained at 40 (mode's ratios), counted in records however many runs
+    hold them; a queue Faust cleared (a resume after a rebalance does) does not count what it held."""
+    async def go() -> None:
+        s = LaneStream()
+        queue, p = s.channel.queue, Pressure()
+        gate = lane_gate(s.app, queue)
+
+        def deliver(*offsets: int) -> None:  # as the batch delivery puts a run
+            run = s.put_lane(*offsets)
+            gate.added(queue, run, p)  # type: ignore[arg-type]
+        deliver(*range(50))
+        deliver(*range(50, 79))
+        assert p.calls == [] and gate.queued == 79
+        deliver(79)
+        assert p.calls == ["pause"]
+        deliver(80, 81)
+        assert p.calls == ["pause"]  # paused once
+        it = take_batches(s, 10, lane=True)
+        assert record_offsets(await it.__anext__()) == list(range(50))  # one run: 10 reached
+        assert p.calls == ["pause", "resume"] and gate.queued == 32  # 82 - 50: at 40 or below
+        deliver(*range(82, 130))
+        assert p.calls == ["pause", "resume", "pause"] and gate.queued == 80
+        queue.clear()  # Faust's flow control clears the queue on a resume: those 80 are never taken
+        deliver(130)
+        assert gate.queued == 1
+        assert record_offsets(await it.__anext__()) == [130]
+        assert p.calls == ["pause", "resume", "pause", "resume"] and gate.queued == 0
+    asyncio.run(go())
